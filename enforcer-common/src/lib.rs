@@ -1,0 +1,413 @@
+//! The one definition of every type shared by the eBPF datapath and the agent.
+//!
+//! Rules for everything in this file:
+//! - `#[repr(C)]`, fixed-width integer fields only (no `bool`, `Option` or enums), explicit
+//!   padding fields, and a compile-time size assertion;
+//! - fields in network byte order are named `*_be`;
+//! - addresses are always 16 bytes: IPv4 is stored IPv4-mapped (`::ffff:a.b.c.d`), so one key
+//!   type serves both families and an LPM prefix of IPv4 length `n` has length `96 + n`.
+#![no_std]
+
+/// Names of the maps and programs in the eBPF object. The agent pins maps under these names.
+pub mod names {
+    pub const PROG_FROM_ENDPOINT: &str = "from_endpoint";
+    pub const PROG_TO_ENDPOINT: &str = "to_endpoint";
+    pub const MAP_ENDPOINTS: &str = "ENDPOINTS";
+    pub const MAP_IP_IDENTITY: &str = "IP_IDENTITY";
+    pub const MAP_CIDR_IDENTITY: &str = "CIDR_IDENTITY";
+    pub const MAP_POLICY: &str = "POLICY";
+    pub const MAP_CONNTRACK: &str = "CONNTRACK";
+    pub const MAP_EVENTS: &str = "EVENTS";
+    pub const MAP_CONFIG: &str = "CONFIG";
+    pub const MAP_DROP_COUNTERS: &str = "DROP_COUNTERS";
+    /// Every map the agent pins, in a stable order.
+    pub const ALL_MAPS: [&str; 8] = [
+        MAP_ENDPOINTS,
+        MAP_IP_IDENTITY,
+        MAP_CIDR_IDENTITY,
+        MAP_POLICY,
+        MAP_CONNTRACK,
+        MAP_EVENTS,
+        MAP_CONFIG,
+        MAP_DROP_COUNTERS,
+    ];
+}
+
+/// Map capacities. A full map is an error that names the map (never a silent open).
+pub mod capacity {
+    pub const ENDPOINTS: u32 = 4096;
+    pub const IP_IDENTITY: u32 = 262_144;
+    pub const CIDR_IDENTITY: u32 = 65_536;
+    pub const POLICY: u32 = 1_048_576;
+    pub const CONNTRACK: u32 = 262_144;
+    /// Bytes; must be a power of two and a multiple of the page size.
+    pub const EVENTS_BYTES: u32 = 1 << 20;
+}
+
+// --- Directions -------------------------------------------------------------------------------
+
+/// Traffic direction from the endpoint's point of view (not the TC hook's).
+pub mod direction {
+    /// Into the endpoint: TC egress of the host-side veth (`to_endpoint`).
+    pub const INGRESS: u8 = 0;
+    /// Out of the endpoint: TC ingress of the host-side veth (`from_endpoint`).
+    pub const EGRESS: u8 = 1;
+}
+
+// --- Endpoints --------------------------------------------------------------------------------
+
+/// Per-direction endpoint mode, decided by the agent. The datapath never infers isolation from
+/// missing entries.
+pub mod mode {
+    /// Not managed by enforcer in this direction: pass without tracking.
+    pub const UNMANAGED: u32 = 0;
+    /// Not isolated in this direction: pass, but track so replies to it pass the other direction.
+    pub const ALLOW_ALL: u32 = 1;
+    /// Isolated: a new flow passes only if a policy entry allows it.
+    pub const ENFORCE: u32 = 2;
+    /// Held fail-closed: every packet is dropped (endpoint whose policy is not known yet).
+    pub const DENY_ALL: u32 = 3;
+}
+
+/// `ENDPOINTS` map: key = ifindex of the host-side interface (u32).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EndpointInfo {
+    /// Stable id of the endpoint (pod), used in events.
+    pub endpoint_id: u32,
+    /// Id of the set of policy entries this endpoint uses (`PolicyKey::policy_set`). The agent
+    /// writes a complete new set under a fresh id and then flips this field, so a packet sees
+    /// either the old or the new policy, never a mix.
+    pub policy_set: u32,
+    /// `mode::*` for traffic into the endpoint.
+    pub ingress_mode: u32,
+    /// `mode::*` for traffic out of the endpoint.
+    pub egress_mode: u32,
+}
+const _: () = assert!(core::mem::size_of::<EndpointInfo>() == 16);
+
+// --- Identities -------------------------------------------------------------------------------
+
+/// Reserved identities. Label identities and CIDR identities are allocated above these.
+pub mod identity {
+    /// Wildcard peer in a policy key ("from/to anywhere").
+    pub const ANY: u32 = 0;
+    /// The node itself (kubelet probes): always allowed into local pods.
+    pub const HOST: u32 = 1;
+    /// An address that is neither a known pod nor the host.
+    pub const WORLD: u32 = 2;
+    /// First label (pod) identity.
+    pub const FIRST_LABEL: u32 = 256;
+    /// First CIDR identity; CIDR identities have this bit set.
+    pub const CIDR_FLAG: u32 = 1 << 24;
+}
+
+/// A 16-byte address; IPv4 is IPv4-mapped. Key of `IP_IDENTITY` and data of `CIDR_IDENTITY`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct IpAddrKey {
+    pub addr: [u8; 16],
+}
+const _: () = assert!(core::mem::size_of::<IpAddrKey>() == 16);
+
+impl IpAddrKey {
+    pub const fn from_v4_octets(o: [u8; 4]) -> Self {
+        Self {
+            addr: [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, o[0], o[1], o[2], o[3]],
+        }
+    }
+    pub const fn from_v6_octets(addr: [u8; 16]) -> Self {
+        Self { addr }
+    }
+    pub fn is_v4_mapped(&self) -> bool {
+        self.addr[..10].iter().all(|b| *b == 0) && self.addr[10] == 0xff && self.addr[11] == 0xff
+    }
+}
+
+/// Prefix length of an IPv4 prefix of length `n` inside the IPv4-mapped space.
+pub const fn v4_mapped_prefix_len(n: u32) -> u32 {
+    96 + n
+}
+
+/// Value of `IP_IDENTITY` (pod IP → label identity) and of `CIDR_IDENTITY`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct IdentityValue {
+    pub identity: u32,
+    /// Endpoint id when the address is a local endpoint, else 0.
+    pub endpoint_id: u32,
+}
+const _: () = assert!(core::mem::size_of::<IdentityValue>() == 8);
+
+// --- Policy -----------------------------------------------------------------------------------
+
+/// Data of a `POLICY` LPM-trie key (the trie prepends the u32 prefix length).
+///
+/// Lookup precedence, written once here: for a new flow the datapath looks up, in order,
+/// 1. `(policy_set, direction, peer label identity, proto, port)`
+/// 2. `(policy_set, direction, peer CIDR identity, proto, port)` when the peer address falls in
+///    a registered ipBlock prefix,
+/// 3. `(policy_set, direction, identity::ANY, proto, port)`.
+///
+/// Each lookup is longest-prefix over the trailing fields, so one lookup matches an exact port,
+/// a port range (split into port prefixes), any port of the protocol (prefix stops before the
+/// port) or any protocol (prefix stops before the protocol). NetworkPolicy v1 entries are all
+/// allows, so the first hit allows and names the rule; `POLICY_ACTION_DENY` entries are reserved
+/// for deny rules and win over allows found in the same lookup order.
+///
+/// Field order is the wildcard order: everything before `proto` is always exact.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PolicyKey {
+    pub policy_set: u32,
+    pub identity: u32,
+    pub direction: u8,
+    /// IP protocol number (6 TCP, 17 UDP, 132 SCTP, 1 ICMP, 58 ICMPv6, ...).
+    pub proto: u8,
+    /// Destination port, big-endian so that port prefixes are bit prefixes. 0 for ICMP.
+    pub port_be: u16,
+}
+const _: () = assert!(core::mem::size_of::<PolicyKey>() == 12);
+
+/// Prefix lengths of `PolicyKey` (bits), for the LPM trie.
+pub mod policy_prefix {
+    /// `policy_set` + `identity` + `direction`: any protocol, any port.
+    pub const ANY_PROTO: u32 = 72;
+    /// ... + `proto`: any port of that protocol.
+    pub const ANY_PORT: u32 = 80;
+    /// Exact port.
+    pub const FULL: u32 = 96;
+    /// Prefix length for a port prefix of `bits` leading bits.
+    pub const fn port_prefix(bits: u32) -> u32 {
+        ANY_PORT + bits
+    }
+}
+
+pub const POLICY_ACTION_ALLOW: u8 = 1;
+pub const POLICY_ACTION_DENY: u8 = 2;
+
+/// Value of a `POLICY` entry: the verdict, and the policy and rule that produced it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PolicyValue {
+    /// Agent-assigned id of the NetworkPolicy (namespace/name), for events and counters.
+    pub policy_id: u32,
+    /// Index of the rule within the policy's ingress or egress list.
+    pub rule_index: u16,
+    pub action: u8,
+    /// `policy_flags::*`.
+    pub flags: u8,
+}
+const _: () = assert!(core::mem::size_of::<PolicyValue>() == 8);
+
+pub mod policy_flags {
+    /// Would-be drop is reported but passes (audit mode).
+    pub const AUDIT: u8 = 1;
+}
+
+// --- Connection tracking ----------------------------------------------------------------------
+
+/// `CONNTRACK` LRU key: the tuple as the packet carries it, at one endpoint and direction. A new
+/// flow that passes inserts two entries: its own tuple at (endpoint, direction) and the reversed
+/// tuple at (endpoint, other direction), so every later packet of the flow, either way, costs one
+/// lookup.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CtKey {
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    /// For ICMP echo: the identifier as `sport_be` of requests and `dport_be` of replies.
+    pub sport_be: u16,
+    pub dport_be: u16,
+    pub proto: u8,
+    pub direction: u8,
+    pub _pad: u16,
+    pub endpoint_id: u32,
+}
+const _: () = assert!(core::mem::size_of::<CtKey>() == 44);
+
+impl CtKey {
+    /// The key the other direction of this flow carries at the same endpoint.
+    pub fn reversed(&self) -> Self {
+        Self {
+            saddr: self.daddr,
+            daddr: self.saddr,
+            sport_be: self.dport_be,
+            dport_be: self.sport_be,
+            proto: self.proto,
+            direction: self.direction ^ 1,
+            _pad: 0,
+            endpoint_id: self.endpoint_id,
+        }
+    }
+}
+
+pub mod ct_flags {
+    /// This entry is the reply side of the flow (the endpoint did not open it in this direction).
+    pub const REPLY: u32 = 1;
+    /// Admitted only because of audit mode.
+    pub const AUDIT: u32 = 2;
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CtValue {
+    /// bpf_ktime_get_ns() of creation.
+    pub created_ns: u64,
+    /// Policy revision (`Config::revision`) the flow was admitted under.
+    pub revision: u32,
+    /// `ct_flags::*`.
+    pub flags: u32,
+    /// The policy entry that admitted the flow (0 when not admitted by a rule).
+    pub policy_id: u32,
+    pub rule_index: u32,
+}
+const _: () = assert!(core::mem::size_of::<CtValue>() == 24);
+
+// --- Configuration ----------------------------------------------------------------------------
+
+/// `CONFIG` array, index 0.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Config {
+    /// Bumped by the agent on every applied policy change.
+    pub revision: u32,
+    /// `config_flags::*`.
+    pub flags: u32,
+}
+const _: () = assert!(core::mem::size_of::<Config>() == 8);
+
+pub mod config_flags {
+    /// Emit an event for every new flow that is allowed, not only for drops.
+    pub const EVENTS_ON_ALLOW: u32 = 1;
+}
+
+// --- Events -----------------------------------------------------------------------------------
+
+pub mod verdict {
+    pub const ALLOW: u8 = 1;
+    pub const DROP: u8 = 2;
+    pub const AUDIT: u8 = 3;
+}
+
+/// Why a packet was dropped (or, for `verdict::ALLOW`, why it passed).
+pub mod reason {
+    /// Allowed by a policy rule.
+    pub const ALLOWED_BY_RULE: u8 = 0;
+    /// The endpoint is isolated in this direction and no rule allows the flow.
+    pub const NO_RULE: u8 = 1;
+    /// Denied by a deny rule.
+    pub const DENY_RULE: u8 = 2;
+    /// The endpoint is held fail-closed.
+    pub const ENDPOINT_DENY_ALL: u8 = 3;
+    /// The packet could not be parsed (truncated or malformed headers).
+    pub const MALFORMED: u8 = 4;
+    /// Allowed because the endpoint is not isolated in this direction.
+    pub const ALLOWED_NOT_ISOLATED: u8 = 5;
+    /// Allowed because the peer is the node itself.
+    pub const ALLOWED_HOST: u8 = 6;
+    pub const COUNT: usize = 8;
+
+    pub const fn name(r: u8) -> &'static str {
+        match r {
+            ALLOWED_BY_RULE => "allowed-by-rule",
+            NO_RULE => "no-rule-allows",
+            DENY_RULE => "denied-by-rule",
+            ENDPOINT_DENY_ALL => "endpoint-deny-all",
+            MALFORMED => "malformed-packet",
+            ALLOWED_NOT_ISOLATED => "not-isolated",
+            ALLOWED_HOST => "host",
+            _ => "unknown",
+        }
+    }
+}
+
+/// Fixed-size record on the `EVENTS` ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Event {
+    pub timestamp_ns: u64,
+    pub endpoint_id: u32,
+    pub ifindex: u32,
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    pub sport_be: u16,
+    pub dport_be: u16,
+    pub proto: u8,
+    pub direction: u8,
+    pub verdict: u8,
+    pub reason: u8,
+    /// Peer label identity and CIDR identity (0 when none) the datapath resolved.
+    pub peer_identity: u32,
+    pub peer_cidr_identity: u32,
+    /// The policy entry that decided (0 when none).
+    pub policy_id: u32,
+    pub rule_index: u16,
+    /// IPv4 or IPv6 (4 or 6).
+    pub family: u8,
+    pub _pad: u8,
+    /// Length of the packet on the wire.
+    pub packet_len: u32,
+    pub policy_set: u32,
+}
+const _: () = assert!(core::mem::size_of::<Event>() == 80);
+
+// --- aya glue ---------------------------------------------------------------------------------
+
+#[cfg(feature = "user")]
+mod user {
+    use super::*;
+    // SAFETY: every type is repr(C), made only of integers and arrays of integers, with explicit
+    // padding, so every bit pattern is valid and there are no uninitialised bytes.
+    unsafe impl aya::Pod for EndpointInfo {}
+    unsafe impl aya::Pod for IpAddrKey {}
+    unsafe impl aya::Pod for IdentityValue {}
+    unsafe impl aya::Pod for PolicyKey {}
+    unsafe impl aya::Pod for PolicyValue {}
+    unsafe impl aya::Pod for CtKey {}
+    unsafe impl aya::Pod for CtValue {}
+    unsafe impl aya::Pod for Config {}
+    unsafe impl aya::Pod for Event {}
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use super::*;
+
+    #[test]
+    fn ct_reverse_is_an_involution() {
+        let k = CtKey {
+            saddr: [1; 16],
+            daddr: [2; 16],
+            sport_be: 10,
+            dport_be: 20,
+            proto: 6,
+            direction: direction::EGRESS,
+            _pad: 0,
+            endpoint_id: 7,
+        };
+        let r = k.reversed();
+        assert_eq!(r.saddr, [2; 16]);
+        assert_eq!(r.direction, direction::INGRESS);
+        assert_eq!(r.sport_be, 20);
+        assert_eq!(r.reversed(), k);
+    }
+
+    #[test]
+    fn v4_mapped() {
+        let k = IpAddrKey::from_v4_octets([10, 0, 0, 1]);
+        assert!(k.is_v4_mapped());
+        assert!(!IpAddrKey::from_v6_octets([0xfd; 16]).is_v4_mapped());
+        assert_eq!(v4_mapped_prefix_len(24), 120);
+    }
+
+    #[test]
+    fn policy_prefixes_cover_the_key() {
+        assert_eq!(
+            policy_prefix::FULL as usize,
+            core::mem::size_of::<PolicyKey>() * 8
+        );
+        assert_eq!(policy_prefix::port_prefix(16), policy_prefix::FULL);
+    }
+}

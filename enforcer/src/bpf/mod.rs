@@ -1,0 +1,1 @@
+//! Kernel edge (owned by the datapath work).
