@@ -1,8 +1,19 @@
 //! enforcer: a Kubernetes NetworkPolicy enforcer with an eBPF TC datapath.
 //!
 //! Layers (see docs/architecture.md):
-//! - [`state`]: the desired map content and the minimal diff (pure);
-//! - [`bpf`]: the kernel edge: load, pin, attach, install diffs, read events;
+//! - [`model`]: trimmed, validated cluster objects (the API's defaults applied on the way in);
+//! - [`source`]: where objects come from (a folder of manifests) into the [`compiler::Cluster`]
+//!   index;
+//! - [`compiler`]: cluster → desired map state, placed under policy sets (pure);
+//! - [`state`]: the desired map content and the minimal, ordered diff (pure);
+//! - [`lookup`]: the datapath's decision evaluated over a map state (pure);
+//! - [`reference`]: the spec read literally, to test the compiler against (pure);
+//! - [`bpf`]: the kernel edge: load, pin, attach, install diffs, read events.
 
 pub mod bpf;
+pub mod compiler;
+pub mod lookup;
+pub mod model;
+pub mod reference;
+pub mod source;
 pub mod state;

@@ -54,11 +54,15 @@ impl<K, V> MapChanges<K, V> {
 /// The minimal set of map writes that turns one [`MapState`] into another.
 ///
 /// Apply order (so that no packet sees a mix of old and new policy for one endpoint):
-/// 1. upserts of `ip_identity`, `cidr_identity` and `policy` (new entries are only reachable
-///    through a `policy_set` or identity that is not live yet, or add allows that the new state
-///    has anyway);
-/// 2. `endpoints` deletes and upserts: the atomic flip of each endpoint's mode and `policy_set`;
-/// 3. deletes of `policy`, `cidr_identity` and `ip_identity`.
+/// 1. `policy` upserts: new sets, and entries for identities no packet carries yet;
+/// 2. `endpoints` upserts and deletes: the atomic flip of each endpoint's modes and
+///    `policy_set` (a new set also holds entries for the identities about to go away, so it is
+///    right both before and after step 3);
+/// 3. `ip_identity` and `cidr_identity` upserts (an address changes identity in one write);
+/// 4. `ip_identity` and `cidr_identity` deletes;
+/// 5. `policy` deletes (old sets, entries of identities no packet carries any more).
+///
+/// [`MapDiff::steps`] gives the writes in this order; the kernel edge and the tests use it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MapDiff {
     pub endpoints: MapChanges<u32, EndpointInfo>,
@@ -67,7 +71,59 @@ pub struct MapDiff {
     pub policy: MapChanges<Lpm<PolicyKey>, PolicyValue>,
 }
 
+/// One map write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Write<'a> {
+    PolicyUpsert(&'a Lpm<PolicyKey>, &'a PolicyValue),
+    PolicyDelete(&'a Lpm<PolicyKey>),
+    EndpointUpsert(u32, &'a EndpointInfo),
+    EndpointDelete(u32),
+    IpUpsert(&'a IpAddrKey, &'a IdentityValue),
+    IpDelete(&'a IpAddrKey),
+    CidrUpsert(&'a Lpm<IpAddrKey>, &'a IdentityValue),
+    CidrDelete(&'a Lpm<IpAddrKey>),
+}
+
 impl MapDiff {
+    /// Every write of the diff, in the documented apply order.
+    pub fn steps(&self) -> Vec<Write<'_>> {
+        let mut w = Vec::with_capacity(self.len());
+        w.extend(
+            self.policy
+                .upserts
+                .iter()
+                .map(|(k, v)| Write::PolicyUpsert(k, v)),
+        );
+        w.extend(
+            self.endpoints
+                .deletes
+                .iter()
+                .map(|k| Write::EndpointDelete(*k)),
+        );
+        w.extend(
+            self.endpoints
+                .upserts
+                .iter()
+                .map(|(k, v)| Write::EndpointUpsert(*k, v)),
+        );
+        w.extend(
+            self.ip_identity
+                .upserts
+                .iter()
+                .map(|(k, v)| Write::IpUpsert(k, v)),
+        );
+        w.extend(
+            self.cidr_identity
+                .upserts
+                .iter()
+                .map(|(k, v)| Write::CidrUpsert(k, v)),
+        );
+        w.extend(self.ip_identity.deletes.iter().map(Write::IpDelete));
+        w.extend(self.cidr_identity.deletes.iter().map(Write::CidrDelete));
+        w.extend(self.policy.deletes.iter().map(Write::PolicyDelete));
+        w
+    }
+
     pub fn is_empty(&self) -> bool {
         self.endpoints.is_empty()
             && self.ip_identity.is_empty()
@@ -100,6 +156,36 @@ fn diff_map<K: Ord + Clone, V: PartialEq + Clone>(
 }
 
 impl MapState {
+    /// Applies one write in memory.
+    pub fn apply_write(&mut self, w: Write<'_>) {
+        match w {
+            Write::PolicyUpsert(k, v) => {
+                self.policy.insert(*k, *v);
+            }
+            Write::PolicyDelete(k) => {
+                self.policy.remove(k);
+            }
+            Write::EndpointUpsert(k, v) => {
+                self.endpoints.insert(k, *v);
+            }
+            Write::EndpointDelete(k) => {
+                self.endpoints.remove(&k);
+            }
+            Write::IpUpsert(k, v) => {
+                self.ip_identity.insert(*k, *v);
+            }
+            Write::IpDelete(k) => {
+                self.ip_identity.remove(k);
+            }
+            Write::CidrUpsert(k, v) => {
+                self.cidr_identity.insert(*k, *v);
+            }
+            Write::CidrDelete(k) => {
+                self.cidr_identity.remove(k);
+            }
+        }
+    }
+
     /// The writes that turn `self` (what is installed) into `desired`.
     pub fn diff(&self, desired: &MapState) -> MapDiff {
         MapDiff {
@@ -112,18 +198,9 @@ impl MapState {
 
     /// Applies a diff in memory (what the kernel holds after a successful install).
     pub fn apply(&mut self, diff: &MapDiff) {
-        fn apply_one<K: Ord + Clone, V: Clone>(m: &mut BTreeMap<K, V>, c: &MapChanges<K, V>) {
-            for (k, v) in &c.upserts {
-                m.insert(k.clone(), v.clone());
-            }
-            for k in &c.deletes {
-                m.remove(k);
-            }
+        for w in diff.steps() {
+            self.apply_write(w);
         }
-        apply_one(&mut self.endpoints, &diff.endpoints);
-        apply_one(&mut self.ip_identity, &diff.ip_identity);
-        apply_one(&mut self.cidr_identity, &diff.cidr_identity);
-        apply_one(&mut self.policy, &diff.policy);
     }
 }
 

@@ -1,0 +1,743 @@
+//! The policy compiler: cluster state in, desired map state out. Pure: no kernel, no I/O.
+//!
+//! Two steps:
+//! 1. [`compile`] turns the [`Cluster`] into a [`Compiled`] state: identities for every pod
+//!    address and ipBlock prefix, and for every local endpoint its modes and its policy entries
+//!    (keys without a `policy_set`).
+//! 2. [`plan`] places the entries of each endpoint under a `policy_set` id, given what is
+//!    installed: an endpoint whose change is invisible to live traffic (it only adds entries for
+//!    identities no packet can carry yet, or only removes entries for identities no packet will
+//!    carry any more) keeps its set and gets a minimal diff; any other change is written under a
+//!    fresh set that the endpoint flips to in one map write. So no packet ever sees half of a
+//!    policy change.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use enforcer_common::{
+    EndpointInfo, IdentityValue, IpAddrKey, POLICY_ACTION_ALLOW, PolicyKey, PolicyValue, direction,
+    identity, mode, policy_prefix,
+};
+use ipnet::IpNet;
+
+use crate::model::{
+    ContainerPort, IpBlock, Labels, Namespace, ObjectRef, Peer, Pod, Policy, PortRef, Protocol,
+    Rule, implicit_namespace,
+};
+use crate::state::{Lpm, MapState};
+
+/// Policy id of the built-in rule that lets the node reach its own pods (kubelet probes).
+pub const POLICY_ID_HOST: u32 = 1;
+/// First policy id given to a NetworkPolicy.
+pub const FIRST_POLICY_ID: u32 = 16;
+
+/// The index the sources feed: the latest valid version of every object.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Cluster {
+    pub namespaces: BTreeMap<String, Namespace>,
+    pub pods: BTreeMap<ObjectRef, Pod>,
+    pub policies: BTreeMap<ObjectRef, Policy>,
+}
+
+impl Cluster {
+    pub fn namespace_labels(&self, ns: &str) -> Labels {
+        self.namespaces
+            .get(ns)
+            .map(|n| n.labels.clone())
+            .unwrap_or_else(|| implicit_namespace(ns).labels)
+    }
+
+    /// The pod that owns an address, if any (for events and explain).
+    pub fn pod_by_ip(&self, ip: IpAddr) -> Option<&Pod> {
+        self.pods
+            .values()
+            .find(|p| !p.host_network && p.ips.contains(&ip))
+    }
+}
+
+/// What the node contributes: which pods are local and where, and its own addresses.
+#[derive(Clone, Debug, Default)]
+pub struct NodeInput {
+    pub node: String,
+    /// Local pod → ifindex of its host-side interface (only pods whose interface was found).
+    pub interfaces: BTreeMap<ObjectRef, u32>,
+    /// The node's own addresses: identity HOST.
+    pub host_ips: Vec<IpAddr>,
+    /// Let the node reach its isolated pods (kubelet probes), as every CNI does.
+    pub allow_host_ingress: bool,
+}
+
+/// What makes two pods the same peer for policy: a pod identity.
+///
+/// The namespace's labels are not part of it (they are the same for all its pods at any one
+/// time, and a namespace relabel then changes policy entries, not every pod's identity). The
+/// named ports are, so that an egress rule with a named port is exact even when two pods with
+/// the same labels map the name to different numbers.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct IdentityKey {
+    pub namespace: String,
+    pub labels: Labels,
+    pub named_ports: Vec<ContainerPort>,
+}
+
+/// Ids that must stay stable from one compilation to the next.
+#[derive(Clone, Debug, Default)]
+pub struct Ids {
+    identities: BTreeMap<IdentityKey, u32>,
+    cidr_identities: BTreeMap<Vec<IpBlock>, u32>,
+    endpoints: BTreeMap<ObjectRef, u32>,
+    policies: BTreeMap<ObjectRef, u32>,
+    next_identity: u32,
+    next_cidr: u32,
+    next_endpoint: u32,
+    next_policy: u32,
+    next_set: u32,
+}
+
+impl Ids {
+    fn get<K: Ord + Clone>(map: &mut BTreeMap<K, u32>, next: &mut u32, first: u32, k: &K) -> u32 {
+        if let Some(id) = map.get(k) {
+            return *id;
+        }
+        if *next < first {
+            *next = first;
+        }
+        let id = *next;
+        *next += 1;
+        map.insert(k.clone(), id);
+        id
+    }
+    fn identity(&mut self, k: &IdentityKey) -> u32 {
+        Self::get(
+            &mut self.identities,
+            &mut self.next_identity,
+            identity::FIRST_LABEL,
+            k,
+        )
+    }
+    fn cidr_identity(&mut self, k: &Vec<IpBlock>) -> u32 {
+        identity::CIDR_FLAG | Self::get(&mut self.cidr_identities, &mut self.next_cidr, 1, k)
+    }
+    pub fn endpoint(&mut self, k: &ObjectRef) -> u32 {
+        Self::get(&mut self.endpoints, &mut self.next_endpoint, 1, k)
+    }
+    pub fn policy(&mut self, k: &ObjectRef) -> u32 {
+        Self::get(
+            &mut self.policies,
+            &mut self.next_policy,
+            FIRST_POLICY_ID,
+            k,
+        )
+    }
+    fn identity_key(&self, id: u32) -> Option<&IdentityKey> {
+        self.identities
+            .iter()
+            .find(|(_, v)| **v == id)
+            .map(|(k, _)| k)
+    }
+    fn cidr_blocks(&self, id: u32) -> Option<&Vec<IpBlock>> {
+        self.cidr_identities
+            .iter()
+            .find(|(_, v)| (identity::CIDR_FLAG | **v) == id)
+            .map(|(k, _)| k)
+    }
+    /// A `policy_set` id never used before in this agent's life (and above `floor`).
+    pub fn fresh_set(&mut self, floor: u32) -> u32 {
+        self.next_set = self.next_set.max(floor).max(1) + 1;
+        self.next_set
+    }
+}
+
+/// One local endpoint, before its entries are placed under a `policy_set`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CompiledEndpoint {
+    pub pod: ObjectRef,
+    pub ifindex: u32,
+    pub ingress_mode: u32,
+    pub egress_mode: u32,
+    /// Policies that select this endpoint, per direction (for events: "isolated by …").
+    pub ingress_policies: Vec<ObjectRef>,
+    pub egress_policies: Vec<ObjectRef>,
+    /// Entries with `policy_set == 0`.
+    pub entries: BTreeMap<Lpm<PolicyKey>, PolicyValue>,
+}
+
+/// What an identity stands for (for events, dumps and explain).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum IdentityInfo {
+    Pods(IdentityKey),
+    /// The ipBlocks covering a CIDR partition prefix.
+    Cidr(Vec<IpBlock>),
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Compiled {
+    pub endpoints: BTreeMap<u32, CompiledEndpoint>,
+    pub ip_identity: BTreeMap<IpAddrKey, IdentityValue>,
+    pub cidr_identity: BTreeMap<Lpm<IpAddrKey>, IdentityValue>,
+    pub identities: BTreeMap<u32, IdentityInfo>,
+    pub policies: BTreeMap<u32, ObjectRef>,
+}
+
+pub fn ip_key(ip: IpAddr) -> IpAddrKey {
+    match ip {
+        IpAddr::V4(a) => IpAddrKey::from_v4_octets(a.octets()),
+        IpAddr::V6(a) => match a.to_ipv4_mapped() {
+            Some(v4) => IpAddrKey::from_v4_octets(v4.octets()),
+            None => IpAddrKey::from_v6_octets(a.octets()),
+        },
+    }
+}
+
+pub fn net_key(net: IpNet) -> Lpm<IpAddrKey> {
+    match net {
+        IpNet::V4(n) => Lpm {
+            prefix_len: 96 + u32::from(n.prefix_len()),
+            data: IpAddrKey::from_v4_octets(n.network().octets()),
+        },
+        IpNet::V6(n) => Lpm {
+            prefix_len: u32::from(n.prefix_len()),
+            data: IpAddrKey::from_v6_octets(n.network().octets()),
+        },
+    }
+}
+
+/// Splits `start..=end` into the fewest (value, prefix bits) port prefixes.
+pub fn port_range_prefixes(start: u16, end: u16) -> Vec<(u16, u32)> {
+    let mut out = Vec::new();
+    let (mut lo, hi) = (u32::from(start), u32::from(end));
+    while lo <= hi {
+        // The largest aligned block starting at lo that stays within hi.
+        let mut size = if lo == 0 {
+            1 << 16
+        } else {
+            lo & lo.wrapping_neg()
+        };
+        while lo + size - 1 > hi {
+            size >>= 1;
+        }
+        out.push((lo as u16, 16 - size.trailing_zeros()));
+        lo += size;
+    }
+    out
+}
+
+fn named_ports(pod: &Pod) -> Vec<ContainerPort> {
+    let mut v: Vec<ContainerPort> = pod
+        .ports
+        .iter()
+        .filter(|p| p.name.is_some())
+        .cloned()
+        .collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
+fn pod_identity_key(pod: &Pod) -> IdentityKey {
+    IdentityKey {
+        namespace: pod.namespace.clone(),
+        labels: pod.labels.clone(),
+        named_ports: named_ports(pod),
+    }
+}
+
+fn identity_named_port(k: &IdentityKey, name: &str, proto: Protocol) -> Option<u16> {
+    k.named_ports
+        .iter()
+        .find(|p| p.protocol == proto && p.name.as_deref() == Some(name))
+        .map(|p| p.port)
+}
+
+/// The CIDR partition of every ipBlock in every policy: prefix → the blocks that cover it.
+fn cidr_partition(cluster: &Cluster) -> BTreeMap<IpNet, Vec<IpBlock>> {
+    let mut blocks = BTreeSet::new();
+    for p in cluster.policies.values() {
+        for r in p.ingress.iter().chain(&p.egress) {
+            for peer in &r.peers {
+                if let Peer::IpBlock(b) = peer {
+                    blocks.insert(b.clone());
+                }
+            }
+        }
+    }
+    if blocks.is_empty() {
+        return BTreeMap::new();
+    }
+    let mut prefixes: BTreeSet<IpNet> = BTreeSet::new();
+    for b in &blocks {
+        prefixes.insert(b.cidr);
+        prefixes.extend(b.except.iter().copied());
+    }
+    // The IPv4 root keeps IPv4 addresses (stored IPv4-mapped) away from IPv6 blocks such as ::/0.
+    prefixes.insert("0.0.0.0/0".parse().expect("constant"));
+    let mut out = BTreeMap::new();
+    for p in prefixes {
+        let covering: Vec<IpBlock> = blocks
+            .iter()
+            .filter(|b| {
+                b.cidr.contains(&p)
+                    && !b.except.iter().any(|e| e.contains(&p))
+                    && b.cidr.addr().is_ipv4() == p.addr().is_ipv4()
+            })
+            .cloned()
+            .collect();
+        out.insert(p, covering);
+    }
+    out
+}
+
+/// Where a rule's peers resolve to.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Target {
+    /// Any peer at all (`from`/`to` empty or missing).
+    Any,
+    Identity(u32),
+}
+
+struct Resolver<'a> {
+    cluster: &'a Cluster,
+    /// Every pod identity in the cluster with the key it stands for.
+    identities: &'a BTreeMap<u32, IdentityKey>,
+    /// Pod identity → its pods' addresses (for ipBlock + named egress port).
+    identity_ips: &'a BTreeMap<u32, Vec<IpAddr>>,
+    /// CIDR identity → blocks covering it.
+    cidr_ids: &'a BTreeMap<u32, Vec<IpBlock>>,
+}
+
+impl Resolver<'_> {
+    fn peer_identities(&self, policy: &Policy, peer: &Peer) -> Vec<u32> {
+        match peer {
+            Peer::Pods { namespaces, pods } => self
+                .identities
+                .iter()
+                .filter(|(_, k)| match namespaces {
+                    None => k.namespace == policy.namespace,
+                    Some(sel) => sel.matches(&self.cluster.namespace_labels(&k.namespace)),
+                })
+                .filter(|(_, k)| pods.as_ref().is_none_or(|sel| sel.matches(&k.labels)))
+                .map(|(id, _)| *id)
+                .collect(),
+            Peer::IpBlock(b) => self
+                .cidr_ids
+                .iter()
+                .filter(|(_, blocks)| blocks.contains(b))
+                .map(|(id, _)| *id)
+                .collect(),
+        }
+    }
+
+    fn pod_identities_in_block(&self, b: &IpBlock) -> Vec<u32> {
+        self.identity_ips
+            .iter()
+            .filter(|(_, ips)| ips.iter().any(|ip| b.contains(*ip)))
+            .map(|(id, _)| *id)
+            .collect()
+    }
+}
+
+fn push_entry(
+    entries: &mut BTreeMap<Lpm<PolicyKey>, PolicyValue>,
+    dir: u8,
+    ident: u32,
+    proto: u8,
+    port: u16,
+    prefix_len: u32,
+    value: PolicyValue,
+) {
+    let key = Lpm {
+        prefix_len,
+        data: PolicyKey {
+            policy_set: 0,
+            identity: ident,
+            direction: dir,
+            proto,
+            port_be: port.to_be(),
+        },
+    };
+    // First writer wins: policies are visited in name order, rules in order, so the attribution
+    // of a key is deterministic.
+    entries.entry(key).or_insert(value);
+}
+
+/// Adds the entries of one rule of `policy` for the local pod `local`.
+#[allow(clippy::too_many_arguments)]
+fn rule_entries(
+    r: &Resolver<'_>,
+    entries: &mut BTreeMap<Lpm<PolicyKey>, PolicyValue>,
+    policy: &Policy,
+    policy_id: u32,
+    rule_index: usize,
+    rule: &Rule,
+    dir: u8,
+    local: &Pod,
+) {
+    let value = PolicyValue {
+        policy_id,
+        rule_index: u16::try_from(rule_index).unwrap_or(u16::MAX),
+        action: POLICY_ACTION_ALLOW,
+        flags: 0,
+    };
+    let targets: Vec<Target> = if rule.peers.is_empty() {
+        vec![Target::Any]
+    } else {
+        let mut t: BTreeSet<u32> = BTreeSet::new();
+        for peer in &rule.peers {
+            t.extend(r.peer_identities(policy, peer));
+        }
+        t.into_iter().map(Target::Identity).collect()
+    };
+    let target_id = |t: &Target| match t {
+        Target::Any => identity::ANY,
+        Target::Identity(id) => *id,
+    };
+    if rule.ports.is_empty() {
+        for t in &targets {
+            push_entry(
+                entries,
+                dir,
+                target_id(t),
+                0,
+                0,
+                policy_prefix::ANY_PROTO,
+                value,
+            );
+        }
+        return;
+    }
+    for spec in &rule.ports {
+        let proto = spec.protocol.number();
+        match &spec.port {
+            PortRef::Any => {
+                for t in &targets {
+                    push_entry(
+                        entries,
+                        dir,
+                        target_id(t),
+                        proto,
+                        0,
+                        policy_prefix::ANY_PORT,
+                        value,
+                    );
+                }
+            }
+            PortRef::Range(a, b) => {
+                for (port, bits) in port_range_prefixes(*a, *b) {
+                    for t in &targets {
+                        push_entry(
+                            entries,
+                            dir,
+                            target_id(t),
+                            proto,
+                            port,
+                            policy_prefix::port_prefix(bits),
+                            value,
+                        );
+                    }
+                }
+            }
+            PortRef::Named(name) if dir == direction::INGRESS => {
+                // Ingress: the name is the local pod's own container port.
+                if let Some(port) = local.named_port(name, spec.protocol) {
+                    for t in &targets {
+                        push_entry(
+                            entries,
+                            dir,
+                            target_id(t),
+                            proto,
+                            port,
+                            policy_prefix::FULL,
+                            value,
+                        );
+                    }
+                }
+            }
+            PortRef::Named(name) => {
+                // Egress: the name is each destination pod's port, so it only ever matches pods.
+                let mut pod_targets: BTreeSet<u32> = BTreeSet::new();
+                if rule.peers.is_empty() {
+                    pod_targets.extend(r.identities.keys().copied());
+                } else {
+                    for peer in &rule.peers {
+                        match peer {
+                            Peer::Pods { .. } => {
+                                pod_targets.extend(r.peer_identities(policy, peer));
+                            }
+                            Peer::IpBlock(b) => pod_targets.extend(r.pod_identities_in_block(b)),
+                        }
+                    }
+                }
+                for id in pod_targets {
+                    if let Some(port) = r
+                        .identities
+                        .get(&id)
+                        .and_then(|k| identity_named_port(k, name, spec.protocol))
+                    {
+                        push_entry(entries, dir, id, proto, port, policy_prefix::FULL, value);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Compiles the cluster for one node.
+///
+/// `installed` is what the maps hold now: entries are also made for the identities that are
+/// live there and about to disappear, so that a new policy set is right both before and after
+/// the address map changes (see [`crate::state::MapDiff`]).
+pub fn compile(
+    cluster: &Cluster,
+    node: &NodeInput,
+    ids: &mut Ids,
+    installed: &MapState,
+) -> Compiled {
+    let mut out = Compiled::default();
+
+    // Pod identities and the address map. Addresses are claimed in pod-name order; the node's
+    // own addresses win over any pod's (hostNetwork pods share them and have no identity).
+    let mut identities: BTreeMap<u32, IdentityKey> = BTreeMap::new();
+    let mut identity_ips: BTreeMap<u32, Vec<IpAddr>> = BTreeMap::new();
+    let mut pod_identity: BTreeMap<ObjectRef, u32> = BTreeMap::new();
+    for pod in cluster.pods.values().filter(|p| !p.host_network) {
+        let key = pod_identity_key(pod);
+        let id = ids.identity(&key);
+        identities.insert(id, key);
+        pod_identity.insert(pod.key(), id);
+        for ip in &pod.ips {
+            identity_ips.entry(id).or_default().push(*ip);
+            out.ip_identity.entry(ip_key(*ip)).or_insert(IdentityValue {
+                identity: id,
+                endpoint_id: 0,
+            });
+        }
+    }
+    for ip in &node.host_ips {
+        out.ip_identity.insert(
+            ip_key(*ip),
+            IdentityValue {
+                identity: identity::HOST,
+                endpoint_id: 0,
+            },
+        );
+    }
+    for (id, k) in &identities {
+        out.identities.insert(*id, IdentityInfo::Pods(k.clone()));
+    }
+
+    // CIDR partition.
+    let mut cidr_ids: BTreeMap<u32, Vec<IpBlock>> = BTreeMap::new();
+    for (net, blocks) in cidr_partition(cluster) {
+        let id = ids.cidr_identity(&blocks);
+        cidr_ids.insert(id, blocks.clone());
+        out.cidr_identity.insert(
+            net_key(net),
+            IdentityValue {
+                identity: id,
+                endpoint_id: 0,
+            },
+        );
+        out.identities.insert(id, IdentityInfo::Cidr(blocks));
+    }
+
+    for p in cluster.policies.values() {
+        out.policies.insert(ids.policy(&p.key()), p.key());
+    }
+
+    // Identities that packets may still carry until this change is installed.
+    let mut all_identities = identities.clone();
+    let mut all_cidr_ids = cidr_ids.clone();
+    for v in installed
+        .ip_identity
+        .values()
+        .chain(installed.cidr_identity.values())
+    {
+        let id = v.identity;
+        if id & identity::CIDR_FLAG != 0 {
+            if let (false, Some(b)) = (all_cidr_ids.contains_key(&id), ids.cidr_blocks(id)) {
+                all_cidr_ids.insert(id, b.clone());
+            }
+        } else if id >= identity::FIRST_LABEL
+            && let (false, Some(k)) = (all_identities.contains_key(&id), ids.identity_key(id))
+        {
+            all_identities.insert(id, k.clone());
+        }
+    }
+
+    let resolver = Resolver {
+        cluster,
+        identities: &all_identities,
+        identity_ips: &identity_ips,
+        cidr_ids: &all_cidr_ids,
+    };
+
+    for (pod_ref, ifindex) in &node.interfaces {
+        let Some(pod) = cluster.pods.get(pod_ref) else {
+            continue;
+        };
+        if pod.host_network {
+            continue;
+        }
+        let endpoint_id = ids.endpoint(pod_ref);
+        for ip in &pod.ips {
+            if let Some(v) = out.ip_identity.get_mut(&ip_key(*ip))
+                && Some(&v.identity) == pod_identity.get(pod_ref)
+            {
+                v.endpoint_id = endpoint_id;
+            }
+        }
+        let mut ep = CompiledEndpoint {
+            pod: pod_ref.clone(),
+            ifindex: *ifindex,
+            ingress_mode: mode::ALLOW_ALL,
+            egress_mode: mode::ALLOW_ALL,
+            ingress_policies: Vec::new(),
+            egress_policies: Vec::new(),
+            entries: BTreeMap::new(),
+        };
+        for policy in cluster
+            .policies
+            .values()
+            .filter(|p| p.namespace == pod.namespace && p.pod_selector.matches(&pod.labels))
+        {
+            let pid = ids.policy(&policy.key());
+            if policy.ingress_isolation {
+                ep.ingress_mode = mode::ENFORCE;
+                ep.ingress_policies.push(policy.key());
+                for (i, rule) in policy.ingress.iter().enumerate() {
+                    rule_entries(
+                        &resolver,
+                        &mut ep.entries,
+                        policy,
+                        pid,
+                        i,
+                        rule,
+                        direction::INGRESS,
+                        pod,
+                    );
+                }
+            }
+            if policy.egress_isolation {
+                ep.egress_mode = mode::ENFORCE;
+                ep.egress_policies.push(policy.key());
+                for (i, rule) in policy.egress.iter().enumerate() {
+                    rule_entries(
+                        &resolver,
+                        &mut ep.entries,
+                        policy,
+                        pid,
+                        i,
+                        rule,
+                        direction::EGRESS,
+                        pod,
+                    );
+                }
+            }
+        }
+        if ep.ingress_mode == mode::ENFORCE && node.allow_host_ingress {
+            push_entry(
+                &mut ep.entries,
+                direction::INGRESS,
+                identity::HOST,
+                0,
+                0,
+                policy_prefix::ANY_PROTO,
+                PolicyValue {
+                    policy_id: POLICY_ID_HOST,
+                    rule_index: 0,
+                    action: POLICY_ACTION_ALLOW,
+                    flags: 0,
+                },
+            );
+        }
+        out.endpoints.insert(endpoint_id, ep);
+    }
+    out
+}
+
+fn live_identities<'a>(
+    ip: impl Iterator<Item = &'a IdentityValue>,
+    cidr: impl Iterator<Item = &'a IdentityValue>,
+) -> BTreeSet<u32> {
+    let mut s: BTreeSet<u32> = [identity::ANY, identity::HOST, identity::WORLD].into();
+    s.extend(ip.map(|v| v.identity));
+    s.extend(cidr.map(|v| v.identity));
+    s
+}
+
+/// Places the compiled entries under `policy_set` ids, given what is installed, and returns the
+/// complete desired map state (diff it against `installed` for the writes).
+pub fn plan(installed: &MapState, compiled: &Compiled, ids: &mut Ids) -> MapState {
+    let live_before = live_identities(
+        installed.ip_identity.values(),
+        installed.cidr_identity.values(),
+    );
+    let live_after = live_identities(
+        compiled.ip_identity.values(),
+        compiled.cidr_identity.values(),
+    );
+    let mut installed_sets: BTreeMap<u32, BTreeMap<Lpm<PolicyKey>, PolicyValue>> = BTreeMap::new();
+    let mut max_set = 0;
+    for (k, v) in &installed.policy {
+        max_set = max_set.max(k.data.policy_set);
+        let mut bare = *k;
+        bare.data.policy_set = 0;
+        installed_sets
+            .entry(k.data.policy_set)
+            .or_default()
+            .insert(bare, *v);
+    }
+    let installed_by_endpoint: BTreeMap<u32, &EndpointInfo> = installed
+        .endpoints
+        .values()
+        .map(|e| (e.endpoint_id, e))
+        .collect();
+    max_set = max_set.max(
+        installed
+            .endpoints
+            .values()
+            .map(|e| e.policy_set)
+            .max()
+            .unwrap_or(0),
+    );
+
+    let mut out = MapState {
+        endpoints: BTreeMap::new(),
+        ip_identity: compiled.ip_identity.clone(),
+        cidr_identity: compiled.cidr_identity.clone(),
+        policy: BTreeMap::new(),
+    };
+    let empty = BTreeMap::new();
+    for (endpoint_id, ep) in &compiled.endpoints {
+        let old = installed_by_endpoint.get(endpoint_id);
+        let reuse = old.and_then(|old| {
+            let old_entries = installed_sets.get(&old.policy_set).unwrap_or(&empty);
+            let invisible_adds = ep.entries.iter().all(|(k, v)| {
+                old_entries.get(k) == Some(v) || !live_before.contains(&k.data.identity)
+            });
+            let invisible_removes = old_entries
+                .keys()
+                .all(|k| ep.entries.contains_key(k) || !live_after.contains(&k.data.identity));
+            (old.policy_set != 0 && invisible_adds && invisible_removes).then_some(old.policy_set)
+        });
+        let set = reuse.unwrap_or_else(|| ids.fresh_set(max_set));
+        for (k, v) in &ep.entries {
+            let mut key = *k;
+            key.data.policy_set = set;
+            out.policy.insert(key, *v);
+        }
+        out.endpoints.insert(
+            ep.ifindex,
+            EndpointInfo {
+                endpoint_id: *endpoint_id,
+                policy_set: set,
+                ingress_mode: ep.ingress_mode,
+                egress_mode: ep.egress_mode,
+            },
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,159 @@
+//! The datapath's new-flow decision, evaluated over a [`MapState`] in userspace.
+//!
+//! This mirrors, lookup for lookup, what `enforcer-ebpf` does for a packet that misses
+//! conntrack. It serves `explain` (live, from dumped maps) and the tests that prove the compiled
+//! maps agree with the reference evaluator.
+
+use std::net::IpAddr;
+
+use enforcer_common::{
+    IdentityValue, IpAddrKey, POLICY_ACTION_ALLOW, POLICY_ACTION_DENY, PolicyKey, PolicyValue,
+    identity, mode, policy_prefix, reason,
+};
+
+use crate::compiler::ip_key;
+use crate::state::{Lpm, MapState};
+
+/// What the datapath decides for the first packet of a flow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Decision {
+    pub allowed: bool,
+    /// `enforcer_common::reason::*`.
+    pub reason: u8,
+    /// The entry that decided, when one did.
+    pub entry: Option<PolicyValue>,
+    pub peer_identity: u32,
+    pub peer_cidr_identity: u32,
+}
+
+/// Longest-prefix match of an address in the CIDR trie.
+pub fn cidr_lookup(state: &MapState, addr: IpAddrKey) -> Option<IdentityValue> {
+    for len in (0..=128u32).rev() {
+        let mut masked = addr;
+        for (i, b) in masked.addr.iter_mut().enumerate() {
+            let bit0 = (i as u32) * 8;
+            if bit0 >= len {
+                *b = 0;
+            } else if bit0 + 8 > len {
+                *b &= 0xffu8 << (8 - (len - bit0));
+            }
+        }
+        if let Some(v) = state.cidr_identity.get(&Lpm {
+            prefix_len: len,
+            data: masked,
+        }) {
+            return Some(*v);
+        }
+    }
+    None
+}
+
+/// Longest-prefix match of a policy key (only the prefix lengths the compiler writes).
+pub fn policy_lookup(state: &MapState, key: PolicyKey) -> Option<PolicyValue> {
+    let port = u16::from_be(key.port_be);
+    for bits in (0..=16u32).rev() {
+        let mask: u16 = if bits == 0 {
+            0
+        } else {
+            u16::MAX << (16 - bits)
+        };
+        let k = Lpm {
+            prefix_len: policy_prefix::port_prefix(bits),
+            data: PolicyKey {
+                port_be: (port & mask).to_be(),
+                ..key
+            },
+        };
+        if let Some(v) = state.policy.get(&k) {
+            return Some(*v);
+        }
+    }
+    state
+        .policy
+        .get(&Lpm {
+            prefix_len: policy_prefix::ANY_PROTO,
+            data: PolicyKey {
+                proto: 0,
+                port_be: 0,
+                ..key
+            },
+        })
+        .copied()
+}
+
+/// The decision for a new flow at the endpoint on `ifindex`, in `dir`, with `peer` the remote
+/// address, `proto` the IP protocol and `port` the destination port (0 for ICMP).
+pub fn decide(
+    state: &MapState,
+    ifindex: u32,
+    dir: u8,
+    peer: IpAddr,
+    proto: u8,
+    port: u16,
+) -> Decision {
+    let mut d = Decision {
+        allowed: true,
+        reason: reason::ALLOWED_NOT_ISOLATED,
+        entry: None,
+        peer_identity: identity::WORLD,
+        peer_cidr_identity: 0,
+    };
+    let Some(ep) = state.endpoints.get(&ifindex) else {
+        return d;
+    };
+    let m = if dir == enforcer_common::direction::INGRESS {
+        ep.ingress_mode
+    } else {
+        ep.egress_mode
+    };
+    match m {
+        mode::ENFORCE => {}
+        mode::DENY_ALL => {
+            d.allowed = false;
+            d.reason = reason::ENDPOINT_DENY_ALL;
+            return d;
+        }
+        _ => return d,
+    }
+    let addr = ip_key(peer);
+    d.peer_identity = state
+        .ip_identity
+        .get(&addr)
+        .map(|v| v.identity)
+        .unwrap_or(identity::WORLD);
+    d.peer_cidr_identity = cidr_lookup(state, addr).map(|v| v.identity).unwrap_or(0);
+    let mut ids = vec![d.peer_identity];
+    if d.peer_cidr_identity != 0 {
+        ids.push(d.peer_cidr_identity);
+    }
+    ids.push(identity::ANY);
+    for id in ids {
+        let key = PolicyKey {
+            policy_set: ep.policy_set,
+            identity: id,
+            direction: dir,
+            proto,
+            port_be: port.to_be(),
+        };
+        if let Some(v) = policy_lookup(state, key) {
+            d.entry = Some(v);
+            if v.action == POLICY_ACTION_DENY {
+                d.allowed = false;
+                d.reason = reason::DENY_RULE;
+                return d;
+            }
+            if v.action == POLICY_ACTION_ALLOW {
+                d.allowed = true;
+                d.reason = if id == identity::HOST {
+                    reason::ALLOWED_HOST
+                } else {
+                    reason::ALLOWED_BY_RULE
+                };
+                return d;
+            }
+        }
+    }
+    d.allowed = false;
+    d.reason = reason::NO_RULE;
+    d
+}

@@ -1,0 +1,739 @@
+//! The cluster as the compiler sees it: trimmed, validated Namespaces, Pods and NetworkPolicies.
+//!
+//! Conversion from the Kubernetes API types happens here and only here, so the compiler never
+//! sees an `Option` whose meaning depends on the API's defaulting rules: every default of
+//! networking.k8s.io/v1 is applied on the way in, and every invalid field is rejected with an
+//! error that names the object and the field.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use k8s_openapi::api::core::v1::{Namespace as KNamespace, Pod as KPod};
+use k8s_openapi::api::networking::v1::{
+    IPBlock, NetworkPolicy as KPolicy, NetworkPolicyPeer, NetworkPolicyPort,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector as KSelector;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+pub type Labels = BTreeMap<String, String>;
+
+/// `namespace/name` of an object.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ObjectRef {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl ObjectRef {
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        Self {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+}
+
+impl fmt::Display for ObjectRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// An object that failed validation: which object, which field, why.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{kind} {object}: {field}: {reason}")]
+pub struct InvalidObject {
+    pub kind: &'static str,
+    pub object: String,
+    pub field: String,
+    pub reason: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+    Sctp,
+}
+
+impl Protocol {
+    pub fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => 6,
+            Protocol::Udp => 17,
+            Protocol::Sctp => 132,
+        }
+    }
+    pub fn from_number(n: u8) -> Option<Self> {
+        match n {
+            6 => Some(Protocol::Tcp),
+            17 => Some(Protocol::Udp),
+            132 => Some(Protocol::Sctp),
+            _ => None,
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "TCP",
+            Protocol::Udp => "UDP",
+            Protocol::Sctp => "SCTP",
+        }
+    }
+    /// Parses the API's protocol string (exact, upper case, as the API server validates it).
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "TCP" => Some(Protocol::Tcp),
+            "UDP" => Some(Protocol::Udp),
+            "SCTP" => Some(Protocol::Sctp),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Namespace {
+    pub name: String,
+    /// Always holds `kubernetes.io/metadata.name`.
+    pub labels: Labels,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ContainerPort {
+    pub name: Option<String>,
+    pub port: u16,
+    pub protocol: Protocol,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pod {
+    pub namespace: String,
+    pub name: String,
+    pub labels: Labels,
+    pub node: Option<String>,
+    pub host_network: bool,
+    pub ips: Vec<IpAddr>,
+    pub ports: Vec<ContainerPort>,
+}
+
+impl Pod {
+    pub fn key(&self) -> ObjectRef {
+        ObjectRef::new(&self.namespace, &self.name)
+    }
+    /// The container port a named port resolves to on this pod, for one protocol.
+    pub fn named_port(&self, name: &str, protocol: Protocol) -> Option<u16> {
+        self.ports
+            .iter()
+            .find(|p| p.protocol == protocol && p.name.as_deref() == Some(name))
+            .map(|p| p.port)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Operator {
+    In,
+    NotIn,
+    Exists,
+    DoesNotExist,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Requirement {
+    pub key: String,
+    pub operator: Operator,
+    pub values: Vec<String>,
+}
+
+/// A label selector. The empty selector matches everything.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Selector {
+    pub match_labels: Labels,
+    pub match_expressions: Vec<Requirement>,
+}
+
+impl Selector {
+    pub fn matches(&self, labels: &Labels) -> bool {
+        self.match_labels
+            .iter()
+            .all(|(k, v)| labels.get(k) == Some(v))
+            && self.match_expressions.iter().all(|r| {
+                let v = labels.get(&r.key);
+                match r.operator {
+                    Operator::In => v.is_some_and(|v| r.values.contains(v)),
+                    Operator::NotIn => v.is_none_or(|v| !r.values.contains(v)),
+                    Operator::Exists => v.is_some(),
+                    Operator::DoesNotExist => v.is_none(),
+                }
+            })
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct IpBlock {
+    pub cidr: IpNet,
+    pub except: Vec<IpNet>,
+}
+
+impl IpBlock {
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        self.cidr.contains(&ip) && !self.except.iter().any(|e| e.contains(&ip))
+    }
+}
+
+/// One element of `from` / `to`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Peer {
+    /// `podSelector` and/or `namespaceSelector`. `namespaces: None` means the policy's own
+    /// namespace; `pods: None` means every pod of the selected namespaces.
+    Pods {
+        namespaces: Option<Selector>,
+        pods: Option<Selector>,
+    },
+    IpBlock(IpBlock),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum PortRef {
+    /// Every port of the protocol.
+    Any,
+    /// `port`..=`end` (end == port without endPort).
+    Range(u16, u16),
+    /// A named container port.
+    Named(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PortSpec {
+    pub protocol: Protocol,
+    pub port: PortRef,
+}
+
+/// One ingress or egress rule. Empty `peers` means every peer; empty `ports` every port and
+/// protocol (the API's "empty or missing" for both).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Rule {
+    pub peers: Vec<Peer>,
+    pub ports: Vec<PortSpec>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Policy {
+    pub namespace: String,
+    pub name: String,
+    pub pod_selector: Selector,
+    /// Isolates ingress (policyTypes, defaulted).
+    pub ingress_isolation: bool,
+    pub egress_isolation: bool,
+    pub ingress: Vec<Rule>,
+    pub egress: Vec<Rule>,
+}
+
+impl Policy {
+    pub fn key(&self) -> ObjectRef {
+        ObjectRef::new(&self.namespace, &self.name)
+    }
+}
+
+// --- conversion ---------------------------------------------------------------------------------
+
+struct Ctx<'a> {
+    kind: &'static str,
+    object: &'a str,
+}
+
+impl Ctx<'_> {
+    fn err(&self, field: impl Into<String>, reason: impl Into<String>) -> InvalidObject {
+        InvalidObject {
+            kind: self.kind,
+            object: self.object.to_string(),
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+fn meta_name(name: &Option<String>, kind: &'static str) -> Result<String, InvalidObject> {
+    match name.as_deref() {
+        Some(n) if !n.is_empty() => Ok(n.to_string()),
+        _ => Err(InvalidObject {
+            kind,
+            object: "<unnamed>".into(),
+            field: "metadata.name".into(),
+            reason: "is required".into(),
+        }),
+    }
+}
+
+/// Converts a Namespace.
+pub fn namespace_from_api(ns: &KNamespace) -> Result<Namespace, InvalidObject> {
+    let name = meta_name(&ns.metadata.name, "Namespace")?;
+    let mut labels: Labels = ns.metadata.labels.clone().unwrap_or_default();
+    // The API server always sets this label; manifests written by hand may not.
+    labels.insert("kubernetes.io/metadata.name".into(), name.clone());
+    Ok(Namespace { name, labels })
+}
+
+/// The labels of a namespace that the index has not seen (a pod may arrive before it).
+pub fn implicit_namespace(name: &str) -> Namespace {
+    let mut labels = Labels::new();
+    labels.insert("kubernetes.io/metadata.name".into(), name.to_string());
+    Namespace {
+        name: name.to_string(),
+        labels,
+    }
+}
+
+/// Converts a Pod, keeping only what policy needs.
+pub fn pod_from_api(pod: &KPod) -> Result<Pod, InvalidObject> {
+    let name = meta_name(&pod.metadata.name, "Pod")?;
+    let namespace = pod
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".into());
+    let object = format!("{namespace}/{name}");
+    let ctx = Ctx {
+        kind: "Pod",
+        object: &object,
+    };
+    let spec = pod.spec.as_ref();
+    let mut ports = Vec::new();
+    if let Some(spec) = spec {
+        for (ci, c) in spec.containers.iter().enumerate() {
+            for (pi, p) in c.ports.iter().flatten().enumerate() {
+                let field = format!("spec.containers[{ci}].ports[{pi}]");
+                let port = u16::try_from(p.container_port)
+                    .ok()
+                    .filter(|p| *p != 0)
+                    .ok_or_else(|| {
+                        ctx.err(
+                            format!("{field}.containerPort"),
+                            format!("{} is not a port number (1-65535)", p.container_port),
+                        )
+                    })?;
+                let protocol = match p.protocol.as_deref() {
+                    None => Protocol::Tcp,
+                    Some(s) => Protocol::parse(s).ok_or_else(|| {
+                        ctx.err(
+                            format!("{field}.protocol"),
+                            format!("unknown protocol {s:?} (TCP, UDP or SCTP)"),
+                        )
+                    })?,
+                };
+                ports.push(ContainerPort {
+                    name: p.name.clone().filter(|n| !n.is_empty()),
+                    port,
+                    protocol,
+                });
+            }
+        }
+    }
+    let mut ips = Vec::new();
+    if let Some(status) = &pod.status {
+        let listed: Vec<&str> = match &status.pod_ips {
+            Some(list) if !list.is_empty() => list.iter().map(|p| p.ip.as_str()).collect(),
+            _ => status.pod_ip.as_deref().into_iter().collect(),
+        };
+        for (i, s) in listed.iter().enumerate() {
+            let ip: IpAddr = s.parse().map_err(|_| {
+                ctx.err(
+                    format!("status.podIPs[{i}].ip"),
+                    format!("{s:?} is not an IP address"),
+                )
+            })?;
+            if !ips.contains(&ip) {
+                ips.push(ip);
+            }
+        }
+    }
+    // Pods that have finished hold no address any more, whatever their status still says.
+    let finished = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.phase.as_deref())
+        .is_some_and(|p| p == "Succeeded" || p == "Failed");
+    if finished {
+        ips.clear();
+    }
+    Ok(Pod {
+        namespace,
+        name,
+        labels: pod.metadata.labels.clone().unwrap_or_default(),
+        node: spec.and_then(|s| s.node_name.clone()),
+        host_network: spec.and_then(|s| s.host_network).unwrap_or(false),
+        ips,
+        ports,
+    })
+}
+
+fn selector_from_api(
+    ctx: &Ctx<'_>,
+    field: &str,
+    sel: &KSelector,
+) -> Result<Selector, InvalidObject> {
+    let mut out = Selector {
+        match_labels: sel.match_labels.clone().unwrap_or_default(),
+        match_expressions: Vec::new(),
+    };
+    for (i, e) in sel.match_expressions.iter().flatten().enumerate() {
+        let f = format!("{field}.matchExpressions[{i}]");
+        if e.key.is_empty() {
+            return Err(ctx.err(format!("{f}.key"), "must not be empty"));
+        }
+        let operator = match e.operator.as_str() {
+            "In" => Operator::In,
+            "NotIn" => Operator::NotIn,
+            "Exists" => Operator::Exists,
+            "DoesNotExist" => Operator::DoesNotExist,
+            other => {
+                return Err(ctx.err(
+                    format!("{f}.operator"),
+                    format!("unknown operator {other:?} (In, NotIn, Exists or DoesNotExist)"),
+                ));
+            }
+        };
+        let values = e.values.clone().unwrap_or_default();
+        match operator {
+            Operator::In | Operator::NotIn if values.is_empty() => {
+                return Err(ctx.err(
+                    format!("{f}.values"),
+                    format!("must be non-empty for operator {}", e.operator),
+                ));
+            }
+            Operator::Exists | Operator::DoesNotExist if !values.is_empty() => {
+                return Err(ctx.err(
+                    format!("{f}.values"),
+                    format!("must be empty for operator {}", e.operator),
+                ));
+            }
+            _ => {}
+        }
+        out.match_expressions.push(Requirement {
+            key: e.key.clone(),
+            operator,
+            values,
+        });
+    }
+    Ok(out)
+}
+
+fn ipblock_from_api(ctx: &Ctx<'_>, field: &str, b: &IPBlock) -> Result<IpBlock, InvalidObject> {
+    let cidr: IpNet = b.cidr.parse().map_err(|_| {
+        ctx.err(
+            format!("{field}.cidr"),
+            format!("{:?} is not a CIDR", b.cidr),
+        )
+    })?;
+    let cidr = cidr.trunc();
+    let mut except = Vec::new();
+    for (i, e) in b.except.iter().flatten().enumerate() {
+        let f = format!("{field}.except[{i}]");
+        let net: IpNet = e
+            .parse()
+            .map_err(|_| ctx.err(&f, format!("{e:?} is not a CIDR")))?;
+        let net = net.trunc();
+        if !cidr.contains(&net) || net == cidr {
+            return Err(ctx.err(
+                &f,
+                format!("{e} must be strictly within the block's cidr {cidr}"),
+            ));
+        }
+        except.push(net);
+    }
+    Ok(IpBlock { cidr, except })
+}
+
+fn peer_from_api(ctx: &Ctx<'_>, field: &str, p: &NetworkPolicyPeer) -> Result<Peer, InvalidObject> {
+    let has_sel = p.pod_selector.is_some() || p.namespace_selector.is_some();
+    match (&p.ip_block, has_sel) {
+        (Some(_), true) => Err(ctx.err(
+            field,
+            "ipBlock may not be combined with podSelector or namespaceSelector",
+        )),
+        (Some(b), false) => Ok(Peer::IpBlock(ipblock_from_api(
+            ctx,
+            &format!("{field}.ipBlock"),
+            b,
+        )?)),
+        (None, true) => Ok(Peer::Pods {
+            namespaces: p
+                .namespace_selector
+                .as_ref()
+                .map(|s| selector_from_api(ctx, &format!("{field}.namespaceSelector"), s))
+                .transpose()?,
+            pods: p
+                .pod_selector
+                .as_ref()
+                .map(|s| selector_from_api(ctx, &format!("{field}.podSelector"), s))
+                .transpose()?,
+        }),
+        (None, false) => Err(ctx.err(
+            field,
+            "must specify podSelector, namespaceSelector or ipBlock",
+        )),
+    }
+}
+
+fn port_from_api(
+    ctx: &Ctx<'_>,
+    field: &str,
+    p: &NetworkPolicyPort,
+) -> Result<PortSpec, InvalidObject> {
+    let protocol = match p.protocol.as_deref() {
+        None => Protocol::Tcp,
+        Some(s) => Protocol::parse(s).ok_or_else(|| {
+            ctx.err(
+                format!("{field}.protocol"),
+                format!("unknown protocol {s:?} (TCP, UDP or SCTP)"),
+            )
+        })?,
+    };
+    let port = match (&p.port, p.end_port) {
+        (None, None) => PortRef::Any,
+        (None, Some(_)) => {
+            return Err(ctx.err(
+                format!("{field}.endPort"),
+                "may only be set together with a numeric port",
+            ));
+        }
+        (Some(IntOrString::String(name)), end) => {
+            if end.is_some() {
+                return Err(ctx.err(
+                    format!("{field}.endPort"),
+                    "may not be set with a named port",
+                ));
+            }
+            // A numeric string is how some manifests write numbers; the API keeps it a name,
+            // and so do we, but an empty name is invalid.
+            if name.is_empty() || name.len() > 15 {
+                return Err(ctx.err(
+                    format!("{field}.port"),
+                    format!("{name:?} is not a valid port name (1-15 characters)"),
+                ));
+            }
+            PortRef::Named(name.clone())
+        }
+        (Some(IntOrString::Int(n)), end) => {
+            let start = u16::try_from(*n).ok().filter(|p| *p != 0).ok_or_else(|| {
+                ctx.err(
+                    format!("{field}.port"),
+                    format!("{n} is not a port number (1-65535)"),
+                )
+            })?;
+            let end = match end {
+                None => start,
+                Some(e) => {
+                    let e16 = u16::try_from(e).ok().ok_or_else(|| {
+                        ctx.err(
+                            format!("{field}.endPort"),
+                            format!("{e} is not a port number (1-65535)"),
+                        )
+                    })?;
+                    if e16 < start {
+                        return Err(ctx.err(
+                            format!("{field}.endPort"),
+                            format!("{e} is below port {start}"),
+                        ));
+                    }
+                    e16
+                }
+            };
+            PortRef::Range(start, end)
+        }
+    };
+    Ok(PortSpec { protocol, port })
+}
+
+fn rule_from_api(
+    ctx: &Ctx<'_>,
+    field: &str,
+    peer_field: &str,
+    peers: Option<&Vec<NetworkPolicyPeer>>,
+    ports: Option<&Vec<NetworkPolicyPort>>,
+) -> Result<Rule, InvalidObject> {
+    let mut rule = Rule::default();
+    for (i, p) in peers.into_iter().flatten().enumerate() {
+        rule.peers.push(peer_from_api(
+            ctx,
+            &format!("{field}.{peer_field}[{i}]"),
+            p,
+        )?);
+    }
+    for (i, p) in ports.into_iter().flatten().enumerate() {
+        rule.ports
+            .push(port_from_api(ctx, &format!("{field}.ports[{i}]"), p)?);
+    }
+    Ok(rule)
+}
+
+/// Converts and validates a NetworkPolicy, applying the API's defaults.
+pub fn policy_from_api(p: &KPolicy) -> Result<Policy, InvalidObject> {
+    let name = meta_name(&p.metadata.name, "NetworkPolicy")?;
+    let namespace = p
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".into());
+    let object = format!("{namespace}/{name}");
+    let ctx = Ctx {
+        kind: "NetworkPolicy",
+        object: &object,
+    };
+    let spec = p.spec.clone().unwrap_or_default();
+    let pod_selector = match &spec.pod_selector {
+        Some(s) => selector_from_api(&ctx, "spec.podSelector", s)?,
+        None => Selector::default(),
+    };
+    let mut ingress = Vec::new();
+    for (i, r) in spec.ingress.iter().flatten().enumerate() {
+        ingress.push(rule_from_api(
+            &ctx,
+            &format!("spec.ingress[{i}]"),
+            "from",
+            r.from.as_ref(),
+            r.ports.as_ref(),
+        )?);
+    }
+    let mut egress = Vec::new();
+    for (i, r) in spec.egress.iter().flatten().enumerate() {
+        egress.push(rule_from_api(
+            &ctx,
+            &format!("spec.egress[{i}]"),
+            "to",
+            r.to.as_ref(),
+            r.ports.as_ref(),
+        )?);
+    }
+    // Defaulting of policyTypes, as the API server does it: Ingress always, Egress when the
+    // policy has at least one egress rule.
+    let (ingress_isolation, egress_isolation) = match spec.policy_types.as_deref() {
+        None | Some([]) => (true, !egress.is_empty()),
+        Some(types) => {
+            let mut ing = false;
+            let mut eg = false;
+            for (i, t) in types.iter().enumerate() {
+                match t.as_str() {
+                    "Ingress" => ing = true,
+                    "Egress" => eg = true,
+                    other => {
+                        return Err(ctx.err(
+                            format!("spec.policyTypes[{i}]"),
+                            format!("unknown policy type {other:?} (Ingress or Egress)"),
+                        ));
+                    }
+                }
+            }
+            (ing, eg)
+        }
+    };
+    Ok(Policy {
+        namespace,
+        name,
+        pod_selector,
+        ingress_isolation,
+        egress_isolation,
+        ingress,
+        egress,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(yaml: &str) -> Result<Policy, InvalidObject> {
+        let p: KPolicy = serde_norway::from_str(yaml).unwrap();
+        policy_from_api(&p)
+    }
+
+    #[test]
+    fn policy_types_default() {
+        let p = policy("metadata: {name: a, namespace: x}\nspec: {podSelector: {}}").unwrap();
+        assert!(p.ingress_isolation && !p.egress_isolation);
+        let p = policy("metadata: {name: a, namespace: x}\nspec: {podSelector: {}, egress: [{}]}")
+            .unwrap();
+        assert!(p.ingress_isolation && p.egress_isolation);
+        // An empty egress list is no egress section for defaulting.
+        let p = policy("metadata: {name: a, namespace: x}\nspec: {podSelector: {}, egress: []}")
+            .unwrap();
+        assert!(!p.egress_isolation);
+        let p = policy(
+            "metadata: {name: a, namespace: x}\nspec: {podSelector: {}, policyTypes: [Egress]}",
+        )
+        .unwrap();
+        assert!(!p.ingress_isolation && p.egress_isolation);
+    }
+
+    #[test]
+    fn invalid_fields_are_named() {
+        let e = policy(
+            "metadata: {name: a, namespace: x}\nspec:\n  ingress:\n  - from:\n    - ipBlock: {cidr: 10.0.0.0/8, except: [11.0.0.0/16]}",
+        )
+        .unwrap_err();
+        assert_eq!(e.object, "x/a");
+        assert_eq!(e.field, "spec.ingress[0].from[0].ipBlock.except[0]");
+        let e = policy(
+            "metadata: {name: a, namespace: x}\nspec:\n  egress:\n  - ports: [{port: 80, endPort: 79}]",
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "spec.egress[0].ports[0].endPort");
+        let e = policy(
+            "metadata: {name: a, namespace: x}\nspec:\n  egress:\n  - ports: [{port: http, endPort: 90}]",
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "spec.egress[0].ports[0].endPort");
+        let e = policy(
+            "metadata: {name: a, namespace: x}\nspec:\n  egress:\n  - ports: [{port: 80, protocol: ICMP}]",
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "spec.egress[0].ports[0].protocol");
+        let e = policy(
+            "metadata: {name: a, namespace: x}\nspec:\n  podSelector: {matchExpressions: [{key: a, operator: Maybe}]}",
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "spec.podSelector.matchExpressions[0].operator");
+        let e = policy("metadata: {name: a, namespace: x}\nspec:\n  ingress:\n  - from: [{}]")
+            .unwrap_err();
+        assert_eq!(e.field, "spec.ingress[0].from[0]");
+        let e = policy(
+            "metadata: {name: a, namespace: x}\nspec:\n  ingress:\n  - from: [{ipBlock: {cidr: 10.0.0.300/8}}]",
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "spec.ingress[0].from[0].ipBlock.cidr");
+        assert!(
+            e.to_string()
+                .starts_with("NetworkPolicy x/a: spec.ingress[0]")
+        );
+    }
+
+    #[test]
+    fn selectors() {
+        let mut l = Labels::new();
+        l.insert("a".into(), "1".into());
+        let s = |yaml: &str| {
+            let k: KSelector = serde_norway::from_str(yaml).unwrap();
+            let ctx = Ctx {
+                kind: "NetworkPolicy",
+                object: "x/y",
+            };
+            selector_from_api(&ctx, "s", &k).unwrap()
+        };
+        assert!(s("{}").matches(&l));
+        assert!(s("{matchLabels: null}").matches(&l));
+        assert!(s("{matchLabels: {a: '1'}}").matches(&l));
+        assert!(!s("{matchLabels: {a: '2'}}").matches(&l));
+        assert!(s("{matchExpressions: [{key: a, operator: In, values: ['1','2']}]}").matches(&l));
+        assert!(!s("{matchExpressions: [{key: a, operator: NotIn, values: ['1']}]}").matches(&l));
+        assert!(s("{matchExpressions: [{key: b, operator: NotIn, values: ['1']}]}").matches(&l));
+        assert!(s("{matchExpressions: [{key: a, operator: Exists}]}").matches(&l));
+        assert!(s("{matchExpressions: [{key: b, operator: DoesNotExist}]}").matches(&l));
+        assert!(!s("{matchExpressions: [{key: a, operator: DoesNotExist}]}").matches(&l));
+    }
+}
