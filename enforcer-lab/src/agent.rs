@@ -1,0 +1,253 @@
+//! The real agent, one per lab node, started inside the node's network namespace.
+//!
+//! Contract with `enforcer run` (see the crate docs):
+//! `<exe> run --manifests DIR --node NAME --bpffs /sys/fs/bpf/<prefix>/<node>
+//!  --status-file <nodedir>/status.json --events-file <nodedir>/events.jsonl`.
+//! The lab writes every object into DIR, then `DIR/.generation` = N; the agent, once it has
+//! applied a snapshot that included generation N, rewrites the status file (atomically) with
+//! `{"generation": N, "ready": true, "error": null|"why", ...}`.
+//!
+//! The child enters the namespace with setns(2) between fork and exec, not with
+//! `ip netns exec` (which remounts /sys and so hides /sys/fs/bpf).
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::netns::Netns;
+
+#[derive(Debug, Deserialize)]
+struct Status {
+    generation: Option<u64>,
+    #[serde(default)]
+    error: Option<String>,
+}
+
+pub struct Agent {
+    pub node: String,
+    child: Option<Child>,
+    pub log: PathBuf,
+    pub status_file: PathBuf,
+    pub events_file: PathBuf,
+    events_offset: u64,
+}
+
+/// The process's start time in clock ticks since boot (field 22 of /proc/PID/stat), to tell a
+/// process from a later one that reuses its pid.
+pub fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+impl Agent {
+    /// Starts `exe run …` (or `agent_cmd run …`) in `netns`; stdout and stderr go to a log in
+    /// `node_dir`.
+    pub fn spawn(
+        exe: &Path,
+        node: &str,
+        netns: &Netns,
+        manifests: &Path,
+        bpffs: &Path,
+        node_dir: &Path,
+    ) -> Result<Agent> {
+        let log = node_dir.join("agent.log");
+        let status_file = node_dir.join("status.json");
+        let events_file = node_dir.join("events.jsonl");
+        let out = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let err = out.try_clone()?;
+        let fd = netns.raw_fd();
+        let mut cmd = Command::new(exe);
+        cmd.arg("run")
+            .arg("--manifests")
+            .arg(manifests)
+            .arg("--node")
+            .arg(node)
+            .arg("--bpffs")
+            .arg(bpffs)
+            .arg("--status-file")
+            .arg(&status_file)
+            .arg("--events-file")
+            .arg(&events_file)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err);
+        // SAFETY: only async-signal-safe syscalls between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                crate::netns::enter(fd)?;
+                // Its own process group: a Ctrl-C reaches the lab, which stops the agent in
+                // order; and the agent dies with the lab should the lab be killed.
+                libc::setpgid(0, 0);
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                Ok(())
+            });
+        }
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting the agent {}", exe.display()))?;
+        Ok(Agent {
+            node: node.to_string(),
+            child: Some(child),
+            log,
+            status_file,
+            events_file,
+            events_offset: 0,
+        })
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// The last lines of the agent's log.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        let start = all.len().saturating_sub(lines);
+        all[start..].join("\n")
+    }
+
+    fn failure(&self, what: String) -> anyhow::Error {
+        let tail = self.log_tail(25);
+        anyhow::anyhow!(
+            "agent on {}: {what}\n--- last lines of {} ---\n{}",
+            self.node,
+            self.log.display(),
+            if tail.is_empty() { "(empty)" } else { &tail }
+        )
+    }
+
+    /// Waits until the agent reports `generation` applied; fails if it exits, reports an error
+    /// for that generation, or takes longer than `timeout`.
+    pub async fn wait_generation(&mut self, generation: u64, timeout: Duration) -> Result<()> {
+        let started = Instant::now();
+        loop {
+            if let Some(child) = self.child.as_mut()
+                && let Some(status) = child.try_wait()?
+            {
+                self.child = None;
+                return Err(self.failure(format!("exited ({status}) before it was ready")));
+            }
+            if let Ok(text) = std::fs::read_to_string(&self.status_file)
+                && let Ok(s) = serde_json::from_str::<Status>(&text)
+                && s.generation.is_some_and(|g| g >= generation)
+            {
+                if let Some(e) = s.error {
+                    return Err(self.failure(format!("rejected the manifests: {e}")));
+                }
+                return Ok(());
+            }
+            if started.elapsed() > timeout {
+                return Err(self.failure(format!(
+                    "did not report generation {generation} in {} (status file {})",
+                    humantime(timeout),
+                    self.status_file.display()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Marks the current end of the events file: `read_events` returns what comes after.
+    pub fn mark_events(&mut self) {
+        self.events_offset = std::fs::metadata(&self.events_file)
+            .map(|m| m.len())
+            .unwrap_or(0);
+    }
+
+    pub fn has_events_file(&self) -> bool {
+        self.events_file.exists()
+    }
+
+    /// Complete lines appended since the mark (or the last read).
+    pub fn read_events(&mut self) -> Vec<Value> {
+        let Ok(mut f) = File::open(&self.events_file) else {
+            return Vec::new();
+        };
+        if f.seek(SeekFrom::Start(self.events_offset)).is_err() {
+            return Vec::new();
+        }
+        let mut buf = Vec::new();
+        if f.read_to_end(&mut buf).is_err() {
+            return Vec::new();
+        }
+        // Only whole lines: a line being written is read next time.
+        let end = buf.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+        self.events_offset += end as u64;
+        String::from_utf8_lossy(&buf[..end])
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// SIGTERM (the agent detaches and unpins), then SIGKILL after `grace`.
+    pub fn stop(&mut self, grace: Duration) -> Option<String> {
+        let mut child = self.child.take()?;
+        if let Ok(Some(_)) = child.try_wait() {
+            return None;
+        }
+        // SAFETY: signalling our own child.
+        unsafe {
+            libc::kill(child.id() as i32, libc::SIGTERM);
+        }
+        let started = Instant::now();
+        while started.elapsed() < grace {
+            if let Ok(Some(_)) = child.try_wait() {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        Some(format!(
+            "agent on {} did not stop within {} of SIGTERM; killed",
+            self.node,
+            humantime(grace)
+        ))
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.stop(Duration::from_secs(3));
+    }
+}
+
+pub fn humantime(d: Duration) -> String {
+    if d.as_millis() % 1000 == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis())
+    }
+}
+
+/// Is `/sys/fs/bpf` a bpffs? If not, mount one there (the agent pins its maps under it).
+pub fn ensure_bpffs() -> Result<()> {
+    const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+    let path = c"/sys/fs/bpf";
+    // SAFETY: statfs on a NUL-terminated path into a zeroed struct.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(path.as_ptr(), &mut st) } == 0 && st.f_type as i64 == BPF_FS_MAGIC {
+        return Ok(());
+    }
+    let out = Command::new("mount")
+        .args(["-t", "bpf", "bpf", "/sys/fs/bpf"])
+        .output()
+        .context("running mount")?;
+    if !out.status.success() {
+        bail!(
+            "/sys/fs/bpf is not a bpf filesystem and mounting one failed: {} \
+             (the kernel needs CONFIG_BPF_SYSCALL)",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}

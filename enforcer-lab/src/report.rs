@@ -1,0 +1,319 @@
+//! Results: truth tables for people (rows: from, columns: to, one table per port and protocol,
+//! like the Kubernetes e2e reachability tables) and the contract's JSON for machines.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde_json::{Value, json};
+
+use crate::plan::ProbePlan;
+use crate::scenario::{Family, PortRef, Target};
+use crate::traffic::{Observed, Outcome};
+
+#[derive(Debug, Clone)]
+pub struct ProbeResult {
+    pub probe: ProbePlan,
+    pub outcome: Outcome,
+    /// The agent's events for this probe's connection.
+    pub events: Vec<Value>,
+}
+
+impl ProbeResult {
+    /// Differs from what the scenario expects (an unsupported probe never does).
+    pub fn mismatch(&self) -> bool {
+        match (self.probe.spec.expect, self.outcome.observed) {
+            (_, Observed::Unsupported) | (None, _) => false,
+            (Some(want), got) => want.as_str() != got.as_str(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct StepResult {
+    pub step: usize,
+    pub probes: Vec<ProbeResult>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    pub steps: Vec<StepResult>,
+}
+
+impl Report {
+    pub fn mismatches(&self) -> usize {
+        self.steps
+            .iter()
+            .flat_map(|s| &s.probes)
+            .filter(|p| p.mismatch())
+            .count()
+    }
+
+    pub fn probe_count(&self) -> usize {
+        self.steps.iter().map(|s| s.probes.len()).sum()
+    }
+
+    /// The JSON document of the contract.
+    pub fn to_json(&self) -> Value {
+        let steps: Vec<Value> = self
+            .steps
+            .iter()
+            .map(|s| {
+                json!({
+                    "step": s.step,
+                    "probes": s.probes.iter().map(probe_json).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        json!({"steps": steps, "mismatches": self.mismatches()})
+    }
+
+    /// Tables, the notable events and a summary, for people.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        for s in &self.steps {
+            render_step(&mut out, s);
+        }
+        let n = self.mismatches();
+        let total = self.probe_count();
+        if n == 0 {
+            let _ = writeln!(out, "PASS: {total} probes, no mismatches");
+        } else {
+            let _ = writeln!(
+                out,
+                "FAIL: {n} of {total} probes differ from what was expected"
+            );
+        }
+        out
+    }
+}
+
+fn probe_json(p: &ProbeResult) -> Value {
+    let spec = &p.probe.spec;
+    let port = match &spec.port {
+        PortRef::Number(n) => json!(n),
+        PortRef::Name(s) => json!(s),
+    };
+    json!({
+        "from": spec.from_text,
+        "to": spec.to_text,
+        "port": port,
+        "protocol": spec.protocol.as_str(),
+        "expected": spec.expect.map(|v| v.as_str()),
+        "observed": p.outcome.observed.as_str(),
+        "dst": p.probe.dst_ip.to_string(),
+        "dst_port": p.probe.dst_port,
+        "detail": p.outcome.detail,
+        "events": p.events,
+    })
+}
+
+fn symbol(p: &ProbeResult) -> String {
+    let s = match p.outcome.observed {
+        Observed::Allow => ".",
+        Observed::Deny => "X",
+        Observed::Unsupported => "-",
+    };
+    if p.mismatch() {
+        format!("{s}*")
+    } else {
+        s.to_string()
+    }
+}
+
+/// One table per protocol, port and (when a step mixes them) address family.
+type TableKey = (&'static str, u16, Option<Family>);
+
+fn render_step(out: &mut String, s: &StepResult) {
+    let _ = writeln!(out, "step {}:", s.step);
+    if s.probes.is_empty() {
+        let _ = writeln!(out, "  (no probes)\n");
+        return;
+    }
+    let mixed = {
+        let mut fams = s.probes.iter().map(|p| Family::of(&p.probe.dst_ip));
+        let first = fams.next();
+        fams.any(|f| Some(f) != first)
+    };
+    let mut tables: BTreeMap<TableKey, Vec<&ProbeResult>> = BTreeMap::new();
+    for p in &s.probes {
+        let fam = mixed.then(|| Family::of(&p.probe.dst_ip));
+        tables
+            .entry((p.probe.spec.protocol.as_str(), p.probe.dst_port, fam))
+            .or_default()
+            .push(p);
+    }
+    for ((proto, port, fam), probes) in &tables {
+        let title = match fam {
+            Some(f) => format!("{proto}/{port} {}", f.label()),
+            None => format!("{proto}/{port}"),
+        };
+        render_table(out, &title, probes);
+    }
+    let mut notes = String::new();
+    for p in &s.probes {
+        if p.mismatch() || p.outcome.observed == Observed::Deny {
+            note(&mut notes, p);
+        }
+    }
+    if !notes.is_empty() {
+        out.push_str(&notes);
+        out.push('\n');
+    }
+    let allow = count(s, Observed::Allow);
+    let deny = count(s, Observed::Deny);
+    let unsup = count(s, Observed::Unsupported);
+    let mism = s.probes.iter().filter(|p| p.mismatch()).count();
+    let _ = writeln!(
+        out,
+        "step {}: {} probes: {allow} allowed, {deny} denied{}; {mism} mismatch{}\n",
+        s.step,
+        s.probes.len(),
+        if unsup > 0 {
+            format!(", {unsup} unsupported")
+        } else {
+            String::new()
+        },
+        if mism == 1 { "" } else { "es" }
+    );
+}
+
+fn count(s: &StepResult, o: Observed) -> usize {
+    s.probes.iter().filter(|p| p.outcome.observed == o).count()
+}
+
+fn render_table(out: &mut String, title: &str, probes: &[&ProbeResult]) {
+    // Pods in the scenario's order, then other targets (addresses) as they come.
+    let mut rows: Vec<(usize, &str)> = Vec::new();
+    let mut cols: Vec<(usize, usize, &str)> = Vec::new();
+    for (i, p) in probes.iter().enumerate() {
+        let from = p.probe.spec.from_text.as_str();
+        if !rows.iter().any(|r| r.1 == from) {
+            rows.push((p.probe.src, from));
+        }
+        let to = p.probe.spec.to_text.as_str();
+        if !cols.iter().any(|c| c.2 == to) {
+            let pod = match p.probe.spec.to {
+                Target::Pod { .. } => p.probe.dst_pod.unwrap_or(usize::MAX),
+                _ => usize::MAX,
+            };
+            cols.push((pod, i, to));
+        }
+    }
+    rows.sort();
+    cols.sort();
+    let rows: Vec<&str> = rows.into_iter().map(|r| r.1).collect();
+    let cols: Vec<&str> = cols.into_iter().map(|c| c.2).collect();
+    let mut cells: BTreeMap<(&str, &str), String> = BTreeMap::new();
+    for p in probes {
+        let cell = cells
+            .entry((&p.probe.spec.from_text, &p.probe.spec.to_text))
+            .or_default();
+        // Two probes of one pair in one table (a repeat): show both.
+        cell.push_str(&symbol(p));
+    }
+    let corner = format!("{title}  from \\ to");
+    let w0 = rows
+        .iter()
+        .map(|r| r.len())
+        .chain([corner.len()])
+        .max()
+        .unwrap_or(0);
+    let widths: Vec<usize> = cols
+        .iter()
+        .map(|c| {
+            let cell_w = rows
+                .iter()
+                .filter_map(|r| cells.get(&(*r, *c)).map(|s| s.len()))
+                .max()
+                .unwrap_or(1);
+            c.len().max(cell_w)
+        })
+        .collect();
+    let mut line = format!("{corner:<w0$}");
+    for (c, w) in cols.iter().zip(&widths) {
+        let _ = write!(line, "  {c:<w$}");
+    }
+    let _ = writeln!(out, "{}", line.trim_end());
+    for r in &rows {
+        let mut line = format!("{r:<w0$}");
+        for (c, w) in cols.iter().zip(&widths) {
+            let cell = cells.get(&(*r, *c)).map(String::as_str).unwrap_or("");
+            let _ = write!(line, "  {cell:<w$}");
+        }
+        let _ = writeln!(out, "{}", line.trim_end());
+    }
+    out.push('\n');
+}
+
+/// A line about a denied or unexpected probe, with the drop the agent attributed.
+fn note(out: &mut String, p: &ProbeResult) {
+    let spec = &p.probe.spec;
+    let expect = match spec.expect {
+        Some(e) if p.mismatch() => format!(" (expected {})", e.as_str()),
+        _ => String::new(),
+    };
+    let _ = writeln!(
+        out,
+        "  {} {} -> {} {}/{}: {} ({}){expect}",
+        if p.mismatch() { "*" } else { " " },
+        spec.from_text,
+        spec.to_text,
+        spec.protocol,
+        p.probe.dst_port,
+        p.outcome.observed.as_str(),
+        p.outcome.detail,
+    );
+    let drops: Vec<&Value> = p
+        .events
+        .iter()
+        .filter(|e| e.get("verdict").and_then(Value::as_str) == Some("drop"))
+        .collect();
+    if let Some(e) = drops.first() {
+        let s = |k: &str| {
+            e.get(k)
+                .and_then(|v| match v {
+                    Value::String(s) => Some(s.clone()),
+                    Value::Null => None,
+                    other => Some(other.to_string()),
+                })
+                .unwrap_or_else(|| "-".into())
+        };
+        let _ = writeln!(
+            out,
+            "      drop {} at {}: {}, policy {}{}",
+            s("direction"),
+            s("endpoint"),
+            s("reason"),
+            s("policy"),
+            if drops.len() > 1 {
+                format!(" ({} drop events)", drops.len())
+            } else {
+                String::new()
+            }
+        );
+    }
+}
+
+/// The events of one probe: those whose 5-tuple is the probe's connection.
+pub fn match_events(events: &[Value], p: &ProbePlan, src_port: Option<u16>) -> Vec<Value> {
+    let Some(sport) = src_port else {
+        return Vec::new();
+    };
+    let src = p.src_ip.to_string();
+    let dst = p.dst_ip.to_string();
+    events
+        .iter()
+        .filter(|e| {
+            let str_of = |k: &str| e.get(k).and_then(Value::as_str);
+            let num_of = |k: &str| e.get(k).and_then(Value::as_u64);
+            str_of("protocol").is_some_and(|x| x.eq_ignore_ascii_case(p.spec.protocol.as_str()))
+                && str_of("src").and_then(|s| s.parse::<std::net::IpAddr>().ok())
+                    == src.parse().ok()
+                && str_of("dst").and_then(|s| s.parse::<std::net::IpAddr>().ok())
+                    == dst.parse().ok()
+                && num_of("src_port") == Some(u64::from(sport))
+                && num_of("dst_port") == Some(u64::from(p.dst_port))
+        })
+        .cloned()
+        .collect()
+}

@@ -1,0 +1,963 @@
+//! The scenario file (see `shared/scenario-format.md`): parsed strictly, so that a misspelt key
+//! is an error naming the key and its path (`pods[2].lables`) instead of a silently ignored
+//! field. Parsing walks a generic YAML value by hand, which gives every error the exact path
+//! of the offending value; Kubernetes objects (`policies`, `apply`) are kept as given.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+
+use serde_norway::{Mapping, Value};
+
+/// A parse error: where (a path like `probes[3].port`) and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{path}: {reason}")]
+pub struct ScenarioError {
+    pub path: String,
+    pub reason: String,
+}
+
+fn err<T>(path: &str, reason: impl Into<String>) -> Result<T, ScenarioError> {
+    Err(ScenarioError {
+        path: if path.is_empty() {
+            "(top level)".into()
+        } else {
+            path.into()
+        },
+        reason: reason.into(),
+    })
+}
+
+pub type Labels = BTreeMap<String, String>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+    Sctp,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "TCP",
+            Protocol::Udp => "UDP",
+            Protocol::Sctp => "SCTP",
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A port as a probe or a Service gives it: a number or a name of the target's ports.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum PortRef {
+    Number(u16),
+    Name(String),
+}
+
+impl fmt::Display for PortRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PortRef::Number(n) => write!(f, "{n}"),
+            PortRef::Name(s) => f.write_str(s),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortSpec {
+    pub name: Option<String>,
+    pub port: u16,
+    pub protocol: Protocol,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamespaceSpec {
+    pub name: String,
+    pub labels: Labels,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodSpec {
+    pub namespace: String,
+    pub name: String,
+    pub node: Option<String>,
+    pub labels: Labels,
+    pub ips: Option<Vec<IpAddr>>,
+    pub ports: Vec<PortSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostSpec {
+    pub name: String,
+    pub ips: Vec<IpAddr>,
+    pub ports: Vec<PortSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServicePort {
+    pub name: Option<String>,
+    pub port: u16,
+    pub target_port: PortRef,
+    pub protocol: Protocol,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceSpec {
+    pub namespace: String,
+    pub name: String,
+    pub cluster_ip: Option<IpAddr>,
+    pub selector: Labels,
+    pub ports: Vec<ServicePort>,
+}
+
+/// The source of a probe.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Endpoint {
+    Pod { namespace: String, name: String },
+    Host(String),
+}
+
+/// The destination of a probe.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Target {
+    Pod { namespace: String, name: String },
+    Host(String),
+    Ip(IpAddr),
+    Service { namespace: String, name: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    Allow,
+    Deny,
+}
+
+impl Verdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Allow => "allow",
+            Verdict::Deny => "deny",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    pub fn of(ip: &IpAddr) -> Family {
+        if ip.is_ipv4() { Family::V4 } else { Family::V6 }
+    }
+    pub fn label(self) -> &'static str {
+        match self {
+            Family::V4 => "IPv4",
+            Family::V6 => "IPv6",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeSpec {
+    /// Where it is in the file (`steps[1].probes[0]`), for messages.
+    pub path: String,
+    /// `from` and `to` exactly as written, for output.
+    pub from_text: String,
+    pub to_text: String,
+    pub from: Endpoint,
+    pub to: Target,
+    pub port: PortRef,
+    pub protocol: Protocol,
+    pub expect: Option<Verdict>,
+    pub family: Option<Family>,
+}
+
+/// A Kubernetes object kept as given, with its identity.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Object {
+    pub path: String,
+    pub key: ObjectKey,
+    pub value: serde_json::Value,
+}
+
+/// kind, namespace (NetworkPolicy defaults to `default`, as `kubectl apply` without `-n`), name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ObjectKey {
+    pub kind: String,
+    pub namespace: Option<String>,
+    pub name: String,
+}
+
+impl fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.namespace {
+            Some(ns) => write!(f, "{} {}/{}", self.kind, ns, self.name),
+            None => write!(f, "{} {}", self.kind, self.name),
+        }
+    }
+}
+
+impl ObjectKey {
+    pub fn new(kind: &str, namespace: Option<String>, name: &str) -> Self {
+        let namespace = match (kind, namespace) {
+            ("NetworkPolicy", None) => Some("default".to_string()),
+            (_, ns) => ns,
+        };
+        ObjectKey {
+            kind: kind.to_string(),
+            namespace,
+            name: name.to_string(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Relabel {
+    Pod {
+        path: String,
+        namespace: String,
+        name: String,
+        labels: Labels,
+    },
+    Namespace {
+        path: String,
+        name: String,
+        labels: Labels,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepSpec {
+    pub apply: Vec<Object>,
+    pub delete: Vec<(String, ObjectKey)>,
+    pub relabel: Vec<Relabel>,
+    pub probes: Vec<ProbeSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scenario {
+    /// `None` when the file does not list nodes (one node named `node-1`).
+    pub nodes: Option<Vec<String>>,
+    pub namespaces: Vec<NamespaceSpec>,
+    pub pods: Vec<PodSpec>,
+    pub hosts: Vec<HostSpec>,
+    pub services: Vec<ServiceSpec>,
+    pub policies: Vec<Object>,
+    pub probes: Vec<ProbeSpec>,
+    pub steps: Vec<StepSpec>,
+}
+
+impl Scenario {
+    pub fn node_names(&self) -> Vec<String> {
+        self.nodes.clone().unwrap_or_else(|| vec!["node-1".into()])
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Walking the YAML value.
+
+fn join(path: &str, key: &str) -> String {
+    if path.is_empty() {
+        key.to_string()
+    } else {
+        format!("{path}.{key}")
+    }
+}
+
+fn index(path: &str, i: usize) -> String {
+    format!("{path}[{i}]")
+}
+
+fn kind_of(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Sequence(_) => "a list",
+        Value::Mapping(_) => "a mapping",
+        Value::Tagged(_) => "a tagged value",
+    }
+}
+
+/// A mapping whose keys are all among `allowed`.
+fn mapping<'v>(v: &'v Value, path: &str, allowed: &[&str]) -> Result<&'v Mapping, ScenarioError> {
+    let Value::Mapping(m) = v else {
+        return err(path, format!("expected a mapping, got {}", kind_of(v)));
+    };
+    for k in m.keys() {
+        let Value::String(k) = k else {
+            return err(path, format!("keys must be strings, got {}", kind_of(k)));
+        };
+        if !allowed.contains(&k.as_str()) {
+            return err(
+                &join(path, k),
+                format!("unknown key (expected one of: {})", allowed.join(", ")),
+            );
+        }
+    }
+    Ok(m)
+}
+
+/// The value of `key`, `None` when absent or null.
+fn field<'v>(m: &'v Mapping, key: &str) -> Option<&'v Value> {
+    m.get(key).filter(|v| !v.is_null())
+}
+
+fn required<'v>(m: &'v Mapping, path: &str, key: &str) -> Result<&'v Value, ScenarioError> {
+    field(m, key).map_or_else(|| err(&join(path, key), "required"), Ok)
+}
+
+fn string(v: &Value, path: &str) -> Result<String, ScenarioError> {
+    match v {
+        Value::String(s) if !s.is_empty() => Ok(s.clone()),
+        Value::String(_) => err(path, "must not be empty"),
+        other => err(path, format!("expected a string, got {}", kind_of(other))),
+    }
+}
+
+fn sequence<'v>(v: &'v Value, path: &str) -> Result<&'v Vec<Value>, ScenarioError> {
+    match v {
+        Value::Sequence(s) => Ok(s),
+        other => err(path, format!("expected a list, got {}", kind_of(other))),
+    }
+}
+
+/// Items of an optional list field, each with its path.
+fn items<'v>(
+    m: &'v Mapping,
+    path: &str,
+    key: &str,
+) -> Result<Vec<(String, &'v Value)>, ScenarioError> {
+    let p = join(path, key);
+    match field(m, key) {
+        None => Ok(Vec::new()),
+        Some(v) => Ok(sequence(v, &p)?
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (index(&p, i), v))
+            .collect()),
+    }
+}
+
+/// A DNS-1123 label (namespace names, node names): what Kubernetes accepts.
+fn dns_label(s: &str, path: &str) -> Result<(), ScenarioError> {
+    let ok = !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        err(
+            path,
+            format!("{s:?} is not a valid name (lower-case letters, digits and '-', at most 63)"),
+        )
+    }
+}
+
+/// A DNS-1123 subdomain (pod names).
+fn dns_subdomain(s: &str, path: &str) -> Result<(), ScenarioError> {
+    let ok = !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|part| {
+            !part.is_empty()
+                && part
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !part.starts_with('-')
+                && !part.ends_with('-')
+        });
+    if ok {
+        Ok(())
+    } else {
+        err(
+            path,
+            format!("{s:?} is not a valid name (lower-case letters, digits, '-' and '.')"),
+        )
+    }
+}
+
+fn name_field(m: &Mapping, path: &str, key: &str) -> Result<String, ScenarioError> {
+    let p = join(path, key);
+    let s = string(required(m, path, key)?, &p)?;
+    dns_label(&s, &p)?;
+    Ok(s)
+}
+
+fn labels(v: Option<&Value>, path: &str) -> Result<Labels, ScenarioError> {
+    let Some(v) = v else {
+        return Ok(Labels::new());
+    };
+    let Value::Mapping(m) = v else {
+        return err(
+            path,
+            format!("expected a mapping of labels, got {}", kind_of(v)),
+        );
+    };
+    let mut out = Labels::new();
+    for (k, val) in m {
+        let Value::String(k) = k else {
+            return err(
+                path,
+                format!("label keys must be strings, got {}", kind_of(k)),
+            );
+        };
+        let p = join(path, k);
+        label_key(k, &p)?;
+        let val = match val {
+            Value::String(s) => s.clone(),
+            other => {
+                return err(
+                    &p,
+                    format!(
+                        "label values must be strings, got {} (quote it)",
+                        kind_of(other)
+                    ),
+                );
+            }
+        };
+        label_value(&val, &p)?;
+        out.insert(k.clone(), val);
+    }
+    Ok(out)
+}
+
+fn label_name_ok(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && s.as_bytes()[0].is_ascii_alphanumeric()
+        && s.as_bytes()[s.len() - 1].is_ascii_alphanumeric()
+}
+
+fn label_key(k: &str, path: &str) -> Result<(), ScenarioError> {
+    let (prefix, name) = match k.split_once('/') {
+        Some((p, n)) => (Some(p), n),
+        None => (None, k),
+    };
+    let prefix_ok = prefix.is_none_or(|p| dns_subdomain(p, path).is_ok());
+    if prefix_ok && label_name_ok(name) {
+        Ok(())
+    } else {
+        err(path, format!("{k:?} is not a valid label key"))
+    }
+}
+
+fn label_value(v: &str, path: &str) -> Result<(), ScenarioError> {
+    if v.is_empty() || label_name_ok(v) {
+        Ok(())
+    } else {
+        err(path, format!("{v:?} is not a valid label value"))
+    }
+}
+
+fn ip(v: &Value, path: &str) -> Result<IpAddr, ScenarioError> {
+    let s = string(v, path)?;
+    s.parse()
+        .or_else(|_| err(path, format!("{s:?} is not an IP address")))
+}
+
+fn port_number(v: &Value, path: &str) -> Result<u16, ScenarioError> {
+    match v.as_u64() {
+        Some(n @ 1..=65535) => Ok(n as u16),
+        _ => err(path, "expected a port number between 1 and 65535"),
+    }
+}
+
+fn port_ref(v: &Value, path: &str) -> Result<PortRef, ScenarioError> {
+    match v {
+        Value::Number(_) => Ok(PortRef::Number(port_number(v, path)?)),
+        Value::String(s) => match s.parse::<u64>() {
+            // "80" in quotes: a number, the way a user means it.
+            Ok(n) => Ok(PortRef::Number(port_number(
+                &Value::Number(n.into()),
+                path,
+            )?)),
+            Err(_) => {
+                port_name(s, path)?;
+                Ok(PortRef::Name(s.clone()))
+            }
+        },
+        other => err(
+            path,
+            format!("expected a port number or name, got {}", kind_of(other)),
+        ),
+    }
+}
+
+/// An IANA_SVC_NAME, as Kubernetes checks container port names.
+fn port_name(s: &str, path: &str) -> Result<(), ScenarioError> {
+    let ok = !s.is_empty()
+        && s.len() <= 15
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes().any(|b| b.is_ascii_lowercase())
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+        && !s.contains("--");
+    if ok {
+        Ok(())
+    } else {
+        err(
+            path,
+            format!(
+                "{s:?} is not a valid port name (at most 15 lower-case letters, digits and '-')"
+            ),
+        )
+    }
+}
+
+fn protocol(m: &Mapping, path: &str) -> Result<Protocol, ScenarioError> {
+    let p = join(path, "protocol");
+    match field(m, "protocol") {
+        None => Ok(Protocol::Tcp),
+        Some(v) => match string(v, &p)?.as_str() {
+            "TCP" => Ok(Protocol::Tcp),
+            "UDP" => Ok(Protocol::Udp),
+            "SCTP" => Ok(Protocol::Sctp),
+            other => err(&p, format!("{other:?} is not TCP, UDP or SCTP")),
+        },
+    }
+}
+
+fn ports(m: &Mapping, path: &str, named: bool) -> Result<Vec<PortSpec>, ScenarioError> {
+    let mut out: Vec<PortSpec> = Vec::new();
+    for (p, v) in items(m, path, "ports")? {
+        let allowed: &[&str] = if named {
+            &["name", "port", "protocol"]
+        } else {
+            &["port", "protocol"]
+        };
+        let pm = mapping(v, &p, allowed)?;
+        let name = match field(pm, "name") {
+            None => None,
+            Some(v) => {
+                let s = string(v, &join(&p, "name"))?;
+                port_name(&s, &join(&p, "name"))?;
+                Some(s)
+            }
+        };
+        let port = port_number(required(pm, &p, "port")?, &join(&p, "port"))?;
+        let protocol = protocol(pm, &p)?;
+        if let Some(n) = &name
+            && out.iter().any(|o| o.name.as_ref() == Some(n))
+        {
+            return err(&join(&p, "name"), format!("port name {n:?} is used twice"));
+        }
+        if out.iter().any(|o| o.port == port && o.protocol == protocol) {
+            return err(&p, format!("{protocol} port {port} is listed twice"));
+        }
+        out.push(PortSpec {
+            name,
+            port,
+            protocol,
+        });
+    }
+    Ok(out)
+}
+
+fn ips(m: &Mapping, path: &str) -> Result<Option<Vec<IpAddr>>, ScenarioError> {
+    if field(m, "ips").is_none() {
+        return Ok(None);
+    }
+    let mut out: Vec<IpAddr> = Vec::new();
+    for (p, v) in items(m, path, "ips")? {
+        let a = ip(v, &p)?;
+        if a.is_unspecified() || a.is_loopback() || a.is_multicast() {
+            return err(&p, format!("{a} cannot be an endpoint address"));
+        }
+        if let IpAddr::V6(v6) = a
+            && v6.segments()[0] & 0xffc0 == 0xfe80
+        {
+            return err(&p, format!("{a} is link-local"));
+        }
+        if out.contains(&a) {
+            return err(&p, format!("{a} is listed twice"));
+        }
+        out.push(a);
+    }
+    if out.is_empty() {
+        return err(&join(path, "ips"), "must list at least one address");
+    }
+    Ok(Some(out))
+}
+
+fn namespaced_name(s: &str, path: &str) -> Result<(String, String), ScenarioError> {
+    match s.split_once('/') {
+        Some((ns, name)) => {
+            dns_label(ns, path)?;
+            dns_subdomain(name, path)?;
+            Ok((ns.to_string(), name.to_string()))
+        }
+        None => err(path, format!("{s:?} is not namespace/name")),
+    }
+}
+
+fn endpoint(v: &Value, path: &str) -> Result<(String, Endpoint), ScenarioError> {
+    let s = string(v, path)?;
+    if s.contains('/') {
+        let (namespace, name) = namespaced_name(&s, path)?;
+        Ok((s, Endpoint::Pod { namespace, name }))
+    } else if s.parse::<IpAddr>().is_ok() {
+        err(
+            path,
+            "a probe's source must be a pod (namespace/name) or a host, not an address",
+        )
+    } else {
+        dns_subdomain(&s, path)?;
+        Ok((s.clone(), Endpoint::Host(s)))
+    }
+}
+
+fn target(v: &Value, path: &str) -> Result<(String, Target), ScenarioError> {
+    let s = string(v, path)?;
+    if let Some(rest) = s.strip_prefix("svc:") {
+        let (namespace, name) = namespaced_name(rest, path)?;
+        return Ok((s, Target::Service { namespace, name }));
+    }
+    if let Ok(a) = s.parse::<IpAddr>() {
+        return Ok((s, Target::Ip(a)));
+    }
+    if s.contains('/') {
+        let (namespace, name) = namespaced_name(&s, path)?;
+        Ok((s, Target::Pod { namespace, name }))
+    } else {
+        dns_subdomain(&s, path)?;
+        Ok((s.clone(), Target::Host(s)))
+    }
+}
+
+fn probes(m: &Mapping, path: &str) -> Result<Vec<ProbeSpec>, ScenarioError> {
+    let mut out = Vec::new();
+    for (p, v) in items(m, path, "probes")? {
+        let pm = mapping(
+            v,
+            &p,
+            &["from", "to", "port", "protocol", "expect", "family"],
+        )?;
+        let (from_text, from) = endpoint(required(pm, &p, "from")?, &join(&p, "from"))?;
+        let (to_text, to) = target(required(pm, &p, "to")?, &join(&p, "to"))?;
+        let port = port_ref(required(pm, &p, "port")?, &join(&p, "port"))?;
+        let protocol = protocol(pm, &p)?;
+        let expect = match field(pm, "expect") {
+            None => None,
+            Some(v) => match string(v, &join(&p, "expect"))?.as_str() {
+                "allow" => Some(Verdict::Allow),
+                "deny" => Some(Verdict::Deny),
+                other => {
+                    return err(
+                        &join(&p, "expect"),
+                        format!("{other:?} is not allow or deny"),
+                    );
+                }
+            },
+        };
+        let family = match field(pm, "family") {
+            None => None,
+            Some(v) => match v.as_u64() {
+                Some(4) => Some(Family::V4),
+                Some(6) => Some(Family::V6),
+                _ => return err(&join(&p, "family"), "expected 4 or 6"),
+            },
+        };
+        out.push(ProbeSpec {
+            path: p,
+            from_text,
+            to_text,
+            from,
+            to,
+            port,
+            protocol,
+            expect,
+            family,
+        });
+    }
+    Ok(out)
+}
+
+/// A Kubernetes object: a mapping with `kind` and `metadata.name`, kept as given.
+fn object(v: &Value, path: &str) -> Result<Object, ScenarioError> {
+    let Value::Mapping(m) = v else {
+        return err(
+            path,
+            format!(
+                "expected a Kubernetes object (a mapping), got {}",
+                kind_of(v)
+            ),
+        );
+    };
+    let kind = string(required(m, path, "kind")?, &join(path, "kind"))?;
+    required(m, path, "apiVersion")?;
+    let mpath = join(path, "metadata");
+    let Value::Mapping(meta) = required(m, path, "metadata")? else {
+        return err(&mpath, "expected a mapping");
+    };
+    let name = string(required(meta, &mpath, "name")?, &join(&mpath, "name"))?;
+    let namespace = match field(meta, "namespace") {
+        None => None,
+        Some(v) => Some(string(v, &join(&mpath, "namespace"))?),
+    };
+    if matches!(kind.as_str(), "Pod" | "Namespace" | "Service") {
+        return err(
+            &join(path, "kind"),
+            format!(
+                "{kind} objects are made by the lab: declare them under `{}` instead",
+                match kind.as_str() {
+                    "Pod" => "pods",
+                    "Namespace" => "namespaces",
+                    _ => "services",
+                }
+            ),
+        );
+    }
+    let value = serde_json::to_value(v)
+        .or_else(|e| err(path, format!("cannot be represented as JSON: {e}")))?;
+    Ok(Object {
+        path: path.to_string(),
+        key: ObjectKey::new(&kind, namespace, &name),
+        value,
+    })
+}
+
+fn objects(m: &Mapping, path: &str, key: &str) -> Result<Vec<Object>, ScenarioError> {
+    let mut out: Vec<Object> = Vec::new();
+    for (p, v) in items(m, path, key)? {
+        let o = object(v, &p)?;
+        if let Some(prev) = out.iter().find(|x| x.key == o.key) {
+            return err(&p, format!("{} is already given at {}", o.key, prev.path));
+        }
+        out.push(o);
+    }
+    Ok(out)
+}
+
+fn step(v: &Value, path: &str) -> Result<StepSpec, ScenarioError> {
+    let m = mapping(v, path, &["apply", "delete", "relabel", "probes"])?;
+    let apply = objects(m, path, "apply")?;
+    let mut delete = Vec::new();
+    for (p, v) in items(m, path, "delete")? {
+        let dm = mapping(v, &p, &["apiVersion", "kind", "namespace", "name"])?;
+        let kind = string(required(dm, &p, "kind")?, &join(&p, "kind"))?;
+        let name = string(required(dm, &p, "name")?, &join(&p, "name"))?;
+        let namespace = match field(dm, "namespace") {
+            None => None,
+            Some(v) => Some(string(v, &join(&p, "namespace"))?),
+        };
+        delete.push((p, ObjectKey::new(&kind, namespace, &name)));
+    }
+    let mut relabel = Vec::new();
+    for (p, v) in items(m, path, "relabel")? {
+        let rm = mapping(v, &p, &["pod", "namespace", "labels"])?;
+        let lp = join(&p, "labels");
+        let new_labels = labels(Some(required(rm, &p, "labels")?), &lp)?;
+        match (field(rm, "pod"), field(rm, "namespace")) {
+            (Some(pod), None) => {
+                let pp = join(&p, "pod");
+                let (namespace, name) = namespaced_name(&string(pod, &pp)?, &pp)?;
+                relabel.push(Relabel::Pod {
+                    path: p,
+                    namespace,
+                    name,
+                    labels: new_labels,
+                });
+            }
+            (None, Some(ns)) => {
+                let np = join(&p, "namespace");
+                let name = string(ns, &np)?;
+                dns_label(&name, &np)?;
+                relabel.push(Relabel::Namespace {
+                    path: p,
+                    name,
+                    labels: new_labels,
+                });
+            }
+            _ => return err(&p, "give exactly one of `pod` and `namespace`"),
+        }
+    }
+    let probes = probes(m, path)?;
+    Ok(StepSpec {
+        apply,
+        delete,
+        relabel,
+        probes,
+    })
+}
+
+/// Parses a scenario file's text.
+pub fn parse(text: &str) -> Result<Scenario, ScenarioError> {
+    let root: Value =
+        serde_norway::from_str(text).or_else(|e| err("", format!("not valid YAML: {e}")))?;
+    if root.is_null() {
+        return err("", "the file is empty");
+    }
+    let m = mapping(
+        &root,
+        "",
+        &[
+            "nodes",
+            "namespaces",
+            "pods",
+            "hosts",
+            "services",
+            "policies",
+            "probes",
+            "steps",
+        ],
+    )?;
+
+    let nodes = match field(m, "nodes") {
+        None => None,
+        Some(_) => {
+            let mut out: Vec<String> = Vec::new();
+            for (p, v) in items(m, "", "nodes")? {
+                let s = string(v, &p)?;
+                dns_label(&s, &p)?;
+                if out.contains(&s) {
+                    return err(&p, format!("node {s:?} is listed twice"));
+                }
+                out.push(s);
+            }
+            if out.is_empty() {
+                return err("nodes", "must list at least one node");
+            }
+            Some(out)
+        }
+    };
+
+    let mut namespaces: Vec<NamespaceSpec> = Vec::new();
+    for (p, v) in items(m, "", "namespaces")? {
+        let nm = mapping(v, &p, &["name", "labels"])?;
+        let name = name_field(nm, &p, "name")?;
+        if namespaces.iter().any(|n| n.name == name) {
+            return err(
+                &join(&p, "name"),
+                format!("namespace {name:?} is listed twice"),
+            );
+        }
+        let labels = labels(field(nm, "labels"), &join(&p, "labels"))?;
+        namespaces.push(NamespaceSpec { name, labels });
+    }
+
+    let mut pods: Vec<PodSpec> = Vec::new();
+    for (p, v) in items(m, "", "pods")? {
+        let pm = mapping(
+            v,
+            &p,
+            &["namespace", "name", "node", "labels", "ips", "ports"],
+        )?;
+        let namespace = name_field(pm, &p, "namespace")?;
+        let name = string(required(pm, &p, "name")?, &join(&p, "name"))?;
+        dns_subdomain(&name, &join(&p, "name"))?;
+        if pods
+            .iter()
+            .any(|x| x.namespace == namespace && x.name == name)
+        {
+            return err(&p, format!("pod {namespace}/{name} is listed twice"));
+        }
+        let node = match field(pm, "node") {
+            None => None,
+            Some(v) => Some(string(v, &join(&p, "node"))?),
+        };
+        pods.push(PodSpec {
+            labels: labels(field(pm, "labels"), &join(&p, "labels"))?,
+            ips: ips(pm, &p)?,
+            ports: ports(pm, &p, true)?,
+            namespace,
+            name,
+            node,
+        });
+    }
+
+    let mut hosts: Vec<HostSpec> = Vec::new();
+    for (p, v) in items(m, "", "hosts")? {
+        let hm = mapping(v, &p, &["name", "ips", "ports"])?;
+        let name = string(required(hm, &p, "name")?, &join(&p, "name"))?;
+        dns_subdomain(&name, &join(&p, "name"))?;
+        if hosts.iter().any(|h| h.name == name) {
+            return err(&join(&p, "name"), format!("host {name:?} is listed twice"));
+        }
+        let Some(ips) = ips(hm, &p)? else {
+            return err(&join(&p, "ips"), "required");
+        };
+        hosts.push(HostSpec {
+            ports: ports(hm, &p, true)?,
+            name,
+            ips,
+        });
+    }
+
+    let mut services: Vec<ServiceSpec> = Vec::new();
+    for (p, v) in items(m, "", "services")? {
+        let sm = mapping(
+            v,
+            &p,
+            &["namespace", "name", "clusterIP", "selector", "ports"],
+        )?;
+        let namespace = name_field(sm, &p, "namespace")?;
+        let name = name_field(sm, &p, "name")?;
+        let cluster_ip = match field(sm, "clusterIP") {
+            None => None,
+            Some(v) => Some(ip(v, &join(&p, "clusterIP"))?),
+        };
+        let selector = labels(field(sm, "selector"), &join(&p, "selector"))?;
+        let mut sports: Vec<ServicePort> = Vec::new();
+        for (pp, v) in items(sm, &p, "ports")? {
+            let pm = mapping(v, &pp, &["name", "port", "targetPort", "protocol"])?;
+            let name = match field(pm, "name") {
+                None => None,
+                Some(v) => Some(string(v, &join(&pp, "name"))?),
+            };
+            let port = port_number(required(pm, &pp, "port")?, &join(&pp, "port"))?;
+            let target_port = match field(pm, "targetPort") {
+                None => PortRef::Number(port),
+                Some(v) => port_ref(v, &join(&pp, "targetPort"))?,
+            };
+            sports.push(ServicePort {
+                name,
+                port,
+                target_port,
+                protocol: protocol(pm, &pp)?,
+            });
+        }
+        if sports.is_empty() {
+            return err(&join(&p, "ports"), "a Service needs at least one port");
+        }
+        services.push(ServiceSpec {
+            namespace,
+            name,
+            cluster_ip,
+            selector,
+            ports: sports,
+        });
+    }
+
+    let policies = objects(m, "", "policies")?;
+    let probes = probes(m, "")?;
+    let mut steps = Vec::new();
+    for (p, v) in items(m, "", "steps")? {
+        steps.push(step(v, &p)?);
+    }
+    Ok(Scenario {
+        nodes,
+        namespaces,
+        pods,
+        hosts,
+        services,
+        policies,
+        probes,
+        steps,
+    })
+}

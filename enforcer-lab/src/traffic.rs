@@ -1,0 +1,276 @@
+//! Servers and probes, in-process. Each socket is made on a thread that has entered the pod's
+//! network namespace (a socket keeps its namespace for life), then driven by tokio.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use socket2::{Domain, Protocol as SockProto, SockAddr, Socket, Type};
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
+use tokio::task::JoinHandle;
+
+use crate::netns::Netns;
+use crate::scenario::Protocol;
+
+const IPPROTO_SCTP: i32 = 132;
+
+/// What a probe saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Observed {
+    Allow,
+    Deny,
+    Unsupported,
+}
+
+impl Observed {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Observed::Allow => "allow",
+            Observed::Deny => "deny",
+            Observed::Unsupported => "unsupported",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    pub observed: Observed,
+    /// Why (`connected`, `echoed`, `timeout`, `refused`, …).
+    pub detail: String,
+    /// The source port the probe used, to find its events.
+    pub src_port: Option<u16>,
+}
+
+fn domain(ip: &IpAddr) -> Domain {
+    if ip.is_ipv4() {
+        Domain::IPV4
+    } else {
+        Domain::IPV6
+    }
+}
+
+fn sock_type(p: Protocol) -> (Type, SockProto) {
+    match p {
+        Protocol::Tcp => (Type::STREAM, SockProto::TCP),
+        Protocol::Udp => (Type::DGRAM, SockProto::UDP),
+        Protocol::Sctp => (Type::STREAM, SockProto::from(IPPROTO_SCTP)),
+    }
+}
+
+fn unsupported(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EPROTONOSUPPORT | libc::ESOCKTNOSUPPORT | libc::EAFNOSUPPORT)
+    )
+}
+
+/// A socket of `proto` bound to `ip:port`, non-blocking. `Ok(None)` when the kernel lacks the
+/// protocol.
+fn bound_socket(proto: Protocol, ip: IpAddr, port: u16) -> io::Result<Option<Socket>> {
+    let (ty, p) = sock_type(proto);
+    let s = match Socket::new(domain(&ip), ty, Some(p)) {
+        Ok(s) => s,
+        Err(e) if unsupported(&e) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    if ip.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    if port != 0 {
+        s.set_reuse_address(true)?;
+    }
+    s.set_nonblocking(true)?;
+    s.bind(&SockAddr::from(SocketAddr::new(ip, port)))?;
+    Ok(Some(s))
+}
+
+/// Starts the servers of one pod: for each address and declared port, a TCP listener that
+/// accepts and closes, a UDP echo, or an SCTP listener (where the kernel has SCTP).
+pub fn serve(ns: &Netns, ips: &[IpAddr], ports: &[(Protocol, u16)]) -> Result<Vec<JoinHandle<()>>> {
+    let ips = ips.to_vec();
+    let ports = ports.to_vec();
+    let sockets = ns.run(move || {
+        let mut out = Vec::new();
+        for ip in &ips {
+            for (proto, port) in &ports {
+                let s = bound_socket(*proto, *ip, *port)
+                    .with_context(|| format!("serving {proto} {}", SocketAddr::new(*ip, *port)))?;
+                if let Some(s) = s {
+                    if *proto != Protocol::Udp {
+                        s.listen(128)?;
+                    }
+                    out.push((*proto, s));
+                }
+            }
+        }
+        Ok(out)
+    })?;
+    let mut tasks = Vec::new();
+    for (proto, s) in sockets {
+        tasks.push(match proto {
+            Protocol::Tcp => {
+                let l = tokio::net::TcpListener::from_std(s.into())?;
+                tokio::spawn(async move {
+                    loop {
+                        match l.accept().await {
+                            Ok((conn, _)) => drop(conn),
+                            Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+                        }
+                    }
+                })
+            }
+            Protocol::Udp => {
+                let u = tokio::net::UdpSocket::from_std(s.into())?;
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 2048];
+                    loop {
+                        if let Ok((n, from)) = u.recv_from(&mut buf).await {
+                            let _ = u.send_to(&buf[..n], from).await;
+                        }
+                    }
+                })
+            }
+            Protocol::Sctp => {
+                // SAFETY: the socket owns its descriptor for as long as the AsyncFd holds it.
+                let fd = unsafe { AsyncFd::register_with_interest(s, Interest::READABLE) }
+                    .map_err(io::Error::from)?;
+                tokio::spawn(async move {
+                    loop {
+                        let Ok(mut guard) = fd.readable().await else {
+                            return;
+                        };
+                        if let Ok(Ok((conn, _))) = guard.try_io(|inner| inner.get_ref().accept()) {
+                            drop(conn);
+                        }
+                    }
+                })
+            }
+        });
+    }
+    Ok(tasks)
+}
+
+fn classify(e: &io::Error) -> String {
+    match e.raw_os_error() {
+        Some(libc::ECONNREFUSED) => "refused".into(),
+        Some(libc::ENETUNREACH | libc::EHOSTUNREACH) => "unreachable".into(),
+        Some(libc::EPERM | libc::EACCES) => "not permitted".into(),
+        _ => e.to_string(),
+    }
+}
+
+fn deny(detail: impl Into<String>, src_port: Option<u16>) -> Outcome {
+    Outcome {
+        observed: Observed::Deny,
+        detail: detail.into(),
+        src_port,
+    }
+}
+
+/// Sends one probe from `src` (an address of the pod in `ns`) to `dst:port`. A connection
+/// established (TCP, SCTP) or a payload echoed (UDP) within `timeout` is `allow`.
+pub async fn probe(
+    ns: &Netns,
+    proto: Protocol,
+    src: IpAddr,
+    dst: SocketAddr,
+    timeout: Duration,
+    payload: Vec<u8>,
+) -> Result<Outcome> {
+    let sock = ns.run(move || {
+        let s = bound_socket(proto, src, 0).with_context(|| format!("{proto} socket on {src}"))?;
+        Ok(s.map(|s| {
+            let port = s
+                .local_addr()
+                .ok()
+                .and_then(|a| a.as_socket())
+                .map(|a| a.port());
+            (s, port)
+        }))
+    })?;
+    let Some((sock, src_port)) = sock else {
+        return Ok(Outcome {
+            observed: Observed::Unsupported,
+            detail: format!("this kernel has no {proto} sockets"),
+            src_port: None,
+        });
+    };
+    match proto {
+        Protocol::Tcp | Protocol::Sctp => Ok(connect(sock, dst, timeout, src_port).await),
+        Protocol::Udp => echo(sock, dst, timeout, payload, src_port).await,
+    }
+}
+
+async fn connect(
+    sock: Socket,
+    dst: SocketAddr,
+    timeout: Duration,
+    src_port: Option<u16>,
+) -> Outcome {
+    let allow = Outcome {
+        observed: Observed::Allow,
+        detail: "connected".into(),
+        src_port,
+    };
+    match sock.connect(&SockAddr::from(dst)) {
+        Ok(()) => return allow,
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return deny(classify(&e), src_port),
+    }
+    // SAFETY: the socket owns its descriptor for as long as the AsyncFd holds it.
+    let fd = match unsafe { AsyncFd::register_with_interest(sock, Interest::WRITABLE) } {
+        Ok(fd) => fd,
+        Err(e) => return deny(io::Error::from(e).to_string(), src_port),
+    };
+    match tokio::time::timeout(timeout, fd.writable()).await {
+        Err(_) => deny("timeout", src_port),
+        Ok(Err(e)) => deny(e.to_string(), src_port),
+        Ok(Ok(_guard)) => match fd.get_ref().take_error() {
+            Ok(None) => allow,
+            Ok(Some(e)) | Err(e) => deny(classify(&e), src_port),
+        },
+    }
+}
+
+async fn echo(
+    sock: Socket,
+    dst: SocketAddr,
+    timeout: Duration,
+    payload: Vec<u8>,
+    src_port: Option<u16>,
+) -> Result<Outcome> {
+    sock.connect(&SockAddr::from(dst))
+        .with_context(|| format!("UDP connect to {dst}"))?;
+    let u = tokio::net::UdpSocket::from_std(sock.into())?;
+    let deadline = tokio::time::Instant::now() + timeout;
+    // Three sends spread over the timeout: a lost datagram is not a verdict.
+    let interval = timeout / 3;
+    let mut buf = vec![0u8; 2048];
+    loop {
+        if let Err(e) = u.send(&payload).await {
+            return Ok(deny(classify(&e), src_port));
+        }
+        let wait_until = (tokio::time::Instant::now() + interval).min(deadline);
+        loop {
+            match tokio::time::timeout_at(wait_until, u.recv(&mut buf)).await {
+                Err(_) => break,
+                Ok(Ok(n)) if buf[..n] == payload[..] => {
+                    return Ok(Outcome {
+                        observed: Observed::Allow,
+                        detail: "echoed".into(),
+                        src_port,
+                    });
+                }
+                Ok(Ok(_)) => continue, // an echo of an earlier send of another probe: ignore
+                // ICMP port unreachable: the datagram got there and nothing listens.
+                Ok(Err(e)) => return Ok(deny(classify(&e), src_port)),
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Ok(deny("timeout", src_port));
+        }
+    }
+}
