@@ -291,3 +291,61 @@ pub fn main(cmd: LabCommand, enforcer_exe: &Path) -> i32 {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("1s"), Ok(Duration::from_secs(1)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2.5"), Ok(Duration::from_millis(2500)));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn the_cli_parses() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(subcommand)]
+            cmd: LabCommand,
+        }
+        let c = Cli::try_parse_from([
+            "lab",
+            "run",
+            "f.yaml",
+            "--output",
+            "json",
+            "--probe-timeout",
+            "300ms",
+        ])
+        .unwrap();
+        match c.cmd {
+            LabCommand::Run { file, output, opts } => {
+                assert_eq!(file, PathBuf::from("f.yaml"));
+                assert_eq!(output, Output::Json);
+                assert_eq!(opts.probe_timeout, Duration::from_millis(300));
+                assert_eq!(opts.agent_timeout, Duration::from_secs(20));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(Cli::try_parse_from(["lab", "demo"]).is_ok());
+    }
+
+    #[test]
+    fn load_names_the_source() {
+        let e = load(
+            "pods: [{namespace: x, name: a, lables: {}}]",
+            "f.yaml",
+            "enf-000000-",
+        )
+        .unwrap_err();
+        assert_eq!(
+            format!("{e:#}"),
+            "f.yaml: bad scenario: pods[0].lables: unknown key (expected one of: namespace, name, node, labels, ips, ports)"
+        );
+    }
+}

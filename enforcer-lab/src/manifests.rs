@@ -192,3 +192,103 @@ impl ManifestWriter {
         Ok(self.generation)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::plan;
+    use crate::scenario::parse;
+
+    const TEXT: &str = "
+namespaces: [{name: x, labels: {team: a}}]
+pods:
+  - {namespace: x, name: a, labels: {pod: a}, ips: [10.0.0.1, 'fd00::1'], ports: [{name: http, port: 80}, {port: 53, protocol: UDP}]}
+policies:
+  - {apiVersion: networking.k8s.io/v1, kind: NetworkPolicy, metadata: {name: p, namespace: x}, spec: {podSelector: {}}}
+steps:
+  - delete: [{kind: NetworkPolicy, namespace: x, name: p}]
+    relabel: [{pod: x/a, labels: {pod: b}}, {namespace: x, labels: {}}]
+";
+
+    #[test]
+    fn pods_look_like_the_api_server_holds_them() {
+        let p = plan(&parse(TEXT).unwrap(), "enf-000000-").unwrap();
+        let m = ClusterState::initial(&p).manifests(&p);
+        let pod = &m["pod_x_a.yaml"];
+        assert_eq!(
+            pod["metadata"],
+            json!({"namespace": "x", "name": "a", "labels": {"pod": "a"}})
+        );
+        assert_eq!(pod["spec"]["nodeName"], json!("node-1"));
+        assert_eq!(
+            pod["spec"]["containers"][0]["ports"],
+            json!([
+                {"name": "http", "containerPort": 80, "protocol": "TCP"},
+                {"containerPort": 53, "protocol": "UDP"}
+            ])
+        );
+        assert_eq!(pod["status"]["podIP"], json!("10.0.0.1"));
+        assert_eq!(
+            pod["status"]["podIPs"],
+            json!([{"ip": "10.0.0.1"}, {"ip": "fd00::1"}])
+        );
+        assert_eq!(
+            m["namespace_x.yaml"]["metadata"]["labels"],
+            json!({"team": "a", "kubernetes.io/metadata.name": "x"})
+        );
+        assert_eq!(
+            m["networkpolicy_x_p.yaml"]["spec"],
+            json!({"podSelector": {}})
+        );
+        assert_eq!(m.len(), 3);
+    }
+
+    #[test]
+    fn steps_change_the_state() {
+        let p = plan(&parse(TEXT).unwrap(), "enf-000000-").unwrap();
+        let mut s = ClusterState::initial(&p);
+        s.apply(&p.steps[1].changes);
+        let m = s.manifests(&p);
+        assert!(!m.contains_key("networkpolicy_x_p.yaml"));
+        assert_eq!(m["pod_x_a.yaml"]["metadata"]["labels"], json!({"pod": "b"}));
+        assert_eq!(
+            m["namespace_x.yaml"]["metadata"]["labels"],
+            json!({"kubernetes.io/metadata.name": "x"})
+        );
+    }
+
+    #[test]
+    fn file_names_are_safe_and_distinct() {
+        assert_eq!(file_name(&["pod", "x", "a.b"]), "pod_x_a.b.yaml");
+        let odd = file_name(&["networkpolicy", "x", "../../etc"]);
+        assert!(!odd.contains('/') && !odd.starts_with('.'), "{odd}");
+        assert_ne!(file_name(&["a", "b/c"]), file_name(&["a", "b:c"]));
+    }
+
+    #[test]
+    fn the_writer_writes_removes_and_counts() {
+        let dir = std::env::temp_dir().join(format!("enforcer-lab-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut w = ManifestWriter::new(dir.clone());
+        let mut want = BTreeMap::new();
+        want.insert("a.yaml".to_string(), json!({"kind": "A"}));
+        want.insert("b.yaml".to_string(), json!({"kind": "B"}));
+        assert_eq!(w.sync(&want).unwrap(), 1);
+        want.remove("a.yaml");
+        assert_eq!(w.sync(&want).unwrap(), 2);
+        let mut names: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, vec![".generation", "b.yaml"]);
+        assert_eq!(
+            std::fs::read_to_string(dir.join(".generation")).unwrap(),
+            "2\n"
+        );
+        let b: Value =
+            serde_norway::from_str(&std::fs::read_to_string(dir.join("b.yaml")).unwrap()).unwrap();
+        assert_eq!(b, json!({"kind": "B"}));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

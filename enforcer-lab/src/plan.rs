@@ -393,7 +393,7 @@ pub fn plan(s: &Scenario, prefix: &str) -> Result<Plan, ScenarioError> {
 
     // Objects present as steps go, so that a delete of something absent is caught here.
     let mut present: BTreeSet<ObjectKey> = s.policies.iter().map(|o| o.key.clone()).collect();
-    for (si, st) in s.steps.iter().enumerate() {
+    for st in &s.steps {
         let mut changes = Changes::default();
         for o in &st.apply {
             present.insert(o.key.clone());
@@ -431,7 +431,6 @@ pub fn plan(s: &Scenario, prefix: &str) -> Result<Plan, ScenarioError> {
                 }
             }
         }
-        let _ = si;
         steps.push(StepPlan {
             changes,
             probes: st.probes.iter().map(resolve).collect::<Result<_, _>>()?,
@@ -458,4 +457,199 @@ fn fmt_ips(ips: &[IpAddr]) -> String {
 /// The protocols a pod serves, for the servers.
 pub fn served(p: &PodPlan) -> impl Iterator<Item = (Protocol, u16)> + '_ {
     p.ports.iter().map(|x| (x.protocol, x.port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scenario::parse;
+
+    const PREFIX: &str = "enf-abcdef-";
+
+    fn plan_of(text: &str) -> Result<Plan, ScenarioError> {
+        plan(&parse(text).unwrap(), PREFIX)
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    const PODS: &str = "
+pods:
+  - {namespace: x, name: a, ports: [{name: serve-80-tcp, port: 80}, {name: serve-81-udp, port: 81, protocol: UDP}]}
+  - {namespace: x, name: b, ips: [10.42.1.10, 'fd00::b'], ports: [{name: serve-81-udp, port: 8081, protocol: UDP}]}
+  - {namespace: y, name: c}
+  - {namespace: y, name: v6, ips: ['fd00::6']}
+";
+
+    #[test]
+    fn names_addresses_and_namespaces() {
+        let p = plan_of(PODS).unwrap();
+        assert_eq!(p.nodes[0].name, "node-1");
+        assert_eq!(p.nodes[0].netns, "enf-abcdef-node-1");
+        assert_eq!(p.pods[0].netns, "enf-abcdef-x-a");
+        // Assigned addresses skip the explicit one.
+        assert_eq!(p.pods[0].ips, vec![ip("10.42.1.11")]);
+        assert_eq!(p.pods[2].ips, vec![ip("10.42.1.12")]);
+        assert_eq!(p.pods[1].ips, vec![ip("10.42.1.10"), ip("fd00::b")]);
+        for pod in &p.pods {
+            assert!(pod.host_if.starts_with("lxc") && pod.host_if.len() == 11);
+        }
+        let ifs: BTreeSet<_> = p.pods.iter().map(|x| &x.host_if).collect();
+        assert_eq!(ifs.len(), 4);
+        // Namespaces only pods mention exist, with the name label.
+        assert_eq!(p.namespaces["y"][NS_NAME_LABEL], "y");
+        assert_eq!(p.lab_addresses().len(), 5);
+    }
+
+    #[test]
+    fn long_and_clashing_namespace_names_are_made_unique() {
+        let long = "a".repeat(60);
+        let text = format!(
+            "pods:\n  - {{namespace: x-a, name: b}}\n  - {{namespace: x, name: a-b}}\n  - {{namespace: x, name: {long}}}\n"
+        );
+        let p = plan_of(&text).unwrap();
+        assert_eq!(p.pods[0].netns, "enf-abcdef-x-a-b");
+        assert_ne!(p.pods[1].netns, p.pods[0].netns);
+        assert!(p.pods[2].netns.len() <= PREFIX.len() + MAX_NETNS_BODY);
+    }
+
+    #[test]
+    fn probes_resolve_family_and_named_ports() {
+        let text = format!(
+            "{PODS}probes:
+  - {{from: x/a, to: x/b, port: serve-81-udp, protocol: UDP}}
+  - {{from: y/v6, to: x/b, port: 80}}
+  - {{from: x/b, to: x/a, port: serve-81-udp, protocol: UDP}}
+  - {{from: x/b, to: y/v6, port: 80}}
+  - {{from: x/b, to: x/b, port: 80, family: 6}}
+  - {{from: x/a, to: 10.42.1.10, port: serve-81-udp, protocol: UDP}}
+  - {{from: x/a, to: 192.0.2.1, port: 80}}
+"
+        );
+        let p = plan_of(&text).unwrap();
+        let pr = &p.steps[0].probes;
+        assert_eq!((pr[0].dst_ip, pr[0].dst_port), (ip("10.42.1.10"), 8081));
+        assert_eq!((pr[1].src_ip, pr[1].dst_ip), (ip("fd00::6"), ip("fd00::b")));
+        assert_eq!(pr[2].dst_port, 81, "a name means the target's own port");
+        assert_eq!((pr[3].src_ip, pr[3].dst_ip), (ip("fd00::b"), ip("fd00::6")));
+        assert_eq!(pr[4].dst_ip, ip("fd00::b"));
+        assert_eq!((pr[5].dst_pod, pr[5].dst_port), (Some(1), 8081));
+        assert_eq!(pr[6].dst_pod, None);
+    }
+
+    #[test]
+    fn unresolvable_probes_are_errors_with_paths() {
+        let cases = [
+            (
+                "{from: x/z, to: x/b, port: 80}",
+                "probes[0].from",
+                "no pod x/z",
+            ),
+            (
+                "{from: x/a, to: x/z, port: 80}",
+                "probes[0].to",
+                "no pod x/z",
+            ),
+            (
+                "{from: x/a, to: y/v6, port: 80}",
+                "probes[0]",
+                "no common address family",
+            ),
+            (
+                "{from: x/a, to: x/b, port: 80, family: 6}",
+                "probes[0]",
+                "need an IPv6 address",
+            ),
+            (
+                "{from: x/a, to: x/b, port: nope}",
+                "probes[0].port",
+                "no port named \"nope\"",
+            ),
+            (
+                "{from: x/b, to: x/a, port: serve-80-tcp, protocol: UDP}",
+                "probes[0].port",
+                "is TCP, the probe is UDP",
+            ),
+            (
+                "{from: x/a, to: 192.0.2.1, port: http}",
+                "probes[0].port",
+                "needs a pod target",
+            ),
+            ("{from: x/a, to: ext, port: 80}", "probes[0].to", "no host"),
+            (
+                "{from: x/a, to: 'svc:x/s', port: 80}",
+                "probes[0].to",
+                "not supported yet",
+            ),
+        ];
+        for (probe, path, why) in cases {
+            let e = plan_of(&format!("{PODS}probes: [{probe}]\n")).unwrap_err();
+            assert_eq!(e.path, path, "{probe}: {e}");
+            assert!(e.reason.contains(why), "{probe}: {e}");
+        }
+    }
+
+    #[test]
+    fn scenario_level_errors() {
+        let e = plan_of("pods: [{namespace: x, name: a, node: n2}]").unwrap_err();
+        assert_eq!(e.path, "pods[0].node");
+        let e = plan_of("pods: [{namespace: x, name: a, ips: [10.0.0.1]}, {namespace: x, name: b, ips: [10.0.0.1]}]").unwrap_err();
+        assert!(e.reason.contains("already the address of x/a"), "{e}");
+        let e = plan_of("nodes: [a, b]").unwrap_err();
+        assert!(e.reason.starts_with("not supported yet"), "{e}");
+        let e = plan_of("hosts: [{name: h, ips: [192.0.2.1]}]").unwrap_err();
+        assert!(e.reason.starts_with("not supported yet"), "{e}");
+        let e = plan_of(&format!(
+            "{PODS}steps: [{{delete: [{{kind: NetworkPolicy, namespace: x, name: p}}]}}]"
+        ))
+        .unwrap_err();
+        assert_eq!(e.path, "steps[0].delete[0]");
+        assert!(e.reason.contains("does not exist"), "{e}");
+        let e = plan_of(&format!(
+            "{PODS}steps: [{{relabel: [{{pod: x/q, labels: {{}}}}]}}]"
+        ))
+        .unwrap_err();
+        assert_eq!(e.path, "steps[0].relabel[0].pod");
+        let e = plan_of(&format!(
+            "{PODS}steps: [{{relabel: [{{namespace: q, labels: {{}}}}]}}]"
+        ))
+        .unwrap_err();
+        assert_eq!(e.path, "steps[0].relabel[0].namespace");
+    }
+
+    #[test]
+    fn steps_carry_their_changes() {
+        let text = format!(
+            "{PODS}policies:
+  - {{apiVersion: networking.k8s.io/v1, kind: NetworkPolicy, metadata: {{name: p, namespace: x}}, spec: {{podSelector: {{}}}}}}
+steps:
+  - delete: [{{kind: NetworkPolicy, namespace: x, name: p}}]
+    relabel: [{{pod: y/c, labels: {{a: b}}}}, {{namespace: y, labels: {{t: u}}}}]
+  - apply: [{{apiVersion: networking.k8s.io/v1, kind: NetworkPolicy, metadata: {{name: p, namespace: x}}, spec: {{podSelector: {{}}}}}}]
+"
+        );
+        let p = plan_of(&text).unwrap();
+        assert_eq!(p.steps.len(), 3);
+        assert!(p.steps[0].changes.is_empty());
+        let c = &p.steps[1].changes;
+        assert_eq!(c.delete.len(), 1);
+        assert_eq!(c.relabel_pods[0].0, 2);
+        assert_eq!(c.relabel_namespaces[0].1[NS_NAME_LABEL], "y");
+        assert_eq!(c.relabel_namespaces[0].1["t"], "u");
+        assert_eq!(p.steps[2].changes.apply.len(), 1);
+    }
+
+    #[test]
+    fn every_shipped_scenario_plans() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/scenarios");
+        for e in std::fs::read_dir(dir).unwrap() {
+            let path = e.unwrap().path();
+            if path.extension().is_some_and(|x| x == "yaml") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                plan_of(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            }
+        }
+        plan_of(crate::DEMO_SCENARIO).unwrap();
+    }
 }

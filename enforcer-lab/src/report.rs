@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use serde_json::{Value, json};
 
 use crate::plan::ProbePlan;
-use crate::scenario::{Family, PortRef, Target};
+use crate::scenario::{Family, PortRef, Protocol, Target};
 use crate::traffic::{Observed, Outcome};
 
 #[derive(Debug, Clone)]
@@ -121,7 +121,7 @@ fn symbol(p: &ProbeResult) -> String {
 }
 
 /// One table per protocol, port and (when a step mixes them) address family.
-type TableKey = (&'static str, u16, Option<Family>);
+type TableKey = (Protocol, u16, Option<Family>);
 
 fn render_step(out: &mut String, s: &StepResult) {
     let _ = writeln!(out, "step {}:", s.step);
@@ -138,7 +138,7 @@ fn render_step(out: &mut String, s: &StepResult) {
     for p in &s.probes {
         let fam = mixed.then(|| Family::of(&p.probe.dst_ip));
         tables
-            .entry((p.probe.spec.protocol.as_str(), p.probe.dst_port, fam))
+            .entry((p.probe.spec.protocol, p.probe.dst_port, fam))
             .or_default()
             .push(p);
     }
@@ -254,10 +254,15 @@ fn note(out: &mut String, p: &ProbeResult) {
     };
     let _ = writeln!(
         out,
-        "  {} {} -> {} {}/{}: {} ({}){expect}",
+        "  {} {} -> {}{} {}/{}: {} ({}){expect}",
         if p.mismatch() { "*" } else { " " },
         spec.from_text,
         spec.to_text,
+        if spec.to_text == p.probe.dst_ip.to_string() {
+            String::new()
+        } else {
+            format!(" [{}]", p.probe.dst_ip)
+        },
         spec.protocol,
         p.probe.dst_port,
         p.outcome.observed.as_str(),
@@ -316,4 +321,143 @@ pub fn match_events(events: &[Value], p: &ProbePlan, src_port: Option<u16>) -> V
         })
         .cloned()
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::plan;
+    use crate::scenario::parse;
+
+    const TEXT: &str = "
+pods:
+  - {namespace: x, name: a, ports: [{name: serve-81-udp, port: 81, protocol: UDP}]}
+  - {namespace: x, name: b, ports: [{name: serve-81-udp, port: 81, protocol: UDP}]}
+probes:
+  - {from: x/a, to: x/b, port: 80, protocol: TCP, expect: allow}
+  - {from: x/b, to: x/a, port: 80, protocol: TCP, expect: deny}
+  - {from: x/a, to: x/b, port: serve-81-udp, protocol: UDP}
+  - {from: x/b, to: x/a, port: 82, protocol: SCTP, expect: allow}
+steps:
+  - probes: [{from: x/a, to: 10.42.1.11, port: 80, expect: deny}]
+";
+
+    fn report(observed: &[&[Observed]]) -> Report {
+        let p = plan(&parse(TEXT).unwrap(), "enf-000000-").unwrap();
+        Report {
+            steps: p
+                .steps
+                .iter()
+                .enumerate()
+                .map(|(i, s)| StepResult {
+                    step: i,
+                    probes: s
+                        .probes
+                        .iter()
+                        .zip(observed[i])
+                        .map(|(pr, o)| ProbeResult {
+                            probe: pr.clone(),
+                            outcome: Outcome {
+                                observed: *o,
+                                detail: "timeout".into(),
+                                src_port: Some(40000),
+                            },
+                            events: Vec::new(),
+                        })
+                        .collect(),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn json_has_the_contract_shape() {
+        use Observed::*;
+        let r = report(&[&[Allow, Allow, Allow, Unsupported], &[Deny]]);
+        let j = r.to_json();
+        assert_eq!(j["mismatches"], json!(1));
+        let p0 = &j["steps"][0]["probes"][0];
+        for (k, v) in [
+            ("from", json!("x/a")),
+            ("to", json!("x/b")),
+            ("port", json!(80)),
+            ("protocol", json!("TCP")),
+            ("expected", json!("allow")),
+            ("observed", json!("allow")),
+            ("events", json!([])),
+        ] {
+            assert_eq!(p0[k], v, "{k}");
+        }
+        let p2 = &j["steps"][0]["probes"][2];
+        assert_eq!(p2["port"], json!("serve-81-udp"), "the port as written");
+        assert_eq!(p2["dst_port"], json!(81));
+        assert_eq!(p2["expected"], Value::Null);
+        assert_eq!(j["steps"][0]["probes"][3]["observed"], json!("unsupported"));
+        assert_eq!(j["steps"][1]["step"], json!(1));
+        assert_eq!(j["steps"][1]["probes"][0]["to"], json!("10.42.1.11"));
+    }
+
+    #[test]
+    fn unsupported_and_unexpected_probes_are_not_mismatches() {
+        use Observed::*;
+        let r = report(&[&[Allow, Deny, Deny, Unsupported], &[Deny]]);
+        assert_eq!(r.mismatches(), 0);
+        let r = report(&[&[Deny, Allow, Deny, Deny], &[Allow]]);
+        assert_eq!(r.mismatches(), 4);
+    }
+
+    #[test]
+    fn tables_per_protocol_and_port() {
+        use Observed::*;
+        let r = report(&[&[Allow, Allow, Deny, Unsupported], &[Deny]]);
+        let text = r.render();
+        let expected = "\
+step 0:
+TCP/80  from \\ to  x/a  x/b
+x/a                     .
+x/b                .*
+
+UDP/81  from \\ to  x/b
+x/a                X
+
+SCTP/82  from \\ to  x/a
+x/b                 -
+
+  * x/b -> x/a [10.42.1.10] TCP/80: allow (timeout) (expected deny)
+    x/a -> x/b [10.42.1.11] UDP/81: deny (timeout)
+
+step 0: 4 probes: 2 allowed, 1 denied, 1 unsupported; 1 mismatch
+
+step 1:
+TCP/80  from \\ to  10.42.1.11
+x/a                X
+
+    x/a -> 10.42.1.11 TCP/80: deny (timeout)
+
+step 1: 1 probes: 0 allowed, 1 denied; 0 mismatches
+
+FAIL: 1 of 5 probes differ from what was expected
+";
+        assert_eq!(text, expected, "\n{text}");
+    }
+
+    #[test]
+    fn events_are_matched_by_five_tuple() {
+        let p = plan(&parse(TEXT).unwrap(), "enf-000000-").unwrap();
+        let probe = &p.steps[0].probes[0]; // 10.42.1.10 -> 10.42.1.11 TCP 80
+        let ev = |src: &str, sport: u64, proto: &str| {
+            json!({"src": src, "src_port": sport, "dst": "10.42.1.11", "dst_port": 80,
+                   "protocol": proto, "verdict": "drop", "policy": "x/p"})
+        };
+        let events = vec![
+            ev("10.42.1.10", 40000, "TCP"),
+            ev("10.42.1.10", 40001, "TCP"),
+            ev("10.42.1.10", 40000, "UDP"),
+            ev("10.42.1.12", 40000, "TCP"),
+            ev("10.42.1.10", 40000, "tcp"),
+        ];
+        let m = match_events(&events, probe, Some(40000));
+        assert_eq!(m, vec![events[0].clone(), events[4].clone()]);
+        assert!(match_events(&events, probe, None).is_empty());
+    }
 }

@@ -893,7 +893,7 @@ pub fn parse(text: &str) -> Result<Scenario, ScenarioError> {
             return err(&join(&p, "ips"), "required");
         };
         hosts.push(HostSpec {
-            ports: ports(hm, &p, true)?,
+            ports: ports(hm, &p, false)?,
             name,
             ips,
         });
@@ -960,4 +960,262 @@ pub fn parse(text: &str) -> Result<Scenario, ScenarioError> {
         probes,
         steps,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = "
+namespaces:
+  - {name: x, labels: {ns: x}}
+pods:
+  - {namespace: x, name: a, labels: {pod: a}, ports: [{name: serve-80-tcp, port: 80, protocol: TCP}]}
+  - {namespace: x, name: b, ips: [10.42.1.10, 'fd00:42::1:10']}
+";
+
+    fn error_of(text: &str) -> ScenarioError {
+        parse(text).expect_err("should not parse")
+    }
+
+    #[test]
+    fn the_contract_example_parses() {
+        let text = "
+nodes: [node-1, node-2]
+namespaces:
+  - name: x
+    labels: {ns: x}
+pods:
+  - namespace: x
+    name: a
+    node: node-1
+    labels: {pod: a}
+    ips: [10.42.1.10, \"fd00:42::1:10\"]
+    ports:
+      - {name: serve-80-tcp, port: 80, protocol: TCP}
+      - {name: serve-81-udp, port: 81, protocol: UDP}
+hosts:
+  - name: ext-1
+    ips: [192.0.2.10]
+    ports: [{port: 80, protocol: TCP}]
+services:
+  - namespace: x
+    name: s-x-a
+    clusterIP: 10.96.0.10
+    selector: {pod: a}
+    ports: [{name: http, port: 8080, targetPort: 80, protocol: TCP}]
+policies:
+  - apiVersion: networking.k8s.io/v1
+    kind: NetworkPolicy
+    metadata: {name: deny-all, namespace: x}
+    spec: {podSelector: {}, policyTypes: [Ingress]}
+probes:
+  - {from: x/a, to: x/b, port: 80, protocol: TCP, expect: allow}
+  - {from: x/a, to: ext-1, port: 80, protocol: TCP}
+  - {from: x/a, to: \"x/b\", port: serve-81-udp, protocol: UDP}
+  - {from: x/a, to: svc:x/s-x-a, port: 8080, protocol: TCP, family: 4}
+  - {from: x/a, to: 192.0.2.10, port: 80, protocol: SCTP, expect: deny}
+steps:
+  - apply:
+      - apiVersion: networking.k8s.io/v1
+        kind: NetworkPolicy
+        metadata: {name: allow, namespace: x}
+        spec: {podSelector: {}}
+    delete: [ {kind: NetworkPolicy, namespace: x, name: deny-all} ]
+    relabel: [ {pod: x/a, labels: {pod: a, role: db}}, {namespace: x, labels: {ns: y}} ]
+    probes: [ {from: x/a, to: x/b, port: 80} ]
+";
+        let s = parse(text).unwrap();
+        assert_eq!(s.node_names(), vec!["node-1", "node-2"]);
+        assert_eq!(s.pods[0].ports[1].protocol, Protocol::Udp);
+        assert_eq!(
+            s.hosts[0].ips,
+            vec!["192.0.2.10".parse::<IpAddr>().unwrap()]
+        );
+        assert_eq!(s.services[0].ports[0].target_port, PortRef::Number(80));
+        assert_eq!(
+            s.policies[0].key,
+            ObjectKey::new("NetworkPolicy", Some("x".into()), "deny-all")
+        );
+        assert_eq!(s.probes[1].to, Target::Host("ext-1".into()));
+        assert_eq!(s.probes[2].port, PortRef::Name("serve-81-udp".into()));
+        assert_eq!(
+            s.probes[3].to,
+            Target::Service {
+                namespace: "x".into(),
+                name: "s-x-a".into()
+            }
+        );
+        assert_eq!(s.probes[3].family, Some(Family::V4));
+        assert_eq!(s.probes[4].to, Target::Ip("192.0.2.10".parse().unwrap()));
+        assert_eq!(s.probes[4].expect, Some(Verdict::Deny));
+        let st = &s.steps[0];
+        assert_eq!(st.apply.len(), 1);
+        assert_eq!(st.delete[0].1.name, "deny-all");
+        assert_eq!(st.relabel.len(), 2);
+        assert_eq!(st.probes[0].protocol, Protocol::Tcp, "TCP by default");
+        assert_eq!(st.probes[0].path, "steps[0].probes[0]");
+    }
+
+    #[test]
+    fn unknown_keys_are_named_with_their_path() {
+        let cases = [
+            (format!("{BASE}probe: []\n"), "probe"),
+            (
+                "pods:\n  - {namespace: x, name: a}\n  - {namespace: x, name: b}\n  - {namespace: x, name: c, lables: {a: b}}\n".to_string(),
+                "pods[2].lables",
+            ),
+            (
+                format!("{BASE}probes: [{{from: x/a, to: x/b, port: 80, expct: allow}}]\n"),
+                "probes[0].expct",
+            ),
+            (
+                "pods: [{namespace: x, name: a, ports: [{port: 80}, {port: 81, protocl: UDP}]}]\n"
+                    .to_string(),
+                "pods[0].ports[1].protocl",
+            ),
+            (
+                format!("{BASE}steps: [{{probes: []}}, {{relabel: [{{pod: x/a, lables: {{}}}}]}}]\n"),
+                "steps[1].relabel[0].lables",
+            ),
+            ("namespaces: [{name: x, label: {}}]\n".to_string(), "namespaces[0].label"),
+            (
+                "hosts: [{name: h, ips: [192.0.2.1], ports: [{name: p, port: 1}]}]\n".to_string(),
+                "hosts[0].ports[0].name",
+            ),
+            (
+                "services: [{namespace: x, name: s, ports: [{port: 1, target: 2}]}]\n".to_string(),
+                "services[0].ports[0].target",
+            ),
+            (
+                format!("{BASE}steps: [{{delete: [{{kind: NetworkPolicy, nmae: x}}]}}]\n"),
+                "steps[0].delete[0].nmae",
+            ),
+        ];
+        for (text, path) in cases {
+            let e = error_of(&text);
+            assert_eq!(e.path, path, "{text}");
+            assert!(e.reason.starts_with("unknown key"), "{e}");
+        }
+    }
+
+    #[test]
+    fn bad_values_say_where_and_why() {
+        let cases = [
+            (
+                "pods: [{namespace: x, name: a, ports: [{port: 80, protocol: tcp}]}]",
+                "pods[0].ports[0].protocol",
+                "is not TCP",
+            ),
+            (
+                "pods: [{namespace: x, name: a, ports: [{port: 70000}]}]",
+                "pods[0].ports[0].port",
+                "between 1 and 65535",
+            ),
+            (
+                "pods: [{namespace: x, name: a, ips: [10.0.0.300]}]",
+                "pods[0].ips[0]",
+                "not an IP address",
+            ),
+            (
+                "pods: [{namespace: x, name: a, labels: {tier: 1}}]",
+                "pods[0].labels.tier",
+                "must be strings",
+            ),
+            (
+                "pods: [{namespace: X, name: a}]",
+                "pods[0].namespace",
+                "not a valid name",
+            ),
+            ("pods: [{namespace: x}]", "pods[0].name", "required"),
+            (
+                "pods: [{namespace: x, name: a}, {namespace: x, name: a}]",
+                "pods[1]",
+                "listed twice",
+            ),
+            (
+                "probes: [{from: x/a, to: x/b, port: 80, expect: maybe}]",
+                "probes[0].expect",
+                "not allow or deny",
+            ),
+            (
+                "probes: [{from: x/a, to: x/b, port: 80, family: 5}]",
+                "probes[0].family",
+                "4 or 6",
+            ),
+            (
+                "probes: [{from: 10.0.0.1, to: x/b, port: 80}]",
+                "probes[0].from",
+                "not an address",
+            ),
+            (
+                "probes: [{from: x/a, to: x/b}]",
+                "probes[0].port",
+                "required",
+            ),
+            (
+                "probes: [{from: x/a, to: x/b, port: Serve_80}]",
+                "probes[0].port",
+                "not a valid port name",
+            ),
+            ("policies: [42]", "policies[0]", "Kubernetes object"),
+            (
+                "policies: [{apiVersion: v1, kind: NetworkPolicy, metadata: {}}]",
+                "policies[0].metadata.name",
+                "required",
+            ),
+            (
+                "policies: [{apiVersion: v1, kind: Pod, metadata: {name: p}}]",
+                "policies[0].kind",
+                "declare them under `pods`",
+            ),
+            (
+                "steps: [{relabel: [{pod: x/a, namespace: x, labels: {}}]}]",
+                "steps[0].relabel[0]",
+                "exactly one",
+            ),
+            ("nodes: []", "nodes", "at least one"),
+            ("pods: {a: b}", "pods", "expected a list"),
+        ];
+        for (text, path, why) in cases {
+            let e = error_of(text);
+            assert_eq!(e.path, path, "{text}: {e}");
+            assert!(e.reason.contains(why), "{text}: {e}");
+        }
+        assert!(error_of("").reason.contains("empty"));
+        assert!(error_of("a: [").reason.contains("not valid YAML"));
+        assert!(error_of("- 1").reason.contains("expected a mapping"));
+    }
+
+    #[test]
+    fn quoted_numbers_are_ports_and_policies_keep_their_content() {
+        let s = parse(
+            "probes: [{from: x/a, to: x/b, port: \"80\"}]\npolicies:\n  - apiVersion: networking.k8s.io/v1\n    kind: NetworkPolicy\n    metadata: {name: p}\n    spec: {podSelector: {matchLabels: {a: b}}, ingress: [{}]}\n",
+        )
+        .unwrap();
+        assert_eq!(s.probes[0].port, PortRef::Number(80));
+        let p = &s.policies[0];
+        assert_eq!(p.key.namespace.as_deref(), Some("default"));
+        assert_eq!(
+            p.value["spec"]["podSelector"]["matchLabels"]["a"],
+            serde_json::json!("b")
+        );
+        assert_eq!(p.value["spec"]["ingress"], serde_json::json!([{}]));
+    }
+
+    #[test]
+    fn the_shipped_scenarios_parse() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/scenarios");
+        let mut n = 0;
+        for e in std::fs::read_dir(dir).unwrap() {
+            let path = e.unwrap().path();
+            if path.extension().is_some_and(|x| x == "yaml") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                parse(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                n += 1;
+            }
+        }
+        assert!(n >= 4);
+        parse(crate::DEMO_SCENARIO).unwrap();
+    }
 }
