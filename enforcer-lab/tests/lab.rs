@@ -1,0 +1,171 @@
+//! The lab machinery end to end (real namespaces, veths, routes, servers and probes) with a
+//! stand-in agent that enforces nothing. Needs root; skipped otherwise.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use enforcer_lab::plan::Plan;
+use enforcer_lab::traffic::Observed;
+use enforcer_lab::{load, run_plan, runs};
+
+fn scenario(name: &str) -> (Plan, String) {
+    let prefix = runs::new_prefix();
+    let path = common::repo().join("tests/scenarios").join(name);
+    let text = std::fs::read_to_string(&path).unwrap();
+    (load(&text, name, &prefix).unwrap(), prefix)
+}
+
+#[test]
+fn no_policy_scenario_observes_what_it_expects() {
+    need_root!();
+    let (plan, prefix) = scenario("no-policy.yaml");
+    let started = Instant::now();
+    let r = run_plan(&plan, &common::fake_agent(""), &common::options()).unwrap();
+    eprintln!("no-policy.yaml ran in {:?}", started.elapsed());
+    assert_eq!(r.mismatches(), 0, "{}", r.render());
+    assert_eq!(r.probe_count(), 14);
+    common::assert_clean(&prefix);
+}
+
+/// Without enforcement, every probe to a served port is allowed and every other one refused,
+/// across steps, IPv4 and IPv6, TCP and UDP.
+#[test]
+fn without_enforcement_exactly_the_served_ports_answer() {
+    need_root!();
+    for name in [
+        "allow-one-pod-one-port.yaml",
+        "default-deny-ingress.yaml",
+        "dual-stack-relabel.yaml",
+    ] {
+        let (plan, prefix) = scenario(name);
+        let r = run_plan(&plan, &common::fake_agent(""), &common::options()).unwrap();
+        let mut seen = 0;
+        for s in &r.steps {
+            for p in &s.probes {
+                let served = p.probe.dst_pod.is_some_and(|t| {
+                    plan.pods[t]
+                        .ports
+                        .iter()
+                        .any(|x| x.port == p.probe.dst_port && x.protocol == p.probe.spec.protocol)
+                });
+                let want = if served {
+                    Observed::Allow
+                } else {
+                    Observed::Deny
+                };
+                assert_eq!(
+                    p.outcome.observed, want,
+                    "{name}: {}: {:?}",
+                    p.probe.spec.path, p.outcome
+                );
+                if !served {
+                    assert_eq!(p.outcome.detail, "refused", "{name}: {}", p.probe.spec.path);
+                }
+                seen += 1;
+            }
+        }
+        assert_eq!(
+            seen,
+            plan.steps.iter().map(|s| s.probes.len()).sum::<usize>()
+        );
+        common::assert_clean(&prefix);
+    }
+}
+
+#[test]
+fn the_demo_runs_and_its_first_step_is_all_allowed() {
+    need_root!();
+    let prefix = runs::new_prefix();
+    let plan = load(enforcer_lab::DEMO_SCENARIO, "demo", &prefix).unwrap();
+    let r = run_plan(&plan, &common::fake_agent(""), &common::options()).unwrap();
+    assert!(r.steps[0].probes.iter().all(|p| !p.mismatch()));
+    // The fake agent enforces nothing: the second step's denials are mismatches.
+    assert!(r.steps[1].probes.iter().any(|p| p.mismatch()));
+    common::assert_clean(&prefix);
+}
+
+#[test]
+fn an_agent_that_exits_fails_the_run_with_its_log() {
+    need_root!();
+    let (plan, prefix) = scenario("no-policy.yaml");
+    let e = run_plan(&plan, &common::fake_agent("exit"), &common::options()).unwrap_err();
+    let msg = format!("{e:#}");
+    assert!(msg.contains("exited"), "{msg}");
+    assert!(
+        msg.contains("failing on purpose"),
+        "the log tail is shown: {msg}"
+    );
+    common::assert_clean(&prefix);
+}
+
+#[test]
+fn an_agent_that_rejects_the_manifests_fails_the_run() {
+    need_root!();
+    let (plan, prefix) = scenario("no-policy.yaml");
+    let e = run_plan(&plan, &common::fake_agent("error"), &common::options()).unwrap_err();
+    let msg = format!("{e:#}");
+    assert!(
+        msg.contains("rejected the manifests: bad manifest on purpose"),
+        "{msg}"
+    );
+    common::assert_clean(&prefix);
+}
+
+#[test]
+fn an_agent_that_never_reports_times_out() {
+    need_root!();
+    let (plan, prefix) = scenario("no-policy.yaml");
+    let mut o = common::options();
+    o.agent_timeout = std::time::Duration::from_millis(300);
+    let e = run_plan(&plan, &common::fake_agent("silent"), &o).unwrap_err();
+    let msg = format!("{e:#}");
+    assert!(msg.contains("did not report generation 1"), "{msg}");
+    common::assert_clean(&prefix);
+}
+
+/// The safety rule: no lab namespace has a default route or a route outside the lab.
+#[test]
+fn lab_namespaces_only_route_lab_addresses() {
+    need_root!();
+    let (plan, prefix) = scenario("dual-stack-relabel.yaml");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut created = Vec::new();
+    let built = rt.block_on(enforcer_lab::netns::build(&plan, &mut created));
+    let mut routes: BTreeMap<String, String> = BTreeMap::new();
+    for ns in &created {
+        let mut all = String::new();
+        for fam in ["-4", "-6"] {
+            let out = std::process::Command::new("ip")
+                .args(["-n", ns, fam, "route", "show", "table", "all"])
+                .output()
+                .unwrap();
+            all.push_str(&String::from_utf8_lossy(&out.stdout));
+        }
+        routes.insert(ns.clone(), all);
+    }
+    let problems = enforcer_lab::netns::delete(&created);
+    built.unwrap();
+    assert!(problems.is_empty(), "{problems:?}");
+    common::assert_clean(&prefix);
+
+    let lab: Vec<String> = plan.lab_addresses().iter().map(|a| a.to_string()).collect();
+    for (ns, text) in &routes {
+        for line in text.lines() {
+            let dst = line.split_whitespace().next().unwrap_or("");
+            let dst = dst.trim_end_matches("/32").trim_end_matches("/128");
+            let ok = lab.iter().any(|a| a == dst)
+                || line.contains("table local")
+                || dst == "169.254.1.1"
+                || dst.starts_with("fe80::")
+                || dst.starts_with("multicast")
+                || dst.starts_with("ff00::");
+            assert!(ok, "{ns}: route outside the lab: {line}");
+            assert!(!line.starts_with("default"), "{ns}: {line}");
+        }
+    }
+}
