@@ -156,6 +156,17 @@ impl Agent {
         }
     }
 
+    /// Fails if the agent has exited (enforcement would have stopped with it).
+    pub fn check_running(&mut self) -> Result<()> {
+        if let Some(child) = self.child.as_mut()
+            && let Some(status) = child.try_wait()?
+        {
+            self.child = None;
+            return Err(self.failure(format!("exited ({status}) during the run")));
+        }
+        Ok(())
+    }
+
     /// Marks the current end of the events file: `read_events` returns what comes after.
     pub fn mark_events(&mut self) {
         self.events_offset = std::fs::metadata(&self.events_file)

@@ -180,10 +180,7 @@ pub fn run_plan(plan: &plan::Plan, agent: &Path, opts: &RunOptions) -> Result<re
 fn print_report(r: &report::Report, output: Output) {
     match output {
         Output::Table => print!("{}", r.render()),
-        Output::Json => println!(
-            "{}",
-            serde_json::to_string_pretty(&r.to_json()).expect("JSON of a report")
-        ),
+        Output::Json => println!("{}", r.to_json_string()),
     }
 }
 

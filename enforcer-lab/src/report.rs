@@ -52,19 +52,27 @@ impl Report {
         self.steps.iter().map(|s| s.probes.len()).sum()
     }
 
-    /// The JSON document of the contract.
-    pub fn to_json(&self) -> Value {
-        let steps: Vec<Value> = self
-            .steps
-            .iter()
-            .map(|s| {
-                json!({
-                    "step": s.step,
-                    "probes": s.probes.iter().map(probe_json).collect::<Vec<_>>(),
+    /// The JSON document of the contract, its keys in the contract's order.
+    pub fn json_doc(&self) -> JsonReport<'_> {
+        JsonReport {
+            steps: self
+                .steps
+                .iter()
+                .map(|s| JsonStep {
+                    step: s.step,
+                    probes: s.probes.iter().map(probe_json).collect(),
                 })
-            })
-            .collect();
-        json!({"steps": steps, "mismatches": self.mismatches()})
+                .collect(),
+            mismatches: self.mismatches(),
+        }
+    }
+
+    pub fn to_json(&self) -> Value {
+        serde_json::to_value(self.json_doc()).expect("a report is JSON")
+    }
+
+    pub fn to_json_string(&self) -> String {
+        serde_json::to_string_pretty(&self.json_doc()).expect("a report is JSON")
     }
 
     /// Tables, the notable events and a summary, for people.
@@ -87,24 +95,52 @@ impl Report {
     }
 }
 
-fn probe_json(p: &ProbeResult) -> Value {
+#[derive(serde::Serialize)]
+pub struct JsonReport<'a> {
+    pub steps: Vec<JsonStep<'a>>,
+    pub mismatches: usize,
+}
+
+#[derive(serde::Serialize)]
+pub struct JsonStep<'a> {
+    pub step: usize,
+    pub probes: Vec<JsonProbe<'a>>,
+}
+
+#[derive(serde::Serialize)]
+pub struct JsonProbe<'a> {
+    pub from: &'a str,
+    pub to: &'a str,
+    /// As written: a number or a port name.
+    pub port: Value,
+    pub protocol: &'static str,
+    pub expected: Option<&'static str>,
+    pub observed: &'static str,
+    /// The address and port the probe went to.
+    pub dst: String,
+    pub dst_port: u16,
+    /// Why: connected, echoed, timeout, refused, unreachable, …
+    pub detail: &'a str,
+    pub events: &'a [Value],
+}
+
+fn probe_json(p: &ProbeResult) -> JsonProbe<'_> {
     let spec = &p.probe.spec;
-    let port = match &spec.port {
-        PortRef::Number(n) => json!(n),
-        PortRef::Name(s) => json!(s),
-    };
-    json!({
-        "from": spec.from_text,
-        "to": spec.to_text,
-        "port": port,
-        "protocol": spec.protocol.as_str(),
-        "expected": spec.expect.map(|v| v.as_str()),
-        "observed": p.outcome.observed.as_str(),
-        "dst": p.probe.dst_ip.to_string(),
-        "dst_port": p.probe.dst_port,
-        "detail": p.outcome.detail,
-        "events": p.events,
-    })
+    JsonProbe {
+        from: &spec.from_text,
+        to: &spec.to_text,
+        port: match &spec.port {
+            PortRef::Number(n) => json!(n),
+            PortRef::Name(s) => json!(s),
+        },
+        protocol: spec.protocol.as_str(),
+        expected: spec.expect.map(|v| v.as_str()),
+        observed: p.outcome.observed.as_str(),
+        dst: p.probe.dst_ip.to_string(),
+        dst_port: p.probe.dst_port,
+        detail: &p.outcome.detail,
+        events: &p.events,
+    }
 }
 
 fn symbol(p: &ProbeResult) -> String {
@@ -283,13 +319,22 @@ fn note(out: &mut String, p: &ProbeResult) {
                 })
                 .unwrap_or_else(|| "-".into())
         };
+        let isolated: Vec<&str> = e
+            .get("isolated_by")
+            .and_then(Value::as_array)
+            .map(|v| v.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        let by = match e.get("policy").and_then(Value::as_str) {
+            Some(p) => format!("policy {p}"),
+            None if !isolated.is_empty() => format!("isolated by {}", isolated.join(", ")),
+            None => "no policy".to_string(),
+        };
         let _ = writeln!(
             out,
-            "      drop {} at {}: {}, policy {}{}",
+            "      drop {} at {}: {}, {by}{}",
             s("direction"),
             s("endpoint"),
             s("reason"),
-            s("policy"),
             if drops.len() > 1 {
                 format!(" ({} drop events)", drops.len())
             } else {
@@ -398,6 +443,23 @@ steps:
     }
 
     #[test]
+    fn json_keys_come_in_the_contract_order() {
+        use Observed::*;
+        let text = report(&[&[Allow, Allow, Allow, Unsupported], &[Deny]]).to_json_string();
+        let order = [
+            "\"from\"",
+            "\"to\"",
+            "\"port\"",
+            "\"protocol\"",
+            "\"expected\"",
+            "\"observed\"",
+        ];
+        let pos: Vec<usize> = order.iter().map(|k| text.find(k).unwrap()).collect();
+        assert!(pos.windows(2).all(|w| w[0] < w[1]), "{text}");
+        assert!(text.find("\"steps\"").unwrap() < text.find("\"mismatches\"").unwrap());
+    }
+
+    #[test]
     fn unsupported_and_unexpected_probes_are_not_mismatches() {
         use Observed::*;
         let r = report(&[&[Allow, Deny, Deny, Unsupported], &[Deny]]);
@@ -459,5 +521,30 @@ FAIL: 1 of 5 probes differ from what was expected
         let m = match_events(&events, probe, Some(40000));
         assert_eq!(m, vec![events[0].clone(), events[4].clone()]);
         assert!(match_events(&events, probe, None).is_empty());
+    }
+
+    #[test]
+    fn denied_probes_show_their_drop() {
+        use Observed::*;
+        let mut r = report(&[&[Allow, Deny, Allow, Allow], &[Deny]]);
+        r.steps[0].probes[1].events = vec![
+            json!({"verdict": "drop", "direction": "ingress", "endpoint": "x/a",
+                   "reason": "no-rule", "policy": null, "isolated_by": ["x/deny", "x/other"]}),
+            json!({"verdict": "drop", "direction": "ingress", "endpoint": "x/a",
+                   "reason": "no-rule", "policy": null, "isolated_by": ["x/deny", "x/other"]}),
+        ];
+        r.steps[1].probes[0].events = vec![json!({"verdict": "drop", "direction": "egress",
+            "endpoint": "x/a", "reason": "deny-rule", "policy": "x/p", "rule": 0})];
+        let text = r.render();
+        assert!(
+            text.contains(
+                "      drop ingress at x/a: no-rule, isolated by x/deny, x/other (2 drop events)\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("      drop egress at x/a: deny-rule, policy x/p\n"),
+            "{text}"
+        );
     }
 }
