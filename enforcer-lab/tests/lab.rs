@@ -25,7 +25,20 @@ fn no_policy_scenario_observes_what_it_expects() {
     let r = run_plan(&plan, &common::fake_agent(""), &common::options()).unwrap();
     eprintln!("no-policy.yaml ran in {:?}", started.elapsed());
     assert_eq!(r.mismatches(), 0, "{}", r.render());
-    assert_eq!(r.probe_count(), 14);
+    assert_eq!(r.probe_count(), 15);
+    let sctp = &r.steps[0].probes[14];
+    let has_sctp = socket2::Socket::new(
+        socket2::Domain::IPV4,
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::from(132)),
+    )
+    .is_ok();
+    let want = if has_sctp {
+        Observed::Allow
+    } else {
+        Observed::Unsupported
+    };
+    assert_eq!(sctp.outcome.observed, want, "{:?}", sctp.outcome);
     common::assert_clean(&prefix);
 }
 
