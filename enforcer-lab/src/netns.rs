@@ -146,10 +146,14 @@ pub async fn build(plan: &Plan, created: &mut Vec<String>) -> Result<()> {
     ip_batch(None, &root).await?;
 
     // 2. Sysctls (no DAD on pod interfaces, forwarding on nodes), from threads in each netns.
+    // IPv6 settings are needed only where IPv6 is used (a kernel may have IPv6 disabled).
+    let any6 = plan.pods.iter().any(|p| p.ips.iter().any(IpAddr::is_ipv6));
     for n in &plan.nodes {
-        Netns::open(&n.netns)?.run(|| {
+        Netns::open(&n.netns)?.run(move || {
             sysctl("net.ipv4.ip_forward", "1")?;
-            sysctl("net.ipv6.conf.all.forwarding", "1")?;
+            if any6 {
+                sysctl("net.ipv6.conf.all.forwarding", "1")?;
+            }
             // The host route names the interface a reply leaves by; strict reverse-path
             // checks (inherited from the machine) add nothing here.
             sysctl("net.ipv4.conf.all.rp_filter", "0")?;
@@ -162,9 +166,12 @@ pub async fn build(plan: &Plan, created: &mut Vec<String>) -> Result<()> {
         .iter()
         .map(|p| Netns::open(&p.netns))
         .collect::<Result<_>>()?;
-    for ns in &pod_ns {
-        ns.run(|| {
-            sysctl("net.ipv6.conf.eth0.accept_dad", "0")?;
+    for (ns, p) in pod_ns.iter().zip(&plan.pods) {
+        let has6 = p.ips.iter().any(IpAddr::is_ipv6);
+        ns.run(move || {
+            if has6 {
+                sysctl("net.ipv6.conf.eth0.accept_dad", "0")?;
+            }
             sysctl("net.ipv4.conf.all.rp_filter", "0")?;
             sysctl("net.ipv4.conf.eth0.rp_filter", "0")?;
             Ok(())
@@ -175,12 +182,16 @@ pub async fn build(plan: &Plan, created: &mut Vec<String>) -> Result<()> {
     for (ni, n) in plan.nodes.iter().enumerate() {
         let mut lines = vec!["link set lo up".to_string()];
         for p in plan.pods_on(ni) {
-            lines.push(format!("link set {} addrgenmode none", p.host_if));
+            if any6 {
+                lines.push(format!("link set {} addrgenmode none", p.host_if));
+            }
             lines.push(format!("link set {} up", p.host_if));
-            lines.push(format!(
-                "address add {GATEWAY_V6}/64 dev {} nodad",
-                p.host_if
-            ));
+            if any6 {
+                lines.push(format!(
+                    "address add {GATEWAY_V6}/64 dev {} nodad",
+                    p.host_if
+                ));
+            }
             for ip in &p.ips {
                 lines.push(format!(
                     "route add {} dev {} scope link",
