@@ -1,5 +1,6 @@
 //! One run of a scenario: build, start the agents, probe step by step, tear down.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,7 +11,7 @@ use tokio::task::JoinHandle;
 use crate::agent::{Agent, ensure_bpffs};
 use crate::manifests::{ClusterState, ManifestWriter};
 use crate::netns::{self, Netns};
-use crate::plan::{Plan, served};
+use crate::plan::{Ep, Plan};
 use crate::report::{ProbeResult, Report, StepResult, match_events};
 use crate::runs;
 use crate::traffic;
@@ -154,17 +155,19 @@ pub async fn run(plan: &Plan, exe: &Path, opts: &Options, res: &mut Resources) -
         .context("building the lab's network namespaces")?;
     progress(opts, started, "namespaces and links ready");
 
-    let pod_ns: Vec<Netns> = plan
-        .pods
-        .iter()
-        .map(|p| Netns::open(&p.netns))
-        .collect::<Result<_>>()?;
-    for (p, ns) in plan.pods.iter().zip(&pod_ns) {
-        let ports: Vec<_> = served(p).collect();
+    let mut ep_ns: BTreeMap<Ep, Netns> = BTreeMap::new();
+    for ep in plan.endpoints() {
+        let ns = Netns::open(plan.netns_of(ep))?;
+        let ports: Vec<_> = plan
+            .ports_of(ep)
+            .iter()
+            .map(|x| (x.protocol, x.port))
+            .collect();
         res.tasks.extend(
-            traffic::serve(ns, &p.ips, &ports)
-                .with_context(|| format!("servers of pod {}", p.key()))?,
+            traffic::serve(&ns, plan.ips_of(ep), &ports)
+                .with_context(|| format!("servers in {}", plan.netns_of(ep)))?,
         );
+        ep_ns.insert(ep, ns);
     }
     progress(opts, started, "servers listening");
 
@@ -198,7 +201,7 @@ pub async fn run(plan: &Plan, exe: &Path, opts: &Options, res: &mut Resources) -
         &format!("agents ready (generation {generation})"),
     );
 
-    let pod_ns = Arc::new(pod_ns);
+    let ep_ns = Arc::new(ep_ns);
     let sem = Arc::new(tokio::sync::Semaphore::new(opts.parallel.max(1)));
     let mut report = Report::default();
     for (si, step) in plan.steps.iter().enumerate() {
@@ -220,7 +223,7 @@ pub async fn run(plan: &Plan, exe: &Path, opts: &Options, res: &mut Resources) -
         let mut jobs = Vec::new();
         for (pi, probe) in step.probes.iter().enumerate() {
             let probe = probe.clone();
-            let ns = pod_ns.clone();
+            let ns = ep_ns.clone();
             let sem = sem.clone();
             let payload = format!("enforcer-lab {} step {si} probe {pi}", plan.prefix).into_bytes();
             let timeout = opts.probe_timeout;
@@ -228,7 +231,7 @@ pub async fn run(plan: &Plan, exe: &Path, opts: &Options, res: &mut Resources) -
                 let _permit = sem.acquire_owned().await;
                 let dst = std::net::SocketAddr::new(probe.dst_ip, probe.dst_port);
                 let out = traffic::probe(
-                    &ns[probe.src],
+                    &ns[&probe.src],
                     probe.spec.protocol,
                     probe.src_ip,
                     dst,

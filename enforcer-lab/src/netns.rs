@@ -9,6 +9,8 @@
 //!   ARP answer is needed from a node that (by the lab's safety rule) has no default route;
 //!   routes via the gateway go only to the lab's own addresses. No namespace has a default
 //!   route, so no lab packet can reach a real network.
+//! - with several nodes or any host: a fabric namespace with a bridge joining every node and
+//!   host (see [`build`]); nodes use 198.18.0.0/15 (RFC 2544) addresses on it.
 
 use std::fs::File;
 use std::net::IpAddr;
@@ -124,18 +126,51 @@ fn host_prefix(ip: &IpAddr) -> String {
     }
 }
 
+/// The interface of a node on the fabric bridge.
+pub const NODE_FABRIC_IF: &str = "fabric0";
+
+fn v4(ips: &[IpAddr]) -> bool {
+    ips.iter().any(IpAddr::is_ipv4)
+}
+
+fn v6(ips: &[IpAddr]) -> bool {
+    ips.iter().any(IpAddr::is_ipv6)
+}
+
+/// `address add` lines for an endpoint's own addresses (host prefixes, no DAD).
+fn own_addresses(ips: &[IpAddr], dev: &str, lines: &mut Vec<String>) {
+    for ip in ips {
+        let nodad = if ip.is_ipv6() { " nodad" } else { "" };
+        lines.push(format!("address add {} dev {dev}{nodad}", host_prefix(ip)));
+    }
+}
+
+/// The first address of `ips` in the family of `ip`.
+fn same_family(ips: &[IpAddr], ip: &IpAddr) -> Option<IpAddr> {
+    ips.iter().copied().find(|a| a.is_ipv4() == ip.is_ipv4())
+}
+
 /// Creates the namespaces and links of `plan`. `created` receives each namespace name before
 /// it is created, so a failure half-way still lets the caller delete what exists.
+///
+/// With more than one node, or hosts, a fabric namespace holds a bridge; every node
+/// (`fabric0`, with its fabric addresses as host prefixes) and every host (`eth0`, with its
+/// own addresses) has a port on it, and routes are per address: a node reaches a remote pod
+/// through that pod's node, a host directly; a host reaches a pod through the pod's node.
 pub async fn build(plan: &Plan, created: &mut Vec<String>) -> Result<()> {
+    let any6 = plan.uses_ipv6();
+    let fabric = plan.fabric.as_deref();
+
     // 1. Namespaces and veths, from the root namespace.
     let mut root = Vec::new();
-    for n in &plan.nodes {
-        created.push(n.netns.clone());
-        root.push(format!("netns add {}", n.netns));
-    }
-    for p in &plan.pods {
-        created.push(p.netns.clone());
-        root.push(format!("netns add {}", p.netns));
+    let all_ns = fabric
+        .into_iter()
+        .chain(plan.nodes.iter().map(|n| n.netns.as_str()))
+        .chain(plan.hosts.iter().map(|h| h.netns.as_str()))
+        .chain(plan.pods.iter().map(|p| p.netns.as_str()));
+    for ns in all_ns {
+        created.push(ns.to_string());
+        root.push(format!("netns add {ns}"));
     }
     for p in &plan.pods {
         root.push(format!(
@@ -143,11 +178,24 @@ pub async fn build(plan: &Plan, created: &mut Vec<String>) -> Result<()> {
             p.host_if, plan.nodes[p.node].netns, p.netns
         ));
     }
+    if let Some(fab) = fabric {
+        for (i, n) in plan.nodes.iter().enumerate() {
+            root.push(format!(
+                "link add {NODE_FABRIC_IF} netns {} type veth peer name n{i} netns {fab}",
+                n.netns
+            ));
+        }
+        for h in &plan.hosts {
+            root.push(format!(
+                "link add eth0 netns {} type veth peer name {} netns {fab}",
+                h.netns, h.fabric_if
+            ));
+        }
+    }
     ip_batch(None, &root).await?;
 
-    // 2. Sysctls (no DAD on pod interfaces, forwarding on nodes), from threads in each netns.
-    // IPv6 settings are needed only where IPv6 is used (a kernel may have IPv6 disabled).
-    let any6 = plan.pods.iter().any(|p| p.ips.iter().any(IpAddr::is_ipv6));
+    // 2. Sysctls (no DAD where IPv6 is used, forwarding on nodes), from threads in each
+    // netns. IPv6 settings only where IPv6 is used: a kernel may have IPv6 disabled.
     for n in &plan.nodes {
         Netns::open(&n.netns)?.run(move || {
             sysctl("net.ipv4.ip_forward", "1")?;
@@ -161,14 +209,14 @@ pub async fn build(plan: &Plan, created: &mut Vec<String>) -> Result<()> {
             Ok(())
         })?;
     }
-    let pod_ns: Vec<Netns> = plan
+    let ends = plan
         .pods
         .iter()
-        .map(|p| Netns::open(&p.netns))
-        .collect::<Result<_>>()?;
-    for (ns, p) in pod_ns.iter().zip(&plan.pods) {
-        let has6 = p.ips.iter().any(IpAddr::is_ipv6);
-        ns.run(move || {
+        .map(|p| (&p.netns, &p.ips))
+        .chain(plan.hosts.iter().map(|h| (&h.netns, &h.ips)));
+    for (ns, ips) in ends {
+        let has6 = v6(ips);
+        Netns::open(ns)?.run(move || {
             if has6 {
                 sysctl("net.ipv6.conf.eth0.accept_dad", "0")?;
             }
@@ -178,7 +226,26 @@ pub async fn build(plan: &Plan, created: &mut Vec<String>) -> Result<()> {
         })?;
     }
 
-    // 3. Node side, then every pod (in parallel).
+    let mut batches: Vec<(String, Vec<String>)> = Vec::new();
+
+    // 3. The fabric bridge.
+    if let Some(fab) = fabric {
+        let mut lines = vec![
+            "link set lo up".to_string(),
+            "link add br0 type bridge".to_string(),
+            "link set br0 up".to_string(),
+        ];
+        let ports = (0..plan.nodes.len())
+            .map(|i| format!("n{i}"))
+            .chain(plan.hosts.iter().map(|h| h.fabric_if.clone()));
+        for port in ports {
+            lines.push(format!("link set {port} master br0"));
+            lines.push(format!("link set {port} up"));
+        }
+        batches.push((fab.to_string(), lines));
+    }
+
+    // 4. Nodes: pod veths and host routes; the fabric and routes across it.
     for (ni, n) in plan.nodes.iter().enumerate() {
         let mut lines = vec!["link set lo up".to_string()];
         for p in plan.pods_on(ni) {
@@ -200,22 +267,72 @@ pub async fn build(plan: &Plan, created: &mut Vec<String>) -> Result<()> {
                 ));
             }
         }
-        ip_batch(Some(&n.netns), &lines).await?;
-    }
-
-    let all = plan.lab_addresses();
-    let mut jobs = tokio::task::JoinSet::new();
-    for p in &plan.pods {
-        let mut lines = vec!["link set lo up".to_string(), "link set eth0 up".to_string()];
-        let has4 = p.ips.iter().any(|i| i.is_ipv4());
-        let has6 = p.ips.iter().any(|i| i.is_ipv6());
-        for ip in &p.ips {
-            if ip.is_ipv4() {
-                lines.push(format!("address add {} dev eth0", host_prefix(ip)));
-            } else {
-                lines.push(format!("address add {} dev eth0 nodad", host_prefix(ip)));
+        if fabric.is_some() {
+            let dev = NODE_FABRIC_IF;
+            lines.push(format!("link set {dev} up"));
+            own_addresses(&n.fabric_ips, dev, &mut lines);
+            for (oi, other) in plan.nodes.iter().enumerate() {
+                if oi == ni {
+                    continue;
+                }
+                for ip in &other.fabric_ips {
+                    lines.push(format!(
+                        "route add {} dev {dev} scope link",
+                        host_prefix(ip)
+                    ));
+                }
+                for p in plan.pods_on(oi) {
+                    for ip in &p.ips {
+                        if let Some(via) = same_family(&other.fabric_ips, ip) {
+                            lines
+                                .push(format!("route add {} via {via} dev {dev}", host_prefix(ip)));
+                        }
+                    }
+                }
+            }
+            for h in &plan.hosts {
+                for ip in &h.ips {
+                    lines.push(format!(
+                        "route add {} dev {dev} scope link",
+                        host_prefix(ip)
+                    ));
+                }
             }
         }
+        batches.push((n.netns.clone(), lines));
+    }
+
+    // 5. Hosts: their addresses, the nodes on-link, pods through their node.
+    for h in &plan.hosts {
+        let mut lines = vec!["link set lo up".to_string(), "link set eth0 up".to_string()];
+        own_addresses(&h.ips, "eth0", &mut lines);
+        for n in &plan.nodes {
+            for ip in &n.fabric_ips {
+                lines.push(format!("route add {} dev eth0 scope link", host_prefix(ip)));
+            }
+        }
+        for p in &plan.pods {
+            let node = &plan.nodes[p.node];
+            for ip in &p.ips {
+                if let Some(via) = same_family(&node.fabric_ips, ip) {
+                    lines.push(format!("route add {} via {via} dev eth0", host_prefix(ip)));
+                }
+            }
+        }
+        for other in plan.hosts.iter().filter(|o| o.name != h.name) {
+            for ip in &other.ips {
+                lines.push(format!("route add {} dev eth0 scope link", host_prefix(ip)));
+            }
+        }
+        batches.push((h.netns.clone(), lines));
+    }
+
+    // 6. Pods: their addresses, the gateway, routes to every other lab address.
+    let all = plan.lab_addresses();
+    for p in &plan.pods {
+        let mut lines = vec!["link set lo up".to_string(), "link set eth0 up".to_string()];
+        let (has4, has6) = (v4(&p.ips), v6(&p.ips));
+        own_addresses(&p.ips, "eth0", &mut lines);
         if has4 {
             lines.push(format!(
                 "neigh replace {GATEWAY_V4} lladdr {HOST_MAC} dev eth0 nud permanent"
@@ -240,11 +357,15 @@ pub async fn build(plan: &Plan, created: &mut Vec<String>) -> Result<()> {
                 _ => {}
             }
         }
-        let ns = p.netns.clone();
+        batches.push((p.netns.clone(), lines));
+    }
+
+    let mut jobs = tokio::task::JoinSet::new();
+    for (ns, lines) in batches {
         jobs.spawn(async move { ip_batch(Some(&ns), &lines).await });
     }
     while let Some(r) = jobs.join_next().await {
-        r.context("pod setup task")??;
+        r.context("setup task")??;
     }
     Ok(())
 }

@@ -3,11 +3,11 @@
 //! Pure: everything that can be wrong with a scenario is found here, before anything is created.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::scenario::{
-    Endpoint, Family, Labels, Object, ObjectKey, PortRef, PortSpec, ProbeSpec, Protocol, Relabel,
-    Scenario, ScenarioError, Target,
+    Endpoint, Family, Labels, Object, ObjectKey, PortRef, PortSpec, ProbeSpec, Relabel, Scenario,
+    ScenarioError, Target,
 };
 
 /// The label every namespace carries.
@@ -18,6 +18,27 @@ pub struct NodePlan {
     pub name: String,
     /// Network namespace name (with the run prefix).
     pub netns: String,
+    /// The node's addresses on the fabric (IPv4, then IPv6 when the lab uses IPv6); used
+    /// only when there is a fabric.
+    pub fabric_ips: Vec<IpAddr>,
+}
+
+/// An endpoint outside the cluster, on the fabric.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostPlan {
+    pub name: String,
+    pub ips: Vec<IpAddr>,
+    pub ports: Vec<PortSpec>,
+    pub netns: String,
+    /// Its port on the fabric bridge.
+    pub fabric_if: String,
+}
+
+/// A pod or a host, by index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Ep {
+    Pod(usize),
+    Host(usize),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,13 +84,12 @@ impl Changes {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProbePlan {
     pub spec: ProbeSpec,
-    /// Source pod index.
-    pub src: usize,
+    pub src: Ep,
     pub src_ip: IpAddr,
     pub dst_ip: IpAddr,
     pub dst_port: u16,
-    /// The pod that owns `dst_ip`, if any.
-    pub dst_pod: Option<usize>,
+    /// The pod or host that owns `dst_ip`, if any.
+    pub dst: Option<Ep>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -85,6 +105,10 @@ pub struct Plan {
     /// Namespace → labels (including `kubernetes.io/metadata.name`), as at the start.
     pub namespaces: BTreeMap<String, Labels>,
     pub pods: Vec<PodPlan>,
+    pub hosts: Vec<HostPlan>,
+    /// The namespace of the bridge joining the nodes and hosts (when there is more than one
+    /// node, or any host).
+    pub fabric: Option<String>,
     /// Objects applied at the start (the scenario's `policies`).
     pub objects: Vec<Object>,
     /// Step 0 (no changes, the top-level probes), then one per `steps` entry.
@@ -92,12 +116,45 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// Every address in the lab: what a pod has routes to.
+    /// Every pod and host address: what a pod has routes to.
     pub fn lab_addresses(&self) -> BTreeSet<IpAddr> {
         self.pods
             .iter()
             .flat_map(|p| p.ips.iter().copied())
+            .chain(self.hosts.iter().flat_map(|h| h.ips.iter().copied()))
             .collect()
+    }
+
+    pub fn ips_of(&self, ep: Ep) -> &[IpAddr] {
+        match ep {
+            Ep::Pod(i) => &self.pods[i].ips,
+            Ep::Host(i) => &self.hosts[i].ips,
+        }
+    }
+
+    pub fn netns_of(&self, ep: Ep) -> &str {
+        match ep {
+            Ep::Pod(i) => &self.pods[i].netns,
+            Ep::Host(i) => &self.hosts[i].netns,
+        }
+    }
+
+    pub fn ports_of(&self, ep: Ep) -> &[PortSpec] {
+        match ep {
+            Ep::Pod(i) => &self.pods[i].ports,
+            Ep::Host(i) => &self.hosts[i].ports,
+        }
+    }
+
+    /// Every pod, then every host.
+    pub fn endpoints(&self) -> impl Iterator<Item = Ep> {
+        (0..self.pods.len())
+            .map(Ep::Pod)
+            .chain((0..self.hosts.len()).map(Ep::Host))
+    }
+
+    pub fn uses_ipv6(&self) -> bool {
+        self.lab_addresses().iter().any(IpAddr::is_ipv6)
     }
 
     pub fn pods_on(&self, node: usize) -> impl Iterator<Item = &PodPlan> {
@@ -162,6 +219,18 @@ fn host_if_name(key: &str, taken: &mut BTreeSet<String>) -> String {
     }
 }
 
+/// A node's fabric addresses: 198.18.0.<i+1> (RFC 2544, never routed) and fd00:198:18::<i+1>.
+pub fn node_fabric_ips(node: usize, ipv6: bool) -> Vec<IpAddr> {
+    let n = (node + 1).min(254);
+    let mut out = vec![IpAddr::V4(Ipv4Addr::new(198, 18, 0, n as u8))];
+    if ipv6 {
+        out.push(IpAddr::V6(Ipv6Addr::new(
+            0xfd00, 0x198, 0x18, 0, 0, 0, 0, n as u16,
+        )));
+    }
+    out
+}
+
 /// The IPv4 pod CIDR of the node with this index: 10.42.<i+1>.0/24.
 pub fn node_pod_cidr_v4(node: usize) -> (Ipv4Addr, u8) {
     (Ipv4Addr::new(10, 42, (node + 1).min(255) as u8, 0), 24)
@@ -174,25 +243,29 @@ fn not_supported<T>(path: &str, what: &str) -> Result<T, ScenarioError> {
 /// Builds the plan. `prefix` names everything this run creates (`enf-1a2b3c-`).
 pub fn plan(s: &Scenario, prefix: &str) -> Result<Plan, ScenarioError> {
     let node_names = s.node_names();
-    if node_names.len() > 1 {
-        return not_supported(
-            "nodes",
-            "more than one node (this version of the lab runs a single node)",
-        );
-    }
-    if !s.hosts.is_empty() {
-        return not_supported("hosts", "hosts outside the cluster");
+    if node_names.len() > 200 {
+        return err("nodes", "the lab runs at most 200 nodes");
     }
     if !s.services.is_empty() {
         return not_supported("services", "Services");
     }
 
+    let ipv6 = s
+        .pods
+        .iter()
+        .flat_map(|p| p.ips.iter().flatten())
+        .chain(s.hosts.iter().flat_map(|h| h.ips.iter()))
+        .any(IpAddr::is_ipv6);
     let mut taken_netns = BTreeSet::new();
+    let fabric = (node_names.len() > 1 || !s.hosts.is_empty())
+        .then(|| netns_name(prefix, "fabric", &mut taken_netns));
     let nodes: Vec<NodePlan> = node_names
         .iter()
-        .map(|n| NodePlan {
+        .enumerate()
+        .map(|(i, n)| NodePlan {
             name: n.clone(),
             netns: netns_name(prefix, n, &mut taken_netns),
+            fabric_ips: node_fabric_ips(i, ipv6),
         })
         .collect();
 
@@ -209,8 +282,33 @@ pub fn plan(s: &Scenario, prefix: &str) -> Result<Plan, ScenarioError> {
             .or_insert_with(|| Labels::from([(NS_NAME_LABEL.to_string(), p.namespace.clone())]));
     }
 
-    // Explicit addresses first, so that assigned ones avoid them.
+    // The fabric's and the explicit addresses first, so that assigned ones avoid them.
     let mut used: BTreeMap<IpAddr, String> = BTreeMap::new();
+    if fabric.is_some() {
+        for n in &nodes {
+            for ip in &n.fabric_ips {
+                used.insert(*ip, format!("node {} on the lab's fabric", n.name));
+            }
+        }
+    }
+    let mut hosts = Vec::new();
+    for (i, h) in s.hosts.iter().enumerate() {
+        for ip in &h.ips {
+            if let Some(other) = used.insert(*ip, format!("host {}", h.name)) {
+                return err(
+                    &format!("hosts[{i}].ips"),
+                    format!("{ip} is already the address of {other}"),
+                );
+            }
+        }
+        hosts.push(HostPlan {
+            name: h.name.clone(),
+            ips: h.ips.clone(),
+            ports: h.ports.clone(),
+            netns: netns_name(prefix, &format!("host-{}", h.name), &mut taken_netns),
+            fabric_if: format!("h{i}"),
+        });
+    }
     for (i, p) in s.pods.iter().enumerate() {
         for ip in p.ips.iter().flatten() {
             let who = format!("{}/{}", p.namespace, p.name);
@@ -288,11 +386,17 @@ pub fn plan(s: &Scenario, prefix: &str) -> Result<Plan, ScenarioError> {
             .position(|p| p.namespace == ns && p.name == name)
     };
 
+    let find_host = |name: &str| hosts.iter().position(|h| h.name == name);
+    let ips_of = |ep: Ep| match ep {
+        Ep::Pod(i) => &pods[i].ips,
+        Ep::Host(i) => &hosts[i].ips,
+    };
+
     let resolve = |spec: &ProbeSpec| -> Result<ProbePlan, ScenarioError> {
         let path = &spec.path;
         let src = match &spec.from {
             Endpoint::Pod { namespace, name } => match find_pod(namespace, name) {
-                Some(i) => i,
+                Some(i) => Ep::Pod(i),
                 None => {
                     return err(
                         &format!("{path}.from"),
@@ -300,20 +404,34 @@ pub fn plan(s: &Scenario, prefix: &str) -> Result<Plan, ScenarioError> {
                     );
                 }
             },
-            Endpoint::Host(h) => return err(&format!("{path}.from"), format!("no host {h:?}")),
+            Endpoint::Host(h) => match find_host(h) {
+                Some(i) => Ep::Host(i),
+                None => return err(&format!("{path}.from"), format!("no host {h:?}")),
+            },
         };
-        let (dst_pod, candidates): (Option<usize>, Vec<IpAddr>) = match &spec.to {
+        let (dst, candidates): (Option<Ep>, Vec<IpAddr>) = match &spec.to {
             Target::Pod { namespace, name } => match find_pod(namespace, name) {
-                Some(i) => (Some(i), pods[i].ips.clone()),
+                Some(i) => (Some(Ep::Pod(i)), pods[i].ips.clone()),
                 None => return err(&format!("{path}.to"), format!("no pod {namespace}/{name}")),
             },
-            Target::Ip(ip) => (pods.iter().position(|p| p.ips.contains(ip)), vec![*ip]),
-            Target::Host(h) => return err(&format!("{path}.to"), format!("no host {h:?}")),
+            Target::Ip(ip) => {
+                let owner = pods
+                    .iter()
+                    .position(|p| p.ips.contains(ip))
+                    .map(Ep::Pod)
+                    .or_else(|| hosts.iter().position(|h| h.ips.contains(ip)).map(Ep::Host));
+                (owner, vec![*ip])
+            }
+            Target::Host(h) => match find_host(h) {
+                Some(i) => (Some(Ep::Host(i)), hosts[i].ips.clone()),
+                None => return err(&format!("{path}.to"), format!("no host {h:?}")),
+            },
             Target::Service { .. } => {
                 return not_supported(&format!("{path}.to"), "probes to Services");
             }
         };
-        let src_families: BTreeSet<Family> = pods[src].ips.iter().map(Family::of).collect();
+        let src_ips = ips_of(src);
+        let src_families: BTreeSet<Family> = src_ips.iter().map(Family::of).collect();
         let dst_ip = candidates.iter().copied().find(|ip| {
             let f = Family::of(ip);
             src_families.contains(&f) && spec.family.is_none_or(|want| want == f)
@@ -328,14 +446,13 @@ pub fn plan(s: &Scenario, prefix: &str) -> Result<Plan, ScenarioError> {
                 format!(
                     "{} ({}) and {} ({}) have no common address family: need {want}",
                     spec.from_text,
-                    fmt_ips(&pods[src].ips),
+                    fmt_ips(src_ips),
                     spec.to_text,
                     fmt_ips(&candidates)
                 ),
             );
         };
-        let src_ip = pods[src]
-            .ips
+        let src_ip = src_ips
             .iter()
             .copied()
             .find(|ip| Family::of(ip) == Family::of(&dst_ip))
@@ -343,7 +460,7 @@ pub fn plan(s: &Scenario, prefix: &str) -> Result<Plan, ScenarioError> {
         let dst_port = match &spec.port {
             PortRef::Number(n) => *n,
             PortRef::Name(name) => {
-                let Some(t) = dst_pod else {
+                let Some(Ep::Pod(t)) = dst else {
                     return err(
                         &format!("{path}.port"),
                         format!(
@@ -382,7 +499,7 @@ pub fn plan(s: &Scenario, prefix: &str) -> Result<Plan, ScenarioError> {
             src_ip,
             dst_ip,
             dst_port,
-            dst_pod,
+            dst,
         })
     };
 
@@ -442,6 +559,8 @@ pub fn plan(s: &Scenario, prefix: &str) -> Result<Plan, ScenarioError> {
         nodes,
         namespaces,
         pods,
+        hosts,
+        fabric,
         objects: s.policies.clone(),
         steps,
     })
@@ -452,11 +571,6 @@ fn fmt_ips(ips: &[IpAddr]) -> String {
         .map(|i| i.to_string())
         .collect::<Vec<_>>()
         .join(", ")
-}
-
-/// The protocols a pod serves, for the servers.
-pub fn served(p: &PodPlan) -> impl Iterator<Item = (Protocol, u16)> + '_ {
-    p.ports.iter().map(|x| (x.protocol, x.port))
 }
 
 #[cfg(test)]
@@ -534,8 +648,8 @@ pods:
         assert_eq!(pr[2].dst_port, 81, "a name means the target's own port");
         assert_eq!((pr[3].src_ip, pr[3].dst_ip), (ip("fd00::b"), ip("fd00::6")));
         assert_eq!(pr[4].dst_ip, ip("fd00::b"));
-        assert_eq!((pr[5].dst_pod, pr[5].dst_port), (Some(1), 8081));
-        assert_eq!(pr[6].dst_pod, None);
+        assert_eq!((pr[5].dst, pr[5].dst_port), (Some(Ep::Pod(1)), 8081));
+        assert_eq!(pr[6].dst, None);
     }
 
     #[test]
@@ -578,6 +692,11 @@ pods:
             ),
             ("{from: x/a, to: ext, port: 80}", "probes[0].to", "no host"),
             (
+                "{from: ext, to: x/a, port: 80}",
+                "probes[0].from",
+                "no host",
+            ),
+            (
                 "{from: x/a, to: 'svc:x/s', port: 80}",
                 "probes[0].to",
                 "not supported yet",
@@ -596,10 +715,14 @@ pods:
         assert_eq!(e.path, "pods[0].node");
         let e = plan_of("pods: [{namespace: x, name: a, ips: [10.0.0.1]}, {namespace: x, name: b, ips: [10.0.0.1]}]").unwrap_err();
         assert!(e.reason.contains("already the address of x/a"), "{e}");
-        let e = plan_of("nodes: [a, b]").unwrap_err();
+        let e = plan_of("services: [{namespace: x, name: s, ports: [{port: 80}]}]").unwrap_err();
         assert!(e.reason.starts_with("not supported yet"), "{e}");
-        let e = plan_of("hosts: [{name: h, ips: [192.0.2.1]}]").unwrap_err();
-        assert!(e.reason.starts_with("not supported yet"), "{e}");
+        let e = plan_of("nodes: [a, b]\npods: [{namespace: x, name: a, ips: [198.18.0.2]}]")
+            .unwrap_err();
+        assert!(e.reason.contains("node b on the lab's fabric"), "{e}");
+        let e = plan_of("hosts: [{name: h, ips: [192.0.2.1]}]\npods: [{namespace: x, name: a, ips: [192.0.2.1]}]")
+            .unwrap_err();
+        assert!(e.reason.contains("already the address of host h"), "{e}");
         let e = plan_of(&format!(
             "{PODS}steps: [{{delete: [{{kind: NetworkPolicy, namespace: x, name: p}}]}}]"
         ))
@@ -638,6 +761,44 @@ steps:
         assert_eq!(c.relabel_namespaces[0].1[NS_NAME_LABEL], "y");
         assert_eq!(c.relabel_namespaces[0].1["t"], "u");
         assert_eq!(p.steps[2].changes.apply.len(), 1);
+    }
+
+    #[test]
+    fn nodes_and_hosts_join_a_fabric() {
+        let text = "
+nodes: [n1, n2]
+pods:
+  - {namespace: x, name: a}
+  - {namespace: x, name: b, node: n2}
+  - {namespace: x, name: c, node: n2, ips: ['fd00::c']}
+hosts:
+  - {name: ext, ips: [192.0.2.10, '2001:db8::10'], ports: [{port: 80}]}
+probes:
+  - {from: ext, to: x/b, port: 80}
+  - {from: x/c, to: ext, port: 80}
+  - {from: x/a, to: 192.0.2.10, port: 80}
+";
+        let p = plan_of(text).unwrap();
+        assert_eq!(p.fabric.as_deref(), Some("enf-abcdef-fabric"));
+        assert_eq!(
+            p.nodes[1].fabric_ips,
+            vec![ip("198.18.0.2"), ip("fd00:198:18::2")]
+        );
+        assert_eq!(p.pods[0].ips, vec![ip("10.42.1.10")]);
+        assert_eq!(p.pods[1].ips, vec![ip("10.42.2.10")]);
+        assert_eq!(p.hosts[0].netns, "enf-abcdef-host-ext");
+        let pr = &p.steps[0].probes;
+        assert_eq!((pr[0].src, pr[0].src_ip), (Ep::Host(0), ip("192.0.2.10")));
+        assert_eq!(
+            (pr[1].dst, pr[1].dst_ip),
+            (Some(Ep::Host(0)), ip("2001:db8::10"))
+        );
+        assert_eq!(pr[2].dst, Some(Ep::Host(0)));
+        assert!(p.lab_addresses().contains(&ip("2001:db8::10")));
+        assert_eq!(
+            plan_of("pods: [{namespace: x, name: a}]").unwrap().fabric,
+            None
+        );
     }
 
     #[test]

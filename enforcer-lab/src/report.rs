@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 
 use serde_json::{Value, json};
 
-use crate::plan::ProbePlan;
+use crate::plan::{Ep, ProbePlan};
 use crate::scenario::{Family, PortRef, Protocol, Target};
 use crate::traffic::{Observed, Outcome};
 
@@ -219,26 +219,25 @@ fn count(s: &StepResult, o: Observed) -> usize {
 
 fn render_table(out: &mut String, title: &str, probes: &[&ProbeResult]) {
     // Pods in the scenario's order, then other targets (addresses) as they come.
-    let mut rows: Vec<(usize, &str)> = Vec::new();
-    let mut cols: Vec<(usize, usize, &str)> = Vec::new();
+    let mut rows: Vec<(Ep, &str)> = Vec::new();
+    let mut cols: Vec<(u8, Option<Ep>, usize, &str)> = Vec::new();
     for (i, p) in probes.iter().enumerate() {
         let from = p.probe.spec.from_text.as_str();
         if !rows.iter().any(|r| r.1 == from) {
             rows.push((p.probe.src, from));
         }
         let to = p.probe.spec.to_text.as_str();
-        if !cols.iter().any(|c| c.2 == to) {
-            let pod = match p.probe.spec.to {
-                Target::Pod { .. } => p.probe.dst_pod.unwrap_or(usize::MAX),
-                _ => usize::MAX,
-            };
-            cols.push((pod, i, to));
+        if !cols.iter().any(|c| c.3 == to) {
+            cols.push(match p.probe.spec.to {
+                Target::Pod { .. } | Target::Host(_) => (0, p.probe.dst, i, to),
+                _ => (1, None, i, to),
+            });
         }
     }
     rows.sort();
     cols.sort();
     let rows: Vec<&str> = rows.into_iter().map(|r| r.1).collect();
-    let cols: Vec<&str> = cols.into_iter().map(|c| c.2).collect();
+    let cols: Vec<&str> = cols.into_iter().map(|c| c.3).collect();
     let mut cells: BTreeMap<(&str, &str), String> = BTreeMap::new();
     for p in probes {
         let cell = cells

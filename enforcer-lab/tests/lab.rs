@@ -51,15 +51,15 @@ fn without_enforcement_exactly_the_served_ports_answer() {
         "allow-one-pod-one-port.yaml",
         "default-deny-ingress.yaml",
         "dual-stack-relabel.yaml",
+        "multi-node-hosts.yaml",
     ] {
         let (plan, prefix) = scenario(name);
         let r = run_plan(&plan, &common::fake_agent(""), &common::options()).unwrap();
         let mut seen = 0;
         for s in &r.steps {
             for p in &s.probes {
-                let served = p.probe.dst_pod.is_some_and(|t| {
-                    plan.pods[t]
-                        .ports
+                let served = p.probe.dst.is_some_and(|t| {
+                    plan.ports_of(t)
                         .iter()
                         .any(|x| x.port == p.probe.dst_port && x.protocol == p.probe.spec.protocol)
                 });
@@ -142,7 +142,13 @@ fn an_agent_that_never_reports_times_out() {
 #[test]
 fn lab_namespaces_only_route_lab_addresses() {
     need_root!();
-    let (plan, prefix) = scenario("dual-stack-relabel.yaml");
+    for name in ["dual-stack-relabel.yaml", "multi-node-hosts.yaml"] {
+        check_routes(name);
+    }
+}
+
+fn check_routes(name: &str) {
+    let (plan, prefix) = scenario(name);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -166,7 +172,12 @@ fn lab_namespaces_only_route_lab_addresses() {
     assert!(problems.is_empty(), "{problems:?}");
     common::assert_clean(&prefix);
 
-    let lab: Vec<String> = plan.lab_addresses().iter().map(|a| a.to_string()).collect();
+    let lab: Vec<String> = plan
+        .lab_addresses()
+        .iter()
+        .chain(plan.nodes.iter().flat_map(|n| n.fabric_ips.iter()))
+        .map(|a| a.to_string())
+        .collect();
     for (ns, text) in &routes {
         for line in text.lines() {
             let dst = line.split_whitespace().next().unwrap_or("");
@@ -177,7 +188,7 @@ fn lab_namespaces_only_route_lab_addresses() {
                 || dst.starts_with("fe80::")
                 || dst.starts_with("multicast")
                 || dst.starts_with("ff00::");
-            assert!(ok, "{ns}: route outside the lab: {line}");
+            assert!(ok, "{name}: {ns}: route outside the lab: {line}");
             assert!(!line.starts_with("default"), "{ns}: {line}");
         }
     }
