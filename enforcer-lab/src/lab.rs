@@ -256,7 +256,11 @@ pub async fn run(plan: &Plan, exe: &Path, opts: &Options, res: &mut Resources) -
 
         // Give the agents a moment to write the events of the last packets.
         let mut events = Vec::new();
-        if res.agents.iter().any(|a| a.has_events_file()) {
+        // (An agent may create its events file only with its first event.)
+        let denied = results
+            .iter()
+            .any(|(_, o)| o.observed == traffic::Observed::Deny);
+        if denied || res.agents.iter().any(|a| a.has_events_file()) {
             tokio::time::sleep(Duration::from_millis(150)).await;
             for a in &mut res.agents {
                 events.extend(a.read_events());

@@ -23,7 +23,9 @@
 //!   `protocol`, `verdict`, `policy`, …); the lab attaches to each probe those of its 5-tuple.
 //!
 //! Every pod's address has a host route in the node namespace through the pod's host-side veth
-//! (`lxc…`), which is how the agent finds its endpoints.
+//! (`lxc…`), which is how the agent finds its endpoints. With several nodes, or hosts outside
+//! the cluster, nodes and hosts share a bridge in a fabric namespace and route each other's
+//! addresses individually (see [`netns`]). Services are not supported yet.
 
 pub mod agent;
 pub mod lab;
