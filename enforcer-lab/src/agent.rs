@@ -40,11 +40,16 @@ pub struct Agent {
 }
 
 /// The process's start time in clock ticks since boot (field 22 of /proc/PID/stat), to tell a
-/// process from a later one that reuses its pid.
+/// process from a later one that reuses its pid. `None` when there is no such process or it
+/// is a zombie (dead, not yet reaped).
 pub fn start_time(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let rest = &stat[stat.rfind(')')? + 2..];
-    rest.split_whitespace().nth(19)?.parse().ok()
+    let mut fields = rest.split_whitespace();
+    if matches!(fields.next(), Some("Z" | "X")) {
+        return None;
+    }
+    fields.nth(18)?.parse().ok()
 }
 
 impl Agent {
@@ -261,4 +266,20 @@ pub fn ensure_bpffs() -> Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn start_times_tell_processes_apart() {
+        let me = std::process::id();
+        let t = super::start_time(me).expect("this process has a start time");
+        assert_eq!(super::start_time(me), Some(t));
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        assert_eq!(super::start_time(pid), None, "a zombie is dead");
+        child.wait().unwrap();
+        assert_eq!(super::start_time(pid), None);
+    }
 }
