@@ -12,6 +12,8 @@
 pub mod names {
     pub const PROG_FROM_ENDPOINT: &str = "from_endpoint";
     pub const PROG_TO_ENDPOINT: &str = "to_endpoint";
+    /// A program that only returns "pass": the baseline of the datapath benchmark.
+    pub const PROG_EMPTY: &str = "empty";
     pub const MAP_ENDPOINTS: &str = "ENDPOINTS";
     pub const MAP_IP_IDENTITY: &str = "IP_IDENTITY";
     pub const MAP_CIDR_IDENTITY: &str = "CIDR_IDENTITY";
@@ -20,8 +22,9 @@ pub mod names {
     pub const MAP_EVENTS: &str = "EVENTS";
     pub const MAP_CONFIG: &str = "CONFIG";
     pub const MAP_DROP_COUNTERS: &str = "DROP_COUNTERS";
+    pub const MAP_FRAGMENTS: &str = "FRAGMENTS";
     /// Every map the agent pins, in a stable order.
-    pub const ALL_MAPS: [&str; 8] = [
+    pub const ALL_MAPS: [&str; 9] = [
         MAP_ENDPOINTS,
         MAP_IP_IDENTITY,
         MAP_CIDR_IDENTITY,
@@ -30,6 +33,7 @@ pub mod names {
         MAP_EVENTS,
         MAP_CONFIG,
         MAP_DROP_COUNTERS,
+        MAP_FRAGMENTS,
     ];
 }
 
@@ -40,6 +44,7 @@ pub mod capacity {
     pub const CIDR_IDENTITY: u32 = 65_536;
     pub const POLICY: u32 = 1_048_576;
     pub const CONNTRACK: u32 = 262_144;
+    pub const FRAGMENTS: u32 = 8192;
     /// Bytes; must be a power of two and a multiple of the page size.
     pub const EVENTS_BYTES: u32 = 1 << 20;
 }
@@ -113,7 +118,9 @@ const _: () = assert!(core::mem::size_of::<IpAddrKey>() == 16);
 impl IpAddrKey {
     pub const fn from_v4_octets(o: [u8; 4]) -> Self {
         Self {
-            addr: [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, o[0], o[1], o[2], o[3]],
+            addr: [
+                0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, o[0], o[1], o[2], o[3],
+            ],
         }
     }
     pub const fn from_v6_octets(addr: [u8; 16]) -> Self {
@@ -282,6 +289,40 @@ pub mod config_flags {
     pub const EVENTS_ON_ALLOW: u32 = 1;
 }
 
+/// `DROP_COUNTERS` per-CPU array: index `reason::*` counts new-flow verdicts (drops and
+/// allows) by reason; the slots after them count datapath-internal events.
+pub mod counter {
+    /// Events that did not fit in the ring buffer (the verdict still applied).
+    pub const EVENTS_LOST: u32 = super::reason::COUNT as u32;
+    /// Number of slots.
+    pub const LEN: u32 = super::reason::COUNT as u32 + 1;
+}
+
+// --- Fragments --------------------------------------------------------------------------------
+
+/// `FRAGMENTS` LRU key: one fragmented datagram. The first fragment carries the ports; when it
+/// passes, its ports are remembered here so the later fragments are judged on the same tuple.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FragKey {
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    /// IPv4 identification (16 bits, zero-extended) or IPv6 fragment identification.
+    pub id: u32,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(core::mem::size_of::<FragKey>() == 40);
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FragValue {
+    pub sport_be: u16,
+    pub dport_be: u16,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<FragValue>() == 8);
+
 // --- Events -----------------------------------------------------------------------------------
 
 pub mod verdict {
@@ -306,6 +347,9 @@ pub mod reason {
     pub const ALLOWED_NOT_ISOLATED: u8 = 5;
     /// Allowed because the peer is the node itself.
     pub const ALLOWED_HOST: u8 = 6;
+    /// A non-first fragment whose first fragment was not seen (or not allowed): its ports are
+    /// unknown, so no port rule can be checked.
+    pub const FRAGMENT_UNKNOWN: u8 = 7;
     pub const COUNT: usize = 8;
 
     pub const fn name(r: u8) -> &'static str {
@@ -317,6 +361,7 @@ pub mod reason {
             MALFORMED => "malformed-packet",
             ALLOWED_NOT_ISOLATED => "not-isolated",
             ALLOWED_HOST => "host",
+            FRAGMENT_UNKNOWN => "fragment-without-first",
             _ => "unknown",
         }
     }
@@ -368,6 +413,8 @@ mod user {
     unsafe impl aya::Pod for CtValue {}
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for Event {}
+    unsafe impl aya::Pod for FragKey {}
+    unsafe impl aya::Pod for FragValue {}
 }
 
 #[cfg(test)]

@@ -8,10 +8,16 @@
 //! - [`state`]: the desired map content and the minimal, ordered diff (pure);
 //! - [`lookup`]: the datapath's decision evaluated over a map state (pure);
 //! - [`reference`]: the spec read literally, to test the compiler against (pure);
-//! - [`bpf`]: the kernel edge: load, pin, attach, install diffs, read events.
+//! - [`bpf`]: the kernel edge: load, pin, attach, install diffs, read events;
+//! - [`discover`]: local pod interfaces and node addresses;
+//! - [`agent`]: `enforcer run`; [`dump`]: `enforcer maps dump`; [`explain`]: `enforcer explain`.
 
+pub mod agent;
 pub mod bpf;
 pub mod compiler;
+pub mod discover;
+pub mod dump;
+pub mod explain;
 pub mod lookup;
 pub mod model;
 pub mod reference;

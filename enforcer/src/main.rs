@@ -1,1 +1,199 @@
-fn main() {}
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use enforcer::agent::{AgentOptions, run};
+
+/// Kubernetes NetworkPolicy enforcer with an eBPF TC datapath.
+#[derive(Parser)]
+#[command(name = "enforcer", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the node agent: read cluster state, program the datapath, report drops.
+    #[command(after_help = "Example:\n  enforcer run --manifests ./cluster --node node-1")]
+    Run(RunArgs),
+    /// Inspect the pinned maps of a running agent.
+    #[command(
+        after_help = "Example:\n  enforcer maps dump --bpffs /sys/fs/bpf/enforcer --output json"
+    )]
+    Maps {
+        #[command(subcommand)]
+        command: MapsCommand,
+    },
+    /// Explain the verdict for one connection: which policies and rules decide it.
+    #[command(
+        after_help = "Example:\n  enforcer explain --manifests ./cluster --from x/a --to x/b --port 80 --protocol TCP"
+    )]
+    Explain(ExplainArgs),
+    /// Build clusters of network namespaces running the real enforcer and probe them.
+    #[command(
+        after_help = "Examples:\n  enforcer lab demo\n  enforcer lab run tests/scenarios/default-deny-ingress.yaml --output json"
+    )]
+    Lab {
+        #[command(subcommand)]
+        command: enforcer_lab::LabCommand,
+    },
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Folder of Namespace, Pod and NetworkPolicy manifests (YAML or JSON); changes are applied
+    /// as they happen.
+    #[arg(long)]
+    manifests: PathBuf,
+    /// This node's name (pods with spec.nodeName equal to it are local endpoints).
+    #[arg(long, env = "NODE_NAME")]
+    node: String,
+    /// bpffs folder for this agent's pinned maps.
+    #[arg(long, default_value = "/sys/fs/bpf/enforcer")]
+    bpffs: PathBuf,
+    /// Write a JSON status (generation, errors) here after every reconcile.
+    #[arg(long)]
+    status_file: Option<PathBuf>,
+    /// Append every datapath event here as one JSON object per line.
+    #[arg(long)]
+    events_file: Option<PathBuf>,
+    /// Leave the pinned maps in place on exit (for a restart that takes them over).
+    #[arg(long)]
+    keep_pins: bool,
+    /// Do not let the node's own addresses reach isolated pods (kubelet probes then need a rule).
+    #[arg(long)]
+    no_allow_host: bool,
+    /// Also emit an event for every new flow that is allowed.
+    #[arg(long)]
+    events_on_allow: bool,
+    /// How often to look for new or vanished pod interfaces, in milliseconds.
+    #[arg(long, default_value_t = 500)]
+    rescan_ms: u64,
+}
+
+#[derive(clap::Args)]
+struct ExplainArgs {
+    /// Folder of manifests to explain against.
+    #[arg(long)]
+    manifests: PathBuf,
+    /// Source: namespace/pod or an IP address.
+    #[arg(long)]
+    from: enforcer::explain::Endpoint,
+    /// Destination: namespace/pod or an IP address.
+    #[arg(long)]
+    to: enforcer::explain::Endpoint,
+    #[arg(long)]
+    port: u16,
+    /// TCP, UDP or SCTP.
+    #[arg(long, default_value = "TCP", value_parser = parse_protocol)]
+    protocol: enforcer::model::Protocol,
+    #[arg(long, value_enum, default_value = "table")]
+    output: enforcer::dump::Format,
+}
+
+fn parse_protocol(s: &str) -> Result<enforcer::model::Protocol, String> {
+    enforcer::model::Protocol::parse(&s.to_ascii_uppercase())
+        .ok_or_else(|| format!("{s:?} is not TCP, UDP or SCTP"))
+}
+
+fn explain_cmd(a: ExplainArgs) -> anyhow::Result<String> {
+    let snap = enforcer::source::ManifestDir::new(&a.manifests).read()?;
+    if !snap.errors.is_empty() {
+        anyhow::bail!("rejected manifests: {}", snap.errors.join("; "));
+    }
+    let e = enforcer::explain::explain(&snap.cluster, &a.from, &a.to, a.protocol, a.port)?;
+    Ok(match a.output {
+        enforcer::dump::Format::Json => serde_json::to_string_pretty(&e)? + "\n",
+        enforcer::dump::Format::Table => enforcer::explain::render(&e),
+    })
+}
+
+#[derive(Subcommand)]
+enum MapsCommand {
+    /// Print endpoints, identities, CIDR prefixes and policy entries.
+    #[command(after_help = "Example:\n  enforcer maps dump --output json")]
+    Dump {
+        #[arg(long, default_value = "/sys/fs/bpf/enforcer")]
+        bpffs: PathBuf,
+        #[arg(long, value_enum, default_value = "table")]
+        output: enforcer::dump::Format,
+    },
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Lab { command } => {
+            let exe = match std::env::current_exe() {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!("error: cannot find the enforcer executable: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let code = enforcer_lab::main(command, &exe);
+            ExitCode::from(u8::try_from(code).unwrap_or(2))
+        }
+        Command::Run(a) => {
+            init_tracing();
+            let opts = AgentOptions {
+                manifests: a.manifests,
+                node: a.node,
+                bpffs: a.bpffs,
+                status_file: a.status_file,
+                events_file: a.events_file,
+                keep_pins: a.keep_pins,
+                allow_host_ingress: !a.no_allow_host,
+                events_on_allow: a.events_on_allow,
+                rescan: Duration::from_millis(a.rescan_ms.max(50)),
+            };
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .context("starting the runtime");
+            let result = rt.and_then(|rt| rt.block_on(run(opts)));
+            match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Explain(a) => match explain_cmd(a) {
+            Ok(s) => {
+                print!("{s}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Maps {
+            command: MapsCommand::Dump { bpffs, output },
+        } => match enforcer::dump::dump(&bpffs, output) {
+            Ok(s) => {
+                print!("{s}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}

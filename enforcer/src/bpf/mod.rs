@@ -1,1 +1,812 @@
-//! Kernel edge (owned by the datapath work).
+//! The kernel edge: load the embedded eBPF object, pin its maps, attach its programs to endpoint
+//! interfaces, install map diffs (all or nothing), and read events and counters back.
+//!
+//! Everything policy-shaped is decided before this module: it receives a [`MapDiff`] and writes
+//! it in [`MapDiff::steps`] order. When a write fails, the writes already done are undone in
+//! reverse order, so the maps hold exactly the previous state and it keeps enforcing.
+
+use std::collections::BTreeMap;
+use std::ffi::CStr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use aya::maps::lpm_trie::Key;
+use aya::maps::{
+    Array, HashMap as BpfHashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, RingBuf,
+};
+use aya::programs::links::{FdLink, PinnedLink};
+use aya::programs::tc::{SchedClassifierLink, TcAttachOptions};
+use aya::programs::{LinkOrder, SchedClassifier, TcAttachType, TestRun, TestRunOptions};
+use aya::{Ebpf, EbpfLoader, Pod};
+use enforcer_common::{
+    Config, CtKey, CtValue, EndpointInfo, Event, IdentityValue, IpAddrKey, PolicyKey, PolicyValue,
+    counter, names,
+};
+use thiserror::Error;
+use tokio::io::unix::AsyncFd;
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+use crate::state::{Lpm, MapDiff, MapState, Write};
+
+/// The eBPF object, built by `cargo xtask build-ebpf` and embedded by build.rs.
+pub static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("ENFORCER_BPF_OBJECT_PATH"));
+
+#[derive(Debug, Error)]
+pub enum BpfError {
+    #[error("loading the eBPF object: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("program {name}: {source}")]
+    Program {
+        name: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("map {name}: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: MapError,
+    },
+    #[error("map {0} is missing from the eBPF object")]
+    MissingMap(&'static str),
+    #[error("interface with ifindex {ifindex}: {reason}")]
+    Interface { ifindex: u32, reason: String },
+    #[error("{what} under {path}: {source}")]
+    Pin {
+        what: String,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("writing {write}: {source} (rolled back {undone} earlier writes)")]
+    Install {
+        write: String,
+        undone: usize,
+        #[source]
+        source: MapError,
+    },
+    #[error(
+        "writing {write}: {source}; rolling back failed too ({rollback}): the maps may be inconsistent until the next install"
+    )]
+    Rollback {
+        write: String,
+        rollback: String,
+        #[source]
+        source: MapError,
+    },
+}
+
+pub type Result<T, E = BpfError> = std::result::Result<T, E>;
+
+fn map_err(name: &'static str) -> impl FnOnce(MapError) -> BpfError {
+    move |source| BpfError::Map { name, source }
+}
+
+/// The two endpoint programs (and the benchmark's baseline).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Prog {
+    FromEndpoint,
+    ToEndpoint,
+    Empty,
+}
+
+impl Prog {
+    pub fn name(self) -> &'static str {
+        match self {
+            Prog::FromEndpoint => names::PROG_FROM_ENDPOINT,
+            Prog::ToEndpoint => names::PROG_TO_ENDPOINT,
+            Prog::Empty => names::PROG_EMPTY,
+        }
+    }
+    /// The TC hook of the host-side interface the program sits on.
+    fn hook(self) -> TcAttachType {
+        match self {
+            // What the pod sends enters the host at the veth's ingress.
+            Prog::FromEndpoint | Prog::Empty => TcAttachType::Ingress,
+            Prog::ToEndpoint => TcAttachType::Egress,
+        }
+    }
+}
+
+/// How one program is attached to one interface.
+enum Attachment {
+    /// TCX link, pinned so enforcement survives the agent (and is replaced in place on restart).
+    Tcx(PinnedLink),
+    /// TCX link of an unpinned datapath (tests): detached when dropped.
+    TcxOwned(FdLink),
+    /// clsact filter (kernels without TCX); lives on the interface until removed.
+    Netlink(SchedClassifierLink),
+}
+
+/// Result of one `BPF_PROG_TEST_RUN`.
+#[derive(Clone, Copy, Debug)]
+pub struct RunResult {
+    /// The program's return value (`TC_ACT_*`, -1 is "pass to the next").
+    pub verdict: i32,
+    /// Kernel-measured time per run.
+    pub duration: Duration,
+}
+
+/// TC_ACT_UNSPEC: the datapath's "pass".
+pub const TC_PASS: i32 = -1;
+/// TC_ACT_SHOT.
+pub const TC_DROP: i32 = 2;
+
+/// The loaded datapath of one agent.
+pub struct Datapath {
+    ebpf: Ebpf,
+    /// Pin folder; `None` for an unpinned instance (tests, benchmarks).
+    bpffs: Option<PathBuf>,
+    attached: BTreeMap<u32, Vec<Attachment>>,
+    events: Option<RingBuf<MapData>>,
+}
+
+impl Datapath {
+    /// Loads the embedded object with its maps pinned under `bpffs` (reusing pins that exist, so
+    /// a restarted agent keeps the state and conntrack of the one before it).
+    pub fn load(bpffs: &Path) -> Result<Self> {
+        std::fs::create_dir_all(bpffs.join("links")).map_err(|source| BpfError::Pin {
+            what: "creating the pin folder".into(),
+            path: bpffs.to_path_buf(),
+            source,
+        })?;
+        let paths: Vec<(&'static str, PathBuf)> = names::ALL_MAPS
+            .iter()
+            .map(|n| (*n, bpffs.join(n)))
+            .collect();
+        let mut loader = EbpfLoader::new();
+        for (n, p) in &paths {
+            loader.map_pin_path(n, p.as_path());
+        }
+        let ebpf = loader.load(OBJECT)?;
+        Self::finish(ebpf, Some(bpffs.to_path_buf()))
+    }
+
+    /// Loads the embedded object without pins: private maps, for tests and benchmarks.
+    pub fn load_unpinned() -> Result<Self> {
+        Self::load_unpinned_with(&[])
+    }
+
+    /// As [`Self::load_unpinned`], with some maps' capacities overridden (benchmarks).
+    pub fn load_unpinned_with(max_entries: &[(&'static str, u32)]) -> Result<Self> {
+        let mut loader = EbpfLoader::new();
+        for (n, size) in max_entries {
+            loader.map_max_entries(n, *size);
+        }
+        let ebpf = loader.load(OBJECT)?;
+        Self::finish(ebpf, None)
+    }
+
+    fn finish(mut ebpf: Ebpf, bpffs: Option<PathBuf>) -> Result<Self> {
+        for prog in [Prog::FromEndpoint, Prog::ToEndpoint, Prog::Empty] {
+            let p: &mut SchedClassifier = ebpf
+                .program_mut(prog.name())
+                .ok_or(BpfError::MissingMap(prog.name()))?
+                .try_into()
+                .map_err(|source| BpfError::Program {
+                    name: prog.name(),
+                    source,
+                })?;
+            p.load().map_err(|source| BpfError::Program {
+                name: prog.name(),
+                source,
+            })?;
+        }
+        let events = match ebpf.take_map(names::MAP_EVENTS) {
+            Some(m) => Some(RingBuf::try_from(m).map_err(map_err(names::MAP_EVENTS))?),
+            None => return Err(BpfError::MissingMap(names::MAP_EVENTS)),
+        };
+        Ok(Self {
+            ebpf,
+            bpffs,
+            attached: BTreeMap::new(),
+            events,
+        })
+    }
+
+    fn map_mut(&mut self, name: &'static str) -> Result<&mut Map> {
+        self.ebpf.map_mut(name).ok_or(BpfError::MissingMap(name))
+    }
+
+    fn map(&self, name: &'static str) -> Result<&Map> {
+        self.ebpf.map(name).ok_or(BpfError::MissingMap(name))
+    }
+
+    fn program(&mut self, prog: Prog) -> Result<&mut SchedClassifier> {
+        self.ebpf
+            .program_mut(prog.name())
+            .ok_or(BpfError::MissingMap(prog.name()))?
+            .try_into()
+            .map_err(|source| BpfError::Program {
+                name: prog.name(),
+                source,
+            })
+    }
+
+    /// What the maps hold now (agent restart, `maps dump`).
+    pub fn read_state(&self) -> Result<MapState> {
+        read_state(|n| self.map(n))
+    }
+
+    /// Interfaces this process has attached to.
+    pub fn attached(&self) -> Vec<u32> {
+        self.attached.keys().copied().collect()
+    }
+
+    /// Attaches both endpoint programs to the interface `ifindex` (idempotent). With TCX, a link
+    /// pinned by an earlier agent is updated in place to this process's programs
+    /// (make-before-break) rather than detached and attached again.
+    pub fn attach(&mut self, ifindex: u32) -> Result<()> {
+        if self.attached.contains_key(&ifindex) {
+            return Ok(());
+        }
+        let name = ifname(ifindex)?;
+        let mut done = Vec::new();
+        for prog in [Prog::FromEndpoint, Prog::ToEndpoint] {
+            done.push(self.attach_one(ifindex, &name, prog)?);
+        }
+        self.attached.insert(ifindex, done);
+        Ok(())
+    }
+
+    fn link_pin(&self, ifindex: u32, prog: Prog) -> Option<PathBuf> {
+        self.bpffs
+            .as_ref()
+            .map(|b| b.join("links").join(format!("{ifindex}-{}", prog.name())))
+    }
+
+    fn attach_one(&mut self, ifindex: u32, ifname: &str, prog: Prog) -> Result<Attachment> {
+        let pin = self.link_pin(ifindex, prog);
+        let perr = |source| BpfError::Program {
+            name: prog.name(),
+            source,
+        };
+        // A pin left by an earlier agent: swap our program into the live link.
+        if let Some(pin) = &pin
+            && pin.exists()
+        {
+            match PinnedLink::from_pin(pin) {
+                Ok(old) => {
+                    let fd: FdLink = old.into();
+                    if let Ok(link) = SchedClassifierLink::try_from(fd) {
+                        let p = self.program(prog)?;
+                        match p.attach_to_link(link) {
+                            Ok(id) => {
+                                let link = p.take_link(id).map_err(perr)?;
+                                let fd: FdLink =
+                                    link.try_into().map_err(|e| BpfError::Interface {
+                                        ifindex,
+                                        reason: format!("re-taking pinned link: {e}"),
+                                    })?;
+                                // The pin still names this link; keep it as it is.
+                                let _ = std::fs::remove_file(pin);
+                                let pinned = fd.pin(pin).map_err(|e| BpfError::Interface {
+                                    ifindex,
+                                    reason: format!("re-pinning link: {e}"),
+                                })?;
+                                return Ok(Attachment::Tcx(pinned));
+                            }
+                            Err(e) => debug!(ifindex, "stale link pin {}: {e}", pin.display()),
+                        }
+                    }
+                }
+                Err(e) => debug!(ifindex, "unreadable link pin {}: {e}", pin.display()),
+            }
+            let _ = std::fs::remove_file(pin);
+        }
+        let p = self.program(prog)?;
+        match p.attach_with_options(
+            ifname,
+            prog.hook(),
+            TcAttachOptions::TcxOrder(LinkOrder::default()),
+        ) {
+            Ok(id) => {
+                let link = p.take_link(id).map_err(perr)?;
+                let fd: FdLink = link.try_into().map_err(|e| BpfError::Interface {
+                    ifindex,
+                    reason: format!("TCX link: {e}"),
+                })?;
+                match pin {
+                    Some(pin) => {
+                        let pinned = fd.pin(&pin).map_err(|e| BpfError::Interface {
+                            ifindex,
+                            reason: format!("pinning link at {}: {e}", pin.display()),
+                        })?;
+                        Ok(Attachment::Tcx(pinned))
+                    }
+                    None => Ok(Attachment::TcxOwned(fd)),
+                }
+            }
+            Err(tcx_err) => {
+                // Kernels before 6.6 have no TCX: fall back to a clsact qdisc filter.
+                debug!(ifindex, "TCX attach failed ({tcx_err}); trying clsact");
+                if let Err(e) = aya::programs::tc::qdisc_add_clsact(ifname) {
+                    debug!(ifindex, "clsact: {e}");
+                }
+                let p = self.program(prog)?;
+                let id = p
+                    .attach_with_options(
+                        ifname,
+                        prog.hook(),
+                        TcAttachOptions::Netlink(Default::default()),
+                    )
+                    .map_err(|e| BpfError::Interface {
+                        ifindex,
+                        reason: format!(
+                            "attach {} failed with TCX ({tcx_err}) and clsact ({e})",
+                            prog.name()
+                        ),
+                    })?;
+                Ok(Attachment::Netlink(p.take_link(id).map_err(perr)?))
+            }
+        }
+    }
+
+    /// Detaches both programs from `ifindex` and removes their pins.
+    pub fn detach(&mut self, ifindex: u32) -> Result<()> {
+        if let Some(links) = self.attached.remove(&ifindex) {
+            for a in links {
+                detach_attachment(a);
+            }
+        }
+        Ok(())
+    }
+
+    /// Installs `diff` (computed against `installed`, which the maps hold now): every write, in
+    /// [`MapDiff::steps`] order, or none of them.
+    pub fn apply(&mut self, installed: &MapState, diff: &MapDiff) -> Result<()> {
+        let steps = diff.steps();
+        for (i, w) in steps.iter().enumerate() {
+            if let Err(source) = self.write(*w) {
+                let mut undone = 0;
+                for done in steps[..i].iter().rev() {
+                    if let Err(e) = self.undo(installed, *done) {
+                        return Err(BpfError::Rollback {
+                            write: describe(w),
+                            rollback: format!("undoing {}: {e}", describe(done)),
+                            source,
+                        });
+                    }
+                    undone += 1;
+                }
+                return Err(BpfError::Install {
+                    write: describe(w),
+                    undone,
+                    source,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn write(&mut self, w: Write<'_>) -> std::result::Result<(), MapError> {
+        match w {
+            Write::PolicyUpsert(k, v) => self.policy()?.insert(&lpm(k), v, 0),
+            Write::PolicyDelete(k) => ignore_missing(self.policy()?.remove(&lpm(k))),
+            Write::EndpointUpsert(k, v) => self.endpoints()?.insert(k, v, 0),
+            Write::EndpointDelete(k) => ignore_missing(self.endpoints()?.remove(&k)),
+            Write::IpUpsert(k, v) => self.ip_identity()?.insert(k, v, 0),
+            Write::IpDelete(k) => ignore_missing(self.ip_identity()?.remove(k)),
+            Write::CidrUpsert(k, v) => self.cidr_identity()?.insert(&lpm(k), v, 0),
+            Write::CidrDelete(k) => ignore_missing(self.cidr_identity()?.remove(&lpm(k))),
+        }
+    }
+
+    /// Restores what `installed` held for the key `w` wrote.
+    fn undo(&mut self, installed: &MapState, w: Write<'_>) -> std::result::Result<(), MapError> {
+        match w {
+            Write::PolicyUpsert(k, _) | Write::PolicyDelete(k) => match installed.policy.get(k) {
+                Some(v) => self.write(Write::PolicyUpsert(k, v)),
+                None => self.write(Write::PolicyDelete(k)),
+            },
+            Write::EndpointUpsert(k, _) | Write::EndpointDelete(k) => {
+                match installed.endpoints.get(&k) {
+                    Some(v) => self.write(Write::EndpointUpsert(k, v)),
+                    None => self.write(Write::EndpointDelete(k)),
+                }
+            }
+            Write::IpUpsert(k, _) | Write::IpDelete(k) => match installed.ip_identity.get(k) {
+                Some(v) => self.write(Write::IpUpsert(k, v)),
+                None => self.write(Write::IpDelete(k)),
+            },
+            Write::CidrUpsert(k, _) | Write::CidrDelete(k) => {
+                match installed.cidr_identity.get(k) {
+                    Some(v) => self.write(Write::CidrUpsert(k, v)),
+                    None => self.write(Write::CidrDelete(k)),
+                }
+            }
+        }
+    }
+
+    fn policy(
+        &mut self,
+    ) -> std::result::Result<LpmTrie<&mut MapData, PolicyKey, PolicyValue>, MapError> {
+        LpmTrie::try_from(self.ebpf.map_mut(names::MAP_POLICY).ok_or_else(missing)?)
+    }
+    fn endpoints(
+        &mut self,
+    ) -> std::result::Result<BpfHashMap<&mut MapData, u32, EndpointInfo>, MapError> {
+        BpfHashMap::try_from(
+            self.ebpf
+                .map_mut(names::MAP_ENDPOINTS)
+                .ok_or_else(missing)?,
+        )
+    }
+    fn ip_identity(
+        &mut self,
+    ) -> std::result::Result<BpfHashMap<&mut MapData, IpAddrKey, IdentityValue>, MapError> {
+        BpfHashMap::try_from(
+            self.ebpf
+                .map_mut(names::MAP_IP_IDENTITY)
+                .ok_or_else(missing)?,
+        )
+    }
+    fn cidr_identity(
+        &mut self,
+    ) -> std::result::Result<LpmTrie<&mut MapData, IpAddrKey, IdentityValue>, MapError> {
+        LpmTrie::try_from(
+            self.ebpf
+                .map_mut(names::MAP_CIDR_IDENTITY)
+                .ok_or_else(missing)?,
+        )
+    }
+
+    /// Writes the datapath's configuration.
+    pub fn set_config(&mut self, config: Config) -> Result<()> {
+        let mut a: Array<&mut MapData, Config> = Array::try_from(self.map_mut(names::MAP_CONFIG)?)
+            .map_err(map_err(names::MAP_CONFIG))?;
+        a.set(0, config, 0).map_err(map_err(names::MAP_CONFIG))
+    }
+
+    /// Number of conntrack entries.
+    pub fn conntrack_len(&self) -> Result<usize> {
+        conntrack_len(self.map(names::MAP_CONNTRACK)?)
+    }
+
+    /// Conntrack entries (tests, dumps).
+    pub fn conntrack(&self) -> Result<Vec<(CtKey, CtValue)>> {
+        let m: BpfHashMap<&MapData, CtKey, CtValue> =
+            BpfHashMap::try_from(self.map(names::MAP_CONNTRACK)?)
+                .map_err(map_err(names::MAP_CONNTRACK))?;
+        m.iter()
+            .map(|r| r.map_err(map_err(names::MAP_CONNTRACK)))
+            .collect()
+    }
+
+    /// Empties conntrack (tests and benchmarks that need the next packet to be a new flow).
+    pub fn clear_conntrack(&mut self) -> Result<()> {
+        let keys: Vec<CtKey> = self.conntrack()?.into_iter().map(|(k, _)| k).collect();
+        let mut m: BpfHashMap<&mut MapData, CtKey, CtValue> =
+            BpfHashMap::try_from(self.map_mut(names::MAP_CONNTRACK)?)
+                .map_err(map_err(names::MAP_CONNTRACK))?;
+        for k in keys {
+            ignore_missing(m.remove(&k)).map_err(map_err(names::MAP_CONNTRACK))?;
+        }
+        Ok(())
+    }
+
+    /// Verdict counters by `reason::*`, plus the datapath's own counters, summed over CPUs.
+    pub fn counters(&self) -> Result<Vec<u64>> {
+        counters(self.map(names::MAP_DROP_COUNTERS)?)
+    }
+
+    /// Events waiting in the ring buffer, without blocking (tests).
+    pub fn drain_events(&mut self) -> Vec<Event> {
+        let mut out = Vec::new();
+        if let Some(rb) = self.events.as_mut() {
+            while let Some(item) = rb.next() {
+                if let Some(e) = parse_event(&item) {
+                    out.push(e);
+                }
+            }
+        }
+        out
+    }
+
+    /// Moves the ring buffer to a task that forwards every event to `tx`.
+    pub fn spawn_event_reader(&mut self, tx: mpsc::Sender<Event>) -> anyhow::Result<()> {
+        let rb = self
+            .events
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("the event reader is already running"))?;
+        // SAFETY: the ring buffer owns its fd, and the AsyncFd owns the ring buffer until the
+        // task ends, so the fd stays open for as long as it is registered.
+        let mut fd = unsafe { AsyncFd::register_with_interest(rb, tokio::io::Interest::READABLE) }
+            .map_err(|e| {
+                anyhow::anyhow!("registering the event ring buffer: {}", e.into_parts().1)
+            })?;
+        tokio::spawn(async move {
+            loop {
+                let mut guard = match fd.readable_mut().await {
+                    Ok(g) => g,
+                    Err(e) => {
+                        warn!("event ring buffer: {e}");
+                        return;
+                    }
+                };
+                let rb = guard.get_inner_mut();
+                let mut batch = Vec::new();
+                while let Some(item) = rb.next() {
+                    if let Some(e) = parse_event(&item) {
+                        batch.push(e);
+                    }
+                }
+                guard.clear_ready();
+                for e in batch {
+                    if tx.send(e).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(())
+    }
+
+    /// Runs a program once per `repeat` over `packet` with `BPF_PROG_TEST_RUN`. The packet enters
+    /// with ifindex 1 (loopback), so tests key their endpoint on ifindex 1.
+    pub fn test_run(&mut self, prog: Prog, packet: &[u8], repeat: u32) -> Result<RunResult> {
+        let p = self.program(prog)?;
+        let mut out = vec![0u8; packet.len() + 256];
+        let opts = TestRunOptions {
+            data_in: Some(packet),
+            data_out: Some(&mut out),
+            repeat: repeat.max(1),
+            ..Default::default()
+        };
+        let r = p.test_run(opts).map_err(|source| BpfError::Program {
+            name: prog.name(),
+            source,
+        })?;
+        Ok(RunResult {
+            verdict: r.return_value as i32,
+            duration: r.duration,
+        })
+    }
+
+    /// Detaches from every interface and removes the pins, or, with `keep_pins`, leaves programs
+    /// attached and maps pinned for the next agent.
+    pub fn cleanup(mut self, keep_pins: bool) -> Result<()> {
+        let attached = std::mem::take(&mut self.attached);
+        for (_, links) in attached {
+            for a in links {
+                if keep_pins {
+                    match a {
+                        // The pin holds the link; closing our fd leaves it attached.
+                        Attachment::Tcx(p) => drop(p),
+                        Attachment::TcxOwned(fd) => drop(fd),
+                        // Dropping a netlink attachment would remove the filter.
+                        Attachment::Netlink(l) => std::mem::forget(l),
+                    }
+                } else {
+                    detach_attachment(a);
+                }
+            }
+        }
+        if !keep_pins && let Some(bpffs) = &self.bpffs {
+            remove_pins(bpffs)?;
+        }
+        Ok(())
+    }
+}
+
+fn detach_attachment(a: Attachment) {
+    match a {
+        Attachment::Tcx(p) => match p.unpin() {
+            Ok(fd) => drop(fd),
+            Err(e) => warn!("unpinning a link: {e}"),
+        },
+        Attachment::TcxOwned(fd) => drop(fd),
+        Attachment::Netlink(l) => {
+            use aya::programs::links::Link as _;
+            if let Err(e) = l.detach() {
+                warn!("detaching a clsact filter: {e}");
+            }
+        }
+    }
+}
+
+/// Removes every pin under `bpffs` that an agent made (maps and links), then the folder if empty.
+pub fn remove_pins(bpffs: &Path) -> Result<()> {
+    let rm = |p: &Path| match std::fs::remove_file(p) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(BpfError::Pin {
+            what: "removing a pin".into(),
+            path: p.to_path_buf(),
+            source,
+        }),
+    };
+    for n in names::ALL_MAPS {
+        rm(&bpffs.join(n))?;
+    }
+    if let Ok(entries) = std::fs::read_dir(bpffs.join("links")) {
+        for e in entries.flatten() {
+            rm(&e.path())?;
+        }
+    }
+    let _ = std::fs::remove_dir(bpffs.join("links"));
+    let _ = std::fs::remove_dir(bpffs);
+    Ok(())
+}
+
+fn missing() -> MapError {
+    MapError::InvalidName {
+        name: "map missing from the object".into(),
+    }
+}
+
+fn ignore_missing(r: std::result::Result<(), MapError>) -> std::result::Result<(), MapError> {
+    match r {
+        Err(MapError::KeyNotFound) => Ok(()),
+        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        other => other,
+    }
+}
+
+fn lpm<K: Pod>(k: &Lpm<K>) -> Key<K> {
+    Key::new(k.prefix_len, k.data)
+}
+
+fn describe(w: &Write<'_>) -> String {
+    match w {
+        Write::PolicyUpsert(k, _) => {
+            format!("{} upsert {:?}/{}", names::MAP_POLICY, k.data, k.prefix_len)
+        }
+        Write::PolicyDelete(k) => {
+            format!("{} delete {:?}/{}", names::MAP_POLICY, k.data, k.prefix_len)
+        }
+        Write::EndpointUpsert(k, _) => format!("{} upsert ifindex {k}", names::MAP_ENDPOINTS),
+        Write::EndpointDelete(k) => format!("{} delete ifindex {k}", names::MAP_ENDPOINTS),
+        Write::IpUpsert(k, _) => format!("{} upsert {}", names::MAP_IP_IDENTITY, show_addr(k)),
+        Write::IpDelete(k) => format!("{} delete {}", names::MAP_IP_IDENTITY, show_addr(k)),
+        Write::CidrUpsert(k, _) => format!(
+            "{} upsert {}/{}",
+            names::MAP_CIDR_IDENTITY,
+            show_addr(&k.data),
+            k.prefix_len
+        ),
+        Write::CidrDelete(k) => format!(
+            "{} delete {}/{}",
+            names::MAP_CIDR_IDENTITY,
+            show_addr(&k.data),
+            k.prefix_len
+        ),
+    }
+}
+
+/// An address key as text (IPv4-mapped shown as IPv4).
+pub fn show_addr(k: &IpAddrKey) -> String {
+    let v6 = std::net::Ipv6Addr::from(k.addr);
+    match v6.to_ipv4_mapped() {
+        Some(v4) => v4.to_string(),
+        None => v6.to_string(),
+    }
+}
+
+fn parse_event(bytes: &[u8]) -> Option<Event> {
+    if bytes.len() < std::mem::size_of::<Event>() {
+        return None;
+    }
+    // SAFETY: Event is plain integers; the length is checked; read_unaligned copes with any
+    // alignment of the ring buffer record.
+    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr() as *const Event) })
+}
+
+fn ifname(ifindex: u32) -> Result<String> {
+    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: buf is IF_NAMESIZE bytes, as if_indextoname requires.
+    let p = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr()) };
+    if p.is_null() {
+        return Err(BpfError::Interface {
+            ifindex,
+            reason: format!("no such interface ({})", std::io::Error::last_os_error()),
+        });
+    }
+    // SAFETY: if_indextoname wrote a NUL-terminated name into buf.
+    Ok(unsafe { CStr::from_ptr(buf.as_ptr()) }
+        .to_string_lossy()
+        .into_owned())
+}
+
+fn read_state<'a>(map: impl Fn(&'static str) -> Result<&'a Map>) -> Result<MapState> {
+    let mut s = MapState::default();
+    let m: BpfHashMap<&MapData, u32, EndpointInfo> =
+        BpfHashMap::try_from(map(names::MAP_ENDPOINTS)?).map_err(map_err(names::MAP_ENDPOINTS))?;
+    for r in m.iter() {
+        let (k, v) = r.map_err(map_err(names::MAP_ENDPOINTS))?;
+        s.endpoints.insert(k, v);
+    }
+    let m: BpfHashMap<&MapData, IpAddrKey, IdentityValue> =
+        BpfHashMap::try_from(map(names::MAP_IP_IDENTITY)?)
+            .map_err(map_err(names::MAP_IP_IDENTITY))?;
+    for r in m.iter() {
+        let (k, v) = r.map_err(map_err(names::MAP_IP_IDENTITY))?;
+        s.ip_identity.insert(k, v);
+    }
+    let m: LpmTrie<&MapData, IpAddrKey, IdentityValue> =
+        LpmTrie::try_from(map(names::MAP_CIDR_IDENTITY)?)
+            .map_err(map_err(names::MAP_CIDR_IDENTITY))?;
+    for r in m.iter() {
+        let (k, v) = r.map_err(map_err(names::MAP_CIDR_IDENTITY))?;
+        s.cidr_identity.insert(
+            Lpm {
+                prefix_len: k.prefix_len(),
+                data: k.data(),
+            },
+            v,
+        );
+    }
+    let m: LpmTrie<&MapData, PolicyKey, PolicyValue> =
+        LpmTrie::try_from(map(names::MAP_POLICY)?).map_err(map_err(names::MAP_POLICY))?;
+    for r in m.iter() {
+        let (k, v) = r.map_err(map_err(names::MAP_POLICY))?;
+        s.policy.insert(
+            Lpm {
+                prefix_len: k.prefix_len(),
+                data: k.data(),
+            },
+            v,
+        );
+    }
+    Ok(s)
+}
+
+fn conntrack_len(m: &Map) -> Result<usize> {
+    let m: BpfHashMap<&MapData, CtKey, CtValue> =
+        BpfHashMap::try_from(m).map_err(map_err(names::MAP_CONNTRACK))?;
+    Ok(m.keys().filter(|k| k.is_ok()).count())
+}
+
+fn counters(m: &Map) -> Result<Vec<u64>> {
+    let a: PerCpuArray<&MapData, u64> =
+        PerCpuArray::try_from(m).map_err(map_err(names::MAP_DROP_COUNTERS))?;
+    (0..counter::LEN)
+        .map(|i| {
+            a.get(&i, 0)
+                .map(|v| v.iter().sum())
+                .map_err(map_err(names::MAP_DROP_COUNTERS))
+        })
+        .collect()
+}
+
+/// The pinned maps of a running agent, opened read-only for `maps dump` and `explain --live`.
+pub struct PinnedMaps {
+    maps: std::collections::HashMap<&'static str, Map>,
+}
+
+impl PinnedMaps {
+    pub fn open(bpffs: &Path) -> Result<Self> {
+        let mut maps = std::collections::HashMap::new();
+        for n in [
+            names::MAP_ENDPOINTS,
+            names::MAP_IP_IDENTITY,
+            names::MAP_CIDR_IDENTITY,
+            names::MAP_POLICY,
+            names::MAP_CONNTRACK,
+            names::MAP_DROP_COUNTERS,
+        ] {
+            let path = bpffs.join(n);
+            let data = MapData::from_pin(&path).map_err(map_err(n))?;
+            maps.insert(n, Map::from_map_data(data).map_err(map_err(n))?);
+        }
+        Ok(Self { maps })
+    }
+
+    fn map(&self, n: &'static str) -> Result<&Map> {
+        self.maps.get(n).ok_or(BpfError::MissingMap(n))
+    }
+
+    pub fn read_state(&self) -> Result<MapState> {
+        read_state(|n| self.map(n))
+    }
+
+    pub fn conntrack_len(&self) -> Result<usize> {
+        conntrack_len(self.map(names::MAP_CONNTRACK)?)
+    }
+
+    /// Counters by `reason::*` (then the datapath's own), summed over CPUs.
+    pub fn counters(&self) -> Result<Vec<u64>> {
+        counters(self.map(names::MAP_DROP_COUNTERS)?)
+    }
+}

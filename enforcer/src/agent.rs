@@ -1,0 +1,445 @@
+//! `enforcer run`: the node agent. One task owns the maps: it reads the sources, compiles,
+//! installs the diff, and keeps the attachments in line with the local pods' interfaces.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write as _;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use enforcer_common::{Config, Event, direction, reason, verdict};
+use notify::Watcher as _;
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tracing::{debug, error, info, warn};
+
+use crate::bpf::Datapath;
+use crate::compiler::{Cluster, Compiled, IdentityInfo, Ids, NodeInput, compile, plan};
+use crate::discover;
+use crate::model::ObjectRef;
+use crate::source::{ManifestDir, summary};
+use crate::state::MapState;
+
+#[derive(Clone, Debug)]
+pub struct AgentOptions {
+    pub manifests: PathBuf,
+    pub node: String,
+    pub bpffs: PathBuf,
+    pub status_file: Option<PathBuf>,
+    pub events_file: Option<PathBuf>,
+    pub keep_pins: bool,
+    pub allow_host_ingress: bool,
+    pub events_on_allow: bool,
+    /// How often interfaces are re-discovered.
+    pub rescan: Duration,
+}
+
+/// What the agent reports in `--status-file` after every reconcile.
+#[derive(Serialize)]
+struct Status<'a> {
+    generation: Option<u64>,
+    ready: bool,
+    error: Option<String>,
+    revision: u32,
+    endpoints: usize,
+    node: &'a str,
+}
+
+/// Names for the ids in events: who is who, as of the last compile.
+#[derive(Default)]
+pub struct Names {
+    endpoints: BTreeMap<u32, ObjectRef>,
+    isolated_by: BTreeMap<(u32, u8), Vec<ObjectRef>>,
+    policies: BTreeMap<u32, ObjectRef>,
+    identities: BTreeMap<u32, IdentityInfo>,
+    pods_by_ip: BTreeMap<IpAddr, ObjectRef>,
+}
+
+impl Names {
+    fn from_compiled(c: &Compiled, cluster: &Cluster) -> Self {
+        let mut n = Names {
+            policies: c.policies.clone(),
+            identities: c.identities.clone(),
+            ..Names::default()
+        };
+        for (id, ep) in &c.endpoints {
+            n.endpoints.insert(*id, ep.pod.clone());
+            n.isolated_by
+                .insert((*id, direction::INGRESS), ep.ingress_policies.clone());
+            n.isolated_by
+                .insert((*id, direction::EGRESS), ep.egress_policies.clone());
+        }
+        for p in cluster.pods.values().filter(|p| !p.host_network) {
+            for ip in &p.ips {
+                n.pods_by_ip.entry(*ip).or_insert_with(|| p.key());
+            }
+        }
+        n
+    }
+}
+
+/// One datapath event, named, as written to `--events-file` (one JSON object per line).
+#[derive(Serialize, Debug, Clone, PartialEq)]
+pub struct EventRecord {
+    pub time_ns: u64,
+    pub node: String,
+    pub endpoint: Option<String>,
+    pub direction: &'static str,
+    pub verdict: &'static str,
+    pub reason: &'static str,
+    pub protocol: String,
+    pub src: String,
+    pub src_port: u16,
+    pub dst: String,
+    pub dst_port: u16,
+    pub peer: Option<String>,
+    /// For a peer outside the pods: the ipBlocks (of any policy on this node) its address is in.
+    pub peer_blocks: Vec<String>,
+    pub policy: Option<String>,
+    pub rule: Option<u16>,
+    /// For drops by isolation: the policies that isolate the endpoint in this direction.
+    pub isolated_by: Vec<String>,
+}
+
+pub fn addr_from_bytes(b: [u8; 16], family: u8) -> IpAddr {
+    let v6 = std::net::Ipv6Addr::from(b);
+    match (family, v6.to_ipv4_mapped()) {
+        (4, Some(v4)) => IpAddr::V4(v4),
+        _ => IpAddr::V6(v6),
+    }
+}
+
+pub fn protocol_name(p: u8) -> String {
+    match p {
+        1 => "ICMP".into(),
+        6 => "TCP".into(),
+        17 => "UDP".into(),
+        58 => "ICMPv6".into(),
+        132 => "SCTP".into(),
+        n => n.to_string(),
+    }
+}
+
+impl EventRecord {
+    pub fn from_event(e: &Event, node: &str, names: &Names) -> Self {
+        let src = addr_from_bytes(e.saddr, e.family);
+        let dst = addr_from_bytes(e.daddr, e.family);
+        let peer_ip = if e.direction == direction::INGRESS {
+            src
+        } else {
+            dst
+        };
+        let peer = names.pods_by_ip.get(&peer_ip).map(ObjectRef::to_string);
+        let peer_blocks = match names.identities.get(&e.peer_cidr_identity) {
+            Some(IdentityInfo::Cidr(blocks)) if e.peer_cidr_identity != 0 => blocks
+                .iter()
+                .map(|b| {
+                    if b.except.is_empty() {
+                        b.cidr.to_string()
+                    } else {
+                        let ex: Vec<String> = b.except.iter().map(|x| x.to_string()).collect();
+                        format!("{} except {}", b.cidr, ex.join(","))
+                    }
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        let isolated_by = if e.reason == reason::NO_RULE {
+            names
+                .isolated_by
+                .get(&(e.endpoint_id, e.direction))
+                .map(|v| v.iter().map(ObjectRef::to_string).collect())
+                .unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        EventRecord {
+            time_ns: e.timestamp_ns,
+            node: node.to_string(),
+            endpoint: names
+                .endpoints
+                .get(&e.endpoint_id)
+                .map(ObjectRef::to_string),
+            direction: if e.direction == direction::INGRESS {
+                "ingress"
+            } else {
+                "egress"
+            },
+            verdict: match e.verdict {
+                verdict::ALLOW => "allow",
+                verdict::AUDIT => "audit",
+                _ => "drop",
+            },
+            reason: reason::name(e.reason),
+            protocol: protocol_name(e.proto),
+            src: src.to_string(),
+            src_port: u16::from_be(e.sport_be),
+            dst: dst.to_string(),
+            dst_port: u16::from_be(e.dport_be),
+            peer,
+            peer_blocks,
+            policy: (e.policy_id != 0)
+                .then(|| {
+                    if e.policy_id == crate::compiler::POLICY_ID_HOST {
+                        Some("<host>".to_string())
+                    } else {
+                        names.policies.get(&e.policy_id).map(ObjectRef::to_string)
+                    }
+                })
+                .flatten(),
+            rule: (e.policy_id != 0).then_some(e.rule_index),
+            isolated_by,
+        }
+    }
+}
+
+fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, data).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
+    Ok(())
+}
+
+struct Agent {
+    opts: AgentOptions,
+    datapath: Datapath,
+    source: ManifestDir,
+    installed: MapState,
+    ids: Ids,
+    cluster: Cluster,
+    /// The last directory generation whose content was installed.
+    generation: Option<u64>,
+    last_error: Option<String>,
+    revision: u32,
+    interfaces: BTreeMap<ObjectRef, u32>,
+    host_ips: Vec<IpAddr>,
+    names: Arc<Mutex<Names>>,
+}
+
+impl Agent {
+    fn write_status(&self) {
+        let Some(path) = &self.opts.status_file else {
+            return;
+        };
+        let status = Status {
+            generation: self.generation,
+            ready: true,
+            error: self.last_error.clone(),
+            revision: self.revision,
+            endpoints: self.installed.endpoints.len(),
+            node: &self.opts.node,
+        };
+        let data = serde_json::to_vec(&status).expect("status serializes");
+        if let Err(e) = write_atomic(path, &data) {
+            warn!("cannot write status file: {e:#}");
+        }
+    }
+
+    /// Reads the sources and the interfaces, and installs whatever changed.
+    fn reconcile(&mut self, force: bool) -> Result<()> {
+        let snap = self.source.read()?;
+        let errors = snap.errors.join("; ");
+        let source_changed = snap.changed;
+        if source_changed {
+            info!("manifests: {}", summary(&snap.cluster));
+        }
+        if !errors.is_empty() && Some(&errors) != self.last_error.as_ref() {
+            error!("rejected manifests (last good state keeps enforcing): {errors}");
+        }
+        self.last_error = (!errors.is_empty()).then_some(errors);
+        self.cluster = snap.cluster;
+
+        let (names, host_ips) = discover::links()?;
+        let routes = discover::host_routes()?;
+        let local = self
+            .cluster
+            .pods
+            .values()
+            .filter(|p| !p.host_network && p.node.as_deref() == Some(self.opts.node.as_str()));
+        let interfaces =
+            discover::match_pods(local.map(|p| (p.key(), &p.ips[..])), &routes, &names);
+
+        if source_changed || force || interfaces != self.interfaces || host_ips != self.host_ips {
+            self.install(interfaces, host_ips)?;
+        }
+        // The generation is reported once its snapshot is installed (or rejected).
+        self.generation = snap.generation.or(self.generation);
+        Ok(())
+    }
+
+    fn install(
+        &mut self,
+        interfaces: BTreeMap<ObjectRef, u32>,
+        host_ips: Vec<IpAddr>,
+    ) -> Result<()> {
+        let started = Instant::now();
+        let node = NodeInput {
+            node: self.opts.node.clone(),
+            interfaces: interfaces.clone(),
+            host_ips: host_ips.clone(),
+            allow_host_ingress: self.opts.allow_host_ingress,
+        };
+        let compiled = compile(&self.cluster, &node, &mut self.ids, &self.installed);
+        let desired = plan(&self.installed, &compiled, &mut self.ids);
+        let diff = self.installed.diff(&desired);
+
+        // Attach before the endpoint entry exists: an attached program with no entry passes
+        // traffic as unmanaged, exactly as before the attach.
+        let wanted: BTreeSet<u32> = interfaces.values().copied().collect();
+        for ifindex in &wanted {
+            self.datapath
+                .attach(*ifindex)
+                .with_context(|| format!("attaching to ifindex {ifindex}"))?;
+        }
+        if !diff.is_empty() {
+            self.datapath
+                .apply(&self.installed, &diff)
+                .context("installing map changes (the previous state keeps enforcing)")?;
+            self.revision += 1;
+            self.datapath.set_config(Config {
+                revision: self.revision,
+                flags: if self.opts.events_on_allow {
+                    enforcer_common::config_flags::EVENTS_ON_ALLOW
+                } else {
+                    0
+                },
+            })?;
+            self.installed = desired;
+        }
+        for ifindex in self.datapath.attached() {
+            if !wanted.contains(&ifindex)
+                && let Err(e) = self.datapath.detach(ifindex)
+            {
+                debug!("detach {ifindex}: {e:#}");
+            }
+        }
+        *self.names.lock().expect("names lock") = Names::from_compiled(&compiled, &self.cluster);
+        info!(
+            writes = diff.len(),
+            endpoints = interfaces.len(),
+            policy_entries = self.installed.policy.len(),
+            elapsed_us = started.elapsed().as_micros() as u64,
+            "installed"
+        );
+        self.interfaces = interfaces;
+        self.host_ips = host_ips;
+        Ok(())
+    }
+}
+
+async fn write_events(
+    mut rx: mpsc::Receiver<Event>,
+    node: String,
+    names: Arc<Mutex<Names>>,
+    file: Option<PathBuf>,
+) {
+    let mut out = match &file {
+        Some(p) => match std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+        {
+            Ok(f) => Some(f),
+            Err(e) => {
+                error!("cannot open events file {}: {e}", p.display());
+                None
+            }
+        },
+        None => None,
+    };
+    while let Some(e) = rx.recv().await {
+        let rec = EventRecord::from_event(&e, &node, &names.lock().expect("names lock"));
+        let line = serde_json::to_string(&rec).expect("event serializes");
+        if rec.verdict == "drop" {
+            info!(target: "enforcer::events", "{line}");
+        } else {
+            debug!(target: "enforcer::events", "{line}");
+        }
+        if let Some(f) = out.as_mut()
+            && let Err(e) = writeln!(f, "{line}")
+        {
+            warn!("events file: {e}");
+        }
+    }
+}
+
+/// Runs the agent until SIGINT or SIGTERM.
+pub async fn run(opts: AgentOptions) -> Result<()> {
+    let mut datapath = Datapath::load(&opts.bpffs)
+        .with_context(|| format!("loading the datapath (pins under {})", opts.bpffs.display()))?;
+    let installed = datapath.read_state().context("reading the pinned maps")?;
+    let names = Arc::new(Mutex::new(Names::default()));
+
+    let (ev_tx, ev_rx) = mpsc::channel(4096);
+    datapath.spawn_event_reader(ev_tx)?;
+    let events_task = tokio::spawn(write_events(
+        ev_rx,
+        opts.node.clone(),
+        names.clone(),
+        opts.events_file.clone(),
+    ));
+
+    // Wake up as soon as a manifest changes; the periodic rescan catches interfaces.
+    let (fs_tx, mut fs_rx) = mpsc::channel::<()>(16);
+    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        if res.is_ok() {
+            let _ = fs_tx.try_send(());
+        }
+    })
+    .context("creating the manifests watcher")?;
+    watcher
+        .watch(&opts.manifests, notify::RecursiveMode::NonRecursive)
+        .with_context(|| format!("watching {}", opts.manifests.display()))?;
+
+    let mut agent = Agent {
+        source: ManifestDir::new(&opts.manifests),
+        opts: opts.clone(),
+        datapath,
+        installed,
+        ids: Ids::default(),
+        cluster: Cluster::default(),
+        generation: None,
+        last_error: None,
+        revision: 0,
+        interfaces: BTreeMap::new(),
+        host_ips: Vec::new(),
+        names,
+    };
+    agent.reconcile(true)?;
+    agent.write_status();
+    info!(node = %opts.node, "ready");
+
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut tick = tokio::time::interval(opts.rescan);
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = sigterm.recv() => break,
+            Some(()) = fs_rx.recv() => {
+                // Let a burst of writes settle into one pass.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                while fs_rx.try_recv().is_ok() {}
+                if let Err(e) = agent.reconcile(false) {
+                    error!("reconcile: {e:#}");
+                    agent.last_error = Some(format!("{e:#}"));
+                }
+                agent.write_status();
+            }
+            _ = tick.tick() => {
+                if let Err(e) = agent.reconcile(false) {
+                    error!("reconcile: {e:#}");
+                    agent.last_error = Some(format!("{e:#}"));
+                }
+                agent.write_status();
+            }
+        }
+    }
+    info!("shutting down");
+    drop(watcher);
+    let keep = opts.keep_pins;
+    agent.datapath.cleanup(keep)?;
+    events_task.abort();
+    Ok(())
+}

@@ -1,0 +1,236 @@
+//! `enforcer maps dump`: what a running agent installed, read from its pinned maps.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use enforcer_common::{direction, identity, mode, policy_prefix, reason};
+use serde::Serialize;
+
+use crate::agent::{addr_from_bytes, protocol_name};
+use crate::state::MapState;
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+}
+
+pub fn mode_name(m: u32) -> &'static str {
+    match m {
+        mode::UNMANAGED => "unmanaged",
+        mode::ALLOW_ALL => "allow-all",
+        mode::ENFORCE => "enforce",
+        mode::DENY_ALL => "deny-all",
+        _ => "?",
+    }
+}
+
+pub fn identity_name(id: u32) -> String {
+    match id {
+        identity::ANY => "any".into(),
+        identity::HOST => "host".into(),
+        identity::WORLD => "world".into(),
+        i if i & identity::CIDR_FLAG != 0 => format!("cidr:{}", i & !identity::CIDR_FLAG),
+        i => i.to_string(),
+    }
+}
+
+fn addr_key(a: &enforcer_common::IpAddrKey) -> String {
+    let fam = if a.is_v4_mapped() { 4 } else { 6 };
+    addr_from_bytes(a.addr, fam).to_string()
+}
+
+#[derive(Serialize)]
+struct EndpointRow {
+    ifindex: u32,
+    endpoint_id: u32,
+    policy_set: u32,
+    ingress: &'static str,
+    egress: &'static str,
+}
+
+#[derive(Serialize)]
+struct IdentityRow {
+    address: String,
+    identity: String,
+    endpoint_id: u32,
+}
+
+#[derive(Serialize)]
+struct CidrRow {
+    prefix: String,
+    identity: String,
+}
+
+#[derive(Serialize)]
+struct PolicyRow {
+    policy_set: u32,
+    direction: &'static str,
+    peer: String,
+    protocol: String,
+    port: String,
+    policy_id: u32,
+    rule: u16,
+    action: &'static str,
+}
+
+#[derive(Serialize)]
+struct Dump {
+    endpoints: Vec<EndpointRow>,
+    identities: Vec<IdentityRow>,
+    cidrs: Vec<CidrRow>,
+    policy: Vec<PolicyRow>,
+    conntrack_entries: usize,
+    drops: Vec<(String, u64)>,
+}
+
+fn build(state: &MapState, conntrack_entries: usize, drops: &[u64]) -> Dump {
+    Dump {
+        endpoints: state
+            .endpoints
+            .iter()
+            .map(|(ifindex, e)| EndpointRow {
+                ifindex: *ifindex,
+                endpoint_id: e.endpoint_id,
+                policy_set: e.policy_set,
+                ingress: mode_name(e.ingress_mode),
+                egress: mode_name(e.egress_mode),
+            })
+            .collect(),
+        identities: state
+            .ip_identity
+            .iter()
+            .map(|(a, v)| IdentityRow {
+                address: addr_key(a),
+                identity: identity_name(v.identity),
+                endpoint_id: v.endpoint_id,
+            })
+            .collect(),
+        cidrs: state
+            .cidr_identity
+            .iter()
+            .map(|(k, v)| {
+                let v4 = k.data.is_v4_mapped() && k.prefix_len >= 96;
+                let len = if v4 { k.prefix_len - 96 } else { k.prefix_len };
+                CidrRow {
+                    prefix: format!("{}/{len}", addr_key(&k.data)),
+                    identity: identity_name(v.identity),
+                }
+            })
+            .collect(),
+        policy: state
+            .policy
+            .iter()
+            .map(|(k, v)| {
+                let d = &k.data;
+                let (protocol, port) = if k.prefix_len <= policy_prefix::ANY_PROTO {
+                    ("any".to_string(), "any".to_string())
+                } else if k.prefix_len == policy_prefix::ANY_PORT {
+                    (protocol_name(d.proto), "any".to_string())
+                } else if k.prefix_len == policy_prefix::FULL {
+                    (protocol_name(d.proto), u16::from_be(d.port_be).to_string())
+                } else {
+                    let bits = k.prefix_len - policy_prefix::ANY_PORT;
+                    let lo = u16::from_be(d.port_be);
+                    let hi = lo | (u16::MAX >> bits);
+                    (protocol_name(d.proto), format!("{lo}-{hi}"))
+                };
+                PolicyRow {
+                    policy_set: d.policy_set,
+                    direction: if d.direction == direction::INGRESS {
+                        "ingress"
+                    } else {
+                        "egress"
+                    },
+                    peer: identity_name(d.identity),
+                    protocol,
+                    port,
+                    policy_id: v.policy_id,
+                    rule: v.rule_index,
+                    action: if v.action == enforcer_common::POLICY_ACTION_DENY {
+                        "deny"
+                    } else {
+                        "allow"
+                    },
+                }
+            })
+            .collect(),
+        conntrack_entries,
+        drops: drops
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| **n > 0)
+            .map(|(r, n)| (reason::name(r as u8).to_string(), *n))
+            .collect(),
+    }
+}
+
+/// Renders a map state (plus kernel-owned counters) as a table or JSON.
+pub fn render(state: &MapState, conntrack_entries: usize, drops: &[u64], format: Format) -> String {
+    let d = build(state, conntrack_entries, drops);
+    if let Format::Json = format {
+        return serde_json::to_string_pretty(&d).expect("dump serializes") + "\n";
+    }
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "ENDPOINTS\n{:<8} {:<9} {:<6} {:<10} {:<10}",
+        "IFINDEX", "ENDPOINT", "SET", "INGRESS", "EGRESS"
+    );
+    for e in &d.endpoints {
+        let _ = writeln!(
+            s,
+            "{:<8} {:<9} {:<6} {:<10} {:<10}",
+            e.ifindex, e.endpoint_id, e.policy_set, e.ingress, e.egress
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\nIP IDENTITIES\n{:<40} {:<10} {:<8}",
+        "ADDRESS", "IDENTITY", "ENDPOINT"
+    );
+    for i in &d.identities {
+        let _ = writeln!(
+            s,
+            "{:<40} {:<10} {:<8}",
+            i.address, i.identity, i.endpoint_id
+        );
+    }
+    let _ = writeln!(s, "\nCIDR PARTITION\n{:<44} {:<10}", "PREFIX", "IDENTITY");
+    for c in &d.cidrs {
+        let _ = writeln!(s, "{:<44} {:<10}", c.prefix, c.identity);
+    }
+    let _ = writeln!(
+        s,
+        "\nPOLICY ENTRIES\n{:<6} {:<8} {:<10} {:<7} {:<12} {:<7} {:<5} {:<6}",
+        "SET", "DIR", "PEER", "PROTO", "PORT", "POLICY", "RULE", "ACTION"
+    );
+    for p in &d.policy {
+        let _ = writeln!(
+            s,
+            "{:<6} {:<8} {:<10} {:<7} {:<12} {:<7} {:<5} {:<6}",
+            p.policy_set, p.direction, p.peer, p.protocol, p.port, p.policy_id, p.rule, p.action
+        );
+    }
+    let _ = writeln!(s, "\nCONNTRACK ENTRIES {}", d.conntrack_entries);
+    let _ = writeln!(s, "\nDROPS");
+    for (r, n) in &d.drops {
+        let _ = writeln!(s, "{r:<20} {n}");
+    }
+    s
+}
+
+/// Reads the pinned maps under `bpffs` and renders them.
+pub fn dump(bpffs: &Path, format: Format) -> Result<String> {
+    let pinned = crate::bpf::PinnedMaps::open(bpffs).with_context(|| {
+        format!(
+            "opening the pinned maps under {} (is the agent running?)",
+            bpffs.display()
+        )
+    })?;
+    let state = pinned.read_state()?;
+    let ct = pinned.conntrack_len()?;
+    let drops = pinned.counters()?;
+    Ok(render(&state, ct, &drops, format))
+}

@@ -1,0 +1,1037 @@
+//! Packet tables run against the loaded datapath with BPF_PROG_TEST_RUN.
+//!
+//! Needs root (CAP_BPF, CAP_NET_ADMIN); README's test command runs it as root. Each test loads
+//! its own unpinned copy of the programs and maps, so tests do not share state and leave nothing
+//! behind. BPF_PROG_TEST_RUN hands the packet in on the loopback device (ifindex 1), so the
+//! endpoint under test sits on ifindex 1.
+
+use std::net::IpAddr;
+
+use enforcer::bpf::{Datapath, Prog, TC_DROP, TC_PASS};
+use enforcer::compiler::{ip_key, net_key};
+use enforcer::state::{Lpm, MapState};
+use enforcer_common::{
+    EndpointInfo, Event, IdentityValue, POLICY_ACTION_ALLOW, PolicyKey, PolicyValue, counter,
+    direction, identity, mode, policy_prefix, reason, verdict,
+};
+
+const IFINDEX: u32 = 1;
+const EP_ID: u32 = 7;
+const SET: u32 = 3;
+const POD: &str = "10.0.0.7";
+const POD6: &str = "fd00::7";
+/// Allowed into the pod on TCP 80 and SCTP 9000.
+const PEER_A: &str = "10.0.0.8";
+const PEER_A6: &str = "fd00::8";
+const ID_A: u32 = 300;
+/// Known pod with no rule.
+const PEER_B: &str = "10.0.0.9";
+const ID_B: u32 = 301;
+/// Allowed into the pod on every protocol (ICMP included).
+const PEER_C: &str = "10.0.0.10";
+const ID_C: u32 = 302;
+/// ipBlock the pod may reach on UDP 53.
+const BLOCK: &str = "192.0.2.0/24";
+const ID_BLOCK: u32 = identity::CIDR_FLAG | 1;
+const DNS: &str = "192.0.2.53";
+const OUTSIDE: &str = "198.51.100.1";
+
+const TCP: u8 = 6;
+const UDP: u8 = 17;
+const SCTP: u8 = 132;
+const ICMP: u8 = 1;
+
+// --- Packets ------------------------------------------------------------------------------------
+
+fn eth(ethertype: u16) -> Vec<u8> {
+    let mut p = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2];
+    p.extend_from_slice(&ethertype.to_be_bytes());
+    p
+}
+
+fn v4(s: &str) -> [u8; 4] {
+    s.parse::<std::net::Ipv4Addr>().unwrap().octets()
+}
+
+fn v6(s: &str) -> [u8; 16] {
+    s.parse::<std::net::Ipv6Addr>().unwrap().octets()
+}
+
+/// IPv4 header with `payload` after it; `frag` is the raw flags+offset field.
+fn ipv4_hdr(src: &str, dst: &str, proto: u8, payload_len: usize, id: u16, frag: u16) -> Vec<u8> {
+    let mut h = vec![0x45, 0];
+    h.extend_from_slice(&((20 + payload_len) as u16).to_be_bytes());
+    h.extend_from_slice(&id.to_be_bytes());
+    h.extend_from_slice(&frag.to_be_bytes());
+    h.extend_from_slice(&[64, proto, 0, 0]);
+    h.extend_from_slice(&v4(src));
+    h.extend_from_slice(&v4(dst));
+    h
+}
+
+fn ipv4(src: &str, dst: &str, proto: u8, l4: &[u8]) -> Vec<u8> {
+    ipv4_frag(src, dst, proto, l4, 1, 0)
+}
+
+fn ipv4_frag(src: &str, dst: &str, proto: u8, l4: &[u8], id: u16, frag: u16) -> Vec<u8> {
+    let mut p = eth(0x0800);
+    p.extend(ipv4_hdr(src, dst, proto, l4.len(), id, frag));
+    p.extend_from_slice(l4);
+    p
+}
+
+/// IPv6 packet; `ext` is a chain of extension headers already encoded, `first` the first
+/// next-header value (the chain's own next-header fields lead on to `proto`).
+fn ipv6_ext(src: &str, dst: &str, first: u8, ext: &[u8], l4: &[u8]) -> Vec<u8> {
+    let mut p = eth(0x86dd);
+    p.extend_from_slice(&[0x60, 0, 0, 0]);
+    p.extend_from_slice(&((ext.len() + l4.len()) as u16).to_be_bytes());
+    p.extend_from_slice(&[first, 64]);
+    p.extend_from_slice(&v6(src));
+    p.extend_from_slice(&v6(dst));
+    p.extend_from_slice(ext);
+    p.extend_from_slice(l4);
+    p
+}
+
+fn ipv6(src: &str, dst: &str, proto: u8, l4: &[u8]) -> Vec<u8> {
+    ipv6_ext(src, dst, proto, &[], l4)
+}
+
+fn tcp(sport: u16, dport: u16) -> Vec<u8> {
+    let mut h = Vec::new();
+    h.extend_from_slice(&sport.to_be_bytes());
+    h.extend_from_slice(&dport.to_be_bytes());
+    h.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0]);
+    h
+}
+
+fn udp(sport: u16, dport: u16) -> Vec<u8> {
+    let mut h = Vec::new();
+    h.extend_from_slice(&sport.to_be_bytes());
+    h.extend_from_slice(&dport.to_be_bytes());
+    h.extend_from_slice(&[0, 12, 0, 0, b'p', b'i', b'n', b'g']);
+    h
+}
+
+fn sctp(sport: u16, dport: u16) -> Vec<u8> {
+    let mut h = Vec::new();
+    h.extend_from_slice(&sport.to_be_bytes());
+    h.extend_from_slice(&dport.to_be_bytes());
+    // Verification tag, checksum, then an INIT chunk header.
+    h.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 20]);
+    h
+}
+
+fn icmp_echo(ty: u8, id: u16) -> Vec<u8> {
+    let mut h = vec![ty, 0, 0, 0];
+    h.extend_from_slice(&id.to_be_bytes());
+    h.extend_from_slice(&[0, 1, 1, 2, 3, 4]);
+    h
+}
+
+/// ICMP error (`ty`) quoting `quoted` (an IP packet without its Ethernet header).
+fn icmp_error(ty: u8, quoted: &[u8]) -> Vec<u8> {
+    let mut h = vec![ty, 0, 0, 0, 0, 0, 0, 0];
+    h.extend_from_slice(quoted);
+    h
+}
+
+/// An IPv4 header whose IHL claims options the packet does not have. (BPF_PROG_TEST_RUN itself
+/// refuses packets cut inside the fixed IP header, so such cuts are shown with fields that point
+/// past the end instead.)
+fn short_v4() -> Vec<u8> {
+    let mut p = eth(0x0800);
+    p.extend(ipv4_hdr(PEER_A, POD, TCP, 0, 1, 0));
+    p[14] = 0x4f;
+    p
+}
+
+fn arp() -> Vec<u8> {
+    let mut p = eth(0x0806);
+    p.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
+    p.extend_from_slice(&[0u8; 20]);
+    p
+}
+
+// --- Fixture ------------------------------------------------------------------------------------
+
+fn require_root() {
+    assert!(
+        unsafe { libc::geteuid() } == 0,
+        "the datapath tests load eBPF programs and need root; run them with README's test command"
+    );
+}
+
+fn addr(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn allow(
+    st: &mut MapState,
+    id: u32,
+    dir: u8,
+    proto: u8,
+    port: u16,
+    prefix: u32,
+    policy_id: u32,
+    rule: u16,
+) {
+    st.policy.insert(
+        Lpm {
+            prefix_len: prefix,
+            data: PolicyKey {
+                policy_set: SET,
+                identity: id,
+                direction: dir,
+                proto,
+                port_be: port.to_be(),
+            },
+        },
+        PolicyValue {
+            policy_id,
+            rule_index: rule,
+            action: POLICY_ACTION_ALLOW,
+            flags: 0,
+        },
+    );
+}
+
+/// The map state of the tables: one endpoint, isolated both ways, with a handful of rules.
+fn base_state(ingress_mode: u32, egress_mode: u32) -> MapState {
+    let mut st = MapState::default();
+    st.endpoints.insert(
+        IFINDEX,
+        EndpointInfo {
+            endpoint_id: EP_ID,
+            policy_set: SET,
+            ingress_mode,
+            egress_mode,
+        },
+    );
+    for (ip, id, ep) in [
+        (POD, 400, EP_ID),
+        (POD6, 400, EP_ID),
+        (PEER_A, ID_A, 0),
+        (PEER_A6, ID_A, 0),
+        (PEER_B, ID_B, 0),
+        (PEER_C, ID_C, 0),
+    ] {
+        st.ip_identity.insert(
+            ip_key(addr(ip)),
+            IdentityValue {
+                identity: id,
+                endpoint_id: ep,
+            },
+        );
+    }
+    st.cidr_identity.insert(
+        net_key(BLOCK.parse().unwrap()),
+        IdentityValue {
+            identity: ID_BLOCK,
+            endpoint_id: 0,
+        },
+    );
+    let ing = direction::INGRESS;
+    let eg = direction::EGRESS;
+    allow(&mut st, ID_A, ing, TCP, 80, policy_prefix::FULL, 20, 0);
+    allow(&mut st, ID_A, ing, SCTP, 9000, policy_prefix::FULL, 20, 1);
+    allow(&mut st, ID_C, ing, 0, 0, policy_prefix::ANY_PROTO, 21, 0);
+    allow(&mut st, ID_BLOCK, eg, UDP, 53, policy_prefix::FULL, 22, 0);
+    // 8000-8003: one port prefix of 14 bits.
+    allow(
+        &mut st,
+        identity::ANY,
+        eg,
+        TCP,
+        8000,
+        policy_prefix::port_prefix(14),
+        23,
+        0,
+    );
+    st
+}
+
+struct Fixture {
+    dp: Datapath,
+}
+
+impl Fixture {
+    fn new(state: &MapState) -> Self {
+        require_root();
+        let mut dp = Datapath::load_unpinned().expect("loading the datapath");
+        let empty = MapState::default();
+        dp.apply(&empty, &empty.diff(state)).expect("installing");
+        assert_eq!(
+            &dp.read_state().unwrap(),
+            state,
+            "maps hold what was installed"
+        );
+        Fixture { dp }
+    }
+
+    fn run(&mut self, prog: Prog, packet: &[u8]) -> i32 {
+        self.dp.test_run(prog, packet, 1).expect("test run").verdict
+    }
+
+    fn events(&mut self) -> Vec<Event> {
+        self.dp.drain_events()
+    }
+}
+
+/// One row of a packet table.
+struct Row {
+    name: &'static str,
+    prog: Prog,
+    packet: Vec<u8>,
+    pass: bool,
+    /// For drops: the reason the event must carry.
+    reason: u8,
+}
+
+fn row(name: &'static str, prog: Prog, packet: Vec<u8>, pass: bool, reason: u8) -> Row {
+    Row {
+        name,
+        prog,
+        packet,
+        pass,
+        reason,
+    }
+}
+
+/// Runs the rows in order (later rows may rely on conntrack entries of earlier ones), checking
+/// the verdict and, for drops, exactly one event with the right reason.
+fn check(f: &mut Fixture, rows: Vec<Row>) {
+    let mut failures = Vec::new();
+    for r in rows {
+        let got = match f.dp.test_run(r.prog, &r.packet, 1) {
+            Ok(res) => res.verdict,
+            Err(e) => {
+                failures.push(format!("{}: BPF_PROG_TEST_RUN failed: {e}", r.name));
+                continue;
+            }
+        };
+        let want = if r.pass { TC_PASS } else { TC_DROP };
+        let events = f.events();
+        if got != want {
+            failures.push(format!("{}: verdict {got}, want {want}", r.name));
+            continue;
+        }
+        let drops: Vec<&Event> = events
+            .iter()
+            .filter(|e| e.verdict == verdict::DROP)
+            .collect();
+        if r.pass && !drops.is_empty() {
+            failures.push(format!("{}: passed but emitted a drop event", r.name));
+        }
+        if !r.pass {
+            if drops.len() != 1 {
+                failures.push(format!("{}: {} drop events, want 1", r.name, drops.len()));
+            } else if drops[0].reason != r.reason {
+                failures.push(format!(
+                    "{}: drop reason {}, want {}",
+                    r.name,
+                    reason::name(drops[0].reason),
+                    reason::name(r.reason)
+                ));
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "packet table failures:\n{}",
+        failures.join("\n")
+    );
+}
+
+use Prog::{FromEndpoint as OUT, ToEndpoint as IN};
+
+// --- Tables -------------------------------------------------------------------------------------
+
+#[test]
+fn ingress_rules_and_replies() {
+    let mut f = Fixture::new(&base_state(mode::ENFORCE, mode::ENFORCE));
+    check(
+        &mut f,
+        vec![
+            row(
+                "allowed peer, allowed port",
+                IN,
+                ipv4(PEER_A, POD, TCP, &tcp(40000, 80)),
+                true,
+                0,
+            ),
+            row(
+                "reply of the allowed flow",
+                OUT,
+                ipv4(POD, PEER_A, TCP, &tcp(80, 40000)),
+                true,
+                0,
+            ),
+            row(
+                "established, again",
+                IN,
+                ipv4(PEER_A, POD, TCP, &tcp(40000, 80)),
+                true,
+                0,
+            ),
+            row(
+                "allowed peer, other port",
+                IN,
+                ipv4(PEER_A, POD, TCP, &tcp(40000, 81)),
+                false,
+                reason::NO_RULE,
+            ),
+            row(
+                "allowed peer, other protocol",
+                IN,
+                ipv4(PEER_A, POD, UDP, &udp(40000, 80)),
+                false,
+                reason::NO_RULE,
+            ),
+            row(
+                "peer without a rule",
+                IN,
+                ipv4(PEER_B, POD, TCP, &tcp(40001, 80)),
+                false,
+                reason::NO_RULE,
+            ),
+            row(
+                "unknown address",
+                IN,
+                ipv4(OUTSIDE, POD, TCP, &tcp(40001, 80)),
+                false,
+                reason::NO_RULE,
+            ),
+            row(
+                "not a reply: pod opens to A",
+                OUT,
+                ipv4(POD, PEER_A, TCP, &tcp(80, 40001)),
+                false,
+                reason::NO_RULE,
+            ),
+            row(
+                "SCTP allowed port",
+                IN,
+                ipv4(PEER_A, POD, SCTP, &sctp(5000, 9000)),
+                true,
+                0,
+            ),
+            row(
+                "SCTP other port",
+                IN,
+                ipv4(PEER_A, POD, SCTP, &sctp(5000, 9001)),
+                false,
+                reason::NO_RULE,
+            ),
+            row(
+                "any protocol: TCP",
+                IN,
+                ipv4(PEER_C, POD, TCP, &tcp(1, 2)),
+                true,
+                0,
+            ),
+            row(
+                "any protocol: ping",
+                IN,
+                ipv4(PEER_C, POD, ICMP, &icmp_echo(8, 77)),
+                true,
+                0,
+            ),
+            row(
+                "ping reply",
+                OUT,
+                ipv4(POD, PEER_C, ICMP, &icmp_echo(0, 77)),
+                true,
+                0,
+            ),
+            row(
+                "ping from A (ports only)",
+                IN,
+                ipv4(PEER_A, POD, ICMP, &icmp_echo(8, 78)),
+                false,
+                reason::NO_RULE,
+            ),
+            row("ARP", IN, arp(), true, 0),
+            row("ARP out", OUT, arp(), true, 0),
+        ],
+    );
+    let c = f.dp.counters().unwrap();
+    assert_eq!(
+        c[reason::NO_RULE as usize],
+        7,
+        "no-rule drops counted: {c:?}"
+    );
+    assert_eq!(
+        c[reason::ALLOWED_BY_RULE as usize],
+        4,
+        "allowed new flows counted: {c:?}"
+    );
+    assert_eq!(c[counter::EVENTS_LOST as usize], 0);
+}
+
+#[test]
+fn drop_event_names_the_flow() {
+    let mut f = Fixture::new(&base_state(mode::ENFORCE, mode::ENFORCE));
+    assert_eq!(
+        f.run(IN, &ipv4(PEER_B, POD, TCP, &tcp(40001, 8080))),
+        TC_DROP
+    );
+    let ev = f.events();
+    assert_eq!(ev.len(), 1);
+    let e = ev[0];
+    assert_eq!(e.endpoint_id, EP_ID);
+    assert_eq!(e.ifindex, IFINDEX);
+    assert_eq!(e.saddr, ip_key(addr(PEER_B)).addr);
+    assert_eq!(e.daddr, ip_key(addr(POD)).addr);
+    assert_eq!(u16::from_be(e.sport_be), 40001);
+    assert_eq!(u16::from_be(e.dport_be), 8080);
+    assert_eq!(e.proto, TCP);
+    assert_eq!(e.direction, direction::INGRESS);
+    assert_eq!(e.verdict, verdict::DROP);
+    assert_eq!(e.reason, reason::NO_RULE);
+    assert_eq!(e.peer_identity, ID_B);
+    assert_eq!(e.family, 4);
+    assert_eq!(e.policy_set, SET);
+    assert_eq!(e.packet_len as usize, 14 + 20 + 20);
+}
+
+#[test]
+fn egress_cidr_ports_and_ranges() {
+    let mut f = Fixture::new(&base_state(mode::ENFORCE, mode::ENFORCE));
+    check(
+        &mut f,
+        vec![
+            row(
+                "UDP 53 into the block",
+                OUT,
+                ipv4(POD, DNS, UDP, &udp(5353, 53)),
+                true,
+                0,
+            ),
+            row(
+                "DNS answer",
+                IN,
+                ipv4(DNS, POD, UDP, &udp(53, 5353)),
+                true,
+                0,
+            ),
+            row(
+                "UDP 53 outside the block",
+                OUT,
+                ipv4(POD, OUTSIDE, UDP, &udp(5353, 53)),
+                false,
+                reason::NO_RULE,
+            ),
+            row(
+                "TCP 53 into the block",
+                OUT,
+                ipv4(POD, DNS, TCP, &tcp(5353, 53)),
+                false,
+                reason::NO_RULE,
+            ),
+            row(
+                "range start",
+                OUT,
+                ipv4(POD, OUTSIDE, TCP, &tcp(1000, 8000)),
+                true,
+                0,
+            ),
+            row(
+                "range end",
+                OUT,
+                ipv4(POD, PEER_B, TCP, &tcp(1000, 8003)),
+                true,
+                0,
+            ),
+            row(
+                "past the range",
+                OUT,
+                ipv4(POD, OUTSIDE, TCP, &tcp(1000, 8004)),
+                false,
+                reason::NO_RULE,
+            ),
+            row(
+                "before the range",
+                OUT,
+                ipv4(POD, OUTSIDE, TCP, &tcp(1000, 7999)),
+                false,
+                reason::NO_RULE,
+            ),
+        ],
+    );
+}
+
+#[test]
+fn ipv6_and_extension_headers() {
+    let mut f = Fixture::new(&base_state(mode::ENFORCE, mode::ENFORCE));
+    // Hop-by-hop (8 bytes) → destination options (8 bytes) → TCP.
+    let mut ext = vec![60, 0, 1, 4, 0, 0, 0, 0];
+    ext.extend_from_slice(&[6, 0, 1, 4, 0, 0, 0, 0]);
+    // Seven destination-options headers: past the walk's limit.
+    let mut deep = Vec::new();
+    for i in 0..7 {
+        deep.extend_from_slice(&[if i < 6 { 60 } else { 6 }, 0, 1, 4, 0, 0, 0, 0]);
+    }
+    check(
+        &mut f,
+        vec![
+            row(
+                "v6 allowed",
+                IN,
+                ipv6(PEER_A6, POD6, TCP, &tcp(40000, 80)),
+                true,
+                0,
+            ),
+            row(
+                "v6 reply",
+                OUT,
+                ipv6(POD6, PEER_A6, TCP, &tcp(80, 40000)),
+                true,
+                0,
+            ),
+            row(
+                "v6 other port",
+                IN,
+                ipv6(PEER_A6, POD6, TCP, &tcp(40000, 81)),
+                false,
+                reason::NO_RULE,
+            ),
+            row(
+                "v6 unknown peer",
+                IN,
+                ipv6("fd00::99", POD6, TCP, &tcp(40000, 80)),
+                false,
+                reason::NO_RULE,
+            ),
+            row(
+                "v6 behind two ext headers",
+                IN,
+                ipv6_ext(PEER_A6, POD6, 0, &ext, &tcp(40002, 80)),
+                true,
+                0,
+            ),
+            row(
+                "v6 port hidden behind ext headers",
+                IN,
+                ipv6_ext(PEER_A6, POD6, 0, &ext, &tcp(40003, 81)),
+                false,
+                reason::NO_RULE,
+            ),
+            row(
+                "v6 too many ext headers",
+                IN,
+                ipv6_ext(PEER_A6, POD6, 60, &deep, &tcp(40004, 80)),
+                false,
+                reason::MALFORMED,
+            ),
+            row(
+                "neighbour solicitation",
+                IN,
+                ipv6("fe80::1", "ff02::1:ff00:7", 58, &[135, 0, 0, 0, 0, 0, 0, 0]),
+                true,
+                0,
+            ),
+            row(
+                "neighbour advertisement out",
+                OUT,
+                ipv6("fe80::7", "fe80::1", 58, &[136, 0, 0, 0, 0x60, 0, 0, 0]),
+                true,
+                0,
+            ),
+            row(
+                "v6 ping from a ports-only peer",
+                IN,
+                ipv6(PEER_A6, POD6, 58, &icmp_echo(128, 5)),
+                false,
+                reason::NO_RULE,
+            ),
+        ],
+    );
+}
+
+#[test]
+fn malformed_and_non_ip() {
+    let mut f = Fixture::new(&base_state(mode::ENFORCE, mode::ENFORCE));
+    let good = ipv4(PEER_A, POD, TCP, &tcp(40000, 80));
+    let mut bad_ihl = good.clone();
+    bad_ihl[14] = 0x44;
+    let mut bad_version = good.clone();
+    bad_version[14] = 0x65;
+    let mut long_total = good.clone();
+    long_total[16..18].copy_from_slice(&200u16.to_be_bytes());
+    let truncated_tcp = {
+        let mut p = eth(0x0800);
+        p.extend(ipv4_hdr(PEER_A, POD, TCP, 10, 1, 0));
+        p.extend_from_slice(&tcp(40000, 80)[..10]);
+        p
+    };
+    let mut vlan = eth(0x8100);
+    vlan.extend_from_slice(&[0, 5, 0x08, 0x00]);
+    vlan.extend_from_slice(&good[14..]);
+    let short_v4 = short_v4();
+    let mut short_v6 = ipv6(PEER_A6, POD6, TCP, &tcp(40000, 80));
+    short_v6[18..20].copy_from_slice(&100u16.to_be_bytes());
+    // A hop-by-hop header claiming 16 bytes, of which 8 are there.
+    let cut_ext = ipv6_ext(PEER_A6, POD6, 0, &[6, 1, 0, 0, 0, 0, 0, 0], &[]);
+    check(
+        &mut f,
+        vec![
+            row(
+                "IHL past the end of the packet",
+                IN,
+                short_v4.clone(),
+                false,
+                reason::MALFORMED,
+            ),
+            row(
+                "IPv4 with no L4 header",
+                IN,
+                good[..34].to_vec(),
+                false,
+                reason::MALFORMED,
+            ),
+            row("IHL below 5", IN, bad_ihl, false, reason::MALFORMED),
+            row(
+                "version 6 in an IPv4 frame",
+                IN,
+                bad_version,
+                false,
+                reason::MALFORMED,
+            ),
+            row(
+                "total length past the packet",
+                IN,
+                long_total,
+                false,
+                reason::MALFORMED,
+            ),
+            row(
+                "TCP header cut short",
+                IN,
+                truncated_tcp,
+                false,
+                reason::MALFORMED,
+            ),
+            row(
+                "IPv6 payload length past the end",
+                IN,
+                short_v6,
+                false,
+                reason::MALFORMED,
+            ),
+            row(
+                "IPv6 extension header cut short",
+                IN,
+                cut_ext,
+                false,
+                reason::MALFORMED,
+            ),
+            row("802.1Q tagged IP", OUT, vlan, false, reason::MALFORMED),
+            row("unknown ethertype", IN, eth(0x88cc), true, 0),
+            row("the good packet still passes", IN, good, true, 0),
+        ],
+    );
+}
+
+#[test]
+fn icmp_errors_follow_their_flow() {
+    let mut f = Fixture::new(&base_state(mode::ENFORCE, mode::ENFORCE));
+    let query = ipv4(POD, DNS, UDP, &udp(5353, 53));
+    let quoted = query[14..].to_vec();
+    let unknown = ipv4(POD, OUTSIDE, UDP, &udp(5353, 53))[14..].to_vec();
+    let tcp_in = ipv4(PEER_A, POD, TCP, &tcp(40000, 80));
+    let quoted_tcp = tcp_in[14..14 + 28].to_vec();
+    check(
+        &mut f,
+        vec![
+            row("query", OUT, query, true, 0),
+            row(
+                "port unreachable about it",
+                IN,
+                ipv4(DNS, POD, ICMP, &icmp_error(3, &quoted)),
+                true,
+                0,
+            ),
+            row(
+                "error about a flow never seen",
+                IN,
+                ipv4(OUTSIDE, POD, ICMP, &icmp_error(3, &unknown)),
+                false,
+                reason::NO_RULE,
+            ),
+            row("inbound allowed TCP", IN, tcp_in, true, 0),
+            row(
+                "pod's host unreachable about it",
+                OUT,
+                ipv4(POD, PEER_A, ICMP, &icmp_error(3, &quoted_tcp)),
+                true,
+                0,
+            ),
+            row(
+                "error with a truncated quote",
+                IN,
+                ipv4(DNS, POD, ICMP, &icmp_error(3, &quoted[..10])),
+                false,
+                reason::MALFORMED,
+            ),
+        ],
+    );
+    // ICMPv6: packet too big about an allowed v6 flow.
+    let v6_in = ipv6(PEER_A6, POD6, TCP, &tcp(40010, 80));
+    let quoted6 = v6_in[14..14 + 48].to_vec();
+    check(
+        &mut f,
+        vec![
+            row("v6 allowed flow", IN, v6_in, true, 0),
+            row(
+                "packet too big about it",
+                OUT,
+                ipv6(POD6, PEER_A6, 58, &icmp_error(2, &quoted6)),
+                true,
+                0,
+            ),
+        ],
+    );
+}
+
+#[test]
+fn fragments() {
+    let mut f = Fixture::new(&base_state(mode::ENFORCE, mode::ENFORCE));
+    let mf = 0x2000;
+    // Later fragments carry 8-byte units of payload with no UDP header.
+    let body = [0u8; 16];
+    let frag6 = |id: u32, offset_units: u16, more: bool, payload: &[u8]| {
+        let mut ext = vec![UDP, 0];
+        ext.extend_from_slice(&((offset_units << 3) | more as u16).to_be_bytes());
+        ext.extend_from_slice(&id.to_be_bytes());
+        ipv6_ext(PEER_A6, POD6, 44, &ext, payload)
+    };
+    let mut v6_tcp_first = vec![TCP, 0, 0, 1];
+    v6_tcp_first.extend_from_slice(&9u32.to_be_bytes());
+    check(
+        &mut f,
+        vec![
+            row(
+                "first fragment, allowed",
+                OUT,
+                ipv4_frag(POD, DNS, UDP, &udp(5353, 53), 42, mf),
+                true,
+                0,
+            ),
+            row(
+                "later fragment of it",
+                OUT,
+                ipv4_frag(POD, DNS, UDP, &body, 42, 3),
+                true,
+                0,
+            ),
+            row(
+                "last fragment of it",
+                OUT,
+                ipv4_frag(POD, DNS, UDP, &body, 42, 5),
+                true,
+                0,
+            ),
+            row(
+                "later fragment, first never seen",
+                OUT,
+                ipv4_frag(POD, DNS, UDP, &body, 43, 3),
+                false,
+                reason::FRAGMENT_UNKNOWN,
+            ),
+            row(
+                "first fragment, denied",
+                OUT,
+                ipv4_frag(POD, OUTSIDE, UDP, &udp(5353, 53), 44, mf),
+                false,
+                reason::NO_RULE,
+            ),
+            row(
+                "later fragment of the denied one",
+                OUT,
+                ipv4_frag(POD, OUTSIDE, UDP, &body, 44, 3),
+                false,
+                reason::FRAGMENT_UNKNOWN,
+            ),
+            row(
+                "v6 first fragment, denied port",
+                IN,
+                frag6(7, 0, true, &udp(1, 80)),
+                false,
+                reason::NO_RULE,
+            ),
+            row(
+                "v6 later fragment of it",
+                IN,
+                frag6(7, 2, false, &body),
+                false,
+                reason::FRAGMENT_UNKNOWN,
+            ),
+        ],
+    );
+}
+
+#[test]
+fn endpoint_modes() {
+    // Not isolated for ingress: everything in passes, and is tracked so the replies pass the
+    // isolated egress.
+    let mut f = Fixture::new(&base_state(mode::ALLOW_ALL, mode::ENFORCE));
+    check(
+        &mut f,
+        vec![
+            row(
+                "not isolated: peer without a rule",
+                IN,
+                ipv4(PEER_B, POD, TCP, &tcp(1, 2)),
+                true,
+                0,
+            ),
+            row(
+                "reply through isolated egress",
+                OUT,
+                ipv4(POD, PEER_B, TCP, &tcp(2, 1)),
+                true,
+                0,
+            ),
+            row(
+                "egress still isolated",
+                OUT,
+                ipv4(POD, PEER_B, TCP, &tcp(3, 4)),
+                false,
+                reason::NO_RULE,
+            ),
+            row(
+                "malformed, not isolated direction",
+                IN,
+                short_v4(),
+                false,
+                reason::MALFORMED,
+            ),
+        ],
+    );
+    let mut f = Fixture::new(&base_state(mode::DENY_ALL, mode::DENY_ALL));
+    check(
+        &mut f,
+        vec![
+            row(
+                "held fail-closed: allowed peer",
+                IN,
+                ipv4(PEER_A, POD, TCP, &tcp(40000, 80)),
+                false,
+                reason::ENDPOINT_DENY_ALL,
+            ),
+            row(
+                "held fail-closed: out",
+                OUT,
+                ipv4(POD, DNS, UDP, &udp(1, 53)),
+                false,
+                reason::ENDPOINT_DENY_ALL,
+            ),
+            row("held fail-closed: ARP still works", IN, arp(), true, 0),
+            row(
+                "held fail-closed: ND still works",
+                OUT,
+                ipv6("fe80::7", "fe80::1", 58, &[135, 0, 0, 0, 0, 0, 0, 0]),
+                true,
+                0,
+            ),
+        ],
+    );
+    // Unmanaged both ways, and no endpoint at all: untouched.
+    let mut f = Fixture::new(&base_state(mode::UNMANAGED, mode::UNMANAGED));
+    check(
+        &mut f,
+        vec![
+            row("unmanaged", IN, ipv4(PEER_B, POD, TCP, &tcp(1, 2)), true, 0),
+            row("unmanaged malformed", IN, short_v4(), true, 0),
+        ],
+    );
+    assert_eq!(
+        f.dp.conntrack_len().unwrap(),
+        0,
+        "unmanaged traffic is not tracked"
+    );
+    let mut none = base_state(mode::ENFORCE, mode::ENFORCE);
+    none.endpoints.clear();
+    let mut f = Fixture::new(&none);
+    check(
+        &mut f,
+        vec![row(
+            "no endpoint entry",
+            IN,
+            ipv4(PEER_B, POD, TCP, &tcp(1, 2)),
+            true,
+            0,
+        )],
+    );
+}
+
+#[test]
+fn conntrack_holds_both_directions() {
+    let mut f = Fixture::new(&base_state(mode::ENFORCE, mode::ENFORCE));
+    assert_eq!(f.run(IN, &ipv4(PEER_A, POD, TCP, &tcp(40000, 80))), TC_PASS);
+    let ct = f.dp.conntrack().unwrap();
+    assert_eq!(ct.len(), 2, "a new flow makes exactly two entries");
+    let fwd = ct
+        .iter()
+        .find(|(k, _)| k.direction == direction::INGRESS)
+        .expect("forward entry");
+    assert_eq!(fwd.0.endpoint_id, EP_ID);
+    assert_eq!(fwd.1.policy_id, 20);
+    let rev = ct
+        .iter()
+        .find(|(k, _)| k.direction == direction::EGRESS)
+        .expect("reply entry");
+    assert_eq!(rev.0, fwd.0.reversed());
+    assert_eq!(rev.1.flags, enforcer_common::ct_flags::REPLY);
+    f.dp.clear_conntrack().unwrap();
+    assert_eq!(
+        f.run(OUT, &ipv4(POD, PEER_A, TCP, &tcp(80, 40000))),
+        TC_DROP,
+        "without conntrack the reply is a new, denied flow"
+    );
+}
+
+#[test]
+fn failed_install_rolls_back() {
+    // A diff whose last write fails (an LPM prefix longer than the key) must leave the maps as
+    // they were, and the old policy enforcing.
+    let before = base_state(mode::ENFORCE, mode::ENFORCE);
+    let mut f = Fixture::new(&before);
+    let mut after = before.clone();
+    after.endpoints.get_mut(&IFINDEX).unwrap().ingress_mode = mode::ALLOW_ALL;
+    after.ip_identity.remove(&ip_key(addr(PEER_B)));
+    allow(
+        &mut after,
+        ID_B,
+        direction::INGRESS,
+        TCP,
+        22,
+        policy_prefix::FULL,
+        30,
+        0,
+    );
+    after.cidr_identity.insert(
+        Lpm {
+            prefix_len: 129,
+            data: ip_key(addr(OUTSIDE)),
+        },
+        IdentityValue {
+            identity: identity::CIDR_FLAG | 9,
+            endpoint_id: 0,
+        },
+    );
+    let err = f.dp.apply(&before, &before.diff(&after)).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("CIDR_IDENTITY") && msg.contains("rolled back"),
+        "{msg}"
+    );
+    assert_eq!(
+        f.dp.read_state().unwrap(),
+        before,
+        "maps are back to the installed state"
+    );
+    assert_eq!(f.run(IN, &ipv4(PEER_B, POD, TCP, &tcp(1, 22))), TC_DROP);
+}
