@@ -174,8 +174,7 @@ fn allow(
     proto: u8,
     port: u16,
     prefix: u32,
-    policy_id: u32,
-    rule: u16,
+    (policy_id, rule): (u32, u16),
 ) {
     st.policy.insert(
         Lpm {
@@ -234,10 +233,10 @@ fn base_state(ingress_mode: u32, egress_mode: u32) -> MapState {
     );
     let ing = direction::INGRESS;
     let eg = direction::EGRESS;
-    allow(&mut st, ID_A, ing, TCP, 80, policy_prefix::FULL, 20, 0);
-    allow(&mut st, ID_A, ing, SCTP, 9000, policy_prefix::FULL, 20, 1);
-    allow(&mut st, ID_C, ing, 0, 0, policy_prefix::ANY_PROTO, 21, 0);
-    allow(&mut st, ID_BLOCK, eg, UDP, 53, policy_prefix::FULL, 22, 0);
+    allow(&mut st, ID_A, ing, TCP, 80, policy_prefix::FULL, (20, 0));
+    allow(&mut st, ID_A, ing, SCTP, 9000, policy_prefix::FULL, (20, 1));
+    allow(&mut st, ID_C, ing, 0, 0, policy_prefix::ANY_PROTO, (21, 0));
+    allow(&mut st, ID_BLOCK, eg, UDP, 53, policy_prefix::FULL, (22, 0));
     // 8000-8003: one port prefix of 14 bits.
     allow(
         &mut st,
@@ -246,8 +245,7 @@ fn base_state(ingress_mode: u32, egress_mode: u32) -> MapState {
         TCP,
         8000,
         policy_prefix::port_prefix(14),
-        23,
-        0,
+        (23, 0),
     );
     st
 }
@@ -1009,8 +1007,7 @@ fn failed_install_rolls_back() {
         TCP,
         22,
         policy_prefix::FULL,
-        30,
-        0,
+        (30, 0),
     );
     after.cidr_identity.insert(
         Lpm {

@@ -35,18 +35,18 @@ pub static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("ENFORCER_BPF_OBJECT
 #[derive(Debug, Error)]
 pub enum BpfError {
     #[error("loading the eBPF object: {0}")]
-    Load(#[from] aya::EbpfError),
+    Load(Box<aya::EbpfError>),
     #[error("program {name}: {source}")]
     Program {
         name: &'static str,
         #[source]
-        source: aya::programs::ProgramError,
+        source: Box<aya::programs::ProgramError>,
     },
     #[error("map {name}: {source}")]
     Map {
         name: &'static str,
         #[source]
-        source: MapError,
+        source: Box<MapError>,
     },
     #[error("map {0} is missing from the eBPF object")]
     MissingMap(&'static str),
@@ -64,7 +64,7 @@ pub enum BpfError {
         write: String,
         undone: usize,
         #[source]
-        source: MapError,
+        source: Box<MapError>,
     },
     #[error(
         "writing {write}: {source}; rolling back failed too ({rollback}): the maps may be inconsistent until the next install"
@@ -73,14 +73,17 @@ pub enum BpfError {
         write: String,
         rollback: String,
         #[source]
-        source: MapError,
+        source: Box<MapError>,
     },
 }
 
 pub type Result<T, E = BpfError> = std::result::Result<T, E>;
 
 fn map_err(name: &'static str) -> impl FnOnce(MapError) -> BpfError {
-    move |source| BpfError::Map { name, source }
+    move |source| BpfError::Map {
+        name,
+        source: Box::new(source),
+    }
 }
 
 /// The two endpoint programs (and the benchmark's baseline).
@@ -159,7 +162,9 @@ impl Datapath {
         for (n, p) in &paths {
             loader.map_pin_path(n, p.as_path());
         }
-        let ebpf = loader.load(OBJECT)?;
+        let ebpf = loader
+            .load(OBJECT)
+            .map_err(|e| BpfError::Load(Box::new(e)))?;
         Self::finish(ebpf, Some(bpffs.to_path_buf()))
     }
 
@@ -174,7 +179,9 @@ impl Datapath {
         for (n, size) in max_entries {
             loader.map_max_entries(n, *size);
         }
-        let ebpf = loader.load(OBJECT)?;
+        let ebpf = loader
+            .load(OBJECT)
+            .map_err(|e| BpfError::Load(Box::new(e)))?;
         Self::finish(ebpf, None)
     }
 
@@ -186,11 +193,11 @@ impl Datapath {
                 .try_into()
                 .map_err(|source| BpfError::Program {
                     name: prog.name(),
-                    source,
+                    source: Box::new(source),
                 })?;
             p.load().map_err(|source| BpfError::Program {
                 name: prog.name(),
-                source,
+                source: Box::new(source),
             })?;
         }
         let events = match ebpf.take_map(names::MAP_EVENTS) {
@@ -220,7 +227,7 @@ impl Datapath {
             .try_into()
             .map_err(|source| BpfError::Program {
                 name: prog.name(),
-                source,
+                source: Box::new(source),
             })
     }
 
@@ -260,7 +267,7 @@ impl Datapath {
         let pin = self.link_pin(ifindex, prog);
         let perr = |source| BpfError::Program {
             name: prog.name(),
-            source,
+            source: Box::new(source),
         };
         // A pin left by an earlier agent: swap our program into the live link.
         if let Some(pin) = &pin
@@ -365,7 +372,7 @@ impl Datapath {
                         return Err(BpfError::Rollback {
                             write: describe(w),
                             rollback: format!("undoing {}: {e}", describe(done)),
-                            source,
+                            source: Box::new(source),
                         });
                     }
                     undone += 1;
@@ -373,7 +380,7 @@ impl Datapath {
                 return Err(BpfError::Install {
                     write: describe(w),
                     undone,
-                    source,
+                    source: Box::new(source),
                 });
             }
         }
@@ -556,7 +563,7 @@ impl Datapath {
         };
         let r = p.test_run(opts).map_err(|source| BpfError::Program {
             name: prog.name(),
-            source,
+            source: Box::new(source),
         })?;
         Ok(RunResult {
             verdict: r.return_value as i32,
