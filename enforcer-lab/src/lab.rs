@@ -11,9 +11,10 @@ use tokio::task::JoinHandle;
 use crate::agent::{Agent, ensure_bpffs};
 use crate::manifests::{ClusterState, ManifestWriter};
 use crate::netns::{self, Netns};
-use crate::plan::{Ep, Plan};
+use crate::plan::{Changes, Ep, Plan, ProbePlan};
 use crate::report::{ProbeResult, Report, StepResult, match_events};
 use crate::runs;
+use crate::services;
 use crate::traffic;
 
 /// How a run behaves.
@@ -33,7 +34,7 @@ impl Default for Options {
         Options {
             probe_timeout: Duration::from_secs(1),
             agent_timeout: Duration::from_secs(20),
-            parallel: 32,
+            parallel: 512,
             keep_files: false,
             verbose: false,
         }
@@ -120,8 +121,43 @@ fn progress(opts: &Options, started: Instant, what: &str) {
     }
 }
 
-/// Runs `plan` with the agent `exe`; `res` collects what is created (the caller tears down).
-pub async fn run(plan: &Plan, exe: &Path, opts: &Options, res: &mut Resources) -> Result<Report> {
+/// Raises this process's open-file limit to its hard limit (a full matrix of probes in
+/// parallel holds hundreds of sockets).
+pub fn raise_fd_limit() {
+    // SAFETY: plain syscalls on a struct we own.
+    unsafe {
+        let mut r: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 && r.rlim_cur < r.rlim_max {
+            r.rlim_cur = r.rlim_max.min(1 << 20);
+            libc::setrlimit(libc::RLIMIT_NOFILE, &r);
+        }
+    }
+}
+
+/// A lab that is up: namespaces, servers and agents (in `Resources`), and the cluster state
+/// the agents were last given.
+pub struct Lab {
+    pub dir: PathBuf,
+    pub manifest_dir: PathBuf,
+    writer: ManifestWriter,
+    pub state: ClusterState,
+    pub generation: u64,
+    ep_ns: Arc<BTreeMap<Ep, Netns>>,
+    node_ns: Vec<Netns>,
+    /// Whether the Services table has been installed on the nodes (then it is kept current,
+    /// also when the last Service goes).
+    nft_installed: bool,
+}
+
+/// Checks root, removes dead runs' leftovers, registers the run and builds it: namespaces,
+/// servers, manifests, Services, agents (waited for). `res` collects what is created.
+pub async fn build(
+    plan: &Plan,
+    exe: &Path,
+    opts: &Options,
+    res: &mut Resources,
+    meta: &runs::Meta,
+) -> Result<Lab> {
     let started = Instant::now();
     // SAFETY: a plain getter.
     if unsafe { libc::geteuid() } != 0 {
@@ -130,6 +166,7 @@ pub async fn run(plan: &Plan, exe: &Path, opts: &Options, res: &mut Resources) -
              run it with sudo"
         );
     }
+    raise_fd_limit();
     let (removed, problems) = runs::remove_stale();
     for p in &removed {
         eprintln!("enforcer lab: removed the leftovers of an earlier run {p}");
@@ -141,6 +178,7 @@ pub async fn run(plan: &Plan, exe: &Path, opts: &Options, res: &mut Resources) -
     res.keep_files = opts.keep_files;
     let dir = runs::register(&plan.prefix)?;
     res.run_dir = Some(dir.clone());
+    runs::write_meta(&plan.prefix, meta)?;
     let manifest_dir = dir.join("manifests");
     std::fs::create_dir_all(&manifest_dir)
         .with_context(|| format!("creating {}", manifest_dir.display()))?;
@@ -164,25 +202,37 @@ pub async fn run(plan: &Plan, exe: &Path, opts: &Options, res: &mut Resources) -
             .map(|x| (x.protocol, x.port))
             .collect();
         res.tasks.extend(
-            traffic::serve(&ns, plan.ips_of(ep), &ports)
+            traffic::serve(&ns, &plan.name_of(ep), plan.ips_of(ep), &ports)
                 .with_context(|| format!("servers in {}", plan.netns_of(ep)))?,
         );
         ep_ns.insert(ep, ns);
     }
     progress(opts, started, "servers listening");
 
-    let mut state = ClusterState::initial(plan);
-    let mut writer = ManifestWriter::new(manifest_dir.clone());
-    let mut generation = writer.sync(&state.manifests(plan))?;
+    let node_ns = plan
+        .nodes
+        .iter()
+        .map(|n| Netns::open(&n.netns))
+        .collect::<Result<Vec<_>>>()?;
+    let mut lab = Lab {
+        dir: dir.clone(),
+        manifest_dir: manifest_dir.clone(),
+        writer: ManifestWriter::new(manifest_dir.clone()),
+        state: ClusterState::initial(plan),
+        generation: 0,
+        ep_ns: Arc::new(ep_ns),
+        node_ns,
+        nft_installed: false,
+    };
+    lab.write(plan).await?;
 
-    for node in &plan.nodes {
-        let ns = Netns::open(&node.netns)?;
+    for (node, ns) in plan.nodes.iter().zip(&lab.node_ns) {
         let node_dir = dir.join(&node.name);
         std::fs::create_dir_all(&node_dir)?;
         let agent = Agent::spawn(
             exe,
             &node.name,
-            &ns,
+            ns,
             &manifest_dir,
             &pins.join(&node.name),
             &node_dir,
@@ -193,61 +243,175 @@ pub async fn run(plan: &Plan, exe: &Path, opts: &Options, res: &mut Resources) -
         res.agents.push(agent);
     }
     for a in &mut res.agents {
-        a.wait_generation(generation, opts.agent_timeout).await?;
+        a.wait_generation(lab.generation, opts.agent_timeout)
+            .await?;
     }
     progress(
         opts,
         started,
-        &format!("agents ready (generation {generation})"),
+        &format!("agents ready (generation {})", lab.generation),
     );
+    Ok(lab)
+}
 
-    let ep_ns = Arc::new(ep_ns);
-    let sem = Arc::new(tokio::sync::Semaphore::new(opts.parallel.max(1)));
+impl Lab {
+    /// Writes the state out: the manifests (a new generation) and every node's Services table.
+    async fn write(&mut self, plan: &Plan) -> Result<()> {
+        self.generation = self.writer.sync(&self.state.manifests(plan))?;
+        self.sync_services(plan).await
+    }
+
+    /// Makes every node's Services table match the state.
+    pub async fn sync_services(&mut self, plan: &Plan) -> Result<()> {
+        if self.state.services.is_empty() && !self.nft_installed {
+            return Ok(());
+        }
+        let script = services::nft_script(
+            &plan.pods,
+            &self.state.pod_labels,
+            &self.state.service_list(),
+        );
+        let mut jobs = tokio::task::JoinSet::new();
+        for ns in &self.node_ns {
+            let ns = ns.clone();
+            let script = script.clone();
+            jobs.spawn(async move { netns::nft(&ns, &script).await });
+        }
+        while let Some(r) = jobs.join_next().await {
+            r.context("nft task")?
+                .context("installing the Services' rules")?;
+        }
+        self.nft_installed = true;
+        Ok(())
+    }
+
+    /// Applies a step's changes and waits until every agent has them.
+    pub async fn change(
+        &mut self,
+        plan: &Plan,
+        changes: &Changes,
+        res: &mut Resources,
+        opts: &Options,
+    ) -> Result<()> {
+        self.state.apply(changes);
+        self.write(plan).await?;
+        for a in &mut res.agents {
+            a.wait_generation(self.generation, opts.agent_timeout)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Sends the probes, at most `opts.parallel` at once; results in the probes' order.
+    pub async fn probe(
+        &self,
+        plan: &Plan,
+        tag: &str,
+        probes: &[ProbePlan],
+        opts: &Options,
+    ) -> Result<Vec<(ProbePlan, traffic::Outcome)>> {
+        probe_all(
+            self.ep_ns.clone(),
+            &plan.prefix,
+            tag,
+            probes,
+            opts.probe_timeout,
+            opts.parallel,
+        )
+        .await
+    }
+
+    /// The endpoints (`ns/pod address:port`) a probe through a Service may reach now.
+    pub fn backends_of(&self, plan: &Plan, probe: &ProbePlan) -> Option<Vec<String>> {
+        expected_backends(plan, &self.state, probe)
+    }
+}
+
+/// What a probe through a Service may reach with this state: `ns/pod address:port` of each
+/// backend of its port. `None` for other probes.
+pub fn expected_backends(
+    plan: &Plan,
+    state: &ClusterState,
+    probe: &ProbePlan,
+) -> Option<Vec<String>> {
+    let svc = state.services.get(probe.service.as_ref()?)?;
+    let port = svc.find_port(&probe.spec.port, probe.spec.protocol).ok()?;
+    Some(
+        services::backends(&plan.pods, &state.pod_labels, svc, port)
+            .iter()
+            .map(|b| {
+                format!(
+                    "{} {}",
+                    plan.pods[b.pod].key(),
+                    std::net::SocketAddr::new(b.ip, b.port)
+                )
+            })
+            .collect(),
+    )
+}
+
+/// Sends probes from the endpoints' namespaces, at most `parallel` at once.
+pub async fn probe_all(
+    ep_ns: Arc<BTreeMap<Ep, Netns>>,
+    prefix: &str,
+    tag: &str,
+    probes: &[ProbePlan],
+    timeout: Duration,
+    parallel: usize,
+) -> Result<Vec<(ProbePlan, traffic::Outcome)>> {
+    let sem = Arc::new(tokio::sync::Semaphore::new(parallel.max(1)));
+    let mut jobs = Vec::new();
+    for (pi, probe) in probes.iter().enumerate() {
+        let probe = probe.clone();
+        let ns = ep_ns.clone();
+        let sem = sem.clone();
+        let payload = format!("enforcer-lab {prefix} {tag} probe {pi}").into_bytes();
+        jobs.push(tokio::spawn(async move {
+            let _permit = sem.acquire_owned().await;
+            let dst = std::net::SocketAddr::new(probe.dst_ip, probe.dst_port);
+            let out = traffic::probe(
+                &ns[&probe.src],
+                probe.spec.protocol,
+                probe.src_ip,
+                dst,
+                timeout,
+                payload,
+                probe.service.is_some(),
+            )
+            .await
+            .with_context(|| format!("{}: sending the probe", probe.spec.path));
+            (probe, out)
+        }));
+    }
+    let mut results = Vec::new();
+    for j in jobs {
+        let (probe, out) = j.await.context("probe task")?;
+        results.push((probe, out?));
+    }
+    Ok(results)
+}
+
+/// Runs `plan` with the agent `exe`; `res` collects what is created (the caller tears down).
+pub async fn run(plan: &Plan, exe: &Path, opts: &Options, res: &mut Resources) -> Result<Report> {
+    let started = Instant::now();
+    let meta = runs::Meta::for_run(None, plan, "run");
+    let mut lab = build(plan, exe, opts, res, &meta).await?;
     let mut report = Report::default();
     for (si, step) in plan.steps.iter().enumerate() {
         if !step.changes.is_empty() {
-            state.apply(&step.changes);
-            generation = writer.sync(&state.manifests(plan))?;
-            for a in &mut res.agents {
-                a.wait_generation(generation, opts.agent_timeout).await?;
-            }
+            lab.change(plan, &step.changes, res, opts).await?;
             progress(
                 opts,
                 started,
-                &format!("step {si}: agents at generation {generation}"),
+                &format!("step {si}: agents at generation {}", lab.generation),
             );
         }
         for a in &mut res.agents {
             a.mark_events();
         }
-        let mut jobs = Vec::new();
-        for (pi, probe) in step.probes.iter().enumerate() {
-            let probe = probe.clone();
-            let ns = ep_ns.clone();
-            let sem = sem.clone();
-            let payload = format!("enforcer-lab {} step {si} probe {pi}", plan.prefix).into_bytes();
-            let timeout = opts.probe_timeout;
-            jobs.push(tokio::spawn(async move {
-                let _permit = sem.acquire_owned().await;
-                let dst = std::net::SocketAddr::new(probe.dst_ip, probe.dst_port);
-                let out = traffic::probe(
-                    &ns[&probe.src],
-                    probe.spec.protocol,
-                    probe.src_ip,
-                    dst,
-                    timeout,
-                    payload,
-                )
-                .await
-                .with_context(|| format!("{}: sending the probe", probe.spec.path));
-                (probe, out)
-            }));
-        }
-        let mut results = Vec::new();
-        for j in jobs {
-            let (probe, out) = j.await.context("probe task")?;
-            results.push((probe, out?));
-        }
+        let results = lab
+            .probe(plan, &format!("step {si}"), &step.probes, opts)
+            .await?;
         progress(
             opts,
             started,
@@ -270,14 +434,37 @@ pub async fn run(plan: &Plan, exe: &Path, opts: &Options, res: &mut Resources) -
             step: si,
             probes: results
                 .into_iter()
-                .map(|(probe, outcome)| ProbeResult {
-                    events: match_events(&events, &probe, outcome.src_port),
-                    probe,
-                    outcome,
+                .map(|(probe, outcome)| {
+                    let wrong_backend = check_backend(&lab.backends_of(plan, &probe), &outcome);
+                    ProbeResult {
+                        events: match_events(&events, &probe, outcome.src_port),
+                        probe,
+                        outcome,
+                        wrong_backend,
+                    }
                 })
                 .collect(),
         });
     }
     progress(opts, started, "done");
     Ok(report)
+}
+
+/// For a probe through a Service that was answered: why the answer is wrong, if it came from
+/// something that is no backend of that Service port.
+pub fn check_backend(expected: &Option<Vec<String>>, outcome: &traffic::Outcome) -> Option<String> {
+    let (Some(expected), Some(got)) = (expected, &outcome.backend) else {
+        return None;
+    };
+    if outcome.observed != traffic::Observed::Allow || expected.contains(got) {
+        return None;
+    }
+    Some(format!(
+        "answered by {got}, which is no backend (backends: {})",
+        if expected.is_empty() {
+            "none".to_string()
+        } else {
+            expected.join(", ")
+        }
+    ))
 }

@@ -22,10 +22,14 @@
 //! - `events.jsonl`: one JSON object per datapath event (`src`, `src_port`, `dst`, `dst_port`,
 //!   `protocol`, `verdict`, `policy`, …); the lab attaches to each probe those of its 5-tuple.
 //!
+//! - Services are written as v1 Service manifests (`service_<namespace>_<name>.yaml`, with
+//!   `spec.clusterIP` filled in) beside the rest; the lab itself translates them on every node
+//!   with nftables, as kube-proxy does (see [`services`]).
+//!
 //! Every pod's address has a host route in the node namespace through the pod's host-side veth
 //! (`lxc…`), which is how the agent finds its endpoints. With several nodes, or hosts outside
 //! the cluster, nodes and hosts share a bridge in a fabric namespace and route each other's
-//! addresses individually (see [`netns`]). Services are not supported yet.
+//! addresses individually (see [`netns`]).
 
 pub mod agent;
 pub mod lab;
@@ -35,6 +39,7 @@ pub mod plan;
 pub mod report;
 pub mod runs;
 pub mod scenario;
+pub mod services;
 pub mod traffic;
 
 use std::path::{Path, PathBuf};
@@ -63,7 +68,7 @@ pub struct RunOptions {
     #[arg(long, default_value = "20s", value_parser = parse_duration)]
     pub agent_timeout: Duration,
     /// Probes in flight at once.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 512)]
     pub parallel: usize,
     /// Keep the run's files (manifests, agent log, events) in /run/enforcer-lab/.
     #[arg(long)]

@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 
 use crate::plan::{Changes, Plan, PodPlan, fnv};
 use crate::scenario::{Labels, ObjectKey};
+use crate::services::ServicePlan;
 
 /// The cluster's objects at one point of the run.
 #[derive(Debug, Clone, PartialEq)]
@@ -19,6 +20,8 @@ pub struct ClusterState {
     /// Labels of each pod of the plan, by index.
     pub pod_labels: Vec<Labels>,
     pub objects: BTreeMap<ObjectKey, Value>,
+    /// `namespace/name` → the Service with its cluster IP.
+    pub services: BTreeMap<String, ServicePlan>,
 }
 
 impl ClusterState {
@@ -31,15 +34,28 @@ impl ClusterState {
                 .iter()
                 .map(|o| (o.key.clone(), o.value.clone()))
                 .collect(),
+            services: plan.services.iter().map(|s| (s.key(), s.clone())).collect(),
         }
+    }
+
+    pub fn service_list(&self) -> Vec<ServicePlan> {
+        self.services.values().cloned().collect()
     }
 
     pub fn apply(&mut self, c: &Changes) {
         for o in &c.apply {
             self.objects.insert(o.key.clone(), o.value.clone());
         }
+        for s in &c.apply_services {
+            self.services.insert(s.key(), s.clone());
+        }
         for k in &c.delete {
-            self.objects.remove(k);
+            if k.kind == "Service" {
+                let ns = k.namespace.as_deref().unwrap_or("default");
+                self.services.remove(&format!("{ns}/{}", k.name));
+            } else {
+                self.objects.remove(k);
+            }
         }
         for (i, labels) in &c.relabel_pods {
             self.pod_labels[*i] = labels.clone();
@@ -66,6 +82,12 @@ impl ClusterState {
             out.insert(
                 file_name(&["pod", &pod.namespace, &pod.name]),
                 pod_manifest(plan, pod, labels),
+            );
+        }
+        for svc in self.services.values() {
+            out.insert(
+                file_name(&["service", &svc.namespace, &svc.name]),
+                svc.manifest(),
             );
         }
         for (key, value) in &self.objects {

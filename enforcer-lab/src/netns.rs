@@ -22,6 +22,7 @@ use anyhow::{Context, Result, bail};
 use tokio::io::AsyncWriteExt;
 
 use crate::plan::Plan;
+use crate::services::SVC_IF;
 
 /// The gateway every pod routes through.
 pub const GATEWAY_V4: &str = "169.254.1.1";
@@ -196,11 +197,18 @@ pub async fn build(plan: &Plan, created: &mut Vec<String>) -> Result<()> {
 
     // 2. Sysctls (no DAD where IPv6 is used, forwarding on nodes), from threads in each
     // netns. IPv6 settings only where IPv6 is used: a kernel may have IPv6 disabled.
+    let has_fabric = fabric.is_some();
     for n in &plan.nodes {
         Netns::open(&n.netns)?.run(move || {
             sysctl("net.ipv4.ip_forward", "1")?;
             if any6 {
                 sysctl("net.ipv6.conf.all.forwarding", "1")?;
+                // No DAD on the fabric: until its link-local address is no longer tentative
+                // the node sends no neighbour solicitation, and IPv6 across nodes fails for
+                // the first second or two.
+                if has_fabric {
+                    sysctl(&format!("net.ipv6.conf.{NODE_FABRIC_IF}.accept_dad"), "0")?;
+                }
             }
             // The host route names the interface a reply leaves by; strict reverse-path
             // checks (inherited from the machine) add nothing here.
@@ -245,9 +253,17 @@ pub async fn build(plan: &Plan, created: &mut Vec<String>) -> Result<()> {
         batches.push((fab.to_string(), lines));
     }
 
-    // 4. Nodes: pod veths and host routes; the fabric and routes across it.
+    // 4. Nodes: pod veths and host routes; the fabric and routes across it; cluster IPs to
+    // `svc0` (see [`crate::services`]).
+    let svc_routes = plan.service_routes();
     for (ni, n) in plan.nodes.iter().enumerate() {
         let mut lines = vec!["link set lo up".to_string()];
+        lines.push(format!("link add {SVC_IF} type bridge"));
+        if any6 {
+            lines.push(format!("link set {SVC_IF} addrgenmode none"));
+        }
+        lines.push(format!("link set {SVC_IF} up"));
+        lines.extend(node_service_routes(&svc_routes, "add"));
         for p in plan.pods_on(ni) {
             if any6 {
                 lines.push(format!("link set {} addrgenmode none", p.host_if));
@@ -344,6 +360,7 @@ pub async fn build(plan: &Plan, created: &mut Vec<String>) -> Result<()> {
                 "neigh replace {GATEWAY_V6} lladdr {HOST_MAC} dev eth0 nud permanent"
             ));
         }
+        lines.extend(pod_service_routes(&p.ips, &svc_routes, "add"));
         for ip in all.iter().filter(|ip| !p.ips.contains(ip)) {
             match ip {
                 IpAddr::V4(_) if has4 => lines.push(format!(
@@ -366,6 +383,88 @@ pub async fn build(plan: &Plan, created: &mut Vec<String>) -> Result<()> {
     }
     while let Some(r) = jobs.join_next().await {
         r.context("setup task")??;
+    }
+    Ok(())
+}
+
+fn prefix_text(ip: &IpAddr, len: u8) -> String {
+    format!("{ip}/{len}")
+}
+
+/// A node's routes of cluster IPs: to `svc0`.
+fn node_service_routes(routes: &[(IpAddr, u8)], verb: &str) -> Vec<String> {
+    routes
+        .iter()
+        .map(|(ip, len)| format!("route {verb} {} dev {SVC_IF}", prefix_text(ip, *len)))
+        .collect()
+}
+
+/// A pod's routes of cluster IPs (of the families it has): through its gateway, to its node.
+fn pod_service_routes(ips: &[IpAddr], routes: &[(IpAddr, u8)], verb: &str) -> Vec<String> {
+    let (has4, has6) = (v4(ips), v6(ips));
+    routes
+        .iter()
+        .filter_map(|(ip, len)| match ip {
+            IpAddr::V4(_) if has4 => Some(format!(
+                "route {verb} {} via {GATEWAY_V4} dev eth0",
+                prefix_text(ip, *len)
+            )),
+            IpAddr::V6(_) if has6 => Some(format!(
+                "route {verb} {} via {GATEWAY_V6} dev eth0",
+                prefix_text(ip, *len)
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Routes cluster IPs given to a live lab (outside the service range) in every node and pod.
+pub async fn add_service_routes(plan: &Plan, routes: &[(IpAddr, u8)]) -> Result<()> {
+    if routes.is_empty() {
+        return Ok(());
+    }
+    for n in &plan.nodes {
+        ip_batch(Some(&n.netns), &node_service_routes(routes, "replace")).await?;
+    }
+    for p in &plan.pods {
+        ip_batch(
+            Some(&p.netns),
+            &pod_service_routes(&p.ips, routes, "replace"),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Runs `nft -f -` with `script` inside `ns` (setns between fork and exec).
+pub async fn nft(ns: &Netns, script: &str) -> Result<()> {
+    let fd = ns.raw_fd();
+    let mut cmd = tokio::process::Command::new("nft");
+    cmd.args(["-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    // SAFETY: only an async-signal-safe syscall between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || enter(fd));
+    }
+    let mut child = cmd
+        .spawn()
+        .context("running `nft` (install nftables: the lab translates Services with it)")?;
+    let mut stdin = child.stdin.take().context("nft stdin")?;
+    stdin
+        .write_all(script.as_bytes())
+        .await
+        .context("writing to nft")?;
+    drop(stdin);
+    let out = child.wait_with_output().await.context("waiting for nft")?;
+    if !out.status.success() {
+        bail!(
+            "`nft -f` in {} failed: {}",
+            ns.name,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(())
 }

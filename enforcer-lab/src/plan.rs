@@ -9,6 +9,7 @@ use crate::scenario::{
     Endpoint, Family, Labels, Object, ObjectKey, PortRef, PortSpec, ProbeSpec, Relabel, Scenario,
     ScenarioError, Target,
 };
+use crate::services::{ClusterIps, SERVICE_CIDR_V4, ServicePlan, in_service_cidr};
 
 /// The label every namespace carries.
 pub const NS_NAME_LABEL: &str = "kubernetes.io/metadata.name";
@@ -64,7 +65,11 @@ impl PodPlan {
 /// What a step changes before its probes.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Changes {
+    /// Objects other than Services (policies), as given.
     pub apply: Vec<Object>,
+    /// Services created or replaced, with their cluster IPs.
+    pub apply_services: Vec<ServicePlan>,
+    /// Objects (Services too, `kind: Service`) removed.
     pub delete: Vec<ObjectKey>,
     /// Pod index → its new labels.
     pub relabel_pods: Vec<(usize, Labels)>,
@@ -75,6 +80,7 @@ pub struct Changes {
 impl Changes {
     pub fn is_empty(&self) -> bool {
         self.apply.is_empty()
+            && self.apply_services.is_empty()
             && self.delete.is_empty()
             && self.relabel_pods.is_empty()
             && self.relabel_namespaces.is_empty()
@@ -90,6 +96,8 @@ pub struct ProbePlan {
     pub dst_port: u16,
     /// The pod or host that owns `dst_ip`, if any.
     pub dst: Option<Ep>,
+    /// For a probe to a Service: `namespace/name` (`dst_ip` is its cluster IP).
+    pub service: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -109,8 +117,12 @@ pub struct Plan {
     /// The namespace of the bridge joining the nodes and hosts (when there is more than one
     /// node, or any host).
     pub fabric: Option<String>,
-    /// Objects applied at the start (the scenario's `policies`).
+    /// Objects applied at the start (the scenario's `policies`, but Services).
     pub objects: Vec<Object>,
+    /// Services at the start (`services`, and `kind: Service` among `policies`).
+    pub services: Vec<ServicePlan>,
+    /// Every cluster IP the scenario assigns, at any step (for later changes to a live lab).
+    pub cluster_ips: ClusterIps,
     /// Step 0 (no changes, the top-level probes), then one per `steps` entry.
     pub steps: Vec<StepPlan>,
 }
@@ -129,6 +141,14 @@ impl Plan {
         match ep {
             Ep::Pod(i) => &self.pods[i].ips,
             Ep::Host(i) => &self.hosts[i].ips,
+        }
+    }
+
+    /// `namespace/pod` or the host's name.
+    pub fn name_of(&self, ep: Ep) -> String {
+        match ep {
+            Ep::Pod(i) => self.pods[i].key(),
+            Ep::Host(i) => self.hosts[i].name.clone(),
         }
     }
 
@@ -159,6 +179,36 @@ impl Plan {
 
     pub fn pods_on(&self, node: usize) -> impl Iterator<Item = &PodPlan> {
         self.pods.iter().filter(move |p| p.node == node)
+    }
+
+    /// What pods (by way of their node) and nodes route to `svc0`: the service range, and
+    /// each cluster IP outside it as a host prefix.
+    pub fn service_routes(&self) -> Vec<(IpAddr, u8)> {
+        let mut out = vec![(IpAddr::V4(SERVICE_CIDR_V4.0), SERVICE_CIDR_V4.1)];
+        for ip in self.cluster_ips.assigned.values() {
+            if !in_service_cidr(ip) {
+                let len = if ip.is_ipv4() { 32 } else { 128 };
+                if !out.contains(&(*ip, len)) {
+                    out.push((*ip, len));
+                }
+            }
+        }
+        out
+    }
+
+    pub fn find_pod(&self, namespace: &str, name: &str) -> Option<usize> {
+        self.pods
+            .iter()
+            .position(|p| p.namespace == namespace && p.name == name)
+    }
+
+    /// Resolves a probe against this lab, with the Services that exist at that moment.
+    pub fn resolve(
+        &self,
+        services: &[ServicePlan],
+        spec: &ProbeSpec,
+    ) -> Result<ProbePlan, ScenarioError> {
+        resolve_probe(&self.pods, &self.hosts, services, spec)
     }
 }
 
@@ -236,20 +286,12 @@ pub fn node_pod_cidr_v4(node: usize) -> (Ipv4Addr, u8) {
     (Ipv4Addr::new(10, 42, (node + 1).min(255) as u8, 0), 24)
 }
 
-fn not_supported<T>(path: &str, what: &str) -> Result<T, ScenarioError> {
-    err(path, format!("not supported yet: {what}"))
-}
-
 /// Builds the plan. `prefix` names everything this run creates (`enf-1a2b3c-`).
 pub fn plan(s: &Scenario, prefix: &str) -> Result<Plan, ScenarioError> {
     let node_names = s.node_names();
     if node_names.len() > 200 {
         return err("nodes", "the lab runs at most 200 nodes");
     }
-    if !s.services.is_empty() {
-        return not_supported("services", "Services");
-    }
-
     let ipv6 = s
         .pods
         .iter()
@@ -386,139 +428,80 @@ pub fn plan(s: &Scenario, prefix: &str) -> Result<Plan, ScenarioError> {
             .position(|p| p.namespace == ns && p.name == name)
     };
 
-    let find_host = |name: &str| hosts.iter().position(|h| h.name == name);
-    let ips_of = |ep: Ep| match ep {
-        Ep::Pod(i) => &pods[i].ips,
-        Ep::Host(i) => &hosts[i].ips,
-    };
+    // Services: cluster IPs assigned in order of appearance, avoiding every lab address.
+    let mut cluster_ips = ClusterIps::new(used.clone());
+    let mut present_svcs: BTreeMap<String, ServicePlan> = BTreeMap::new();
+    let mut initial_objects = Vec::new();
+    let svc_specs = s
+        .services
+        .iter()
+        .cloned()
+        .chain(s.policies.iter().filter_map(|o| o.service.clone()));
+    for spec in svc_specs {
+        let key = format!("{}/{}", spec.namespace, spec.name);
+        if present_svcs.contains_key(&key) {
+            return err(&spec.path, format!("Service {key} is given twice"));
+        }
+        let sp = cluster_ips
+            .plan(&spec)
+            .or_else(|e| err(&format!("{}.clusterIP", spec.path), e))?;
+        present_svcs.insert(key, sp);
+    }
+    for o in &s.policies {
+        if o.service.is_none() {
+            initial_objects.push(o.clone());
+        }
+    }
+    let initial_services: Vec<ServicePlan> = present_svcs.values().cloned().collect();
+    let current = |m: &BTreeMap<String, ServicePlan>| m.values().cloned().collect::<Vec<_>>();
 
-    let resolve = |spec: &ProbeSpec| -> Result<ProbePlan, ScenarioError> {
-        let path = &spec.path;
-        let src = match &spec.from {
-            Endpoint::Pod { namespace, name } => match find_pod(namespace, name) {
-                Some(i) => Ep::Pod(i),
-                None => {
-                    return err(
-                        &format!("{path}.from"),
-                        format!("no pod {namespace}/{name}"),
-                    );
-                }
-            },
-            Endpoint::Host(h) => match find_host(h) {
-                Some(i) => Ep::Host(i),
-                None => return err(&format!("{path}.from"), format!("no host {h:?}")),
-            },
-        };
-        let (dst, candidates): (Option<Ep>, Vec<IpAddr>) = match &spec.to {
-            Target::Pod { namespace, name } => match find_pod(namespace, name) {
-                Some(i) => (Some(Ep::Pod(i)), pods[i].ips.clone()),
-                None => return err(&format!("{path}.to"), format!("no pod {namespace}/{name}")),
-            },
-            Target::Ip(ip) => {
-                let owner = pods
-                    .iter()
-                    .position(|p| p.ips.contains(ip))
-                    .map(Ep::Pod)
-                    .or_else(|| hosts.iter().position(|h| h.ips.contains(ip)).map(Ep::Host));
-                (owner, vec![*ip])
-            }
-            Target::Host(h) => match find_host(h) {
-                Some(i) => (Some(Ep::Host(i)), hosts[i].ips.clone()),
-                None => return err(&format!("{path}.to"), format!("no host {h:?}")),
-            },
-            Target::Service { .. } => {
-                return not_supported(&format!("{path}.to"), "probes to Services");
-            }
-        };
-        let src_ips = ips_of(src);
-        let src_families: BTreeSet<Family> = src_ips.iter().map(Family::of).collect();
-        let dst_ip = candidates.iter().copied().find(|ip| {
-            let f = Family::of(ip);
-            src_families.contains(&f) && spec.family.is_none_or(|want| want == f)
-        });
-        let Some(dst_ip) = dst_ip else {
-            let want = match spec.family {
-                Some(f) => format!("an {} address", f.label()),
-                None => "an address of a family the source has".to_string(),
-            };
-            return err(
-                path,
-                format!(
-                    "{} ({}) and {} ({}) have no common address family: need {want}",
-                    spec.from_text,
-                    fmt_ips(src_ips),
-                    spec.to_text,
-                    fmt_ips(&candidates)
-                ),
-            );
-        };
-        let src_ip = src_ips
+    let resolve_all = |probes: &[ProbeSpec], svcs: &[ServicePlan]| {
+        probes
             .iter()
-            .copied()
-            .find(|ip| Family::of(ip) == Family::of(&dst_ip))
-            .expect("family checked above");
-        let dst_port = match &spec.port {
-            PortRef::Number(n) => *n,
-            PortRef::Name(name) => {
-                let Some(Ep::Pod(t)) = dst else {
-                    return err(
-                        &format!("{path}.port"),
-                        format!(
-                            "named port {name:?} needs a pod target; {} is no pod's address",
-                            spec.to_text
-                        ),
-                    );
-                };
-                let Some(ps) = pods[t]
-                    .ports
-                    .iter()
-                    .find(|p| p.name.as_deref() == Some(name))
-                else {
-                    return err(
-                        &format!("{path}.port"),
-                        format!("pod {} declares no port named {name:?}", pods[t].key()),
-                    );
-                };
-                if ps.protocol != spec.protocol {
-                    return err(
-                        &format!("{path}.port"),
-                        format!(
-                            "port {name:?} of {} is {}, the probe is {}",
-                            pods[t].key(),
-                            ps.protocol,
-                            spec.protocol
-                        ),
-                    );
-                }
-                ps.port
-            }
-        };
-        Ok(ProbePlan {
-            spec: spec.clone(),
-            src,
-            src_ip,
-            dst_ip,
-            dst_port,
-            dst,
-        })
+            .map(|p| resolve_probe(&pods, &hosts, svcs, p))
+            .collect::<Result<Vec<_>, _>>()
     };
-
     let mut steps = vec![StepPlan {
         changes: Changes::default(),
-        probes: s.probes.iter().map(resolve).collect::<Result<_, _>>()?,
+        probes: resolve_all(&s.probes, &initial_services)?,
     }];
 
     // Objects present as steps go, so that a delete of something absent is caught here.
-    let mut present: BTreeSet<ObjectKey> = s.policies.iter().map(|o| o.key.clone()).collect();
+    let mut present: BTreeSet<ObjectKey> = s
+        .policies
+        .iter()
+        .map(|o| o.key.clone())
+        .chain(
+            s.services
+                .iter()
+                .map(|x| ObjectKey::new("Service", Some(x.namespace.clone()), &x.name)),
+        )
+        .collect();
     for st in &s.steps {
         let mut changes = Changes::default();
         for o in &st.apply {
             present.insert(o.key.clone());
-            changes.apply.push(o.clone());
+            match &o.service {
+                Some(spec) => {
+                    let sp = cluster_ips
+                        .plan(spec)
+                        .or_else(|e| err(&format!("{}.spec.clusterIP", o.path), e))?;
+                    present_svcs.insert(sp.key(), sp.clone());
+                    changes.apply_services.push(sp);
+                }
+                None => changes.apply.push(o.clone()),
+            }
         }
         for (path, key) in &st.delete {
             if !present.remove(key) {
                 return err(path, format!("{key} does not exist at this step"));
+            }
+            if key.kind == "Service" {
+                present_svcs.remove(&format!(
+                    "{}/{}",
+                    key.namespace.as_deref().unwrap_or("default"),
+                    key.name
+                ));
             }
             changes.delete.push(key.clone());
         }
@@ -550,7 +533,7 @@ pub fn plan(s: &Scenario, prefix: &str) -> Result<Plan, ScenarioError> {
         }
         steps.push(StepPlan {
             changes,
-            probes: st.probes.iter().map(resolve).collect::<Result<_, _>>()?,
+            probes: resolve_all(&st.probes, &current(&present_svcs))?,
         });
     }
 
@@ -561,8 +544,153 @@ pub fn plan(s: &Scenario, prefix: &str) -> Result<Plan, ScenarioError> {
         pods,
         hosts,
         fabric,
-        objects: s.policies.clone(),
+        objects: initial_objects,
+        services: initial_services,
+        cluster_ips,
         steps,
+    })
+}
+
+/// Resolves one probe: its source endpoint and address, its destination address and port
+/// number (a Service's cluster IP and port for `svc:`), with the Services that exist.
+pub fn resolve_probe(
+    pods: &[PodPlan],
+    hosts: &[HostPlan],
+    services: &[ServicePlan],
+    spec: &ProbeSpec,
+) -> Result<ProbePlan, ScenarioError> {
+    let find_pod = |ns: &str, name: &str| {
+        pods.iter()
+            .position(|p| p.namespace == ns && p.name == name)
+    };
+    let find_host = |name: &str| hosts.iter().position(|h| h.name == name);
+    let ips_of = |ep: Ep| match ep {
+        Ep::Pod(i) => &pods[i].ips,
+        Ep::Host(i) => &hosts[i].ips,
+    };
+    let mut service: Option<&ServicePlan> = None;
+    let path = &spec.path;
+    let src = match &spec.from {
+        Endpoint::Pod { namespace, name } => match find_pod(namespace, name) {
+            Some(i) => Ep::Pod(i),
+            None => {
+                return err(
+                    &format!("{path}.from"),
+                    format!("no pod {namespace}/{name}"),
+                );
+            }
+        },
+        Endpoint::Host(h) => match find_host(h) {
+            Some(i) => Ep::Host(i),
+            None => return err(&format!("{path}.from"), format!("no host {h:?}")),
+        },
+    };
+    let (dst, candidates): (Option<Ep>, Vec<IpAddr>) = match &spec.to {
+        Target::Pod { namespace, name } => match find_pod(namespace, name) {
+            Some(i) => (Some(Ep::Pod(i)), pods[i].ips.clone()),
+            None => return err(&format!("{path}.to"), format!("no pod {namespace}/{name}")),
+        },
+        Target::Ip(ip) => {
+            let owner = pods
+                .iter()
+                .position(|p| p.ips.contains(ip))
+                .map(Ep::Pod)
+                .or_else(|| hosts.iter().position(|h| h.ips.contains(ip)).map(Ep::Host));
+            (owner, vec![*ip])
+        }
+        Target::Host(h) => match find_host(h) {
+            Some(i) => (Some(Ep::Host(i)), hosts[i].ips.clone()),
+            None => return err(&format!("{path}.to"), format!("no host {h:?}")),
+        },
+        Target::Service { namespace, name } => {
+            let Some(svc) = services
+                .iter()
+                .find(|s| &s.namespace == namespace && &s.name == name)
+            else {
+                return err(
+                    &format!("{path}.to"),
+                    format!("no Service {namespace}/{name} at this step"),
+                );
+            };
+            service = Some(svc);
+            (None, vec![svc.cluster_ip])
+        }
+    };
+    let src_ips = ips_of(src);
+    let src_families: BTreeSet<Family> = src_ips.iter().map(Family::of).collect();
+    let dst_ip = candidates.iter().copied().find(|ip| {
+        let f = Family::of(ip);
+        src_families.contains(&f) && spec.family.is_none_or(|want| want == f)
+    });
+    let Some(dst_ip) = dst_ip else {
+        let want = match spec.family {
+            Some(f) => format!("an {} address", f.label()),
+            None => "an address of a family the source has".to_string(),
+        };
+        return err(
+            path,
+            format!(
+                "{} ({}) and {} ({}) have no common address family: need {want}",
+                spec.from_text,
+                fmt_ips(src_ips),
+                spec.to_text,
+                fmt_ips(&candidates)
+            ),
+        );
+    };
+    let src_ip = src_ips
+        .iter()
+        .copied()
+        .find(|ip| Family::of(ip) == Family::of(&dst_ip))
+        .expect("family checked above");
+    let dst_port = match (&spec.port, service) {
+        (port, Some(svc)) => match svc.find_port(port, spec.protocol) {
+            Ok(p) => p.port,
+            Err(e) => return err(&format!("{path}.port"), e),
+        },
+        (PortRef::Number(n), None) => *n,
+        (PortRef::Name(name), None) => {
+            let Some(Ep::Pod(t)) = dst else {
+                return err(
+                    &format!("{path}.port"),
+                    format!(
+                        "named port {name:?} needs a pod target; {} is no pod's address",
+                        spec.to_text
+                    ),
+                );
+            };
+            let Some(ps) = pods[t]
+                .ports
+                .iter()
+                .find(|p| p.name.as_deref() == Some(name))
+            else {
+                return err(
+                    &format!("{path}.port"),
+                    format!("pod {} declares no port named {name:?}", pods[t].key()),
+                );
+            };
+            if ps.protocol != spec.protocol {
+                return err(
+                    &format!("{path}.port"),
+                    format!(
+                        "port {name:?} of {} is {}, the probe is {}",
+                        pods[t].key(),
+                        ps.protocol,
+                        spec.protocol
+                    ),
+                );
+            }
+            ps.port
+        }
+    };
+    Ok(ProbePlan {
+        spec: spec.clone(),
+        src,
+        src_ip,
+        dst_ip,
+        dst_port,
+        dst,
+        service: service.map(ServicePlan::key),
     })
 }
 
@@ -699,7 +827,7 @@ pods:
             (
                 "{from: x/a, to: 'svc:x/s', port: 80}",
                 "probes[0].to",
-                "not supported yet",
+                "no Service x/s at this step",
             ),
         ];
         for (probe, path, why) in cases {
@@ -715,8 +843,12 @@ pods:
         assert_eq!(e.path, "pods[0].node");
         let e = plan_of("pods: [{namespace: x, name: a, ips: [10.0.0.1]}, {namespace: x, name: b, ips: [10.0.0.1]}]").unwrap_err();
         assert!(e.reason.contains("already the address of x/a"), "{e}");
-        let e = plan_of("services: [{namespace: x, name: s, ports: [{port: 80}]}]").unwrap_err();
-        assert!(e.reason.starts_with("not supported yet"), "{e}");
+        let e = plan_of(
+            "services: [{namespace: x, name: s, clusterIP: 127.0.0.1, ports: [{port: 80}]}]",
+        )
+        .unwrap_err();
+        assert_eq!(e.path, "services[0].clusterIP");
+        assert!(e.reason.contains("cannot be a cluster IP"), "{e}");
         let e = plan_of("nodes: [a, b]\npods: [{namespace: x, name: a, ips: [198.18.0.2]}]")
             .unwrap_err();
         assert!(e.reason.contains("node b on the lab's fabric"), "{e}");

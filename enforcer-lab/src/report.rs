@@ -16,11 +16,17 @@ pub struct ProbeResult {
     pub outcome: Outcome,
     /// The agent's events for this probe's connection.
     pub events: Vec<Value>,
+    /// For a probe through a Service: why the pod that answered is the wrong one.
+    pub wrong_backend: Option<String>,
 }
 
 impl ProbeResult {
-    /// Differs from what the scenario expects (an unsupported probe never does).
+    /// Differs from what the scenario expects (an unsupported probe never does), or went
+    /// through a Service to something that is none of its backends.
     pub fn mismatch(&self) -> bool {
+        if self.wrong_backend.is_some() {
+            return true;
+        }
         match (self.probe.spec.expect, self.outcome.observed) {
             (_, Observed::Unsupported) | (None, _) => false,
             (Some(want), got) => want.as_str() != got.as_str(),
@@ -121,6 +127,12 @@ pub struct JsonProbe<'a> {
     pub dst_port: u16,
     /// Why: connected, echoed, timeout, refused, unreachable, …
     pub detail: &'a str,
+    /// Who answered (`ns/pod address:port`), where the server said (UDP, TCP to a Service).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backend: Option<&'a str>,
+    /// Set when a probe through a Service was answered by something that is no backend.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wrong_backend: Option<&'a str>,
     pub events: &'a [Value],
 }
 
@@ -139,6 +151,8 @@ fn probe_json(p: &ProbeResult) -> JsonProbe<'_> {
         dst: p.probe.dst_ip.to_string(),
         dst_port: p.probe.dst_port,
         detail: &p.outcome.detail,
+        backend: p.outcome.backend.as_deref(),
+        wrong_backend: p.wrong_backend.as_deref(),
         events: &p.events,
     }
 }
@@ -155,6 +169,9 @@ fn symbol(p: &ProbeResult) -> String {
         s.to_string()
     }
 }
+
+/// Notes per step about probes that went as expected (mismatches are always all shown).
+const MAX_NOTES: usize = 20;
 
 /// One table per protocol, port and (when a step mixes them) address family.
 type TableKey = (Protocol, u16, Option<Family>);
@@ -185,11 +202,25 @@ fn render_step(out: &mut String, s: &StepResult) {
         };
         render_table(out, &title, probes);
     }
+    // Every mismatch; denials (with their drops) and answers through Services up to a limit.
     let mut notes = String::new();
+    let mut others = 0;
     for p in &s.probes {
-        if p.mismatch() || p.outcome.observed == Observed::Deny {
+        if p.mismatch() {
             note(&mut notes, p);
+        } else if p.outcome.observed == Observed::Deny || p.probe.service.is_some() {
+            others += 1;
+            if others <= MAX_NOTES {
+                note(&mut notes, p);
+            }
         }
+    }
+    if others > MAX_NOTES {
+        let _ = writeln!(
+            notes,
+            "    … and {} more denied or through a Service, as expected (all of them: --output json)",
+            others - MAX_NOTES
+        );
     }
     if !notes.is_empty() {
         out.push_str(&notes);
@@ -287,9 +318,13 @@ fn note(out: &mut String, p: &ProbeResult) {
         Some(e) if p.mismatch() => format!(" (expected {})", e.as_str()),
         _ => String::new(),
     };
+    let via = match (&p.probe.service, &p.outcome.backend) {
+        (Some(_), Some(b)) => format!(", answered by {b}"),
+        _ => String::new(),
+    };
     let _ = writeln!(
         out,
-        "  {} {} -> {}{} {}/{}: {} ({}){expect}",
+        "  {} {} -> {}{} {}/{}: {} ({}{via}){expect}",
         if p.mismatch() { "*" } else { " " },
         spec.from_text,
         spec.to_text,
@@ -303,6 +338,9 @@ fn note(out: &mut String, p: &ProbeResult) {
         p.outcome.observed.as_str(),
         p.outcome.detail,
     );
+    if let Some(w) = &p.wrong_backend {
+        let _ = writeln!(out, "      {w}");
+    }
     let drops: Vec<&Value> = p
         .events
         .iter()
@@ -343,7 +381,9 @@ fn note(out: &mut String, p: &ProbeResult) {
     }
 }
 
-/// The events of one probe: those whose 5-tuple is the probe's connection.
+/// The events of one probe: those whose 5-tuple is the probe's connection. Through a Service
+/// the destination is translated on the way, so there the source address and port (and the
+/// protocol) are enough.
 pub fn match_events(events: &[Value], p: &ProbePlan, src_port: Option<u16>) -> Vec<Value> {
     let Some(sport) = src_port else {
         return Vec::new();
@@ -358,10 +398,11 @@ pub fn match_events(events: &[Value], p: &ProbePlan, src_port: Option<u16>) -> V
             str_of("protocol").is_some_and(|x| x.eq_ignore_ascii_case(p.spec.protocol.as_str()))
                 && str_of("src").and_then(|s| s.parse::<std::net::IpAddr>().ok())
                     == src.parse().ok()
-                && str_of("dst").and_then(|s| s.parse::<std::net::IpAddr>().ok())
-                    == dst.parse().ok()
                 && num_of("src_port") == Some(u64::from(sport))
-                && num_of("dst_port") == Some(u64::from(p.dst_port))
+                && (p.service.is_some()
+                    || (str_of("dst").and_then(|s| s.parse::<std::net::IpAddr>().ok())
+                        == dst.parse().ok()
+                        && num_of("dst_port") == Some(u64::from(p.dst_port))))
         })
         .cloned()
         .collect()
@@ -405,8 +446,10 @@ steps:
                                 observed: *o,
                                 detail: "timeout".into(),
                                 src_port: Some(40000),
+                                backend: None,
                             },
                             events: Vec::new(),
+                            wrong_backend: None,
                         })
                         .collect(),
                 })

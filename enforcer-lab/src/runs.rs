@@ -13,6 +13,42 @@ pub const RUN_ROOT: &str = "/run/enforcer-lab";
 pub const BPFFS_ROOT: &str = "/sys/fs/bpf";
 const OWNER: &str = "owner";
 const AGENTS: &str = "agents";
+const META: &str = "meta.json";
+
+/// What `lab list` shows of a run, and what the commands on a live lab need to find it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Meta {
+    /// The name given to `lab up` (none for `lab run`).
+    pub name: Option<String>,
+    /// `run` (a scenario run) or `up` (a lab left running).
+    pub kind: String,
+    pub nodes: Vec<String>,
+    /// Seconds since the epoch.
+    pub started: u64,
+}
+
+impl Meta {
+    pub fn for_run(name: Option<String>, plan: &crate::plan::Plan, kind: &str) -> Meta {
+        Meta {
+            name,
+            kind: kind.to_string(),
+            nodes: plan.nodes.iter().map(|n| n.name.clone()).collect(),
+            started: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+        }
+    }
+}
+
+pub fn write_meta(prefix: &str, meta: &Meta) -> Result<()> {
+    let path = run_dir(prefix).join(META);
+    crate::manifests::write_atomic(&path, &serde_json::to_vec_pretty(meta)?)
+}
+
+pub fn read_meta(prefix: &str) -> Option<Meta> {
+    let text = std::fs::read(run_dir(prefix).join(META)).ok()?;
+    serde_json::from_slice(&text).ok()
+}
 
 /// `enf-` + 6 hex digits + `-`.
 pub fn is_prefix(s: &str) -> bool {
@@ -92,6 +128,7 @@ pub struct RunInfo {
     pub owner: Option<u32>,
     pub alive: bool,
     pub netns: Vec<String>,
+    pub meta: Option<Meta>,
 }
 
 /// Every run known by its folder or by namespaces carrying a run prefix.
@@ -128,6 +165,7 @@ pub fn list() -> Vec<RunInfo> {
                 .cloned()
                 .collect();
             RunInfo {
+                meta: read_meta(&prefix),
                 prefix,
                 owner,
                 alive,

@@ -30,7 +30,10 @@ fn err<T>(path: &str, reason: impl Into<String>) -> Result<T, ScenarioError> {
 
 pub type Labels = BTreeMap<String, String>;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "UPPERCASE")]
 pub enum Protocol {
     Tcp,
     Udp,
@@ -54,7 +57,10 @@ impl fmt::Display for Protocol {
 }
 
 /// A port as a probe or a Service gives it: a number or a name of the target's ports.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(untagged)]
 pub enum PortRef {
     Number(u16),
     Name(String),
@@ -99,7 +105,7 @@ pub struct HostSpec {
     pub ports: Vec<PortSpec>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ServicePort {
     pub name: Option<String>,
     pub port: u16,
@@ -107,8 +113,11 @@ pub struct ServicePort {
     pub protocol: Protocol,
 }
 
+/// A ClusterIP Service, from the scenario's `services` or a `kind: Service` object.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServiceSpec {
+    /// Where it is in the file, for messages.
+    pub path: String,
     pub namespace: String,
     pub name: String,
     pub cluster_ip: Option<IpAddr>,
@@ -187,10 +196,15 @@ pub struct Object {
     pub path: String,
     pub key: ObjectKey,
     pub value: serde_json::Value,
+    /// For `kind: Service`: what the lab translates.
+    pub service: Option<ServiceSpec>,
 }
 
-/// kind, namespace (NetworkPolicy defaults to `default`, as `kubectl apply` without `-n`), name.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+/// kind, namespace (NetworkPolicy and Service default to `default`, as `kubectl apply` without
+/// `-n`), name.
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub struct ObjectKey {
     pub kind: String,
     pub namespace: Option<String>,
@@ -209,7 +223,7 @@ impl fmt::Display for ObjectKey {
 impl ObjectKey {
     pub fn new(kind: &str, namespace: Option<String>, name: &str) -> Self {
         let namespace = match (kind, namespace) {
-            ("NetworkPolicy", None) => Some("default".to_string()),
+            ("NetworkPolicy" | "Service", None) => Some("default".to_string()),
             (_, ns) => ns,
         };
         ObjectKey {
@@ -710,25 +724,137 @@ fn object(v: &Value, path: &str) -> Result<Object, ScenarioError> {
         None => None,
         Some(v) => Some(string(v, &join(&mpath, "namespace"))?),
     };
-    if matches!(kind.as_str(), "Pod" | "Namespace" | "Service") {
+    if matches!(kind.as_str(), "Pod" | "Namespace") {
         return err(
             &join(path, "kind"),
             format!(
                 "{kind} objects are made by the lab: declare them under `{}` instead",
-                match kind.as_str() {
-                    "Pod" => "pods",
-                    "Namespace" => "namespaces",
-                    _ => "services",
-                }
+                if kind == "Pod" { "pods" } else { "namespaces" }
             ),
         );
     }
+    let service = if kind == "Service" {
+        Some(service_object(m, path, namespace.as_deref(), &name)?)
+    } else {
+        None
+    };
     let value = serde_json::to_value(v)
         .or_else(|e| err(path, format!("cannot be represented as JSON: {e}")))?;
     Ok(Object {
         path: path.to_string(),
         key: ObjectKey::new(&kind, namespace, &name),
         value,
+        service,
+    })
+}
+
+/// The ports of a Service (`strict`: the scenario's `services`, where unknown keys are errors;
+/// otherwise a Kubernetes object, whose other fields are the API server's business).
+fn service_ports(m: &Mapping, path: &str, strict: bool) -> Result<Vec<ServicePort>, ScenarioError> {
+    let mut out: Vec<ServicePort> = Vec::new();
+    let list = items(m, path, "ports")?;
+    for (pp, v) in &list {
+        let pm = if strict {
+            mapping(v, pp, &["name", "port", "targetPort", "protocol"])?
+        } else {
+            match v {
+                Value::Mapping(pm) => pm,
+                other => return err(pp, format!("expected a mapping, got {}", kind_of(other))),
+            }
+        };
+        let name = match field(pm, "name") {
+            None => None,
+            Some(v) => {
+                let s = string(v, &join(pp, "name"))?;
+                dns_label(&s, &join(pp, "name"))?;
+                Some(s)
+            }
+        };
+        let port = port_number(required(pm, pp, "port")?, &join(pp, "port"))?;
+        let target_port = match field(pm, "targetPort") {
+            None => PortRef::Number(port),
+            Some(v) => port_ref(v, &join(pp, "targetPort"))?,
+        };
+        let protocol = protocol(pm, pp)?;
+        if list.len() > 1 && name.is_none() {
+            return err(
+                &join(pp, "name"),
+                "required when a Service has more than one port",
+            );
+        }
+        if let Some(n) = &name
+            && out.iter().any(|o| o.name.as_ref() == Some(n))
+        {
+            return err(&join(pp, "name"), format!("port name {n:?} is used twice"));
+        }
+        if out.iter().any(|o| o.port == port && o.protocol == protocol) {
+            return err(pp, format!("{protocol} port {port} is listed twice"));
+        }
+        out.push(ServicePort {
+            name,
+            port,
+            target_port,
+            protocol,
+        });
+    }
+    if out.is_empty() {
+        return err(&join(path, "ports"), "a Service needs at least one port");
+    }
+    Ok(out)
+}
+
+/// A `kind: Service` object (apiVersion v1): only ClusterIP Services with a cluster IP.
+fn service_object(
+    m: &Mapping,
+    path: &str,
+    namespace: Option<&str>,
+    name: &str,
+) -> Result<ServiceSpec, ScenarioError> {
+    let mpath = join(path, "metadata");
+    dns_label(name, &join(&mpath, "name"))?;
+    let namespace = namespace.unwrap_or("default").to_string();
+    dns_label(&namespace, &join(&mpath, "namespace"))?;
+    let spath = join(path, "spec");
+    let Value::Mapping(spec) = required(m, path, "spec")? else {
+        return err(&spath, "expected a mapping");
+    };
+    if let Some(t) = field(spec, "type") {
+        let t = string(t, &join(&spath, "type"))?;
+        if t != "ClusterIP" {
+            return err(
+                &join(&spath, "type"),
+                format!("the lab translates ClusterIP Services only, not {t}"),
+            );
+        }
+    }
+    let mut cluster_ip = None;
+    if let Some(v) = field(spec, "clusterIP") {
+        let p = join(&spath, "clusterIP");
+        if v.as_str() == Some("None") {
+            return err(&p, "headless Services (clusterIP: None) are not supported");
+        }
+        cluster_ip = Some(ip(v, &p)?);
+    }
+    for (p, v) in items(spec, &spath, "clusterIPs")? {
+        let a = ip(v, &p)?;
+        match cluster_ip {
+            None => cluster_ip = Some(a),
+            Some(c) if c == a => {}
+            Some(c) if c.is_ipv4() == a.is_ipv4() => {
+                return err(&p, format!("{a} differs from spec.clusterIP {c}"));
+            }
+            // A second family: the lab translates the first cluster IP only.
+            Some(_) => {}
+        }
+    }
+    let selector = labels(field(spec, "selector"), &join(&spath, "selector"))?;
+    Ok(ServiceSpec {
+        path: path.to_string(),
+        namespace,
+        name: name.to_string(),
+        cluster_ip,
+        selector,
+        ports: service_ports(spec, &spath, false)?,
     })
 }
 
@@ -913,34 +1039,19 @@ pub fn parse(text: &str) -> Result<Scenario, ScenarioError> {
             Some(v) => Some(ip(v, &join(&p, "clusterIP"))?),
         };
         let selector = labels(field(sm, "selector"), &join(&p, "selector"))?;
-        let mut sports: Vec<ServicePort> = Vec::new();
-        for (pp, v) in items(sm, &p, "ports")? {
-            let pm = mapping(v, &pp, &["name", "port", "targetPort", "protocol"])?;
-            let name = match field(pm, "name") {
-                None => None,
-                Some(v) => Some(string(v, &join(&pp, "name"))?),
-            };
-            let port = port_number(required(pm, &pp, "port")?, &join(&pp, "port"))?;
-            let target_port = match field(pm, "targetPort") {
-                None => PortRef::Number(port),
-                Some(v) => port_ref(v, &join(&pp, "targetPort"))?,
-            };
-            sports.push(ServicePort {
-                name,
-                port,
-                target_port,
-                protocol: protocol(pm, &pp)?,
-            });
-        }
-        if sports.is_empty() {
-            return err(&join(&p, "ports"), "a Service needs at least one port");
+        if services
+            .iter()
+            .any(|x| x.namespace == namespace && x.name == name)
+        {
+            return err(&p, format!("Service {namespace}/{name} is listed twice"));
         }
         services.push(ServiceSpec {
+            ports: service_ports(sm, &p, true)?,
+            path: p,
             namespace,
             name,
             cluster_ip,
             selector,
-            ports: sports,
         });
     }
 

@@ -42,7 +42,12 @@ pub struct Outcome {
     pub detail: String,
     /// The source port the probe used, to find its events.
     pub src_port: Option<u16>,
+    /// Who answered: `<endpoint> <address:port>` as the server says (TCP to a Service, UDP).
+    pub backend: Option<String>,
 }
+
+/// What a UDP server appends to an echo, before its name.
+const ECHO_SEP: &[u8] = b"\n@";
 
 fn domain(ip: &IpAddr) -> Domain {
     if ip.is_ipv4() {
@@ -87,9 +92,16 @@ fn bound_socket(proto: Protocol, ip: IpAddr, port: u16) -> io::Result<Option<Soc
     Ok(Some(s))
 }
 
-/// Starts the servers of one pod: for each address and declared port, a TCP listener that
-/// accepts and closes, a UDP echo, or an SCTP listener (where the kernel has SCTP).
-pub fn serve(ns: &Netns, ips: &[IpAddr], ports: &[(Protocol, u16)]) -> Result<Vec<JoinHandle<()>>> {
+/// Starts the servers of one pod or host named `name`: for each address and declared port, a
+/// TCP listener that sends `<name> <its address:port>\n` and closes, a UDP echo that appends
+/// `\n@<name> <address:port>` to what it echoes, or an SCTP listener (where the kernel has
+/// SCTP). The name tells a probe through a Service which backend answered.
+pub fn serve(
+    ns: &Netns,
+    name: &str,
+    ips: &[IpAddr],
+    ports: &[(Protocol, u16)],
+) -> Result<Vec<JoinHandle<()>>> {
     let ips = ips.to_vec();
     let ports = ports.to_vec();
     let sockets = ns.run(move || {
@@ -110,13 +122,22 @@ pub fn serve(ns: &Netns, ips: &[IpAddr], ports: &[(Protocol, u16)]) -> Result<Ve
     })?;
     let mut tasks = Vec::new();
     for (proto, s) in sockets {
+        let ident = match s.local_addr().ok().and_then(|a| a.as_socket()) {
+            Some(a) => format!("{name} {a}"),
+            None => name.to_string(),
+        };
         tasks.push(match proto {
             Protocol::Tcp => {
                 let l = tokio::net::TcpListener::from_std(s.into())?;
+                let hello = format!("{ident}\n").into_bytes();
                 tokio::spawn(async move {
                     loop {
                         match l.accept().await {
-                            Ok((conn, _)) => drop(conn),
+                            Ok((conn, _)) => {
+                                // A fresh socket's send buffer is empty: this cannot block.
+                                let _ = conn.try_write(&hello);
+                                drop(conn);
+                            }
                             Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
                         }
                     }
@@ -124,11 +145,13 @@ pub fn serve(ns: &Netns, ips: &[IpAddr], ports: &[(Protocol, u16)]) -> Result<Ve
             }
             Protocol::Udp => {
                 let u = tokio::net::UdpSocket::from_std(s.into())?;
+                let suffix = [ECHO_SEP, ident.as_bytes()].concat();
                 tokio::spawn(async move {
                     let mut buf = vec![0u8; 2048];
                     loop {
                         if let Ok((n, from)) = u.recv_from(&mut buf).await {
-                            let _ = u.send_to(&buf[..n], from).await;
+                            let reply = [&buf[..n], &suffix[..]].concat();
+                            let _ = u.send_to(&reply, from).await;
                         }
                     }
                 })
@@ -167,11 +190,13 @@ fn deny(detail: impl Into<String>, src_port: Option<u16>) -> Outcome {
         observed: Observed::Deny,
         detail: detail.into(),
         src_port,
+        backend: None,
     }
 }
 
 /// Sends one probe from `src` (an address of the pod in `ns`) to `dst:port`. A connection
-/// established (TCP, SCTP) or a payload echoed (UDP) within `timeout` is `allow`.
+/// established (TCP, SCTP) or a payload echoed (UDP) within `timeout` is `allow`. With
+/// `who_answers`, a TCP probe also reads the server's name (which backend of a Service).
 pub async fn probe(
     ns: &Netns,
     proto: Protocol,
@@ -179,6 +204,7 @@ pub async fn probe(
     dst: SocketAddr,
     timeout: Duration,
     payload: Vec<u8>,
+    who_answers: bool,
 ) -> Result<Outcome> {
     let sock = ns.run(move || {
         let s = bound_socket(proto, src, 0).with_context(|| format!("{proto} socket on {src}"))?;
@@ -196,43 +222,86 @@ pub async fn probe(
             observed: Observed::Unsupported,
             detail: format!("this kernel has no {proto} sockets"),
             src_port: None,
+            backend: None,
         });
     };
+    let started = tokio::time::Instant::now();
     match proto {
-        Protocol::Tcp | Protocol::Sctp => Ok(connect(sock, dst, timeout, src_port).await),
+        Protocol::Tcp if who_answers => {
+            let (out, sock) = connect(sock, dst, timeout, src_port).await;
+            match (out.observed, sock) {
+                (Observed::Allow, Some(sock)) => {
+                    let left = timeout.saturating_sub(started.elapsed());
+                    let backend = read_hello(sock, left.max(Duration::from_millis(200))).await;
+                    Ok(Outcome { backend, ..out })
+                }
+                _ => Ok(out),
+            }
+        }
+        Protocol::Tcp | Protocol::Sctp => Ok(connect(sock, dst, timeout, src_port).await.0),
         Protocol::Udp => echo(sock, dst, timeout, payload, src_port).await,
     }
 }
 
+/// The first line a TCP server sends (its name), if it comes within `wait`.
+async fn read_hello(sock: AsyncFd<Socket>, wait: Duration) -> Option<String> {
+    use tokio::io::AsyncReadExt;
+    let std_sock: std::net::TcpStream = sock.into_inner().into();
+    let mut stream = tokio::net::TcpStream::from_std(std_sock).ok()?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 256];
+    let read = async {
+        loop {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    buf.extend_from_slice(&chunk[..n]);
+                    if buf.contains(&b'\n') || buf.len() > 1024 {
+                        break;
+                    }
+                }
+            }
+        }
+    };
+    let _ = tokio::time::timeout(wait, read).await;
+    let text = String::from_utf8_lossy(&buf);
+    let line = text.lines().next()?.trim();
+    (!line.is_empty()).then(|| line.to_string())
+}
+
+/// Connects; the socket comes back when the connection is established.
 async fn connect(
     sock: Socket,
     dst: SocketAddr,
     timeout: Duration,
     src_port: Option<u16>,
-) -> Outcome {
+) -> (Outcome, Option<AsyncFd<Socket>>) {
     let allow = Outcome {
         observed: Observed::Allow,
         detail: "connected".into(),
         src_port,
+        backend: None,
     };
     match sock.connect(&SockAddr::from(dst)) {
-        Ok(()) => return allow,
+        Ok(()) => {}
         Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
-        Err(e) => return deny(classify(&e), src_port),
+        Err(e) => return (deny(classify(&e), src_port), None),
     }
     // SAFETY: the socket owns its descriptor for as long as the AsyncFd holds it.
     let fd = match unsafe { AsyncFd::register_with_interest(sock, Interest::WRITABLE) } {
         Ok(fd) => fd,
-        Err(e) => return deny(io::Error::from(e).to_string(), src_port),
+        Err(e) => return (deny(io::Error::from(e).to_string(), src_port), None),
     };
-    match tokio::time::timeout(timeout, fd.writable()).await {
+    let out = match tokio::time::timeout(timeout, fd.writable()).await {
         Err(_) => deny("timeout", src_port),
         Ok(Err(e)) => deny(e.to_string(), src_port),
         Ok(Ok(_guard)) => match fd.get_ref().take_error() {
             Ok(None) => allow,
             Ok(Some(e)) | Err(e) => deny(classify(&e), src_port),
         },
-    }
+    };
+    let established = out.observed == Observed::Allow;
+    (out, established.then_some(fd))
 }
 
 async fn echo(
@@ -257,12 +326,19 @@ async fn echo(
         loop {
             match tokio::time::timeout_at(wait_until, u.recv(&mut buf)).await {
                 Err(_) => break,
-                Ok(Ok(n)) if buf[..n] == payload[..] => {
-                    return Ok(Outcome {
-                        observed: Observed::Allow,
-                        detail: "echoed".into(),
-                        src_port,
-                    });
+                Ok(Ok(n)) if buf[..n].starts_with(&payload) => {
+                    let rest = &buf[payload.len()..n];
+                    let backend = rest
+                        .strip_prefix(ECHO_SEP)
+                        .map(|b| String::from_utf8_lossy(b).into_owned());
+                    if rest.is_empty() || backend.is_some() {
+                        return Ok(Outcome {
+                            observed: Observed::Allow,
+                            detail: "echoed".into(),
+                            src_port,
+                            backend,
+                        });
+                    }
                 }
                 Ok(Ok(_)) => continue, // an echo of an earlier send of another probe: ignore
                 // ICMP port unreachable: the datagram got there and nothing listens.

@@ -87,6 +87,33 @@ fn without_enforcement_exactly_the_served_ports_answer() {
     }
 }
 
+/// Services: every probe through one is answered by one of its backends (the run checks who
+/// answered, a wrong one is a mismatch), on both nodes; both backends answer, over the probes.
+#[test]
+fn services_reach_their_backends_from_every_node() {
+    need_root!();
+    let (plan, prefix) = scenario("services.yaml");
+    let r = run_plan(&plan, &common::fake_agent(""), &common::options()).unwrap();
+    assert_eq!(r.mismatches(), 0, "{}", r.render());
+    let mut answered_by = std::collections::BTreeSet::new();
+    for s in &r.steps {
+        for p in &s.probes {
+            if p.probe.service.is_some() && p.outcome.observed == Observed::Allow {
+                let b = p
+                    .outcome
+                    .backend
+                    .clone()
+                    .expect("a Service probe says who answered");
+                answered_by.insert(b.split_whitespace().next().unwrap().to_string());
+            }
+        }
+    }
+    assert!(answered_by.contains("x/web-1"), "{answered_by:?}");
+    assert!(answered_by.contains("x/web-2"), "{answered_by:?}");
+    assert!(answered_by.contains("x/db"), "{answered_by:?}");
+    common::assert_clean(&prefix);
+}
+
 #[test]
 fn the_demo_runs_and_its_first_step_is_all_allowed() {
     need_root!();
@@ -142,7 +169,11 @@ fn an_agent_that_never_reports_times_out() {
 #[test]
 fn lab_namespaces_only_route_lab_addresses() {
     need_root!();
-    for name in ["dual-stack-relabel.yaml", "multi-node-hosts.yaml"] {
+    for name in [
+        "dual-stack-relabel.yaml",
+        "multi-node-hosts.yaml",
+        "services.yaml",
+    ] {
         check_routes(name);
     }
 }
@@ -172,11 +203,17 @@ fn check_routes(name: &str) {
     assert!(problems.is_empty(), "{problems:?}");
     common::assert_clean(&prefix);
 
+    // Pod, host and node addresses, and the cluster IPs (routed to the nodes, which route
+    // them to a bridge without ports).
     let lab: Vec<String> = plan
         .lab_addresses()
         .iter()
         .chain(plan.nodes.iter().flat_map(|n| n.fabric_ips.iter()))
         .map(|a| a.to_string())
+        .chain(plan.service_routes().iter().map(|(ip, len)| match len {
+            32 | 128 => ip.to_string(),
+            _ => format!("{ip}/{len}"),
+        }))
         .collect();
     for (ns, text) in &routes {
         for line in text.lines() {
