@@ -214,10 +214,13 @@ pub mod policy_flags {
 
 // --- Connection tracking ----------------------------------------------------------------------
 
-/// `CONNTRACK` LRU key: the tuple as the packet carries it, at one endpoint and direction. A new
-/// flow that passes inserts two entries: its own tuple at (endpoint, direction) and the reversed
-/// tuple at (endpoint, other direction), so every later packet of the flow, either way, costs one
-/// lookup.
+/// `CONNTRACK` LRU key: the tuple as the packet carries it, at one interface and direction. A
+/// new flow that passes inserts two entries: its own tuple at (interface, direction) and the
+/// reversed tuple at (interface, other direction), so every later packet of the flow, either
+/// way, costs one lookup, made before the endpoint lookup. Keyed by ifindex (what the packet
+/// brings) rather than endpoint id: an entry outliving its endpoint is harmless because every
+/// endpoint change bumps the policy revision, and an entry of an older revision is re-checked
+/// against the interface's current endpoint before it admits anything.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct CtKey {
@@ -229,7 +232,7 @@ pub struct CtKey {
     pub proto: u8,
     pub direction: u8,
     pub _pad: u16,
-    pub endpoint_id: u32,
+    pub ifindex: u32,
 }
 const _: () = assert!(core::mem::size_of::<CtKey>() == 44);
 
@@ -244,7 +247,7 @@ impl CtKey {
             proto: self.proto,
             direction: self.direction ^ 1,
             _pad: 0,
-            endpoint_id: self.endpoint_id,
+            ifindex: self.ifindex,
         }
     }
 }
@@ -261,7 +264,8 @@ pub mod ct_flags {
 pub struct CtValue {
     /// bpf_ktime_get_ns() of creation.
     pub created_ns: u64,
-    /// Policy revision (`Config::revision`) the flow was admitted under.
+    /// Policy revision (`Config::revision`) the flow was last judged under; a packet that finds
+    /// an older one has the flow judged again under the current policy.
     pub revision: u32,
     /// `ct_flags::*`.
     pub flags: u32,
@@ -350,7 +354,11 @@ pub mod reason {
     /// A non-first fragment whose first fragment was not seen (or not allowed): its ports are
     /// unknown, so no port rule can be checked.
     pub const FRAGMENT_UNKNOWN: u8 = 7;
-    pub const COUNT: usize = 8;
+    /// An established flow that the current policy no longer allows (re-checked once after a
+    /// policy change).
+    pub const POLICY_REVOKED: u8 = 8;
+    /// Slots reserved for reasons in the counters.
+    pub const COUNT: usize = 16;
 
     pub const fn name(r: u8) -> &'static str {
         match r {
@@ -362,6 +370,7 @@ pub mod reason {
             ALLOWED_NOT_ISOLATED => "not-isolated",
             ALLOWED_HOST => "host",
             FRAGMENT_UNKNOWN => "fragment-without-first",
+            POLICY_REVOKED => "policy-revoked",
             _ => "unknown",
         }
     }
@@ -432,7 +441,7 @@ mod tests {
             proto: 6,
             direction: direction::EGRESS,
             _pad: 0,
-            endpoint_id: 7,
+            ifindex: 7,
         };
         let r = k.reversed();
         assert_eq!(r.saddr, [2; 16]);

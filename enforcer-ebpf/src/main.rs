@@ -126,32 +126,68 @@ pub fn empty(_ctx: TcContext) -> i32 {
 #[inline(always)]
 fn endpoint_program(ctx: &TcContext, dir: u8) -> i32 {
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    // SAFETY: the value is copied out at once; the agent replaces entries whole.
-    let Some(ep) = (unsafe { ENDPOINTS.get(&ifindex) }).copied() else {
-        return PASS;
-    };
-    let ep_mode = if dir == direction::INGRESS {
-        ep.ingress_mode
-    } else {
-        ep.egress_mode
-    };
-    if ep_mode == mode::UNMANAGED {
-        return PASS;
-    }
-    try_endpoint(ctx, &ep, ifindex, ep_mode, dir)
-}
-
-#[inline(always)]
-fn try_endpoint(ctx: &TcContext, ep: &EndpointInfo, ifindex: u32, ep_mode: u32, dir: u8) -> i32 {
     let Some(pkt) = SCRATCH.get_ptr_mut(0) else {
         // Cannot happen (a one-slot array always has slot 0); failing closed is still right.
         return DROP;
     };
     // SAFETY: this CPU's slot, used by this program invocation only (TC programs do not nest on
-    // one CPU); reset below before use.
+    // one CPU); reset before use.
     let pkt = unsafe { &mut *pkt };
     pkt.reset();
-    match parse(ctx, pkt) {
+    let parsed = parse(ctx, pkt);
+    let config = config();
+
+    // Conntrack first, before even the endpoint lookup: an established flow, a reply, or an ICMP
+    // error about one, admitted under the current policy revision, costs this one lookup.
+    if parsed == PARSE_IP {
+        let ct_key = if pkt.kind == KIND_ICMP_ERROR {
+            pkt.quoted.related_key(ifindex, dir)
+        } else {
+            pkt.flow.ct_key(ifindex, dir)
+        };
+        if let Some(ct) = CONNTRACK.get_ptr_mut(&ct_key) {
+            // SAFETY: a live LRU value; fields are read and written whole.
+            if unsafe { (*ct).revision } == config.revision || pkt.kind == KIND_ICMP_ERROR {
+                return PASS;
+            }
+            return recheck(ctx, ifindex, dir, pkt, &ct_key, ct, &config);
+        }
+    }
+
+    // SAFETY: the value is copied out at once; the agent replaces entries whole.
+    let Some(ep) = (unsafe { ENDPOINTS.get(&ifindex) }).copied() else {
+        return PASS;
+    };
+    let ep_mode = mode_of(&ep, dir);
+    if ep_mode == mode::UNMANAGED {
+        return PASS;
+    }
+    try_new_flow(ctx, &ep, ifindex, ep_mode, dir, parsed, pkt, &config)
+}
+
+#[inline(always)]
+fn mode_of(ep: &EndpointInfo, dir: u8) -> u32 {
+    if dir == direction::INGRESS {
+        ep.ingress_mode
+    } else {
+        ep.egress_mode
+    }
+}
+
+/// A packet of a managed direction that conntrack does not know.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn try_new_flow(
+    ctx: &TcContext,
+    ep: &EndpointInfo,
+    ifindex: u32,
+    ep_mode: u32,
+    dir: u8,
+    parsed: u8,
+    pkt: &mut Packet,
+    config: &Config,
+) -> i32 {
+    match parsed {
         PARSE_IP => {}
         // Non-IP (ARP above all) is not NetworkPolicy's business; neighbour discovery is to IPv6
         // what ARP is to IPv4: no pod works without either.
@@ -165,21 +201,10 @@ fn try_endpoint(ctx: &TcContext, ep: &EndpointInfo, ifindex: u32, ep_mode: u32, 
         let why = Why::new(reason::ENDPOINT_DENY_ALL);
         return drop_packet(ctx, ep, ifindex, dir, &pkt.flow, &why);
     }
-
-    // Conntrack first: an established flow, a reply, or an ICMP error about one, passes here.
-    let ct_key = if pkt.kind == KIND_ICMP_ERROR {
-        pkt.quoted.related_key(ep.endpoint_id, dir)
-    } else {
-        pkt.flow.ct_key(ep.endpoint_id, dir)
-    };
-    if CONNTRACK.get_ptr(&ct_key).is_some() {
-        return PASS;
-    }
     if pkt.kind == KIND_UNKNOWN_FRAGMENT {
         let why = Why::new(reason::FRAGMENT_UNKNOWN);
         return drop_packet(ctx, ep, ifindex, dir, &pkt.flow, &why);
     }
-
     let why = if ep_mode == mode::ENFORCE {
         decide(ep, dir, &pkt.flow)
     } else {
@@ -189,8 +214,67 @@ fn try_endpoint(ctx: &TcContext, ep: &EndpointInfo, ifindex: u32, ep_mode: u32, 
     if !why.allowed {
         return drop_packet(ctx, ep, ifindex, dir, &pkt.flow, &why);
     }
-    admit(ctx, ep, ifindex, dir, pkt, &ct_key, &why);
+    admit(ctx, ep, ifindex, dir, pkt, &why, config);
     PASS
+}
+
+/// A conntrack hit admitted under an older policy revision: judge the flow again, once, under
+/// the current policy (in the direction it was opened), so a revoked policy cuts established
+/// connections instead of letting them live on.
+#[inline(always)]
+fn recheck(
+    ctx: &TcContext,
+    ifindex: u32,
+    dir: u8,
+    pkt: &mut Packet,
+    ct_key: &CtKey,
+    ct: *mut CtValue,
+    config: &Config,
+) -> i32 {
+    // SAFETY: the value is copied out at once.
+    let Some(ep) = (unsafe { ENDPOINTS.get(&ifindex) }).copied() else {
+        // No longer an endpoint: nothing to enforce here.
+        return PASS;
+    };
+    // SAFETY: a live LRU value, read whole.
+    let flags = unsafe { (*ct).flags };
+    let opened_dir = if flags & ct_flags::REPLY != 0 {
+        pkt.opened = pkt.flow.reversed();
+        dir ^ 1
+    } else {
+        pkt.opened = pkt.flow;
+        dir
+    };
+    let mut why = match mode_of(&ep, opened_dir) {
+        mode::ENFORCE => decide(&ep, opened_dir, &pkt.opened),
+        mode::DENY_ALL => Why::new(reason::ENDPOINT_DENY_ALL),
+        _ => Why::new(reason::ALLOWED_NOT_ISOLATED),
+    };
+    let other = ct_key.reversed();
+    if why.allowed {
+        // SAFETY: as above; a field write of a live value.
+        unsafe {
+            (*ct).revision = config.revision;
+            (*ct).policy_id = why.policy_id;
+            (*ct).rule_index = why.rule_index as u32;
+        }
+        if let Some(o) = CONNTRACK.get_ptr_mut(&other) {
+            // SAFETY: as above.
+            unsafe {
+                (*o).revision = config.revision;
+                (*o).policy_id = why.policy_id;
+                (*o).rule_index = why.rule_index as u32;
+            }
+        }
+        return PASS;
+    }
+    let _ = CONNTRACK.remove(ct_key);
+    let _ = CONNTRACK.remove(&other);
+    if why.reason == reason::NO_RULE {
+        why.reason = reason::POLICY_REVOKED;
+    }
+    count(why.reason as u32);
+    drop_packet(ctx, &ep, ifindex, dir, &pkt.flow, &why)
 }
 
 // --- Parsing ----------------------------------------------------------------------------------
@@ -213,11 +297,67 @@ const KIND_UNKNOWN_FRAGMENT: u8 = 3;
 /// ICMP error: `quoted` holds the packet it is about.
 const KIND_ICMP_ERROR: u8 = 4;
 
+/// An address as it sits in the packet (network order), held in 32-bit words: BPF has no
+/// unaligned loads, so a `[u8; 16]` would be copied byte by byte (through a byte-loop memcpy),
+/// while words move in four instructions. The memory layout is the same as `[u8; 16]`.
+type Addr = [u32; 4];
+
+/// `::ffff:0:0/96` in the first three words, as they sit in memory.
+const V4_MAPPED_WORD2: u32 = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
+
+#[inline(always)]
+fn v4_mapped(a: u32) -> Addr {
+    [0, 0, V4_MAPPED_WORD2, a]
+}
+
+#[inline(always)]
+fn addr_key(a: &Addr) -> IpAddrKey {
+    // SAFETY: IpAddrKey is 16 bytes of plain data, laid out as the words are.
+    unsafe { core::mem::transmute::<Addr, IpAddrKey>(*a) }
+}
+
+/// A conntrack key built word by word (see `Addr`); the layout is `CtKey`'s, asserted below.
+#[inline(always)]
+fn ct_key(
+    saddr: &Addr,
+    daddr: &Addr,
+    sport_be: u16,
+    dport_be: u16,
+    proto: u8,
+    dir: u8,
+    ifindex: u32,
+) -> CtKey {
+    let w: [u32; 11] = [
+        saddr[0],
+        saddr[1],
+        saddr[2],
+        saddr[3],
+        daddr[0],
+        daddr[1],
+        daddr[2],
+        daddr[3],
+        u32::from_ne_bytes(pair(sport_be, dport_be)),
+        u32::from_ne_bytes([proto, dir, 0, 0]),
+        ifindex,
+    ];
+    // SAFETY: CtKey is 44 bytes of plain data: saddr, daddr, sport_be, dport_be, proto,
+    // direction, _pad, ifindex, in this order (repr(C), no implicit padding).
+    unsafe { core::mem::transmute::<[u32; 11], CtKey>(w) }
+}
+const _: () = assert!(core::mem::size_of::<CtKey>() == 44);
+
+#[inline(always)]
+fn pair(a: u16, b: u16) -> [u8; 4] {
+    let a = a.to_ne_bytes();
+    let b = b.to_ne_bytes();
+    [a[0], a[1], b[0], b[1]]
+}
+
 /// The addresses, protocol and ports of a packet, as it travels.
 #[derive(Clone, Copy)]
 struct Flow {
-    saddr: [u8; 16],
-    daddr: [u8; 16],
+    saddr: Addr,
+    daddr: Addr,
     /// TCP/UDP/SCTP ports; for ICMP echo the identifier (request: source, reply: destination).
     sport_be: u16,
     dport_be: u16,
@@ -229,16 +369,27 @@ struct Flow {
 
 impl Flow {
     #[inline(always)]
-    fn ct_key(&self, endpoint_id: u32, dir: u8) -> CtKey {
-        CtKey {
-            saddr: self.saddr,
-            daddr: self.daddr,
-            sport_be: self.sport_be,
-            dport_be: self.dport_be,
-            proto: self.proto,
-            direction: dir,
-            _pad: 0,
-            endpoint_id,
+    fn ct_key(&self, ifindex: u32, dir: u8) -> CtKey {
+        ct_key(
+            &self.saddr,
+            &self.daddr,
+            self.sport_be,
+            self.dport_be,
+            self.proto,
+            dir,
+            ifindex,
+        )
+    }
+
+    /// The same flow seen from the other end.
+    #[inline(always)]
+    fn reversed(&self) -> Self {
+        Self {
+            saddr: self.daddr,
+            daddr: self.saddr,
+            sport_be: self.dport_be,
+            dport_be: self.sport_be,
+            ..*self
         }
     }
 }
@@ -246,8 +397,8 @@ impl Flow {
 /// The original packet an ICMP error quotes.
 #[derive(Clone, Copy)]
 struct Quoted {
-    saddr: [u8; 16],
-    daddr: [u8; 16],
+    saddr: Addr,
+    daddr: Addr,
     sport_be: u16,
     dport_be: u16,
     proto: u8,
@@ -257,17 +408,16 @@ impl Quoted {
     /// The error travels against the quoted packet, so it belongs to the flow whose reply
     /// direction is this one: the quoted tuple, reversed, in this direction.
     #[inline(always)]
-    fn related_key(&self, endpoint_id: u32, dir: u8) -> CtKey {
-        CtKey {
-            saddr: self.daddr,
-            daddr: self.saddr,
-            sport_be: self.dport_be,
-            dport_be: self.sport_be,
-            proto: self.proto,
-            direction: dir,
-            _pad: 0,
-            endpoint_id,
-        }
+    fn related_key(&self, ifindex: u32, dir: u8) -> CtKey {
+        ct_key(
+            &self.daddr,
+            &self.saddr,
+            self.dport_be,
+            self.sport_be,
+            self.proto,
+            dir,
+            ifindex,
+        )
     }
 }
 
@@ -275,35 +425,54 @@ struct Packet {
     flow: Flow,
     /// `KIND_*`.
     kind: u8,
+    /// Set once the addresses were read from this packet.
+    have_addrs: u8,
     /// Set when the packet is a fragment.
     is_fragment: u8,
     is_first_fragment: u8,
     frag_id: u32,
     l4_off: usize,
     quoted: Quoted,
+    /// The flow in the direction it was opened (re-checks of replies).
+    opened: Flow,
 }
 
 impl Packet {
-    /// Clears what the parser only sets on some paths (the rest it always writes).
+    /// Clears what the parser sets only on some paths. Addresses are always written before they
+    /// are read, except on early malformed exits, which clear them themselves (clearing them
+    /// here would cost a memset call on every packet).
     #[inline(always)]
     fn reset(&mut self) {
-        self.flow.saddr = [0; 16];
-        self.flow.daddr = [0; 16];
-        self.flow.sport_be = 0;
-        self.flow.dport_be = 0;
-        self.flow.proto = 0;
-        self.flow.family = 0;
-        self.flow.has_ports = 0;
-        self.kind = KIND_PLAIN;
-        self.is_fragment = 0;
-        self.is_first_fragment = 0;
-        self.frag_id = 0;
-        self.l4_off = 0;
+        // Volatile, so LLVM cannot merge the stores into a memset, which BPF lowers to a call
+        // of a byte loop.
+        use core::ptr::write_volatile as w;
+        // SAFETY: plain field writes through a valid &mut.
+        unsafe {
+            w(&mut self.flow.sport_be, 0);
+            w(&mut self.flow.dport_be, 0);
+            w(&mut self.flow.proto, 0);
+            w(&mut self.flow.family, 0);
+            w(&mut self.flow.has_ports, 0);
+            w(&mut self.kind, KIND_PLAIN);
+            w(&mut self.have_addrs, 0);
+            w(&mut self.is_fragment, 0);
+            w(&mut self.is_first_fragment, 0);
+            w(&mut self.frag_id, 0);
+            w(&mut self.l4_off, 0);
+        }
+    }
+
+    #[inline(always)]
+    fn clear_addrs(&mut self) {
+        self.flow.saddr = [0; 4];
+        self.flow.daddr = [0; 4];
     }
 }
 
-/// Reads a `T` at `off` bytes into the packet: straight from the linear data when it is there
-/// (the common case, and the fast one), else through the helper that also reaches paged data.
+/// Reads a `T` (an integer) at `off` bytes into the packet: straight from the linear data when
+/// it is there (the common case, and the fast one), else through the helper that also reaches
+/// paged data. Packet fields are not always aligned; the kernels we run on (x86-64, arm64) do
+/// unaligned loads, and the verifier only insists on alignment under BPF_F_STRICT_ALIGNMENT.
 #[inline(always)]
 fn read<T: Copy>(ctx: &TcContext, off: usize) -> Result<T, ()> {
     if off > MAX_OFFSET {
@@ -312,44 +481,23 @@ fn read<T: Copy>(ctx: &TcContext, off: usize) -> Result<T, ()> {
     let start = ctx.data();
     let end = ctx.data_end();
     if start + off + core::mem::size_of::<T>() <= end {
-        // SAFETY: bounds checked against data_end just above.
-        Ok(unsafe { core::ptr::read_unaligned((start + off) as *const T) })
+        // SAFETY: bounds checked against data_end just above; T is an integer (see above on
+        // alignment).
+        Ok(unsafe { *((start + off) as *const T) })
     } else {
         ctx.load::<T>(off).map_err(|_| ())
     }
 }
 
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct Ipv4Hdr {
-    version_ihl: u8,
-    tos: u8,
-    tot_len_be: u16,
-    id_be: u16,
-    frag_off_be: u16,
-    ttl: u8,
-    proto: u8,
-    check: u16,
-    saddr: [u8; 4],
-    daddr: [u8; 4],
-}
-
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct Ipv6Hdr {
-    version_class_flow: [u8; 4],
-    payload_len_be: u16,
-    next_header: u8,
-    hop_limit: u8,
-    saddr: [u8; 16],
-    daddr: [u8; 16],
-}
-
+/// An IPv6 address at `off`.
 #[inline(always)]
-fn v4_mapped(a: [u8; 4]) -> [u8; 16] {
-    [
-        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3],
-    ]
+fn read_addr6(ctx: &TcContext, off: usize) -> Result<Addr, ()> {
+    Ok([
+        read::<u32>(ctx, off)?,
+        read::<u32>(ctx, off + 4)?,
+        read::<u32>(ctx, off + 8)?,
+        read::<u32>(ctx, off + 12)?,
+    ])
 }
 
 #[inline(always)]
@@ -365,6 +513,10 @@ fn parse(ctx: &TcContext, pkt: &mut Packet) -> u8 {
         _ => return PARSE_NOT_IP,
     };
     if l3.is_err() {
+        if pkt.have_addrs == 0 {
+            // Cut short before the addresses: report zeros, not the last packet's.
+            pkt.clear_addrs();
+        }
         return PARSE_MALFORMED;
     }
     parse_l4(ctx, pkt)
@@ -373,26 +525,27 @@ fn parse(ctx: &TcContext, pkt: &mut Packet) -> u8 {
 #[inline(always)]
 fn parse_ipv4(ctx: &TcContext, pkt: &mut Packet) -> Result<(), ()> {
     pkt.flow.family = 4;
-    let ip: Ipv4Hdr = read(ctx, ETH_HLEN)?;
-    pkt.flow.saddr = v4_mapped(ip.saddr);
-    pkt.flow.daddr = v4_mapped(ip.daddr);
-    pkt.flow.proto = ip.proto;
-    let ihl = ((ip.version_ihl & 0x0f) as usize) * 4;
-    let tot_len = u16::from_be(ip.tot_len_be) as usize;
-    if ip.version_ihl >> 4 != 4
-        || ihl < 20
-        || tot_len < ihl
-        || ETH_HLEN + tot_len > ctx.len() as usize
+    let version_ihl: u8 = read(ctx, ETH_HLEN)?;
+    let tot_len_be: u16 = read(ctx, ETH_HLEN + 2)?;
+    let id_be: u16 = read(ctx, ETH_HLEN + 4)?;
+    let frag_be: u16 = read(ctx, ETH_HLEN + 6)?;
+    pkt.flow.proto = read(ctx, ETH_HLEN + 9)?;
+    pkt.flow.saddr = v4_mapped(read(ctx, ETH_HLEN + 12)?);
+    pkt.flow.daddr = v4_mapped(read(ctx, ETH_HLEN + 16)?);
+    pkt.have_addrs = 1;
+    let ihl = ((version_ihl & 0x0f) as usize) * 4;
+    let tot_len = u16::from_be(tot_len_be) as usize;
+    if version_ihl >> 4 != 4 || ihl < 20 || tot_len < ihl || ETH_HLEN + tot_len > ctx.len() as usize
     {
         return Err(());
     }
-    let frag = u16::from_be(ip.frag_off_be);
+    let frag = u16::from_be(frag_be);
     let offset = frag & 0x1fff;
     let more = frag & 0x2000 != 0;
     if offset != 0 || more {
         pkt.is_fragment = 1;
         pkt.is_first_fragment = (offset == 0) as u8;
-        pkt.frag_id = u16::from_be(ip.id_be) as u32;
+        pkt.frag_id = u16::from_be(id_be) as u32;
     }
     pkt.l4_off = ETH_HLEN + ihl;
     Ok(())
@@ -401,31 +554,37 @@ fn parse_ipv4(ctx: &TcContext, pkt: &mut Packet) -> Result<(), ()> {
 #[inline(always)]
 fn parse_ipv6(ctx: &TcContext, pkt: &mut Packet) -> Result<(), ()> {
     pkt.flow.family = 6;
-    let ip: Ipv6Hdr = read(ctx, ETH_HLEN)?;
-    pkt.flow.saddr = ip.saddr;
-    pkt.flow.daddr = ip.daddr;
-    pkt.flow.proto = ip.next_header;
-    if ip.version_class_flow[0] >> 4 != 6
-        || ETH_HLEN + 40 + u16::from_be(ip.payload_len_be) as usize > ctx.len() as usize
+    let version: u8 = read(ctx, ETH_HLEN)?;
+    let payload_len_be: u16 = read(ctx, ETH_HLEN + 4)?;
+    let next_header: u8 = read(ctx, ETH_HLEN + 6)?;
+    pkt.flow.saddr = read_addr6(ctx, ETH_HLEN + 8)?;
+    pkt.flow.daddr = read_addr6(ctx, ETH_HLEN + 24)?;
+    pkt.have_addrs = 1;
+    pkt.flow.proto = next_header;
+    if version >> 4 != 6
+        || ETH_HLEN + 40 + u16::from_be(payload_len_be) as usize > ctx.len() as usize
     {
         return Err(());
     }
-    let mut next = ip.next_header;
+    let mut next = next_header;
     let mut off = ETH_HLEN + 40;
     for _ in 0..MAX_EXT_HEADERS {
         match next {
             IPV6_HOPOPTS | IPV6_ROUTING | IPV6_DSTOPTS => {
-                let h: [u8; 2] = read(ctx, off)?;
+                let h: u16 = read(ctx, off)?;
+                let h = h.to_ne_bytes();
                 next = h[0];
                 off += (h[1] as usize + 1) * 8;
             }
             IPV6_AH => {
-                let h: [u8; 2] = read(ctx, off)?;
+                let h: u16 = read(ctx, off)?;
+                let h = h.to_ne_bytes();
                 next = h[0];
                 off += (h[1] as usize + 2) * 4;
             }
             IPV6_FRAGMENT => {
-                let h: [u8; 8] = read(ctx, off)?;
+                let h: u64 = read(ctx, off)?;
+                let h = h.to_ne_bytes();
                 next = h[0];
                 let frag = u16::from_be_bytes([h[2], h[3]]);
                 let offset = frag >> 3;
@@ -483,16 +642,18 @@ fn parse_l4(ctx: &TcContext, pkt: &mut Packet) -> u8 {
         if l4_off + need > ctx.len() as usize {
             return PARSE_MALFORMED;
         }
-        let Ok(ports) = read::<[u16; 2]>(ctx, l4_off) else {
+        let Ok(ports) = read::<u32>(ctx, l4_off) else {
             return PARSE_MALFORMED;
         };
-        pkt.flow.sport_be = ports[0];
-        pkt.flow.dport_be = ports[1];
+        let b = ports.to_ne_bytes();
+        pkt.flow.sport_be = u16::from_ne_bytes([b[0], b[1]]);
+        pkt.flow.dport_be = u16::from_ne_bytes([b[2], b[3]]);
         pkt.flow.has_ports = 1;
     } else if proto == IPPROTO_ICMP || proto == IPPROTO_ICMPV6 {
-        let Ok(h) = read::<[u8; 8]>(ctx, l4_off) else {
+        let Ok(h) = read::<u64>(ctx, l4_off) else {
             return PARSE_MALFORMED;
         };
+        let h = h.to_ne_bytes();
         let v6 = proto == IPPROTO_ICMPV6;
         let id_be = u16::from_ne_bytes([h[4], h[5]]);
         match icmp_class(v6, h[0]) {
@@ -518,13 +679,21 @@ fn is_port_proto(proto: u8) -> bool {
 
 #[inline(always)]
 fn frag_key(flow: &Flow, id: u32) -> FragKey {
-    FragKey {
-        saddr: flow.saddr,
-        daddr: flow.daddr,
+    let w: [u32; 10] = [
+        flow.saddr[0],
+        flow.saddr[1],
+        flow.saddr[2],
+        flow.saddr[3],
+        flow.daddr[0],
+        flow.daddr[1],
+        flow.daddr[2],
+        flow.daddr[3],
         id,
-        proto: flow.proto,
-        _pad: [0; 3],
-    }
+        flow.proto as u32,
+    ];
+    // SAFETY: FragKey is saddr, daddr, id, proto and three padding bytes, repr(C), 40 bytes; on
+    // little-endian `proto as u32` puts proto first and zeroes the padding.
+    unsafe { core::mem::transmute::<[u32; 10], FragKey>(w) }
 }
 
 const ICMP_OTHER: u8 = 0;
@@ -559,25 +728,27 @@ fn icmp_class(v6: bool, ty: u8) -> u8 {
 /// The tuple of the packet an ICMP error quotes (its IP header and first 8 bytes of L4).
 #[inline(always)]
 fn parse_quoted(ctx: &TcContext, off: usize, v6: bool, q: &mut Quoted) -> Result<(), ()> {
+    // Single bytes are read as part of a 16-bit word here: at a variable offset, the verifier
+    // cannot prove a 1-byte read in bounds from the comparison LLVM makes of it.
     let l4_off;
     if v6 {
-        let ip: Ipv6Hdr = read(ctx, off)?;
-        q.saddr = ip.saddr;
-        q.daddr = ip.daddr;
-        q.proto = ip.next_header;
+        q.proto = read::<u16>(ctx, off + 6)?.to_ne_bytes()[0];
+        q.saddr = read_addr6(ctx, off + 8)?;
+        q.daddr = read_addr6(ctx, off + 24)?;
         l4_off = off + 40;
     } else {
-        let ip: Ipv4Hdr = read(ctx, off)?;
-        let ihl = ((ip.version_ihl & 0x0f) as usize) * 4;
-        if ip.version_ihl >> 4 != 4 || ihl < 20 {
+        let version_ihl = read::<u16>(ctx, off)?.to_ne_bytes()[0];
+        let ihl = ((version_ihl & 0x0f) as usize) * 4;
+        if version_ihl >> 4 != 4 || ihl < 20 {
             return Err(());
         }
-        q.saddr = v4_mapped(ip.saddr);
-        q.daddr = v4_mapped(ip.daddr);
-        q.proto = ip.proto;
+        q.proto = read::<u16>(ctx, off + 8)?.to_ne_bytes()[1];
+        q.saddr = v4_mapped(read(ctx, off + 12)?);
+        q.daddr = v4_mapped(read(ctx, off + 16)?);
         l4_off = off + ihl;
     }
-    let h: [u8; 8] = read(ctx, l4_off)?;
+    let h: u64 = read(ctx, l4_off)?;
+    let h = h.to_ne_bytes();
     if is_port_proto(q.proto) {
         q.sport_be = u16::from_ne_bytes([h[0], h[1]]);
         q.dport_be = u16::from_ne_bytes([h[2], h[3]]);
@@ -629,7 +800,7 @@ fn decide(ep: &EndpointInfo, dir: u8, flow: &Flow) -> Why {
     } else {
         flow.saddr
     };
-    let peer_key = IpAddrKey { addr: peer };
+    let peer_key = addr_key(&peer);
     let peer_identity = match unsafe { IP_IDENTITY.get(&peer_key) } {
         Some(v) => v.identity,
         None => identity::WORLD,
@@ -712,10 +883,10 @@ fn admit(
     ifindex: u32,
     dir: u8,
     pkt: &Packet,
-    ct_key: &CtKey,
     why: &Why,
+    config: &Config,
 ) {
-    let config = config();
+    let ct_key = &pkt.flow.ct_key(ifindex, dir);
     // An error about an unknown flow opens nothing.
     if pkt.kind != KIND_ICMP_ERROR {
         {
@@ -806,8 +977,8 @@ fn emit(
         (*e).timestamp_ns = bpf_ktime_get_ns();
         (*e).endpoint_id = ep.endpoint_id;
         (*e).ifindex = ifindex;
-        (*e).saddr = flow.saddr;
-        (*e).daddr = flow.daddr;
+        (*e).saddr = addr_key(&flow.saddr).addr;
+        (*e).daddr = addr_key(&flow.daddr).addr;
         (*e).sport_be = flow.sport_be;
         (*e).dport_be = flow.dport_be;
         (*e).proto = flow.proto;

@@ -15,14 +15,15 @@
 //! run each; the baseline is measured the same way (`empty/1`), and new-flow ratios are against
 //! it, so each ratio compares like with like.
 //!
-//! Options: `--quick` (fewer sizes and samples, for CI smoke runs), `--json` (one JSON object).
+//! Options: `--quick` (fewer sizes and samples, for CI smoke runs), `--json` (one JSON object),
+//! `--established-only` (skip the new-flow samples: a fast look at the hot path).
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use enforcer::bpf::{Datapath, Prog, TC_DROP, TC_PASS};
-use enforcer::compiler::{Cluster, Ids, NodeInput, compile, ip_key, plan};
+use enforcer::compiler::{Cluster, Ids, NodeInput, compile, plan};
 use enforcer::model::ObjectRef;
 use enforcer::source::parse_objects;
 use enforcer::state::MapState;
@@ -132,16 +133,18 @@ fn pick_flows(state: &MapState, set: u32) -> Result<((Ipv4Addr, u16), Ipv4Addr)>
         })
         .map(|(k, _)| (k.data.identity, u16::from_be(k.data.port_be)))
         .collect::<Vec<_>>();
-    let Some(&(id, port)) = allowed.first() else {
-        bail!("no allow entry for the measured endpoint");
-    };
+    let me = pod_ip(0);
     let ip_of = |want: &dyn Fn(u32) -> bool| {
         state.ip_identity.iter().find_map(|(k, v)| {
             let a = std::net::Ipv6Addr::from(k.addr).to_ipv4_mapped()?;
-            (want(v.identity) && v.endpoint_id == 0).then_some(a)
+            (want(v.identity) && a != me).then_some(a)
         })
     };
-    let peer = ip_of(&|i| i == id).context("no pod with the allowed identity")?;
+    // The first allowed (identity, port) with a pod other than the endpoint itself.
+    let ((peer, port), _) = allowed
+        .iter()
+        .find_map(|&(id, port)| Some(((ip_of(&|i| i == id)?, port), ())))
+        .with_context(|| format!("no peer pod for any of {} allow entries", allowed.len()))?;
     let used: std::collections::BTreeSet<u32> = state
         .policy
         .keys()
@@ -181,7 +184,10 @@ fn singles(
     for (i, p) in packets.enumerate() {
         let r = dp.test_run(prog, &p, 1)?;
         if r.verdict != want {
-            bail!("{prog:?}: verdict {} for sample {i}, expected {want}", r.verdict);
+            bail!(
+                "{prog:?}: verdict {} for sample {i}, expected {want}",
+                r.verdict
+            );
         }
         samples.push(r.duration.as_nanos() as u64);
         if i % 1024 == 1023 {
@@ -192,12 +198,19 @@ fn singles(
     Ok(median(samples))
 }
 
-fn measure(s: &Sizes, samples: usize, repeat: u32) -> Result<Row> {
+fn measure(s: &Sizes, samples: usize, repeat: u32, established_only: bool) -> Result<Row> {
     let c = cluster(s)?;
     let mut interfaces = std::collections::BTreeMap::new();
     for i in 0..LOCAL_PODS.min(s.pods) {
-        let ifindex = if i == 0 { TEST_IFINDEX } else { 1000 + i as u32 };
-        interfaces.insert(ObjectRef::new(format!("ns-{}", i % NAMESPACES), format!("p-{i}")), ifindex);
+        let ifindex = if i == 0 {
+            TEST_IFINDEX
+        } else {
+            1000 + i as u32
+        };
+        interfaces.insert(
+            ObjectRef::new(format!("ns-{}", i % NAMESPACES), format!("p-{i}")),
+            ifindex,
+        );
     }
     let node = NodeInput {
         node: "node-1".into(),
@@ -218,7 +231,6 @@ fn measure(s: &Sizes, samples: usize, repeat: u32) -> Result<Row> {
     let ep = state.endpoints[&TEST_IFINDEX];
     let ((peer, port), denied_peer) = pick_flows(&state, ep.policy_set)?;
     let me = pod_ip(0);
-    let _ = ip_key(IpAddr::V4(me));
 
     let base = tcp_packet(peer, me, 40000, port);
     let empty_ns = repeated(&mut dp, Prog::Empty, &base, repeat, 5)?;
@@ -227,6 +239,7 @@ fn measure(s: &Sizes, samples: usize, repeat: u32) -> Result<Row> {
         bail!("the allowed flow was dropped");
     }
     let established_ns = repeated(&mut dp, Prog::ToEndpoint, &base, repeat, 5)?;
+    let samples = if established_only { 0 } else { samples };
     let empty_single_ns = singles(
         &mut dp,
         Prog::Empty,
@@ -263,13 +276,19 @@ fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick");
     let json = args.iter().any(|a| a == "--json");
+    let established_only = args.iter().any(|a| a == "--established-only");
     if unsafe { libc::geteuid() } != 0 {
         bail!("the datapath benchmark loads eBPF programs: run it as root (cargo xtask bench)");
     }
     let (pods, policies, samples, repeat): (&[usize], &[usize], usize, u32) = if quick {
         (&[1_000, 10_000], &[100, 1_000], 2_000, 100_000)
     } else {
-        (&[1_000, 10_000, 100_000], &[100, 1_000, 10_000], 20_000, 1_000_000)
+        (
+            &[1_000, 10_000, 100_000],
+            &[100, 1_000, 10_000],
+            20_000,
+            1_000_000,
+        )
     };
     let mut rows = Vec::new();
     for &p in pods {
@@ -281,6 +300,7 @@ fn main() -> Result<()> {
                 },
                 samples,
                 repeat,
+                established_only,
             )
             .with_context(|| format!("{p} pods, {q} policies"))?;
             if !json {
@@ -298,7 +318,17 @@ fn main() -> Result<()> {
     }
     println!(
         "\n{:>7} {:>6} {:>8} | {:>7} {:>7} {:>6} | {:>8} {:>7} {:>7} {:>6} {:>6}",
-        "pods", "pols", "entries", "empty", "estab", "ratio", "empty/1", "new-ok", "new-no", "ok/e", "no/e"
+        "pods",
+        "pols",
+        "entries",
+        "empty",
+        "estab",
+        "ratio",
+        "empty/1",
+        "new-ok",
+        "new-no",
+        "ok/e",
+        "no/e"
     );
     for r in &rows {
         println!(

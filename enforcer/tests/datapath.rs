@@ -975,7 +975,7 @@ fn conntrack_holds_both_directions() {
         .iter()
         .find(|(k, _)| k.direction == direction::INGRESS)
         .expect("forward entry");
-    assert_eq!(fwd.0.endpoint_id, EP_ID);
+    assert_eq!(fwd.0.ifindex, IFINDEX);
     assert_eq!(fwd.1.policy_id, 20);
     let rev = ct
         .iter()
