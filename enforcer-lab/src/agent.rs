@@ -112,6 +112,13 @@ impl Agent {
         self.child.as_ref().map(|c| c.id())
     }
 
+    /// How the agent ended, if it has (once).
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        let status = self.child.as_mut()?.try_wait().ok()??;
+        self.child = None;
+        Some(status)
+    }
+
     /// The last lines of the agent's log.
     pub fn log_tail(&self, lines: usize) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
@@ -234,6 +241,31 @@ impl Agent {
 impl Drop for Agent {
     fn drop(&mut self) {
         self.stop(Duration::from_secs(3));
+    }
+}
+
+/// Waits until the status file `path` reports `generation` (for a lab left running, whose
+/// agents are another process's children). Fails on an error for it, or after `timeout`.
+pub async fn wait_status(path: &Path, generation: u64, timeout: Duration) -> Result<()> {
+    let started = Instant::now();
+    loop {
+        if let Ok(text) = std::fs::read_to_string(path)
+            && let Ok(s) = serde_json::from_str::<Status>(&text)
+            && s.generation.is_some_and(|g| g >= generation)
+        {
+            if let Some(e) = s.error {
+                bail!("rejected the manifests: {e}");
+            }
+            return Ok(());
+        }
+        if started.elapsed() > timeout {
+            bail!(
+                "did not report generation {generation} in {} (status file {})",
+                humantime(timeout),
+                path.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

@@ -266,23 +266,18 @@ impl Lab {
         if self.state.services.is_empty() && !self.nft_installed {
             return Ok(());
         }
-        let script = services::nft_script(
-            &plan.pods,
-            &self.state.pod_labels,
-            &self.state.service_list(),
-        );
-        let mut jobs = tokio::task::JoinSet::new();
-        for ns in &self.node_ns {
-            let ns = ns.clone();
-            let script = script.clone();
-            jobs.spawn(async move { netns::nft(&ns, &script).await });
-        }
-        while let Some(r) = jobs.join_next().await {
-            r.context("nft task")?
-                .context("installing the Services' rules")?;
-        }
+        services::install(&plan.pods, &self.state, &self.node_ns).await?;
         self.nft_installed = true;
         Ok(())
+    }
+
+    /// What a lab left running keeps on disk for the commands that change or probe it.
+    pub fn saved(&self) -> SavedState {
+        SavedState {
+            generation: self.generation,
+            nft_installed: self.nft_installed,
+            state: self.state.clone(),
+        }
     }
 
     /// Applies a step's changes and waits until every agent has them.
@@ -325,6 +320,15 @@ impl Lab {
     pub fn backends_of(&self, plan: &Plan, probe: &ProbePlan) -> Option<Vec<String>> {
         expected_backends(plan, &self.state, probe)
     }
+}
+
+/// The state of a lab left running (`state.json` in its run folder): what its agents were
+/// last given.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct SavedState {
+    pub generation: u64,
+    pub nft_installed: bool,
+    pub state: ClusterState,
 }
 
 /// What a probe through a Service may reach with this state: `ns/pod address:port` of each

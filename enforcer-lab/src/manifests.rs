@@ -11,17 +11,57 @@ use serde_json::{Value, json};
 
 use crate::plan::{Changes, Plan, PodPlan, fnv};
 use crate::scenario::{Labels, ObjectKey};
-use crate::services::ServicePlan;
+use crate::services::{ClusterIps, ServicePlan};
 
-/// The cluster's objects at one point of the run.
-#[derive(Debug, Clone, PartialEq)]
+/// The cluster's objects at one point of the run (saved as JSON for a lab left running).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ClusterState {
     pub namespaces: BTreeMap<String, Labels>,
     /// Labels of each pod of the plan, by index.
     pub pod_labels: Vec<Labels>,
+    #[serde(with = "object_list")]
     pub objects: BTreeMap<ObjectKey, Value>,
     /// `namespace/name` → the Service with its cluster IP.
     pub services: BTreeMap<String, ServicePlan>,
+    /// Cluster IPs given so far, and the addresses none may take.
+    pub cluster_ips: ClusterIps,
+}
+
+/// Objects as a list of `{key, value}` (JSON object keys must be strings).
+mod object_list {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use serde_json::Value;
+
+    use crate::scenario::ObjectKey;
+
+    #[derive(Serialize, Deserialize)]
+    struct Entry {
+        key: ObjectKey,
+        value: Value,
+    }
+
+    pub fn serialize<S: Serializer>(
+        m: &BTreeMap<ObjectKey, Value>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        let v: Vec<Entry> = m
+            .iter()
+            .map(|(k, v)| Entry {
+                key: k.clone(),
+                value: v.clone(),
+            })
+            .collect();
+        v.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<BTreeMap<ObjectKey, Value>, D::Error> {
+        let v: Vec<Entry> = Vec::deserialize(d)?;
+        Ok(v.into_iter().map(|e| (e.key, e.value)).collect())
+    }
 }
 
 impl ClusterState {
@@ -35,6 +75,7 @@ impl ClusterState {
                 .map(|o| (o.key.clone(), o.value.clone()))
                 .collect(),
             services: plan.services.iter().map(|s| (s.key(), s.clone())).collect(),
+            cluster_ips: plan.cluster_ips.clone(),
         }
     }
 
@@ -186,6 +227,16 @@ impl ManifestWriter {
         }
     }
 
+    /// A writer taking over a folder that holds `written` at `generation` (another process
+    /// wrote it: a lab left running, changed by `lab apply`).
+    pub fn resume(dir: PathBuf, written: BTreeMap<String, Value>, generation: u64) -> Self {
+        ManifestWriter {
+            dir,
+            written,
+            generation,
+        }
+    }
+
     pub fn dir(&self) -> &Path {
         &self.dir
     }
@@ -276,6 +327,23 @@ steps:
         assert_eq!(
             m["namespace_x.yaml"]["metadata"]["labels"],
             json!({"kubernetes.io/metadata.name": "x"})
+        );
+    }
+
+    #[test]
+    fn the_state_survives_json() {
+        let text = format!(
+            "{TEXT}services: [{{namespace: x, name: s, selector: {{pod: a}}, ports: [{{port: 80, targetPort: http}}]}}]\n"
+        );
+        let p = plan(&parse(&text).unwrap(), "enf-000000-").unwrap();
+        let s = ClusterState::initial(&p);
+        let json = serde_json::to_string(&s).unwrap();
+        let back: ClusterState = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, s);
+        assert_eq!(back.manifests(&p), s.manifests(&p));
+        assert_eq!(
+            s.manifests(&p)["service_x_s.yaml"]["spec"]["clusterIP"],
+            json!("10.96.0.10")
         );
     }
 

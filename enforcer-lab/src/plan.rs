@@ -9,7 +9,7 @@ use crate::scenario::{
     Endpoint, Family, Labels, Object, ObjectKey, PortRef, PortSpec, ProbeSpec, Relabel, Scenario,
     ScenarioError, Target,
 };
-use crate::services::{ClusterIps, SERVICE_CIDR_V4, ServicePlan, in_service_cidr};
+use crate::services::{ClusterIps, ServicePlan};
 
 /// The label every namespace carries.
 pub const NS_NAME_LABEL: &str = "kubernetes.io/metadata.name";
@@ -181,19 +181,10 @@ impl Plan {
         self.pods.iter().filter(move |p| p.node == node)
     }
 
-    /// What pods (by way of their node) and nodes route to `svc0`: the service range, and
-    /// each cluster IP outside it as a host prefix.
+    /// What pods (by way of their node) and nodes route to `svc0` (see
+    /// [`crate::services::routes_for`]), for every cluster IP the scenario gives.
     pub fn service_routes(&self) -> Vec<(IpAddr, u8)> {
-        let mut out = vec![(IpAddr::V4(SERVICE_CIDR_V4.0), SERVICE_CIDR_V4.1)];
-        for ip in self.cluster_ips.assigned.values() {
-            if !in_service_cidr(ip) {
-                let len = if ip.is_ipv4() { 32 } else { 128 };
-                if !out.contains(&(*ip, len)) {
-                    out.push((*ip, len));
-                }
-            }
-        }
-        out
+        crate::services::routes_for(&self.cluster_ips)
     }
 
     pub fn find_pod(&self, namespace: &str, name: &str) -> Option<usize> {

@@ -312,7 +312,7 @@ fn render_table(out: &mut String, title: &str, probes: &[&ProbeResult]) {
 }
 
 /// A line about a denied or unexpected probe, with the drop the agent attributed.
-fn note(out: &mut String, p: &ProbeResult) {
+pub fn note(out: &mut String, p: &ProbeResult) {
     let spec = &p.probe.spec;
     let expect = match spec.expect {
         Some(e) if p.mismatch() => format!(" (expected {})", e.as_str()),

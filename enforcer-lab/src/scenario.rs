@@ -922,6 +922,69 @@ fn step(v: &Value, path: &str) -> Result<StepSpec, ScenarioError> {
     })
 }
 
+/// Kubernetes objects from a YAML file (one or more documents, or a `List`), as `kubectl apply
+/// -f` takes them: for `lab apply` and `lab delete` on a lab left running.
+pub fn parse_objects(text: &str) -> Result<Vec<Object>, ScenarioError> {
+    use serde::Deserialize;
+    let mut out: Vec<Object> = Vec::new();
+    for (i, de) in serde_norway::Deserializer::from_str(text).enumerate() {
+        let path = format!("document {}", i + 1);
+        let v = Value::deserialize(de).or_else(|e| err(&path, format!("not valid YAML: {e}")))?;
+        if v.is_null() {
+            continue;
+        }
+        let list = matches!(&v, Value::Mapping(m) if m.get("kind").and_then(Value::as_str) == Some("List"));
+        let found = if list {
+            let Value::Mapping(m) = &v else {
+                unreachable!("checked above")
+            };
+            items(m, &path, "items")?
+                .into_iter()
+                .map(|(p, v)| object(v, &p))
+                .collect::<Result<Vec<_>, _>>()?
+        } else {
+            vec![object(&v, &path)?]
+        };
+        for o in found {
+            if let Some(prev) = out.iter().find(|x| x.key == o.key) {
+                return err(
+                    &o.path,
+                    format!("{} is already given at {}", o.key, prev.path),
+                );
+            }
+            out.push(o);
+        }
+    }
+    if out.is_empty() {
+        return err("", "no objects in the file");
+    }
+    Ok(out)
+}
+
+/// A probe given on the command line (`lab probe`): checked as a scenario's probe is.
+pub fn parse_probe(
+    from: &str,
+    to: &str,
+    port: &str,
+    protocol: &str,
+    family: Option<u8>,
+) -> Result<ProbeSpec, ScenarioError> {
+    let mut m = Mapping::new();
+    m.insert("from".into(), from.into());
+    m.insert("to".into(), to.into());
+    m.insert("port".into(), port.into());
+    m.insert("protocol".into(), protocol.to_ascii_uppercase().into());
+    if let Some(f) = family {
+        m.insert("family".into(), u64::from(f).into());
+    }
+    let mut root = Mapping::new();
+    root.insert("probes".into(), Value::Sequence(vec![Value::Mapping(m)]));
+    let mut v = probes(&root, "")?;
+    let mut p = v.pop().expect("one probe in, one out");
+    p.path = "probe".into();
+    Ok(p)
+}
+
 /// Parses a scenario file's text.
 pub fn parse(text: &str) -> Result<Scenario, ScenarioError> {
     let root: Value =
@@ -1312,6 +1375,33 @@ steps:
             serde_json::json!("b")
         );
         assert_eq!(p.value["spec"]["ingress"], serde_json::json!([{}]));
+    }
+
+    #[test]
+    fn object_files_and_cli_probes() {
+        let objs = parse_objects(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: x}\nspec: {podSelector: {}}\n---\napiVersion: v1\nkind: List\nitems:\n  - {apiVersion: v1, kind: Service, metadata: {name: s}, spec: {selector: {a: b}, ports: [{port: 80}]}}\n",
+        )
+        .unwrap();
+        assert_eq!(objs.len(), 2);
+        assert_eq!(objs[1].key, ObjectKey::new("Service", None, "s"));
+        assert_eq!(objs[1].key.namespace.as_deref(), Some("default"));
+        assert_eq!(objs[1].service.as_ref().unwrap().ports[0].port, 80);
+        let e = parse_objects("kind: Pod\napiVersion: v1\nmetadata: {name: a}\n").unwrap_err();
+        assert_eq!(e.path, "document 1.kind");
+        let e = parse_objects(
+            "apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec: {type: NodePort, ports: [{port: 80}]}\n",
+        )
+        .unwrap_err();
+        assert!(e.reason.contains("ClusterIP Services only"), "{e}");
+        assert!(parse_objects("---\n").is_err());
+
+        let p = parse_probe("x/a", "svc:x/s", "http", "udp", Some(6)).unwrap();
+        assert_eq!(p.protocol, Protocol::Udp);
+        assert_eq!(p.port, PortRef::Name("http".into()));
+        assert_eq!(p.family, Some(Family::V6));
+        let e = parse_probe("x/a", "x/b", "80", "ICMP", None).unwrap_err();
+        assert_eq!(e.path, "probes[0].protocol");
     }
 
     #[test]

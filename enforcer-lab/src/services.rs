@@ -197,6 +197,42 @@ impl ClusterIps {
     }
 }
 
+/// What pods (by way of their node) and nodes route to `svc0`: the service range, and each
+/// cluster IP outside it as a host prefix.
+pub fn routes_for(ips: &ClusterIps) -> Vec<(IpAddr, u8)> {
+    let mut out = vec![(IpAddr::V4(SERVICE_CIDR_V4.0), SERVICE_CIDR_V4.1)];
+    for ip in ips.assigned.values() {
+        if !in_service_cidr(ip) {
+            let len = if ip.is_ipv4() { 32 } else { 128 };
+            if !out.contains(&(*ip, len)) {
+                out.push((*ip, len));
+            }
+        }
+    }
+    out
+}
+
+/// Installs the Services of `state` on every node (`nft -f` in each, in parallel).
+pub async fn install(
+    pods: &[PodPlan],
+    state: &crate::manifests::ClusterState,
+    nodes: &[crate::netns::Netns],
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let script = nft_script(pods, &state.pod_labels, &state.service_list());
+    let mut jobs = tokio::task::JoinSet::new();
+    for ns in nodes {
+        let ns = ns.clone();
+        let script = script.clone();
+        jobs.spawn(async move { crate::netns::nft(&ns, &script).await });
+    }
+    while let Some(r) = jobs.join_next().await {
+        r.context("nft task")?
+            .context("installing the Services' rules")?;
+    }
+    Ok(())
+}
+
 /// Is `ip` inside the service range every pod and node routes anyway?
 pub fn in_service_cidr(ip: &IpAddr) -> bool {
     match ip {

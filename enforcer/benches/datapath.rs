@@ -98,7 +98,7 @@ fn cluster(s: &Sizes) -> Result<Cluster> {
              spec:\n  podSelector: {{matchLabels: {{app: app-{}}}}}\n  policyTypes: [Ingress]\n  ingress:\n{}",
             i % NAMESPACES,
             (i / NAMESPACES) % 2,
-            rule.replace("\n  -", "\n  -")
+            rule
         ));
     }
     let mut c = Cluster::default();
