@@ -12,6 +12,8 @@
 pub mod names {
     pub const PROG_FROM_ENDPOINT: &str = "from_endpoint";
     pub const PROG_TO_ENDPOINT: &str = "to_endpoint";
+    /// TC egress of the node's own interfaces: judges deferred Service egress on its way out.
+    pub const PROG_TO_NETWORK: &str = "to_network";
     /// A program that only returns "pass": the baseline of the datapath benchmark.
     pub const PROG_EMPTY: &str = "empty";
     pub const MAP_ENDPOINTS: &str = "ENDPOINTS";
@@ -23,8 +25,10 @@ pub mod names {
     pub const MAP_CONFIG: &str = "CONFIG";
     pub const MAP_DROP_COUNTERS: &str = "DROP_COUNTERS";
     pub const MAP_FRAGMENTS: &str = "FRAGMENTS";
+    pub const MAP_SERVICE_IPS: &str = "SERVICE_IPS";
+    pub const MAP_PENDING: &str = "PENDING";
     /// Every map the agent pins, in a stable order.
-    pub const ALL_MAPS: [&str; 9] = [
+    pub const ALL_MAPS: [&str; 11] = [
         MAP_ENDPOINTS,
         MAP_IP_IDENTITY,
         MAP_CIDR_IDENTITY,
@@ -34,6 +38,8 @@ pub mod names {
         MAP_CONFIG,
         MAP_DROP_COUNTERS,
         MAP_FRAGMENTS,
+        MAP_SERVICE_IPS,
+        MAP_PENDING,
     ];
 }
 
@@ -45,6 +51,8 @@ pub mod capacity {
     pub const POLICY: u32 = 1_048_576;
     pub const CONNTRACK: u32 = 262_144;
     pub const FRAGMENTS: u32 = 8192;
+    pub const SERVICE_IPS: u32 = 65_536;
+    pub const PENDING: u32 = 65_536;
     /// Bytes; must be a power of two and a multiple of the page size.
     pub const EVENTS_BYTES: u32 = 1 << 20;
 }
@@ -257,6 +265,9 @@ pub mod ct_flags {
     pub const REPLY: u32 = 1;
     /// Admitted only because of audit mode.
     pub const AUDIT: u32 = 2;
+    /// A flow to a Service address, judged on the translated destination: a re-check cannot
+    /// see that destination, so it keeps the flow (see docs/architecture.md).
+    pub const SERVICE: u32 = 4;
 }
 
 #[repr(C)]
@@ -301,6 +312,33 @@ pub mod counter {
     /// Number of slots.
     pub const LEN: u32 = super::reason::COUNT as u32 + 1;
 }
+
+// --- Services ---------------------------------------------------------------------------------
+
+/// `PENDING` LRU key: a new flow from a local endpoint to a Service address, whose egress is
+/// judged after kube-proxy's DNAT, where the real destination is known. DNAT keeps the source
+/// address, port and protocol, so they find the flow again on the far side of netfilter.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PendingKey {
+    pub saddr: [u8; 16],
+    pub sport_be: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+const _: () = assert!(core::mem::size_of::<PendingKey>() == 20);
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PendingValue {
+    /// The Service address and port the endpoint sent to.
+    pub daddr: [u8; 16],
+    pub dport_be: u16,
+    pub _pad: u16,
+    /// Interface of the sending endpoint.
+    pub ifindex: u32,
+}
+const _: () = assert!(core::mem::size_of::<PendingValue>() == 24);
 
 // --- Fragments --------------------------------------------------------------------------------
 
@@ -424,6 +462,8 @@ mod user {
     unsafe impl aya::Pod for Event {}
     unsafe impl aya::Pod for FragKey {}
     unsafe impl aya::Pod for FragValue {}
+    unsafe impl aya::Pod for PendingKey {}
+    unsafe impl aya::Pod for PendingValue {}
 }
 
 #[cfg(test)]

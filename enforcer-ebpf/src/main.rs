@@ -30,8 +30,9 @@ use aya_ebpf::{
 };
 use enforcer_common::{
     Config, CtKey, CtValue, EndpointInfo, Event, FragKey, FragValue, IdentityValue, IpAddrKey,
-    POLICY_ACTION_ALLOW, POLICY_ACTION_DENY, PolicyKey, PolicyValue, capacity, config_flags,
-    counter, ct_flags, direction, identity, mode, policy_prefix, reason, verdict,
+    POLICY_ACTION_ALLOW, POLICY_ACTION_DENY, PendingKey, PendingValue, PolicyKey, PolicyValue,
+    capacity, config_flags, counter, ct_flags, direction, identity, mode, policy_prefix, reason,
+    verdict,
 };
 
 // --- Maps -------------------------------------------------------------------------------------
@@ -62,6 +63,15 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(capacity::EVENTS_BYTES, 0);
 
 #[map]
 static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+
+/// Service (ClusterIP) addresses: egress to them is judged after the DNAT.
+#[map]
+static SERVICE_IPS: HashMap<IpAddrKey, u32> = HashMap::with_max_entries(capacity::SERVICE_IPS, 0);
+
+/// New flows to a Service address waiting for their egress verdict (see `PendingKey`).
+#[map]
+static PENDING: LruHashMap<PendingKey, PendingValue> =
+    LruHashMap::with_max_entries(capacity::PENDING, 0);
 
 /// Per-CPU scratch space for the parsed packet: the 512-byte BPF stack cannot hold it beside
 /// the conntrack and policy keys.
@@ -117,6 +127,26 @@ pub fn to_endpoint(ctx: TcContext) -> i32 {
     endpoint_program(&ctx, direction::INGRESS)
 }
 
+/// What the node sends out of its own interfaces: only flows whose egress was deferred at a
+/// Service address are judged here, now that the DNAT has named the real destination.
+#[classifier]
+pub fn to_network(ctx: TcContext) -> i32 {
+    let Some(pkt) = SCRATCH.get_ptr_mut(0) else {
+        return PASS;
+    };
+    // SAFETY: as in endpoint_program.
+    let pkt = unsafe { &mut *pkt };
+    pkt.reset();
+    if parse(&ctx, pkt) != PARSE_IP {
+        return PASS;
+    }
+    let config = config();
+    match service_egress(&ctx, pkt, &config) {
+        DROP => DROP,
+        _ => PASS,
+    }
+}
+
 /// Does nothing: the baseline the datapath benchmark measures beside the real programs.
 #[classifier]
 pub fn empty(_ctx: TcContext) -> i32 {
@@ -154,6 +184,13 @@ fn endpoint_program(ctx: &TcContext, dir: u8) -> i32 {
         }
     }
 
+    // A flow a local endpoint sent to a Service address arrives here translated: judge the
+    // sender's egress now, before this endpoint's ingress.
+    if parsed == PARSE_IP && dir == direction::INGRESS && service_egress(ctx, pkt, &config) == DROP
+    {
+        return DROP;
+    }
+
     // SAFETY: the value is copied out at once; the agent replaces entries whole.
     let Some(ep) = (unsafe { ENDPOINTS.get(&ifindex) }).copied() else {
         return PASS;
@@ -163,6 +200,95 @@ fn endpoint_program(ctx: &TcContext, dir: u8) -> i32 {
         return PASS;
     }
     try_new_flow(ctx, &ep, ifindex, ep_mode, dir, parsed, pkt, &config)
+}
+
+/// Sentinel of `service_egress`: no deferred flow here, or it is allowed; go on.
+const CONTINUE: i32 = i32::MIN;
+
+/// Judges the deferred egress of a flow a local endpoint opened to a Service address, on the
+/// translated packet. Allowed: conntrack entries at the sender, under the tuple it sent and
+/// the reply it will see (both with the Service address, as the reverse NAT restores it).
+#[inline(always)]
+fn service_egress(ctx: &TcContext, pkt: &mut Packet, config: &Config) -> i32 {
+    let key = pending_key(&pkt.flow);
+    let Some(pending) = PENDING.get_ptr(&key) else {
+        return CONTINUE;
+    };
+    // SAFETY: copied out at once.
+    let pending = unsafe { *pending };
+    let _ = PENDING.remove(&key);
+    // SAFETY: the value is copied out at once.
+    let Some(ep) = (unsafe { ENDPOINTS.get(&pending.ifindex) }).copied() else {
+        return CONTINUE;
+    };
+    if ep.egress_mode != mode::ENFORCE {
+        return CONTINUE;
+    }
+    let why = decide(&ep, direction::EGRESS, &pkt.flow);
+    count(why.reason as u32);
+    if !why.allowed {
+        return drop_packet(
+            ctx,
+            &ep,
+            pending.ifindex,
+            direction::EGRESS,
+            &pkt.flow,
+            &why,
+        );
+    }
+    // The tuple the endpoint sent: the Service address and port in place of the backend's.
+    // SAFETY: PendingValue.daddr is 16 bytes of plain data, as Addr is.
+    let svc: Addr = unsafe { core::mem::transmute::<[u8; 16], Addr>(pending.daddr) };
+    let sent = ct_key(
+        &pkt.flow.saddr,
+        &svc,
+        pkt.flow.sport_be,
+        pending.dport_be,
+        pkt.flow.proto,
+        direction::EGRESS,
+        pending.ifindex,
+    );
+    insert_ct_pair(&sent, &why, config, ct_flags::SERVICE);
+    if config.flags & config_flags::EVENTS_ON_ALLOW != 0 {
+        emit(
+            ctx,
+            &ep,
+            pending.ifindex,
+            direction::EGRESS,
+            &pkt.flow,
+            &why,
+            verdict::ALLOW,
+        );
+    }
+    CONTINUE
+}
+
+#[inline(always)]
+fn pending_key(flow: &Flow) -> PendingKey {
+    let w: [u32; 5] = [
+        flow.saddr[0],
+        flow.saddr[1],
+        flow.saddr[2],
+        flow.saddr[3],
+        u32::from_ne_bytes({
+            let p = flow.sport_be.to_ne_bytes();
+            [p[0], p[1], flow.proto, 0]
+        }),
+    ];
+    // SAFETY: PendingKey is saddr, sport_be, proto, _pad: 20 bytes of plain data, repr(C).
+    unsafe { core::mem::transmute::<[u32; 5], PendingKey>(w) }
+}
+
+/// Defers the egress verdict of a new flow to a Service address (see `service_egress`).
+#[inline(always)]
+fn defer_to_service(pkt: &Packet, ifindex: u32) {
+    let v = PendingValue {
+        daddr: addr_key(&pkt.flow.daddr).addr,
+        dport_be: pkt.flow.dport_be,
+        _pad: 0,
+        ifindex,
+    };
+    let _ = PENDING.insert(&pending_key(&pkt.flow), &v, 0);
 }
 
 #[inline(always)]
@@ -205,6 +331,15 @@ fn try_new_flow(
         let why = Why::new(reason::FRAGMENT_UNKNOWN);
         return drop_packet(ctx, ep, ifindex, dir, &pkt.flow, &why);
     }
+    if ep_mode == mode::ENFORCE
+        && dir == direction::EGRESS
+        && pkt.kind != KIND_ICMP_ERROR
+        && SERVICE_IPS.get_ptr(&addr_key(&pkt.flow.daddr)).is_some()
+    {
+        // The real destination is known only after kube-proxy's DNAT: judge it there.
+        defer_to_service(pkt, ifindex);
+        return PASS;
+    }
     let why = if ep_mode == mode::ENFORCE {
         decide(ep, dir, &pkt.flow)
     } else {
@@ -238,6 +373,12 @@ fn recheck(
     };
     // SAFETY: a live LRU value, read whole.
     let flags = unsafe { (*ct).flags };
+    if flags & ct_flags::SERVICE != 0 {
+        // Judged on a destination this tuple does not show; keep it (a known gap).
+        // SAFETY: as above.
+        unsafe { (*ct).revision = config.revision };
+        return PASS;
+    }
     let opened_dir = if flags & ct_flags::REPLY != 0 {
         pkt.opened = pkt.flow.reversed();
         dir ^ 1
@@ -886,23 +1027,9 @@ fn admit(
     why: &Why,
     config: &Config,
 ) {
-    let ct_key = &pkt.flow.ct_key(ifindex, dir);
     // An error about an unknown flow opens nothing.
     if pkt.kind != KIND_ICMP_ERROR {
-        {
-            let value = CtValue {
-                created_ns: unsafe { bpf_ktime_get_ns() },
-                revision: config.revision,
-                flags: 0,
-                policy_id: why.policy_id,
-                rule_index: why.rule_index as u32,
-            };
-            // A full LRU evicts the oldest flow; a failed insert only costs a later lookup.
-            let _ = CONNTRACK.insert(ct_key, &value, 0);
-            let mut value = value;
-            value.flags = ct_flags::REPLY;
-            let _ = CONNTRACK.insert(&ct_key.reversed(), &value, 0);
-        }
+        insert_ct_pair(&pkt.flow.ct_key(ifindex, dir), why, config, 0);
     }
     if pkt.kind == KIND_FIRST_FRAGMENT {
         let id = pkt.frag_id;
@@ -916,6 +1043,22 @@ fn admit(
     if config.flags & config_flags::EVENTS_ON_ALLOW != 0 {
         emit(ctx, ep, ifindex, dir, &pkt.flow, why, verdict::ALLOW);
     }
+}
+
+/// Conntrack entries for an admitted flow: its own tuple, and the reversed one marked as reply.
+#[inline(always)]
+fn insert_ct_pair(key: &CtKey, why: &Why, config: &Config, flags: u32) {
+    let mut value = CtValue {
+        created_ns: unsafe { bpf_ktime_get_ns() },
+        revision: config.revision,
+        flags,
+        policy_id: why.policy_id,
+        rule_index: why.rule_index as u32,
+    };
+    // A full LRU evicts the oldest flow; a failed insert only costs a later lookup.
+    let _ = CONNTRACK.insert(key, &value, 0);
+    value.flags = flags | ct_flags::REPLY;
+    let _ = CONNTRACK.insert(&key.reversed(), &value, 0);
 }
 
 #[inline(always)]

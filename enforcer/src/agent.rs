@@ -251,15 +251,16 @@ impl Agent {
         self.last_error = (!errors.is_empty()).then_some(errors);
         self.cluster = snap.cluster;
 
-        let (names, host_ips) = discover::links()?;
+        let links = discover::links()?;
+        let (names, host_ips) = (&links.names, links.host_ips.clone());
         let routes = discover::host_routes()?;
         let local = self
             .cluster
             .pods
             .values()
             .filter(|p| !p.host_network && p.node.as_deref() == Some(self.opts.node.as_str()));
-        let interfaces =
-            discover::match_pods(local.map(|p| (p.key(), &p.ips[..])), &routes, &names);
+        let interfaces = discover::match_pods(local.map(|p| (p.key(), &p.ips[..])), &routes, names);
+        self.attach_host_interfaces(&links.host_ifindexes, &interfaces);
 
         if source_changed || force || interfaces != self.interfaces || host_ips != self.host_ips {
             self.install(interfaces, host_ips)?;
@@ -267,6 +268,30 @@ impl Agent {
         // The generation is reported once its snapshot is installed (or rejected).
         self.generation = snap.generation.or(self.generation);
         Ok(())
+    }
+
+    /// Keeps `to_network` on the node's own interfaces (never on a pod's), where flows sent to
+    /// Service addresses are judged after the DNAT. Failures are logged, not fatal: without it
+    /// only Service egress of isolated pods is affected, and the next pass retries.
+    fn attach_host_interfaces(&mut self, host: &[u32], pods: &BTreeMap<ObjectRef, u32>) {
+        let pod_ifs: BTreeSet<u32> = pods.values().copied().collect();
+        let wanted: BTreeSet<u32> = host
+            .iter()
+            .copied()
+            .filter(|i| !pod_ifs.contains(i))
+            .collect();
+        for ifindex in &wanted {
+            if let Err(e) = self.datapath.attach_host(*ifindex) {
+                warn!("attaching to_network to ifindex {ifindex}: {e:#}");
+            }
+        }
+        for ifindex in self.datapath.host_attached() {
+            if !wanted.contains(&ifindex)
+                && let Err(e) = self.datapath.detach_host(ifindex)
+            {
+                debug!("detach to_network {ifindex}: {e:#}");
+            }
+        }
     }
 
     fn install(
@@ -370,6 +395,12 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
     let mut datapath = Datapath::load(&opts.bpffs)
         .with_context(|| format!("loading the datapath (pins under {})", opts.bpffs.display()))?;
     let installed = datapath.read_state().context("reading the pinned maps")?;
+    // Continue the revision of the agent before us (pinned), so that conntrack entries it
+    // admitted are re-checked under our first install rather than mistaken for current.
+    let revision = datapath
+        .config()
+        .context("reading the pinned configuration")?
+        .revision;
     let names = Arc::new(Mutex::new(Names::default()));
 
     let (ev_tx, ev_rx) = mpsc::channel(4096);
@@ -402,7 +433,7 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         cluster: Cluster::default(),
         generation: None,
         last_error: None,
-        revision: 0,
+        revision,
         interfaces: BTreeMap::new(),
         host_ips: Vec::new(),
         names,

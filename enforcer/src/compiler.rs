@@ -22,7 +22,7 @@ use ipnet::IpNet;
 
 use crate::model::{
     ContainerPort, IpBlock, Labels, Namespace, ObjectRef, Peer, Pod, Policy, PortRef, Protocol,
-    Rule, implicit_namespace,
+    Rule, Service, implicit_namespace,
 };
 use crate::state::{Lpm, MapState};
 
@@ -37,6 +37,7 @@ pub struct Cluster {
     pub namespaces: BTreeMap<String, Namespace>,
     pub pods: BTreeMap<ObjectRef, Pod>,
     pub policies: BTreeMap<ObjectRef, Policy>,
+    pub services: BTreeMap<ObjectRef, Service>,
 }
 
 impl Cluster {
@@ -177,6 +178,8 @@ pub struct Compiled {
     pub cidr_identity: BTreeMap<Lpm<IpAddrKey>, IdentityValue>,
     pub identities: BTreeMap<u32, IdentityInfo>,
     pub policies: BTreeMap<u32, ObjectRef>,
+    /// Service addresses: egress to them is judged after the DNAT.
+    pub service_ips: BTreeMap<IpAddrKey, u32>,
 }
 
 pub fn ip_key(ip: IpAddr) -> IpAddrKey {
@@ -543,6 +546,11 @@ pub fn compile(
     for p in cluster.policies.values() {
         out.policies.insert(ids.policy(&p.key()), p.key());
     }
+    for svc in cluster.services.values() {
+        for ip in &svc.cluster_ips {
+            out.service_ips.insert(ip_key(*ip), 1);
+        }
+    }
 
     // Identities that packets may still carry until this change is installed.
     let mut all_identities = identities.clone();
@@ -706,6 +714,7 @@ pub fn plan(installed: &MapState, compiled: &Compiled, ids: &mut Ids) -> MapStat
         ip_identity: compiled.ip_identity.clone(),
         cidr_identity: compiled.cidr_identity.clone(),
         policy: BTreeMap::new(),
+        service_ips: compiled.service_ips.clone(),
     };
     let empty = BTreeMap::new();
     for (endpoint_id, ep) in &compiled.endpoints {

@@ -73,24 +73,37 @@ pub fn host_routes() -> Result<BTreeMap<IpAddr, String>> {
     Ok(out)
 }
 
-/// Interface names → ifindex, and every address configured on this node.
-pub fn links() -> Result<(BTreeMap<String, u32>, Vec<IpAddr>)> {
+/// The node's interfaces and addresses.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Links {
+    /// Interface name → ifindex.
+    pub names: BTreeMap<String, u32>,
+    /// Every address configured on this node (not loopback, not link-local).
+    pub host_ips: Vec<IpAddr>,
+    /// Interfaces holding one of those addresses: the node's own, where traffic leaves it.
+    pub host_ifindexes: Vec<u32>,
+}
+
+/// Reads the node's interfaces and addresses.
+pub fn links() -> Result<Links> {
     let raw = ip_json(&["address", "show"])?;
     let links: Vec<Link> = serde_json::from_slice(&raw).context("parsing `ip address`")?;
-    let mut names = BTreeMap::new();
-    let mut addrs = Vec::new();
+    let mut out = Links::default();
     for l in links {
-        names.insert(l.ifname, l.ifindex);
+        out.names.insert(l.ifname, l.ifindex);
         for a in l.addr_info {
             if let Some(ip) = a.local.and_then(|s| s.parse::<IpAddr>().ok())
                 && !ip.is_loopback()
                 && !matches!(ip, IpAddr::V6(v6) if v6.is_unicast_link_local())
             {
-                addrs.push(ip);
+                out.host_ips.push(ip);
+                if !out.host_ifindexes.contains(&l.ifindex) {
+                    out.host_ifindexes.push(l.ifindex);
+                }
             }
         }
     }
-    Ok((names, addrs))
+    Ok(out)
 }
 
 /// Matches local pods to interfaces: the interface of the host route of any of the pod's

@@ -10,7 +10,7 @@ use std::fmt;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use k8s_openapi::api::core::v1::{Namespace as KNamespace, Pod as KPod};
+use k8s_openapi::api::core::v1::{Namespace as KNamespace, Pod as KPod, Service as KService};
 use k8s_openapi::api::networking::v1::{
     IPBlock, NetworkPolicy as KPolicy, NetworkPolicyPeer, NetworkPolicyPort,
 };
@@ -103,6 +103,21 @@ pub struct Namespace {
     pub name: String,
     /// Always holds `kubernetes.io/metadata.name`.
     pub labels: Labels,
+}
+
+/// A Service, reduced to what the datapath needs: its cluster addresses. Traffic to them is
+/// DNATed by kube-proxy, so egress to them is judged after the translation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Service {
+    pub namespace: String,
+    pub name: String,
+    pub cluster_ips: Vec<IpAddr>,
+}
+
+impl Service {
+    pub fn key(&self) -> ObjectRef {
+        ObjectRef::new(self.namespace.clone(), self.name.clone())
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -278,6 +293,42 @@ pub fn namespace_from_api(ns: &KNamespace) -> Result<Namespace, InvalidObject> {
     // The API server always sets this label; manifests written by hand may not.
     labels.insert("kubernetes.io/metadata.name".into(), name.clone());
     Ok(Namespace { name, labels })
+}
+
+/// Converts a Service: `spec.clusterIPs` (or `spec.clusterIP`); headless Services ("None") and
+/// Services without an address yet have none.
+pub fn service_from_api(svc: &KService) -> Result<Service, InvalidObject> {
+    let name = meta_name(&svc.metadata.name, "Service")?;
+    let namespace = svc
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".into());
+    let spec = svc.spec.as_ref();
+    let mut raw: Vec<String> = spec.and_then(|s| s.cluster_ips.clone()).unwrap_or_default();
+    if raw.is_empty()
+        && let Some(ip) = spec.and_then(|s| s.cluster_ip.clone())
+    {
+        raw.push(ip);
+    }
+    let mut cluster_ips = Vec::new();
+    for (i, ip) in raw.iter().enumerate() {
+        if ip.is_empty() || ip == "None" {
+            continue;
+        }
+        let parsed = ip.parse::<IpAddr>().map_err(|e| InvalidObject {
+            kind: "Service",
+            object: format!("{namespace}/{name}"),
+            field: format!("spec.clusterIPs[{i}]"),
+            reason: format!("{ip:?} is not an IP address: {e}"),
+        })?;
+        cluster_ips.push(parsed);
+    }
+    Ok(Service {
+        namespace,
+        name,
+        cluster_ips,
+    })
 }
 
 /// The labels of a namespace that the index has not seen (a pod may arrive before it).

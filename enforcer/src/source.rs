@@ -11,14 +11,14 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use k8s_openapi::api::core::v1::{Namespace as KNamespace, Pod as KPod};
+use k8s_openapi::api::core::v1::{Namespace as KNamespace, Pod as KPod, Service as KService};
 use k8s_openapi::api::networking::v1::NetworkPolicy as KPolicy;
 use serde::Deserialize;
 
 use crate::compiler::Cluster;
 use crate::model::{
-    InvalidObject, Namespace, ObjectRef, Pod, Policy, namespace_from_api, pod_from_api,
-    policy_from_api,
+    InvalidObject, Namespace, ObjectRef, Pod, Policy, Service, namespace_from_api, pod_from_api,
+    policy_from_api, service_from_api,
 };
 
 /// A validated object, as the index stores it.
@@ -27,6 +27,7 @@ pub enum Object {
     Namespace(Namespace),
     Pod(Pod),
     Policy(Policy),
+    Service(Service),
 }
 
 impl Cluster {
@@ -41,6 +42,9 @@ impl Cluster {
             }
             Object::Policy(p) => {
                 self.policies.insert(p.key(), p);
+            }
+            Object::Service(s) => {
+                self.services.insert(s.key(), s);
             }
         }
     }
@@ -125,7 +129,10 @@ fn object_from_value(
         "NetworkPolicy" => out.push(Object::Policy(
             policy_from_api(&typed::<KPolicy>(file, doc, kind, &value)?).map_err(invalid)?,
         )),
-        "List" | "NamespaceList" | "PodList" | "NetworkPolicyList" => {
+        "Service" => out.push(Object::Service(
+            service_from_api(&typed::<KService>(file, doc, kind, &value)?).map_err(invalid)?,
+        )),
+        "List" | "NamespaceList" | "PodList" | "NetworkPolicyList" | "ServiceList" => {
             let items = value
                 .get("items")
                 .and_then(|i| i.as_array())
@@ -142,7 +149,7 @@ fn object_from_value(
                 reason: "missing field `kind`".into(),
             });
         }
-        // Other kinds (Deployments, Services, ...) share folders with policies; they carry
+        // Other kinds (Deployments, ConfigMaps, ...) share folders with policies; they carry
         // nothing this source needs.
         _ => {}
     }

@@ -24,6 +24,8 @@ pub struct MapState {
     /// ipBlock partition prefix → CIDR identity.
     pub cidr_identity: BTreeMap<Lpm<IpAddrKey>, IdentityValue>,
     pub policy: BTreeMap<Lpm<PolicyKey>, PolicyValue>,
+    /// Service (ClusterIP) addresses.
+    pub service_ips: BTreeMap<IpAddrKey, u32>,
 }
 
 /// Writes and deletes of one map.
@@ -62,6 +64,9 @@ impl<K, V> MapChanges<K, V> {
 /// 4. `ip_identity` and `cidr_identity` deletes;
 /// 5. `policy` deletes (old sets, entries of identities no packet carries any more).
 ///
+/// `service_ips` upserts go first and its deletes last: an address in that map only defers a
+/// verdict to after the DNAT, which is right whenever kube-proxy translates the address.
+///
 /// [`MapDiff::steps`] gives the writes in this order; the kernel edge and the tests use it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MapDiff {
@@ -69,6 +74,7 @@ pub struct MapDiff {
     pub ip_identity: MapChanges<IpAddrKey, IdentityValue>,
     pub cidr_identity: MapChanges<Lpm<IpAddrKey>, IdentityValue>,
     pub policy: MapChanges<Lpm<PolicyKey>, PolicyValue>,
+    pub service_ips: MapChanges<IpAddrKey, u32>,
 }
 
 /// One map write.
@@ -82,12 +88,20 @@ pub enum Write<'a> {
     IpDelete(&'a IpAddrKey),
     CidrUpsert(&'a Lpm<IpAddrKey>, &'a IdentityValue),
     CidrDelete(&'a Lpm<IpAddrKey>),
+    ServiceUpsert(&'a IpAddrKey, &'a u32),
+    ServiceDelete(&'a IpAddrKey),
 }
 
 impl MapDiff {
     /// Every write of the diff, in the documented apply order.
     pub fn steps(&self) -> Vec<Write<'_>> {
         let mut w = Vec::with_capacity(self.len());
+        w.extend(
+            self.service_ips
+                .upserts
+                .iter()
+                .map(|(k, v)| Write::ServiceUpsert(k, v)),
+        );
         w.extend(
             self.policy
                 .upserts
@@ -121,6 +135,7 @@ impl MapDiff {
         w.extend(self.ip_identity.deletes.iter().map(Write::IpDelete));
         w.extend(self.cidr_identity.deletes.iter().map(Write::CidrDelete));
         w.extend(self.policy.deletes.iter().map(Write::PolicyDelete));
+        w.extend(self.service_ips.deletes.iter().map(Write::ServiceDelete));
         w
     }
 
@@ -129,11 +144,16 @@ impl MapDiff {
             && self.ip_identity.is_empty()
             && self.cidr_identity.is_empty()
             && self.policy.is_empty()
+            && self.service_ips.is_empty()
     }
 
     /// Number of map writes (upserts + deletes).
     pub fn len(&self) -> usize {
-        self.endpoints.len() + self.ip_identity.len() + self.cidr_identity.len() + self.policy.len()
+        self.endpoints.len()
+            + self.ip_identity.len()
+            + self.cidr_identity.len()
+            + self.policy.len()
+            + self.service_ips.len()
     }
 }
 
@@ -183,6 +203,12 @@ impl MapState {
             Write::CidrDelete(k) => {
                 self.cidr_identity.remove(k);
             }
+            Write::ServiceUpsert(k, v) => {
+                self.service_ips.insert(*k, *v);
+            }
+            Write::ServiceDelete(k) => {
+                self.service_ips.remove(k);
+            }
         }
     }
 
@@ -193,6 +219,7 @@ impl MapState {
             ip_identity: diff_map(&self.ip_identity, &desired.ip_identity),
             cidr_identity: diff_map(&self.cidr_identity, &desired.cidr_identity),
             policy: diff_map(&self.policy, &desired.policy),
+            service_ips: diff_map(&self.service_ips, &desired.service_ips),
         }
     }
 

@@ -35,6 +35,8 @@ const BLOCK: &str = "192.0.2.0/24";
 const ID_BLOCK: u32 = identity::CIDR_FLAG | 1;
 const DNS: &str = "192.0.2.53";
 const OUTSIDE: &str = "198.51.100.1";
+/// A ClusterIP; the pod may reach A on TCP 8080 (what the Service translates to).
+const SVC: &str = "10.96.0.10";
 
 const TCP: u8 = 6;
 const UDP: u8 = 17;
@@ -237,6 +239,8 @@ fn base_state(ingress_mode: u32, egress_mode: u32) -> MapState {
     allow(&mut st, ID_A, ing, SCTP, 9000, policy_prefix::FULL, (20, 1));
     allow(&mut st, ID_C, ing, 0, 0, policy_prefix::ANY_PROTO, (21, 0));
     allow(&mut st, ID_BLOCK, eg, UDP, 53, policy_prefix::FULL, (22, 0));
+    allow(&mut st, ID_A, eg, TCP, 8080, policy_prefix::FULL, (24, 0));
+    st.service_ips.insert(ip_key(addr(SVC)), 1);
     // 8000-8003: one port prefix of 14 bits.
     allow(
         &mut st,
@@ -1031,4 +1035,87 @@ fn failed_install_rolls_back() {
         "maps are back to the installed state"
     );
     assert_eq!(f.run(IN, &ipv4(PEER_B, POD, TCP, &tcp(1, 22))), TC_DROP);
+}
+
+#[test]
+fn service_egress_is_judged_after_the_dnat() {
+    let mut f = Fixture::new(&base_state(mode::ENFORCE, mode::ENFORCE));
+    let net = Prog::ToNetwork;
+    check(
+        &mut f,
+        vec![row(
+            "to the Service: deferred",
+            OUT,
+            ipv4(POD, SVC, TCP, &tcp(5555, 80)),
+            true,
+            0,
+        )],
+    );
+    assert_eq!(
+        f.dp.conntrack_len().unwrap(),
+        0,
+        "nothing admitted before the DNAT"
+    );
+    check(
+        &mut f,
+        vec![
+            row(
+                "translated to A:8080, leaving the node",
+                net,
+                ipv4(POD, PEER_A, TCP, &tcp(5555, 8080)),
+                true,
+                0,
+            ),
+            row(
+                "reply, reverse-translated",
+                IN,
+                ipv4(SVC, POD, TCP, &tcp(80, 5555)),
+                true,
+                0,
+            ),
+            row(
+                "next packet of the flow",
+                OUT,
+                ipv4(POD, SVC, TCP, &tcp(5555, 80)),
+                true,
+                0,
+            ),
+            row(
+                "another flow to the Service",
+                OUT,
+                ipv4(POD, SVC, TCP, &tcp(5556, 80)),
+                true,
+                0,
+            ),
+            row(
+                "translated to B, which egress does not allow",
+                net,
+                ipv4(POD, PEER_B, TCP, &tcp(5556, 8080)),
+                false,
+                reason::NO_RULE,
+            ),
+            row(
+                "no reply for the denied one",
+                IN,
+                ipv4(SVC, POD, TCP, &tcp(80, 5556)),
+                false,
+                reason::NO_RULE,
+            ),
+            row(
+                "node traffic nobody deferred",
+                net,
+                ipv4(DNS, OUTSIDE, UDP, &udp(1, 2)),
+                true,
+                0,
+            ),
+        ],
+    );
+    let ct = f.dp.conntrack().unwrap();
+    assert!(
+        ct.iter().any(|(k, v)| k.daddr == ip_key(addr(SVC)).addr
+            && u16::from_be(k.dport_be) == 80
+            && k.direction == direction::EGRESS
+            && v.flags & enforcer_common::ct_flags::SERVICE != 0),
+        "the flow is tracked under the tuple the pod sent: {ct:?}"
+    );
 }

@@ -91,6 +91,7 @@ fn map_err(name: &'static str) -> impl FnOnce(MapError) -> BpfError {
 pub enum Prog {
     FromEndpoint,
     ToEndpoint,
+    ToNetwork,
     Empty,
 }
 
@@ -99,6 +100,7 @@ impl Prog {
         match self {
             Prog::FromEndpoint => names::PROG_FROM_ENDPOINT,
             Prog::ToEndpoint => names::PROG_TO_ENDPOINT,
+            Prog::ToNetwork => names::PROG_TO_NETWORK,
             Prog::Empty => names::PROG_EMPTY,
         }
     }
@@ -107,7 +109,7 @@ impl Prog {
         match self {
             // What the pod sends enters the host at the veth's ingress.
             Prog::FromEndpoint | Prog::Empty => TcAttachType::Ingress,
-            Prog::ToEndpoint => TcAttachType::Egress,
+            Prog::ToEndpoint | Prog::ToNetwork => TcAttachType::Egress,
         }
     }
 }
@@ -142,6 +144,8 @@ pub struct Datapath {
     /// Pin folder; `None` for an unpinned instance (tests, benchmarks).
     bpffs: Option<PathBuf>,
     attached: BTreeMap<u32, Vec<Attachment>>,
+    /// The node's own interfaces (`to_network`).
+    host_attached: BTreeMap<u32, Vec<Attachment>>,
     events: Option<RingBuf<MapData>>,
 }
 
@@ -186,7 +190,12 @@ impl Datapath {
     }
 
     fn finish(mut ebpf: Ebpf, bpffs: Option<PathBuf>) -> Result<Self> {
-        for prog in [Prog::FromEndpoint, Prog::ToEndpoint, Prog::Empty] {
+        for prog in [
+            Prog::FromEndpoint,
+            Prog::ToEndpoint,
+            Prog::ToNetwork,
+            Prog::Empty,
+        ] {
             let p: &mut SchedClassifier = ebpf
                 .program_mut(prog.name())
                 .ok_or(BpfError::MissingMap(prog.name()))?
@@ -208,6 +217,7 @@ impl Datapath {
             ebpf,
             bpffs,
             attached: BTreeMap::new(),
+            host_attached: BTreeMap::new(),
             events,
         })
     }
@@ -350,6 +360,33 @@ impl Datapath {
         }
     }
 
+    /// Node interfaces this process has attached `to_network` to.
+    pub fn host_attached(&self) -> Vec<u32> {
+        self.host_attached.keys().copied().collect()
+    }
+
+    /// Attaches `to_network` to one of the node's own interfaces (idempotent): flows that local
+    /// endpoints send to Service addresses are judged there once translated.
+    pub fn attach_host(&mut self, ifindex: u32) -> Result<()> {
+        if self.host_attached.contains_key(&ifindex) {
+            return Ok(());
+        }
+        let name = ifname(ifindex)?;
+        let a = self.attach_one(ifindex, &name, Prog::ToNetwork)?;
+        self.host_attached.insert(ifindex, vec![a]);
+        Ok(())
+    }
+
+    /// Detaches `to_network` from `ifindex`.
+    pub fn detach_host(&mut self, ifindex: u32) -> Result<()> {
+        if let Some(links) = self.host_attached.remove(&ifindex) {
+            for a in links {
+                detach_attachment(a);
+            }
+        }
+        Ok(())
+    }
+
     /// Detaches both programs from `ifindex` and removes their pins.
     pub fn detach(&mut self, ifindex: u32) -> Result<()> {
         if let Some(links) = self.attached.remove(&ifindex) {
@@ -397,6 +434,8 @@ impl Datapath {
             Write::IpDelete(k) => ignore_missing(self.ip_identity()?.remove(k)),
             Write::CidrUpsert(k, v) => self.cidr_identity()?.insert(&lpm(k), v, 0),
             Write::CidrDelete(k) => ignore_missing(self.cidr_identity()?.remove(&lpm(k))),
+            Write::ServiceUpsert(k, v) => self.service_ips()?.insert(k, v, 0),
+            Write::ServiceDelete(k) => ignore_missing(self.service_ips()?.remove(k)),
         }
     }
 
@@ -421,6 +460,12 @@ impl Datapath {
                 match installed.cidr_identity.get(k) {
                     Some(v) => self.write(Write::CidrUpsert(k, v)),
                     None => self.write(Write::CidrDelete(k)),
+                }
+            }
+            Write::ServiceUpsert(k, _) | Write::ServiceDelete(k) => {
+                match installed.service_ips.get(k) {
+                    Some(v) => self.write(Write::ServiceUpsert(k, v)),
+                    None => self.write(Write::ServiceDelete(k)),
                 }
             }
         }
@@ -449,6 +494,15 @@ impl Datapath {
                 .ok_or_else(missing)?,
         )
     }
+    fn service_ips(
+        &mut self,
+    ) -> std::result::Result<BpfHashMap<&mut MapData, IpAddrKey, u32>, MapError> {
+        BpfHashMap::try_from(
+            self.ebpf
+                .map_mut(names::MAP_SERVICE_IPS)
+                .ok_or_else(missing)?,
+        )
+    }
     fn cidr_identity(
         &mut self,
     ) -> std::result::Result<LpmTrie<&mut MapData, IpAddrKey, IdentityValue>, MapError> {
@@ -464,6 +518,13 @@ impl Datapath {
         let mut a: Array<&mut MapData, Config> = Array::try_from(self.map_mut(names::MAP_CONFIG)?)
             .map_err(map_err(names::MAP_CONFIG))?;
         a.set(0, config, 0).map_err(map_err(names::MAP_CONFIG))
+    }
+
+    /// The datapath's configuration as the maps hold it.
+    pub fn config(&self) -> Result<Config> {
+        let a: Array<&MapData, Config> =
+            Array::try_from(self.map(names::MAP_CONFIG)?).map_err(map_err(names::MAP_CONFIG))?;
+        a.get(&0, 0).map_err(map_err(names::MAP_CONFIG))
     }
 
     /// Number of conntrack entries.
@@ -574,7 +635,8 @@ impl Datapath {
     /// Detaches from every interface and removes the pins, or, with `keep_pins`, leaves programs
     /// attached and maps pinned for the next agent.
     pub fn cleanup(mut self, keep_pins: bool) -> Result<()> {
-        let attached = std::mem::take(&mut self.attached);
+        let mut attached = std::mem::take(&mut self.attached);
+        attached.extend(std::mem::take(&mut self.host_attached));
         for (_, links) in attached {
             for a in links {
                 if keep_pins {
@@ -673,6 +735,8 @@ fn describe(w: &Write<'_>) -> String {
             show_addr(&k.data),
             k.prefix_len
         ),
+        Write::ServiceUpsert(k, _) => format!("{} upsert {}", names::MAP_SERVICE_IPS, show_addr(k)),
+        Write::ServiceDelete(k) => format!("{} delete {}", names::MAP_SERVICE_IPS, show_addr(k)),
         Write::CidrDelete(k) => format!(
             "{} delete {}/{}",
             names::MAP_CIDR_IDENTITY,
@@ -744,6 +808,13 @@ fn read_state<'a>(map: impl Fn(&'static str) -> Result<&'a Map>) -> Result<MapSt
             v,
         );
     }
+    let m: BpfHashMap<&MapData, IpAddrKey, u32> =
+        BpfHashMap::try_from(map(names::MAP_SERVICE_IPS)?)
+            .map_err(map_err(names::MAP_SERVICE_IPS))?;
+    for r in m.iter() {
+        let (k, v) = r.map_err(map_err(names::MAP_SERVICE_IPS))?;
+        s.service_ips.insert(k, v);
+    }
     let m: LpmTrie<&MapData, PolicyKey, PolicyValue> =
         LpmTrie::try_from(map(names::MAP_POLICY)?).map_err(map_err(names::MAP_POLICY))?;
     for r in m.iter() {
@@ -792,6 +863,7 @@ impl PinnedMaps {
             names::MAP_POLICY,
             names::MAP_CONNTRACK,
             names::MAP_DROP_COUNTERS,
+            names::MAP_SERVICE_IPS,
         ] {
             let path = bpffs.join(n);
             let data = MapData::from_pin(&path).map_err(map_err(n))?;
