@@ -33,6 +33,7 @@
 
 pub mod agent;
 pub mod lab;
+pub mod live;
 pub mod manifests;
 pub mod netns;
 pub mod plan;
@@ -42,6 +43,7 @@ pub mod scenario;
 pub mod services;
 pub mod traffic;
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -110,10 +112,99 @@ pub enum LabCommand {
         /// The scenario (YAML).
         file: PathBuf,
     },
-    /// List lab runs on this machine (live or left over).
+    /// Build a scenario and leave it running (no probes): its agents enforce its policies
+    /// until `lab down`. Prints the nodes, pods and addresses, and commands to try.
+    #[command(after_help = "Then:\n  enforcer lab probe NAME x/a x/b 80/TCP\n  \
+                      enforcer lab exec NAME node-1 -- maps dump\n  \
+                      enforcer lab apply NAME policy.yaml\n  enforcer lab down NAME\n\n\
+                      Example:\n  enforcer lab up examples/k3s-multi-tenant.yaml --name demo")]
+    Up {
+        /// The scenario (YAML); its `probes` and `steps` are not run.
+        file: PathBuf,
+        /// What to call the lab (default: the file's name).
+        #[arg(long)]
+        name: Option<String>,
+        #[command(flatten)]
+        opts: RunOptions,
+    },
+    /// The process that holds a lab started by `up` (started by `up`, stopped by `down`).
+    #[command(hide = true)]
+    Keep {
+        /// The run prefix (enf-xxxxxx).
+        prefix: String,
+        #[command(flatten)]
+        opts: RunOptions,
+    },
+    /// Send one probe in a lab left running and print allow or deny (with the drop event).
+    #[command(
+        after_help = "FROM: namespace/pod or a host. TO: namespace/pod, a host, an IP address \
+                      or svc:namespace/name (then PORT is the Service's port).\n\
+                      Exit status 0 when the probe ran (allowed or denied), 2 when it could \
+                      not.\n\nExample:\n  enforcer lab probe demo sample1/curl sample2/nginx \
+                      80/TCP"
+    )]
+    Probe {
+        /// The lab (its name, or its run prefix).
+        name: String,
+        from: String,
+        to: String,
+        /// PORT/PROTOCOL: 80/TCP, 53/UDP, http/TCP (a named port of the target); TCP when
+        /// omitted.
+        port: String,
+        /// The address family to use (4 or 6) when both ends have both.
+        #[arg(long, value_parser = clap::value_parser!(u8).range(4..=6))]
+        family: Option<u8>,
+        /// How long to wait for the connection or the echo.
+        #[arg(long, default_value = "1s", value_parser = parse_duration)]
+        timeout: Duration,
+        #[arg(long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Run the enforcer with these arguments inside a node of a lab left running, with
+    /// ENFORCER_NODE, ENFORCER_BPFFS, ENFORCER_MANIFESTS and ENFORCER_EVENTS_FILE set for that
+    /// node; exits with its exit status.
+    #[command(after_help = "Example:\n  enforcer lab exec demo node-1 -- maps dump --output json")]
+    Exec {
+        /// The lab (its name, or its run prefix).
+        name: String,
+        /// The node.
+        node: String,
+        /// The enforcer's arguments (after `--`).
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
+    /// Create or replace objects (NetworkPolicies, ClusterIP Services, …) in a lab left
+    /// running, as `kubectl apply -f` would; waits until every agent has them.
+    Apply {
+        /// The lab (its name, or its run prefix).
+        name: String,
+        /// YAML: one or more documents, or a List.
+        file: PathBuf,
+        /// How long the agents may take.
+        #[arg(long, default_value = "20s", value_parser = parse_duration)]
+        agent_timeout: Duration,
+    },
+    /// Remove the objects of a file from a lab left running (by kind, namespace and name).
+    Delete {
+        /// The lab (its name, or its run prefix).
+        name: String,
+        /// YAML: one or more documents, or a List.
+        file: PathBuf,
+        /// How long the agents may take.
+        #[arg(long, default_value = "20s", value_parser = parse_duration)]
+        agent_timeout: Duration,
+    },
+    /// List lab runs on this machine (left running by `up`, in progress, or left over).
     List,
-    /// Remove the leftovers of lab runs whose process is gone.
-    Down,
+    /// Take a lab down (`down NAME`); without a name, remove the leftovers of runs whose
+    /// process is gone; `--all`: every lab run, live or not.
+    Down {
+        /// The lab (its name, or its run prefix).
+        name: Option<String>,
+        /// Every lab run on this machine.
+        #[arg(long, conflicts_with = "name")]
+        all: bool,
+    },
 }
 
 /// Parses `1s`, `500ms`, `2.5s` or a bare number of seconds.
@@ -140,6 +231,16 @@ pub fn load(text: &str, source: &str, prefix: &str) -> Result<plan::Plan> {
     plan::plan(&s, prefix).with_context(|| format!("{source}: cannot run this scenario"))
 }
 
+pub(crate) fn lab_options(opts: &RunOptions) -> lab::Options {
+    lab::Options {
+        probe_timeout: opts.probe_timeout,
+        agent_timeout: opts.agent_timeout,
+        parallel: opts.parallel,
+        keep_files: opts.keep_files,
+        verbose: opts.verbose,
+    }
+}
+
 /// Runs a planned scenario and tears everything down, also on Ctrl-C or SIGTERM.
 pub fn run_plan(plan: &plan::Plan, agent: &Path, opts: &RunOptions) -> Result<report::Report> {
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -147,13 +248,7 @@ pub fn run_plan(plan: &plan::Plan, agent: &Path, opts: &RunOptions) -> Result<re
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let lab_opts = lab::Options {
-        probe_timeout: opts.probe_timeout,
-        agent_timeout: opts.agent_timeout,
-        parallel: opts.parallel,
-        keep_files: opts.keep_files,
-        verbose: opts.verbose,
-    };
+    let lab_opts = lab_options(opts);
     let mut res = lab::Resources::new(&plan.prefix);
     let result = rt.block_on(async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -167,8 +262,13 @@ pub fn run_plan(plan: &plan::Plan, agent: &Path, opts: &RunOptions) -> Result<re
             _ = hup.recv() => Err(anyhow::anyhow!("hung up (SIGHUP)")),
         }
     });
-    // Agents first (they detach from the interfaces), then the servers' sockets go with the
-    // runtime, then namespaces and files.
+    shutdown(rt, &mut res);
+    result
+}
+
+/// Tears a lab down in order: agents first (they detach from the interfaces), then the
+/// servers' sockets go with the runtime, then namespaces and files.
+pub(crate) fn shutdown(rt: tokio::runtime::Runtime, res: &mut lab::Resources) {
     for a in &mut res.agents {
         if let Some(p) = a.stop(Duration::from_secs(5)) {
             eprintln!("enforcer lab: cleanup: {p}");
@@ -181,7 +281,6 @@ pub fn run_plan(plan: &plan::Plan, agent: &Path, opts: &RunOptions) -> Result<re
     for p in res.teardown() {
         eprintln!("enforcer lab: cleanup: {p}");
     }
-    result
 }
 
 fn print_report(r: &report::Report, output: Output) {
@@ -259,40 +358,30 @@ pub fn main(cmd: LabCommand, enforcer_exe: &Path) -> i32 {
                 }
             }
         }
-        LabCommand::List => {
-            let runs = runs::list();
-            if runs.is_empty() {
-                println!("no lab runs");
-            }
-            for r in runs {
-                println!(
-                    "{}  owner {}  {}  {} namespaces",
-                    r.prefix.trim_end_matches('-'),
-                    r.owner.map_or("-".to_string(), |p| p.to_string()),
-                    if r.alive { "running" } else { "stale" },
-                    r.netns.len()
-                );
-            }
-            0
-        }
-        LabCommand::Down => {
-            // SAFETY: a plain getter.
-            if unsafe { libc::geteuid() } != 0 {
-                eprintln!("enforcer lab: error: removing lab runs needs root");
-                return 2;
-            }
-            let (removed, problems) = runs::remove_stale();
-            for p in &removed {
-                println!("removed {}", p.trim_end_matches('-'));
-            }
-            if removed.is_empty() {
-                println!("nothing to remove");
-            }
-            for p in &problems {
-                eprintln!("enforcer lab: {p}");
-            }
-            if problems.is_empty() { 0 } else { 2 }
-        }
+        LabCommand::Up { file, name, opts } => live::up(&file, name, &opts),
+        LabCommand::Keep { prefix, opts } => live::keep(&prefix, &opts, enforcer_exe),
+        LabCommand::Probe {
+            name,
+            from,
+            to,
+            port,
+            family,
+            timeout,
+            output,
+        } => live::probe(&name, &from, &to, &port, family, timeout, output),
+        LabCommand::Exec { name, node, args } => live::exec(&name, &node, &args, enforcer_exe),
+        LabCommand::Apply {
+            name,
+            file,
+            agent_timeout,
+        } => live::apply(&name, &file, false, agent_timeout),
+        LabCommand::Delete {
+            name,
+            file,
+            agent_timeout,
+        } => live::apply(&name, &file, true, agent_timeout),
+        LabCommand::List => live::list(),
+        LabCommand::Down { name, all } => live::down(name.as_deref(), all),
     }
 }
 

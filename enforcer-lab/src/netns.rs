@@ -10,7 +10,8 @@
 //!   routes via the gateway go only to the lab's own addresses. No namespace has a default
 //!   route, so no lab packet can reach a real network.
 //! - with several nodes or any host: a fabric namespace with a bridge joining every node and
-//!   host (see [`build`]); nodes use 198.18.0.0/15 (RFC 2544) addresses on it.
+//!   host (see [`build`]); nodes use 198.18.0.0/15 (RFC 2544) addresses on it (without a
+//!   fabric, a node keeps its address on `svc0`); pods route the nodes' addresses too.
 
 use std::fs::File;
 use std::net::IpAddr;
@@ -283,6 +284,10 @@ pub async fn build(plan: &Plan, created: &mut Vec<String>) -> Result<()> {
                 ));
             }
         }
+        if fabric.is_none() {
+            // No fabric: the node's address lives on svc0 (its own connections need one).
+            own_addresses(&n.fabric_ips, SVC_IF, &mut lines);
+        }
         if fabric.is_some() {
             let dev = NODE_FABRIC_IF;
             lines.push(format!("link set {dev} up"));
@@ -361,7 +366,8 @@ pub async fn build(plan: &Plan, created: &mut Vec<String>) -> Result<()> {
             ));
         }
         lines.extend(pod_service_routes(&p.ips, &svc_routes, "add"));
-        for ip in all.iter().filter(|ip| !p.ips.contains(ip)) {
+        let nodes = plan.nodes.iter().flat_map(|n| n.fabric_ips.iter());
+        for ip in all.iter().chain(nodes).filter(|ip| !p.ips.contains(ip)) {
             match ip {
                 IpAddr::V4(_) if has4 => lines.push(format!(
                     "route add {} via {GATEWAY_V4} dev eth0",

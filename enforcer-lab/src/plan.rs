@@ -19,8 +19,9 @@ pub struct NodePlan {
     pub name: String,
     /// Network namespace name (with the run prefix).
     pub netns: String,
-    /// The node's addresses on the fabric (IPv4, then IPv6 when the lab uses IPv6); used
-    /// only when there is a fabric.
+    /// The node's own addresses (IPv4, then IPv6 when the lab uses IPv6): on the fabric when
+    /// there is one, else on `svc0`. Pods route them, so the node's own connections (to pods,
+    /// or through a Service) get their replies.
     pub fabric_ips: Vec<IpAddr>,
 }
 
@@ -128,7 +129,7 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// Every pod and host address: what a pod has routes to.
+    /// Every pod and host address (what a pod has routes to, with the nodes' addresses).
     pub fn lab_addresses(&self) -> BTreeSet<IpAddr> {
         self.pods
             .iter()
@@ -317,11 +318,9 @@ pub fn plan(s: &Scenario, prefix: &str) -> Result<Plan, ScenarioError> {
 
     // The fabric's and the explicit addresses first, so that assigned ones avoid them.
     let mut used: BTreeMap<IpAddr, String> = BTreeMap::new();
-    if fabric.is_some() {
-        for n in &nodes {
-            for ip in &n.fabric_ips {
-                used.insert(*ip, format!("node {} on the lab's fabric", n.name));
-            }
+    for n in &nodes {
+        for ip in &n.fabric_ips {
+            used.insert(*ip, format!("node {} on the lab's fabric", n.name));
         }
     }
     let mut hosts = Vec::new();

@@ -136,7 +136,7 @@ pub struct JsonProbe<'a> {
     pub events: &'a [Value],
 }
 
-fn probe_json(p: &ProbeResult) -> JsonProbe<'_> {
+pub fn probe_json(p: &ProbeResult) -> JsonProbe<'_> {
     let spec = &p.probe.spec;
     JsonProbe {
         from: &spec.from_text,

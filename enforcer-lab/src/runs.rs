@@ -122,6 +122,11 @@ fn live_pids(path: &Path) -> Vec<u32> {
         .collect()
 }
 
+/// The run's owner (a `lab run`, or the keeper of a lab left running), if it is alive.
+pub fn live_owner(prefix: &str) -> Option<u32> {
+    live_pids(&run_dir(prefix).join(OWNER)).into_iter().next()
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunInfo {
     pub prefix: String,

@@ -752,8 +752,9 @@ fn object(v: &Value, path: &str) -> Result<Object, ScenarioError> {
 /// otherwise a Kubernetes object, whose other fields are the API server's business).
 fn service_ports(m: &Mapping, path: &str, strict: bool) -> Result<Vec<ServicePort>, ScenarioError> {
     let mut out: Vec<ServicePort> = Vec::new();
-    let list = items(m, path, "ports")?;
-    for (pp, v) in &list {
+    // (Kubernetes wants a name on each port of a multi-port Service; the lab does not insist,
+    // probes name ports by number too.)
+    for (pp, v) in &items(m, path, "ports")? {
         let pm = if strict {
             mapping(v, pp, &["name", "port", "targetPort", "protocol"])?
         } else {
@@ -776,12 +777,6 @@ fn service_ports(m: &Mapping, path: &str, strict: bool) -> Result<Vec<ServicePor
             Some(v) => port_ref(v, &join(pp, "targetPort"))?,
         };
         let protocol = protocol(pm, pp)?;
-        if list.len() > 1 && name.is_none() {
-            return err(
-                &join(pp, "name"),
-                "required when a Service has more than one port",
-            );
-        }
         if let Some(n) = &name
             && out.iter().any(|o| o.name.as_ref() == Some(n))
         {

@@ -184,6 +184,8 @@ fn check_routes(name: &str) {
         .enable_all()
         .build()
         .unwrap();
+    // Registered, so that another test's sweep of dead runs leaves these namespaces alone.
+    let dir = runs::register(&prefix).unwrap();
     let mut created = Vec::new();
     let built = rt.block_on(enforcer_lab::netns::build(&plan, &mut created));
     let mut routes: BTreeMap<String, String> = BTreeMap::new();
@@ -199,6 +201,7 @@ fn check_routes(name: &str) {
         routes.insert(ns.clone(), all);
     }
     let problems = enforcer_lab::netns::delete(&created);
+    std::fs::remove_dir_all(&dir).unwrap();
     built.unwrap();
     assert!(problems.is_empty(), "{problems:?}");
     common::assert_clean(&prefix);

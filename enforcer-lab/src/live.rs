@@ -1,0 +1,1205 @@
+//! A lab left running: `lab up` builds a scenario and returns, leaving its agents and servers
+//! up; `probe`, `exec`, `apply` and `delete` use it; `down` takes it away; `list` shows it.
+//!
+//! `up` plans the scenario (so a bad file fails at once), makes the run folder
+//! (`/run/enforcer-lab/<prefix>/`, with `scenario.yaml` and `meta.json`), and starts a *keeper*:
+//! this same program, `<exe> lab keep <prefix>`, in a session of its own. The keeper builds the
+//! lab exactly as `lab run` does, registers itself as the run's owner, holds the servers and
+//! the agents (its children, which die with it), saves the cluster state in `state.json`, and
+//! says `ready` (or why it failed) through a pipe `up` gave it; `up` then prints how to use the
+//! lab and exits. The keeper stays until SIGTERM (`lab down`), then tears everything down in
+//! order. Should it die some other way, the run is stale: its leftovers go with the next
+//! `lab down` or the next run, as any dead run's do.
+//!
+//! The other commands need no conversation with the keeper: the plan is recomputed from
+//! `scenario.yaml` and the prefix (planning is deterministic), the state comes from
+//! `state.json`, and `apply` writes the manifests, the Services' rules and `state.json` under a
+//! lock, then waits on the agents' status files.
+
+use std::ffi::OsString;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+
+use crate::lab::{self, SavedState};
+use crate::manifests::{ManifestWriter, write_atomic};
+use crate::netns::{self, Netns};
+use crate::plan::{Changes, Plan};
+use crate::report::{ProbeResult, match_events};
+use crate::runs::{self, RunInfo};
+use crate::scenario;
+use crate::{Output, RunOptions, load, services, traffic};
+
+pub const SCENARIO_FILE: &str = "scenario.yaml";
+pub const STATE_FILE: &str = "state.json";
+pub const KEEPER_LOG: &str = "keeper.log";
+const LOCK_FILE: &str = "lock";
+/// The descriptor on which the keeper finds the pipe back to `up`.
+const STATUS_FD: i32 = 3;
+
+fn is_root() -> bool {
+    // SAFETY: a plain getter.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn need_root(what: &str) -> Result<()> {
+    if is_root() {
+        Ok(())
+    } else {
+        bail!("{what} needs root (network namespaces, eBPF): run it with sudo")
+    }
+}
+
+/// Is this program `enforcer lab …` (the lab one level down) or a lab-only binary?
+fn under_lab() -> bool {
+    std::env::args().nth(1).as_deref() == Some("lab")
+}
+
+/// How a user calls these commands: `enforcer lab` (or the lab-only binary's name).
+pub fn shown_cmd() -> String {
+    let argv0 = std::env::args().next().unwrap_or_else(|| "enforcer".into());
+    let base = Path::new(&argv0)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or(argv0);
+    if under_lab() {
+        format!("{base} lab")
+    } else {
+        base
+    }
+}
+
+/// A lab name: what `up --name` takes (and what `down`, `probe`, … find it by).
+fn check_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 40
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+        && !runs::is_prefix(&format!("{name}-"));
+    if ok {
+        Ok(())
+    } else {
+        bail!(
+            "{name:?} is not a lab name (lower-case letters, digits and '-', at most 40, \
+             not like a run prefix)"
+        )
+    }
+}
+
+/// A name from a file name: `examples/k3s-multi-tenant.yaml` → `k3s-multi-tenant`.
+fn name_from_file(file: &Path) -> String {
+    let stem = file
+        .file_stem()
+        .map(|s| s.to_string_lossy().to_ascii_lowercase())
+        .unwrap_or_default();
+    let mut name: String = stem
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    name = name.trim_matches('-').chars().take(40).collect();
+    let name = name.trim_matches('-').to_string();
+    if name.is_empty() { "lab".into() } else { name }
+}
+
+/// The run a name (or a run prefix like `enf-1a2b3c`) designates.
+pub fn find_run(name: &str) -> Option<RunInfo> {
+    runs::list().into_iter().find(|r| {
+        r.meta.as_ref().and_then(|m| m.name.as_deref()) == Some(name)
+            || r.prefix.trim_end_matches('-') == name
+    })
+}
+
+/// A lab left running, with its plan and its state as last saved.
+struct Live {
+    info: RunInfo,
+    plan: Plan,
+    dir: PathBuf,
+}
+
+impl Live {
+    fn open(name: &str) -> Result<Live> {
+        let Some(info) = find_run(name) else {
+            bail!(
+                "no lab named {name:?} (`{} list` shows the labs)",
+                shown_cmd()
+            );
+        };
+        let dir = runs::run_dir(&info.prefix);
+        let is_up = info.meta.as_ref().is_some_and(|m| m.kind == "up");
+        if !is_up {
+            bail!("{name} is a `lab run` in progress, not a lab left running by `lab up`");
+        }
+        if !info.alive {
+            bail!(
+                "lab {name} is not running (its keeper is gone); `{} down {name}` removes \
+                 what is left",
+                shown_cmd()
+            );
+        }
+        let text = std::fs::read_to_string(dir.join(SCENARIO_FILE))
+            .with_context(|| format!("reading {}", dir.join(SCENARIO_FILE).display()))?;
+        let plan = load(&text, &format!("lab {name}"), &info.prefix)?;
+        Ok(Live { info, plan, dir })
+    }
+
+    fn name(&self) -> String {
+        self.info
+            .meta
+            .as_ref()
+            .and_then(|m| m.name.clone())
+            .unwrap_or_else(|| self.info.prefix.trim_end_matches('-').to_string())
+    }
+
+    fn state(&self) -> Result<SavedState> {
+        let path = self.dir.join(STATE_FILE);
+        let text = std::fs::read(&path)
+            .with_context(|| format!("reading {} (is the lab still starting?)", path.display()))?;
+        serde_json::from_slice(&text).with_context(|| format!("parsing {}", path.display()))
+    }
+
+    fn node_dir(&self, node: &str) -> PathBuf {
+        self.dir.join(node)
+    }
+}
+
+pub fn save_state(dir: &Path, s: &SavedState) -> Result<()> {
+    write_atomic(&dir.join(STATE_FILE), &serde_json::to_vec_pretty(s)?)
+}
+
+// ---------------------------------------------------------------------------------------------
+// up and keep
+
+/// `lab up FILE [--name NAME]`: returns the exit status.
+pub fn up(file: &Path, name: Option<String>, opts: &RunOptions) -> i32 {
+    match up_inner(file, name, opts) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("enforcer lab: error: {e:#}");
+            2
+        }
+    }
+}
+
+fn up_inner(file: &Path, name: Option<String>, opts: &RunOptions) -> Result<i32> {
+    let source = file.display().to_string();
+    let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {source}"))?;
+    let name = name.unwrap_or_else(|| name_from_file(file));
+    check_name(&name)?;
+    let prefix = runs::new_prefix();
+    let plan = load(&text, &source, &prefix)?;
+    need_root("`lab up`")?;
+
+    let (removed, problems) = runs::remove_stale();
+    for p in &removed {
+        eprintln!("enforcer lab: removed the leftovers of an earlier run {p}");
+    }
+    for p in problems {
+        eprintln!("enforcer lab: cleaning an earlier run: {p}");
+    }
+    if let Some(r) = find_run(&name) {
+        bail!(
+            "a lab named {name} is already up (run {}): `{} down {name}` first, or give \
+             another --name",
+            r.prefix.trim_end_matches('-'),
+            shown_cmd()
+        );
+    }
+
+    let dir = runs::run_dir(&prefix);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::write(dir.join(SCENARIO_FILE), &text)?;
+    runs::write_meta(
+        &prefix,
+        &runs::Meta::for_run(Some(name.clone()), &plan, "up"),
+    )?;
+    let log = std::fs::File::create(dir.join(KEEPER_LOG))?;
+
+    let (read_end, write_end) = pipe()?;
+    let (exe, mut args) = self_invocation()?;
+    args.extend(["keep".into(), prefix.clone().into()]);
+    args.extend(forwarded(opts));
+    let w = write_end.as_raw_fd();
+    let mut cmd = Command::new(&exe);
+    cmd.args(&args)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    // SAFETY: only async-signal-safe syscalls between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            // Its own session: a Ctrl-C at this terminal later does not reach it.
+            libc::setsid();
+            // The status pipe as descriptor 3, kept across exec.
+            if w == STATUS_FD {
+                if libc::fcntl(w, libc::F_SETFD, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            } else if libc::dup2(w, STATUS_FD) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut keeper = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            runs::remove(&prefix);
+            return Err(anyhow!(e).context(format!("starting {}", exe.display())));
+        }
+    };
+    drop(write_end);
+    eprintln!(
+        "enforcer lab: starting lab {name} (run {})…",
+        prefix.trim_end_matches('-')
+    );
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let said = rt.block_on(async {
+        let read = tokio::task::spawn_blocking(move || {
+            let mut f = std::fs::File::from(read_end);
+            let mut s = String::new();
+            let _ = f.read_to_string(&mut s);
+            s
+        });
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            s = read => Ok::<Option<String>, anyhow::Error>(Some(s.unwrap_or_default())),
+            _ = tokio::signal::ctrl_c() => Ok(None),
+            _ = term.recv() => Ok(None),
+        }
+    })?;
+    let fail = |why: String, keeper: &mut std::process::Child| -> Result<i32> {
+        // The keeper tears down what it built; whatever remains goes here.
+        // SAFETY: signalling our own child.
+        unsafe {
+            libc::kill(keeper.id() as i32, libc::SIGTERM);
+        }
+        let _ = keeper.wait();
+        for p in runs::remove(&prefix) {
+            eprintln!("enforcer lab: cleanup: {p}");
+        }
+        eprintln!("enforcer lab: error: lab {name}: {why}");
+        Ok(2)
+    };
+    match said {
+        None => fail("interrupted".into(), &mut keeper),
+        Some(s) if s.starts_with("ready") => {
+            print!("{}", usage(&name, &plan, &dir));
+            Ok(0)
+        }
+        Some(s) if s.is_empty() => {
+            let log = std::fs::read_to_string(dir.join(KEEPER_LOG)).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(20).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            fail(
+                format!(
+                    "the keeper exited before the lab was up\n{}",
+                    tail.join("\n")
+                ),
+                &mut keeper,
+            )
+        }
+        Some(s) => fail(
+            s.trim_start_matches("error: ").trim_end().to_string(),
+            &mut keeper,
+        ),
+    }
+}
+
+/// `pipe2(O_CLOEXEC)`: read end, write end.
+fn pipe() -> Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0i32; 2];
+    // SAFETY: pipe2 fills two descriptors we then own.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("pipe2");
+    }
+    // SAFETY: fresh descriptors, owned from here on.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// This program and the arguments that reach the lab's commands (`lab` under `enforcer`).
+fn self_invocation() -> Result<(PathBuf, Vec<OsString>)> {
+    let exe = std::env::current_exe().context("finding this program")?;
+    let args = if under_lab() {
+        vec!["lab".into()]
+    } else {
+        Vec::new()
+    };
+    Ok((exe, args))
+}
+
+/// The options `up` passes on to its keeper.
+fn forwarded(opts: &RunOptions) -> Vec<OsString> {
+    let mut v: Vec<OsString> = vec![
+        "--agent-timeout".into(),
+        format!("{}ms", opts.agent_timeout.as_millis()).into(),
+    ];
+    if let Some(a) = &opts.agent_cmd {
+        v.push("--agent-cmd".into());
+        v.push(a.clone().into_os_string());
+    }
+    if opts.verbose {
+        v.push("--verbose".into());
+    }
+    v
+}
+
+/// The keeper's half of the status pipe, when it was started by `up`.
+fn status_pipe() -> Option<std::fs::File> {
+    // SAFETY: probing and then owning descriptor 3, which `up` set up for us.
+    unsafe {
+        if libc::fcntl(STATUS_FD, libc::F_GETFD) < 0 {
+            return None;
+        }
+        // Not to be inherited by the agents (`up` would wait for them to close it).
+        libc::fcntl(STATUS_FD, libc::F_SETFD, libc::FD_CLOEXEC);
+        Some(std::fs::File::from_raw_fd(STATUS_FD))
+    }
+}
+
+/// `lab keep PREFIX`: the process that holds a lab started by `up`.
+pub fn keep(prefix: &str, opts: &RunOptions, enforcer_exe: &Path) -> i32 {
+    let mut status = status_pipe();
+    let mut say = |msg: &str| {
+        if let Some(mut f) = status.take() {
+            let _ = f.write_all(msg.as_bytes());
+        }
+    };
+    let prefix = if prefix.ends_with('-') {
+        prefix.to_string()
+    } else {
+        format!("{prefix}-")
+    };
+    let dir = runs::run_dir(&prefix);
+    let prepared = (|| -> Result<(Plan, runs::Meta)> {
+        if !runs::is_prefix(&prefix) {
+            bail!("{prefix:?} is not a run prefix");
+        }
+        let text = std::fs::read_to_string(dir.join(SCENARIO_FILE))
+            .with_context(|| format!("reading {}", dir.join(SCENARIO_FILE).display()))?;
+        let meta = runs::read_meta(&prefix).context("the run has no meta.json")?;
+        let source = format!("lab {}", meta.name.as_deref().unwrap_or("?"));
+        Ok((load(&text, &source, &prefix)?, meta))
+    })();
+    let (plan, meta) = match prepared {
+        Ok(x) => x,
+        Err(e) => {
+            say(&format!("error: {e:#}"));
+            eprintln!("enforcer lab keep: error: {e:#}");
+            return 2;
+        }
+    };
+    let agent = opts.agent_cmd.as_deref().unwrap_or(enforcer_exe);
+    let lab_opts = crate::lab_options(opts);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            say(&format!("error: starting the async runtime: {e}"));
+            return 2;
+        }
+    };
+    let mut res = lab::Resources::new(&plan.prefix);
+    let result: Result<()> = rt.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+        let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+        let lab = tokio::select! {
+            l = lab::build(&plan, agent, &lab_opts, &mut res, &meta) => l?,
+            _ = term.recv() => bail!("terminated (SIGTERM) while starting"),
+            _ = int.recv() => bail!("interrupted (SIGINT) while starting"),
+            _ = hup.recv() => bail!("hung up (SIGHUP) while starting"),
+        };
+        save_state(&dir, &lab.saved())?;
+        eprintln!(
+            "enforcer lab keep: lab {} is up (generation {})",
+            meta.name.as_deref().unwrap_or("?"),
+            lab.generation
+        );
+        say("ready\n");
+        loop {
+            tokio::select! {
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+                _ = hup.recv() => break,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {
+                    for a in &mut res.agents {
+                        if let Some(st) = a.exited() {
+                            let msg = format!(
+                                "agent on {} exited ({st}); its pods are no longer enforced\n--- last lines of {} ---\n{}",
+                                a.node,
+                                a.log.display(),
+                                a.log_tail(20)
+                            );
+                            eprintln!("enforcer lab keep: {msg}");
+                            let _ = std::fs::write(dir.join("problems"), msg);
+                        }
+                    }
+                }
+            }
+        }
+        eprintln!("enforcer lab keep: taking the lab down");
+        Ok(())
+    });
+    if let Err(e) = &result {
+        say(&format!("error: {e:#}"));
+        eprintln!("enforcer lab keep: error: {e:#}");
+    }
+    crate::shutdown(rt, &mut res);
+    if result.is_ok() { 0 } else { 2 }
+}
+
+/// What `up` prints once the lab is up.
+fn usage(name: &str, plan: &Plan, dir: &Path) -> String {
+    use std::fmt::Write as _;
+    let cmd = shown_cmd();
+    let mut out = String::new();
+    let n_svc = plan.services.len();
+    let _ = writeln!(
+        out,
+        "lab {name} is up (run {}): {} node{}, {} pod{}, {} host{}, {n_svc} Service{}\n",
+        plan.prefix.trim_end_matches('-'),
+        plan.nodes.len(),
+        plural(plan.nodes.len()),
+        plan.pods.len(),
+        plural(plan.pods.len()),
+        plan.hosts.len(),
+        plural(plan.hosts.len()),
+        plural(n_svc),
+    );
+    let mut rows = vec![vec![
+        "NODE".to_string(),
+        "NETNS".into(),
+        "BPFFS".into(),
+        "FABRIC".into(),
+    ]];
+    for n in &plan.nodes {
+        rows.push(vec![
+            n.name.clone(),
+            n.netns.clone(),
+            runs::bpffs_dir(&plan.prefix)
+                .join(&n.name)
+                .display()
+                .to_string(),
+            if plan.fabric.is_some() {
+                ips_text(&n.fabric_ips)
+            } else {
+                "-".into()
+            },
+        ]);
+    }
+    table(&mut out, &rows);
+    let mut rows = vec![vec![
+        "POD".to_string(),
+        "NODE".into(),
+        "ADDRESSES".into(),
+        "LABELS".into(),
+        "PORTS".into(),
+    ]];
+    for p in &plan.pods {
+        rows.push(vec![
+            p.key(),
+            plan.nodes[p.node].name.clone(),
+            ips_text(&p.ips),
+            p.labels
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(","),
+            ports_text(&p.ports),
+        ]);
+    }
+    table(&mut out, &rows);
+    if !plan.hosts.is_empty() {
+        let mut rows = vec![vec!["HOST".to_string(), "ADDRESSES".into(), "PORTS".into()]];
+        for h in &plan.hosts {
+            rows.push(vec![h.name.clone(), ips_text(&h.ips), ports_text(&h.ports)]);
+        }
+        table(&mut out, &rows);
+    }
+    if !plan.services.is_empty() {
+        let mut rows = vec![vec![
+            "SERVICE".to_string(),
+            "CLUSTER-IP".into(),
+            "SELECTOR".into(),
+            "PORTS".into(),
+        ]];
+        for s in &plan.services {
+            rows.push(vec![
+                s.key(),
+                s.cluster_ip.to_string(),
+                s.selector
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(","),
+                s.ports
+                    .iter()
+                    .map(|p| {
+                        format!(
+                            "{}{}/{}->{}",
+                            p.name.as_ref().map(|n| format!("{n} ")).unwrap_or_default(),
+                            p.port,
+                            p.protocol,
+                            p.target_port
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            ]);
+        }
+        table(&mut out, &rows);
+    }
+    let node = &plan.nodes[0].name;
+    let example = example_probe(plan);
+    let _ = writeln!(out, "Try:");
+    if let Some((from, to, port)) = &example {
+        let _ = writeln!(out, "  {cmd} probe {name} {from} {to} {port}");
+    }
+    let with_endpoints = plan.services.iter().find(|s| {
+        plan.pods
+            .iter()
+            .any(|p| p.namespace == s.namespace && services::selects(&s.selector, &p.labels))
+    });
+    if let (Some(s), Some(from)) = (with_endpoints, plan.pods.first()) {
+        let p = &s.ports[0];
+        let _ = writeln!(
+            out,
+            "  {cmd} probe {name} {} svc:{} {}/{}",
+            from.key(),
+            s.key(),
+            p.port,
+            p.protocol
+        );
+    }
+    let _ = writeln!(out, "  {cmd} exec {name} {node} -- maps dump");
+    if let Some((from, to, port)) = &example {
+        let (number, proto) = split_port(port);
+        let _ = writeln!(
+            out,
+            "  {cmd} exec {name} {node} -- explain --from {from} --to {to} --port {number} --protocol {proto}"
+        );
+    }
+    let _ = writeln!(
+        out,
+        "  {cmd} apply {name} policy.yaml     (NetworkPolicies, Services; `delete` takes them away)"
+    );
+    let _ = writeln!(out, "  {cmd} down {name}");
+    let _ = writeln!(
+        out,
+        "\nThe agents run until `{cmd} down {name}`. `exec` runs the enforcer in a node's network \
+         namespace with ENFORCER_NODE, ENFORCER_BPFFS, ENFORCER_MANIFESTS and \
+         ENFORCER_EVENTS_FILE set for that node. Agent logs, events and manifests: {}",
+        dir.display()
+    );
+    out
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}
+
+fn ips_text(ips: &[std::net::IpAddr]) -> String {
+    ips.iter()
+        .map(|i| i.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn ports_text(ports: &[scenario::PortSpec]) -> String {
+    if ports.is_empty() {
+        return "-".into();
+    }
+    ports
+        .iter()
+        .map(|p| match &p.name {
+            Some(n) => format!("{n} {}/{}", p.port, p.protocol),
+            None => format!("{}/{}", p.port, p.protocol),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn table(out: &mut String, rows: &[Vec<String>]) {
+    use std::fmt::Write as _;
+    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..cols)
+        .map(|c| {
+            rows.iter()
+                .map(|r| r.get(c).map_or(0, |s| s.chars().count()))
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    for r in rows {
+        let mut line = String::new();
+        for (c, cell) in r.iter().enumerate() {
+            let _ = write!(line, "{cell:<w$}  ", w = widths[c]);
+        }
+        let _ = writeln!(out, "{}", line.trim_end());
+    }
+    out.push('\n');
+}
+
+/// A probe worth trying: from the first pod to another pod that serves something.
+fn example_probe(plan: &Plan) -> Option<(String, String, String)> {
+    let from = plan.pods.first()?;
+    let to = plan
+        .pods
+        .iter()
+        .skip(1)
+        .find(|p| !p.ports.is_empty())
+        .or_else(|| plan.pods.get(1))?;
+    let port = to.ports.first().map_or("80/TCP".to_string(), |p| {
+        format!("{}/{}", p.port, p.protocol)
+    });
+    Some((from.key(), to.key(), port))
+}
+
+// ---------------------------------------------------------------------------------------------
+// probe
+
+/// `80/TCP`, `http/udp`, `80` (TCP).
+fn split_port(s: &str) -> (String, String) {
+    match s.split_once('/') {
+        Some((p, proto)) => (p.to_string(), proto.to_ascii_uppercase()),
+        None => (s.to_string(), "TCP".to_string()),
+    }
+}
+
+/// `lab probe NAME FROM TO PORT[/PROTOCOL]`.
+pub fn probe(
+    name: &str,
+    from: &str,
+    to: &str,
+    port: &str,
+    family: Option<u8>,
+    timeout: Duration,
+    output: Output,
+) -> i32 {
+    match probe_inner(name, from, to, port, family, timeout) {
+        Ok(r) => {
+            match output {
+                Output::Json => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&crate::report::probe_json(&r))
+                        .expect("a probe is JSON")
+                ),
+                Output::Table => {
+                    let mut s = String::new();
+                    crate::report::note(&mut s, &r);
+                    print!("{}", s.strip_prefix("    ").unwrap_or(&s));
+                }
+            }
+            0
+        }
+        Err(e) => {
+            eprintln!("enforcer lab: error: {e:#}");
+            2
+        }
+    }
+}
+
+fn probe_inner(
+    name: &str,
+    from: &str,
+    to: &str,
+    port: &str,
+    family: Option<u8>,
+    timeout: Duration,
+) -> Result<ProbeResult> {
+    let (port, proto) = split_port(port);
+    let spec = scenario::parse_probe(from, to, &port, &proto, family)?;
+    need_root("`lab probe`")?;
+    let live = Live::open(name)?;
+    let saved = live.state()?;
+    let probe = live
+        .plan
+        .resolve(&saved.state.service_list(), &spec)
+        .map_err(|e| anyhow!("{}", e.reason))?;
+    let ns = Netns::open(live.plan.netns_of(probe.src))?;
+    let files: Vec<PathBuf> = live
+        .plan
+        .nodes
+        .iter()
+        .map(|n| live.node_dir(&n.name).join("events.jsonl"))
+        .collect();
+    let offsets: Vec<u64> = files
+        .iter()
+        .map(|f| std::fs::metadata(f).map_or(0, |m| m.len()))
+        .collect();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let dst = std::net::SocketAddr::new(probe.dst_ip, probe.dst_port);
+    let payload = format!(
+        "enforcer-lab {} cli probe {}",
+        live.plan.prefix,
+        std::process::id()
+    )
+    .into_bytes();
+    let outcome = rt.block_on(traffic::probe(
+        &ns,
+        spec.protocol,
+        probe.src_ip,
+        dst,
+        timeout,
+        payload,
+        probe.service.is_some(),
+    ))?;
+    if outcome.observed == traffic::Observed::Deny {
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    let mut events = Vec::new();
+    for (f, off) in files.iter().zip(offsets) {
+        events.extend(read_from(f, off));
+    }
+    let wrong_backend = lab::check_backend(
+        &lab::expected_backends(&live.plan, &saved.state, &probe),
+        &outcome,
+    );
+    Ok(ProbeResult {
+        events: match_events(&events, &probe, outcome.src_port),
+        probe,
+        outcome,
+        wrong_backend,
+    })
+}
+
+/// The JSON lines of a file after `offset`.
+fn read_from(path: &Path, offset: u64) -> Vec<serde_json::Value> {
+    use std::io::{Seek, SeekFrom};
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return Vec::new();
+    };
+    if f.seek(SeekFrom::Start(offset)).is_err() {
+        return Vec::new();
+    }
+    let mut s = String::new();
+    let _ = f.read_to_string(&mut s);
+    s.lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// exec
+
+/// `lab exec NAME NODE -- ARGS…`: the enforcer in a node's network namespace; its exit status.
+pub fn exec(name: &str, node: &str, args: &[OsString], enforcer_exe: &Path) -> i32 {
+    match exec_inner(name, node, args, enforcer_exe) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("enforcer lab: error: {e:#}");
+            2
+        }
+    }
+}
+
+fn exec_inner(name: &str, node: &str, args: &[OsString], exe: &Path) -> Result<i32> {
+    need_root("`lab exec`")?;
+    let live = Live::open(name)?;
+    let Some(n) = live.plan.nodes.iter().find(|n| n.name == node) else {
+        bail!(
+            "lab {} has no node {node:?} (nodes: {})",
+            live.name(),
+            live.plan
+                .nodes
+                .iter()
+                .map(|n| n.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    };
+    let ns = Netns::open(&n.netns)?;
+    let fd = ns.raw_fd();
+    let mut cmd = Command::new(exe);
+    cmd.args(args)
+        .env("ENFORCER_NODE", &n.name)
+        .env(
+            "ENFORCER_BPFFS",
+            runs::bpffs_dir(&live.plan.prefix).join(&n.name),
+        )
+        .env("ENFORCER_MANIFESTS", live.dir.join("manifests"))
+        .env(
+            "ENFORCER_EVENTS_FILE",
+            live.node_dir(&n.name).join("events.jsonl"),
+        );
+    // SAFETY: only an async-signal-safe syscall between fork and exec (setns, not `ip netns
+    // exec`, so /sys/fs/bpf stays as it is).
+    unsafe {
+        cmd.pre_exec(move || netns::enter(fd));
+    }
+    let status = cmd
+        .status()
+        .with_context(|| format!("running {}", exe.display()))?;
+    use std::os::unix::process::ExitStatusExt;
+    Ok(status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
+}
+
+// ---------------------------------------------------------------------------------------------
+// apply and delete
+
+/// `lab apply NAME FILE` (or `lab delete NAME FILE` with `delete`).
+pub fn apply(name: &str, file: &Path, delete: bool, agent_timeout: Duration) -> i32 {
+    match apply_inner(name, file, delete, agent_timeout) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("enforcer lab: error: {e:#}");
+            2
+        }
+    }
+}
+
+fn apply_inner(name: &str, file: &Path, delete: bool, agent_timeout: Duration) -> Result<()> {
+    let source = file.display().to_string();
+    let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {source}"))?;
+    let objects =
+        scenario::parse_objects(&text).with_context(|| format!("{source}: bad objects"))?;
+    need_root(if delete {
+        "`lab delete`"
+    } else {
+        "`lab apply`"
+    })?;
+    let live = Live::open(name)?;
+
+    // One change at a time.
+    let lock = std::fs::File::create(live.dir.join(LOCK_FILE))?;
+    // SAFETY: flock on a descriptor we own; released when it closes.
+    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("locking the lab");
+    }
+    let mut saved = live.state()?;
+    let plan = &live.plan;
+    let before = saved.state.clone();
+
+    let mut changes = Changes::default();
+    let mut said = Vec::new();
+    for o in &objects {
+        let key = &o.key;
+        let kind = key.kind.to_ascii_lowercase();
+        let id = format!(
+            "{kind} {}{}",
+            key.namespace
+                .as_ref()
+                .map(|n| format!("{n}/"))
+                .unwrap_or_default(),
+            key.name
+        );
+        if delete {
+            let exists = if key.kind == "Service" {
+                before.services.contains_key(&format!(
+                    "{}/{}",
+                    key.namespace.as_deref().unwrap_or("default"),
+                    key.name
+                ))
+            } else {
+                before.objects.contains_key(key)
+            };
+            if !exists {
+                bail!("{}: {key} does not exist in lab {}", o.path, live.name());
+            }
+            changes.delete.push(key.clone());
+            said.push(format!("{id} deleted"));
+            continue;
+        }
+        match &o.service {
+            Some(spec) => {
+                let sp = saved
+                    .state
+                    .cluster_ips
+                    .plan(spec)
+                    .map_err(|e| anyhow!("{}: spec.clusterIP: {e}", o.path))?;
+                let verb = if before.services.contains_key(&sp.key()) {
+                    "configured"
+                } else {
+                    "created"
+                };
+                said.push(format!("{id} {verb} (cluster IP {})", sp.cluster_ip));
+                changes.apply_services.push(sp);
+            }
+            None => {
+                let verb = if before.objects.contains_key(key) {
+                    "configured"
+                } else {
+                    "created"
+                };
+                said.push(format!("{id} {verb}"));
+                changes.apply.push(o.clone());
+            }
+        }
+    }
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        // New cluster IPs outside the service range need routes first.
+        let old_routes = services::routes_for(&before.cluster_ips);
+        let new_routes: Vec<_> = services::routes_for(&saved.state.cluster_ips)
+            .into_iter()
+            .filter(|r| !old_routes.contains(r))
+            .collect();
+        netns::add_service_routes(plan, &new_routes).await?;
+
+        saved.state.apply(&changes);
+        let mut writer = ManifestWriter::resume(
+            live.dir.join("manifests"),
+            before.manifests(plan),
+            saved.generation,
+        );
+        saved.generation = writer.sync(&saved.state.manifests(plan))?;
+        if !saved.state.services.is_empty() || saved.nft_installed {
+            let nodes = plan
+                .nodes
+                .iter()
+                .map(|n| Netns::open(&n.netns))
+                .collect::<Result<Vec<_>>>()?;
+            services::install(&plan.pods, &saved.state, &nodes).await?;
+            saved.nft_installed = true;
+        }
+        save_state(&live.dir, &saved)?;
+        for line in &said {
+            println!("{line}");
+        }
+        let mut problems = Vec::new();
+        for n in &plan.nodes {
+            let status = live.node_dir(&n.name).join("status.json");
+            if let Err(e) =
+                crate::agent::wait_status(&status, saved.generation, agent_timeout).await
+            {
+                problems.push(format!("agent on {}: {e:#}", n.name));
+            }
+        }
+        if !problems.is_empty() {
+            bail!("{}", problems.join("\n"));
+        }
+        println!(
+            "generation {}: in force on {}",
+            saved.generation,
+            plan.nodes
+                .iter()
+                .map(|n| n.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        Ok(())
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// down and list
+
+/// Stops a run's owner (a keeper or a `lab run`), waits for it to tear down, then removes
+/// whatever is left. Returns problems.
+pub fn stop_run(r: &RunInfo) -> Vec<String> {
+    if let Some(pid) = runs::live_owner(&r.prefix) {
+        // SAFETY: signalling the process recorded (pid and start time) as the run's owner.
+        unsafe {
+            libc::kill(pid as i32, libc::SIGTERM);
+        }
+        let started = Instant::now();
+        while runs::live_owner(&r.prefix).is_some() && started.elapsed() < Duration::from_secs(30) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    runs::remove(&r.prefix)
+}
+
+/// `lab down [NAME] [--all]`.
+pub fn down(name: Option<&str>, all: bool) -> i32 {
+    if !is_root() {
+        eprintln!("enforcer lab: error: removing lab runs needs root");
+        return 2;
+    }
+    let targets: Vec<RunInfo> = match (name, all) {
+        (Some(n), _) => match find_run(n) {
+            Some(r) => vec![r],
+            None => {
+                eprintln!(
+                    "enforcer lab: error: no lab named {n:?} (`{} list` shows the labs)",
+                    shown_cmd()
+                );
+                return 2;
+            }
+        },
+        (None, true) => runs::list(),
+        (None, false) => {
+            let (removed, problems) = runs::remove_stale();
+            for p in &removed {
+                println!("removed {}", p.trim_end_matches('-'));
+            }
+            if removed.is_empty() {
+                println!("nothing to remove");
+            }
+            for p in &problems {
+                eprintln!("enforcer lab: {p}");
+            }
+            return if problems.is_empty() { 0 } else { 2 };
+        }
+    };
+    let mut problems = Vec::new();
+    for r in &targets {
+        let p = stop_run(r);
+        let label = match r.meta.as_ref().and_then(|m| m.name.as_deref()) {
+            Some(n) => format!("{n} ({})", r.prefix.trim_end_matches('-')),
+            None => r.prefix.trim_end_matches('-').to_string(),
+        };
+        println!("removed {label}");
+        problems.extend(p);
+    }
+    if targets.is_empty() {
+        println!("nothing to remove");
+    }
+    for p in &problems {
+        eprintln!("enforcer lab: {p}");
+    }
+    if problems.is_empty() { 0 } else { 2 }
+}
+
+fn age(secs: u64) -> String {
+    match secs {
+        s if s < 120 => format!("{s}s"),
+        s if s < 7200 => format!("{}m", s / 60),
+        s if s < 172_800 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86400),
+    }
+}
+
+/// `lab list`.
+pub fn list() -> i32 {
+    let runs = runs::list();
+    if runs.is_empty() {
+        println!("no lab runs");
+        return 0;
+    }
+    let now = std::time::SystemTime::now();
+    let mut rows = vec![vec![
+        "NAME".to_string(),
+        "RUN".into(),
+        "STATE".into(),
+        "NODES".into(),
+        "AGE".into(),
+        "OWNER".into(),
+        "NAMESPACES".into(),
+    ]];
+    for r in runs {
+        let started = r
+            .meta
+            .as_ref()
+            .map(|m| std::time::UNIX_EPOCH + Duration::from_secs(m.started))
+            .or_else(|| {
+                std::fs::metadata(runs::run_dir(&r.prefix))
+                    .and_then(|m| m.modified())
+                    .ok()
+            });
+        let state = match (r.alive, r.meta.as_ref().map(|m| m.kind.as_str())) {
+            (true, Some("up")) => {
+                if runs::run_dir(&r.prefix).join("problems").exists() {
+                    "up (an agent died)"
+                } else {
+                    "up"
+                }
+            }
+            (true, _) => "running",
+            (false, _) => "stale",
+        };
+        rows.push(vec![
+            r.meta
+                .as_ref()
+                .and_then(|m| m.name.clone())
+                .unwrap_or_else(|| "-".into()),
+            r.prefix.trim_end_matches('-').to_string(),
+            state.to_string(),
+            r.meta
+                .as_ref()
+                .map_or("?".into(), |m| m.nodes.len().to_string()),
+            started
+                .and_then(|t| now.duration_since(t).ok())
+                .map_or("?".into(), |d| age(d.as_secs())),
+            r.owner.map_or("-".into(), |p| p.to_string()),
+            r.netns.len().to_string(),
+        ]);
+    }
+    let mut out = String::new();
+    table(&mut out, &rows);
+    print!("{}", out.trim_end_matches('\n'));
+    println!();
+    if rows.iter().skip(1).any(|r| r[2] == "stale") {
+        println!(
+            "(stale runs' owners are gone: `{} down` removes them)",
+            shown_cmd()
+        );
+    }
+    0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert_eq!(
+            name_from_file(Path::new("examples/k3s-multi-tenant.yaml")),
+            "k3s-multi-tenant"
+        );
+        assert_eq!(name_from_file(Path::new("My_Lab.v2.yaml")), "my-lab-v2");
+        assert_eq!(name_from_file(Path::new("___.yaml")), "lab");
+        assert!(check_name("demo").is_ok());
+        assert!(check_name("Demo").is_err());
+        assert!(check_name("enf-1a2b3c").is_err(), "looks like a run prefix");
+        assert!(check_name("-x").is_err());
+    }
+
+    #[test]
+    fn ports_on_the_command_line() {
+        assert_eq!(split_port("80/tcp"), ("80".into(), "TCP".into()));
+        assert_eq!(split_port("http/UDP"), ("http".into(), "UDP".into()));
+        assert_eq!(split_port("53"), ("53".into(), "TCP".into()));
+        assert_eq!(age(5), "5s");
+        assert_eq!(age(600), "10m");
+        assert_eq!(age(10_000), "2h");
+    }
+
+    #[test]
+    fn usage_names_pods_services_and_commands() {
+        let text = "
+nodes: [n1, n2]
+pods:
+  - {namespace: x, name: a, labels: {app: a}}
+  - {namespace: x, name: b, node: n2, ports: [{name: http, port: 80}]}
+services: [{namespace: x, name: s, selector: {app: a}, ports: [{port: 8080, targetPort: 80}]}]
+";
+        let plan = load(text, "t", "enf-0a0b0c-").unwrap();
+        let u = usage("t1", &plan, Path::new("/run/enforcer-lab/enf-0a0b0c"));
+        assert!(
+            u.starts_with("lab t1 is up (run enf-0a0b0c): 2 nodes, 2 pods, 0 hosts, 1 Service"),
+            "{u}"
+        );
+        assert!(u.contains("x/b  n2    10.42.2.10"), "{u}");
+        assert!(
+            u.contains("x/s      10.96.0.10  app=a     8080/TCP->80"),
+            "{u}"
+        );
+        assert!(u.contains(" probe t1 x/a x/b 80/TCP"), "{u}");
+        assert!(u.contains(" probe t1 x/a svc:x/s 8080/TCP"), "{u}");
+        assert!(u.contains(" exec t1 n1 -- maps dump"), "{u}");
+        assert!(u.contains(" down t1"), "{u}");
+    }
+}
