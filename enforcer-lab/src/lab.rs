@@ -436,6 +436,17 @@ pub async fn run(plan: &Plan, exe: &Path, opts: &Options, res: &mut Resources) -
         }
         report.steps.push(StepResult {
             step: si,
+            changes: if si == 0 {
+                // What the lab starts with.
+                Changes {
+                    apply: plan.objects.clone(),
+                    apply_services: plan.services.clone(),
+                    ..Changes::default()
+                }
+                .describe(&plan.pods)
+            } else {
+                step.changes.describe(&plan.pods)
+            },
             probes: results
                 .into_iter()
                 .map(|(probe, outcome)| {

@@ -79,6 +79,36 @@ pub struct Changes {
 }
 
 impl Changes {
+    /// One line per change, for people: `+` applied, `-` deleted, `~` relabelled.
+    pub fn describe(&self, pods: &[PodPlan]) -> Vec<String> {
+        let labels = |l: &Labels| {
+            let v: Vec<String> = l.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            if v.is_empty() {
+                "(none)".to_string()
+            } else {
+                v.join(",")
+            }
+        };
+        let mut out: Vec<String> = self.apply.iter().map(|o| format!("+ {}", o.key)).collect();
+        out.extend(
+            self.apply_services
+                .iter()
+                .map(|s| format!("+ Service {} ({})", s.key(), s.cluster_ip)),
+        );
+        out.extend(self.delete.iter().map(|k| format!("- {k}")));
+        out.extend(
+            self.relabel_pods
+                .iter()
+                .map(|(i, l)| format!("~ pod {} labels {}", pods[*i].key(), labels(l))),
+        );
+        out.extend(
+            self.relabel_namespaces
+                .iter()
+                .map(|(n, l)| format!("~ namespace {n} labels {}", labels(l))),
+        );
+        out
+    }
+
     pub fn is_empty(&self) -> bool {
         self.apply.is_empty()
             && self.apply_services.is_empty()
@@ -420,6 +450,18 @@ pub fn plan(s: &Scenario, prefix: &str) -> Result<Plan, ScenarioError> {
 
     // Services: cluster IPs assigned in order of appearance, avoiding every lab address.
     let mut cluster_ips = ClusterIps::new(used.clone());
+    let asked = s
+        .services
+        .iter()
+        .chain(s.policies.iter().filter_map(|o| o.service.as_ref()))
+        .chain(
+            s.steps
+                .iter()
+                .flat_map(|st| st.apply.iter().filter_map(|o| o.service.as_ref())),
+        );
+    for spec in asked {
+        cluster_ips.want(spec);
+    }
     let mut present_svcs: BTreeMap<String, ServicePlan> = BTreeMap::new();
     let mut initial_objects = Vec::new();
     let svc_specs = s

@@ -37,6 +37,8 @@ impl ProbeResult {
 #[derive(Debug, Clone)]
 pub struct StepResult {
     pub step: usize,
+    /// What the step changed before its probes, one line each (for people).
+    pub changes: Vec<String>,
     pub probes: Vec<ProbeResult>,
 }
 
@@ -178,6 +180,12 @@ type TableKey = (Protocol, u16, Option<Family>);
 
 fn render_step(out: &mut String, s: &StepResult) {
     let _ = writeln!(out, "step {}:", s.step);
+    for c in &s.changes {
+        let _ = writeln!(out, "  {c}");
+    }
+    if !s.changes.is_empty() {
+        out.push('\n');
+    }
     if s.probes.is_empty() {
         let _ = writeln!(out, "  (no probes)\n");
         return;
@@ -436,6 +444,7 @@ steps:
                 .enumerate()
                 .map(|(i, s)| StepResult {
                     step: i,
+                    changes: Vec::new(),
                     probes: s
                         .probes
                         .iter()

@@ -137,6 +137,10 @@ pub struct ClusterIps {
     pub assigned: BTreeMap<String, IpAddr>,
     /// Addresses of pods, hosts and nodes, which no Service may take.
     pub reserved: BTreeMap<IpAddr, String>,
+    /// Cluster IPs that Services ask for by name (`namespace/name`), at any step: never
+    /// assigned to another Service.
+    #[serde(default)]
+    pub wanted: BTreeMap<IpAddr, String>,
 }
 
 impl ClusterIps {
@@ -144,6 +148,16 @@ impl ClusterIps {
         ClusterIps {
             assigned: BTreeMap::new(),
             reserved,
+            wanted: BTreeMap::new(),
+        }
+    }
+
+    /// Notes the cluster IP a Service asks for, so that no Service without one takes it first.
+    pub fn want(&mut self, s: &ServiceSpec) {
+        if let Some(ip) = s.cluster_ip {
+            self.wanted
+                .entry(ip)
+                .or_insert_with(|| format!("{}/{}", s.namespace, s.name));
         }
     }
 
@@ -193,7 +207,11 @@ impl ClusterIps {
         let size = 1u32 << (32 - SERVICE_CIDR_V4.1);
         (10..size - 1)
             .map(|i| IpAddr::V4(Ipv4Addr::from(base + i)))
-            .find(|ip| !taken.contains(ip) && !self.reserved.contains_key(ip))
+            .find(|ip| {
+                !taken.contains(ip)
+                    && !self.reserved.contains_key(ip)
+                    && !self.wanted.contains_key(ip)
+            })
     }
 }
 
@@ -497,6 +515,18 @@ services:
         )
         .unwrap_err();
         assert!(e.reason.contains("cluster IP of Service x/s"), "{e}");
+        // An IP asked for later (or in a later step) is not given to an earlier Service.
+        let p = plan(
+            &parse("services: [{namespace: x, name: a, ports: [{port: 80}]}, {namespace: x, name: dns, clusterIP: 10.96.0.10, ports: [{port: 53}]}]\nsteps: [{apply: [{apiVersion: v1, kind: Service, metadata: {name: b, namespace: x}, spec: {clusterIP: 10.96.0.11, ports: [{port: 80}]}}]}]").unwrap(),
+            "enf-000000-",
+        )
+        .unwrap();
+        let got: Vec<String> = p
+            .services
+            .iter()
+            .map(|s| format!("{} {}", s.key(), s.cluster_ip))
+            .collect();
+        assert_eq!(got, vec!["x/a 10.96.0.12", "x/dns 10.96.0.10"]);
     }
 
     #[test]
