@@ -82,7 +82,8 @@ pub mod mode {
     pub const DENY_ALL: u32 = 3;
 }
 
-/// `ENDPOINTS` map: key = ifindex of the host-side interface (u32).
+/// An endpoint as policy sees it in one generation (the agent's logical view; the kernel holds
+/// two of these per endpoint, see `EndpointValue`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct EndpointInfo {
@@ -98,6 +99,31 @@ pub struct EndpointInfo {
     pub egress_mode: u32,
 }
 const _: () = assert!(core::mem::size_of::<EndpointInfo>() == 16);
+
+/// One generation's settings of an endpoint.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EndpointSlot {
+    pub policy_set: u32,
+    pub ingress_mode: u32,
+    pub egress_mode: u32,
+}
+const _: () = assert!(core::mem::size_of::<EndpointSlot>() == 12);
+
+/// `ENDPOINTS` map value: key = ifindex of the host-side interface (u32).
+///
+/// Two generations side by side: the datapath reads `slots[Config::generation]`. The agent
+/// writes the next generation into the other slot of every changed entry (endpoints, pod
+/// addresses, CIDR prefixes), then switches `Config::generation` in one write, so every packet
+/// sees the whole old state or the whole new one. A slot with `UNMANAGED` modes and policy set
+/// 0 stands for "no endpoint in this generation".
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EndpointValue {
+    pub endpoint_id: u32,
+    pub slots: [EndpointSlot; 2],
+}
+const _: () = assert!(core::mem::size_of::<EndpointValue>() == 28);
 
 // --- Identities -------------------------------------------------------------------------------
 
@@ -153,6 +179,18 @@ pub struct IdentityValue {
     pub endpoint_id: u32,
 }
 const _: () = assert!(core::mem::size_of::<IdentityValue>() == 8);
+
+/// Kernel value of `IP_IDENTITY` and `CIDR_IDENTITY`: one identity per generation (see
+/// `EndpointValue`). Identity 0 stands for "no entry in this generation" (an address: WORLD;
+/// a CIDR prefix: no ipBlock covers it).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct IdentitySlots {
+    pub identity: [u32; 2],
+    pub endpoint_id: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<IdentitySlots>() == 16);
 
 // --- Policy -----------------------------------------------------------------------------------
 
@@ -296,8 +334,11 @@ pub struct Config {
     pub revision: u32,
     /// `config_flags::*`.
     pub flags: u32,
+    /// Which slot (0 or 1) of `EndpointValue` and `IdentitySlots` is current.
+    pub generation: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<Config>() == 8);
+const _: () = assert!(core::mem::size_of::<Config>() == 16);
 
 pub mod config_flags {
     /// Emit an event for every new flow that is allowed, not only for drops.
@@ -452,6 +493,9 @@ mod user {
     // SAFETY: every type is repr(C), made only of integers and arrays of integers, with explicit
     // padding, so every bit pattern is valid and there are no uninitialised bytes.
     unsafe impl aya::Pod for EndpointInfo {}
+    unsafe impl aya::Pod for EndpointSlot {}
+    unsafe impl aya::Pod for EndpointValue {}
+    unsafe impl aya::Pod for IdentitySlots {}
     unsafe impl aya::Pod for IpAddrKey {}
     unsafe impl aya::Pod for IdentityValue {}
     unsafe impl aya::Pod for PolicyKey {}

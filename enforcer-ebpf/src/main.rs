@@ -29,23 +29,23 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use enforcer_common::{
-    Config, CtKey, CtValue, EndpointInfo, Event, FragKey, FragValue, IdentityValue, IpAddrKey,
-    POLICY_ACTION_ALLOW, POLICY_ACTION_DENY, PendingKey, PendingValue, PolicyKey, PolicyValue,
-    capacity, config_flags, counter, ct_flags, direction, identity, mode, policy_prefix, reason,
-    verdict,
+    Config, CtKey, CtValue, EndpointInfo, EndpointValue, Event, FragKey, FragValue, IdentitySlots,
+    IpAddrKey, POLICY_ACTION_ALLOW, POLICY_ACTION_DENY, PendingKey, PendingValue, PolicyKey,
+    PolicyValue, capacity, config_flags, counter, ct_flags, direction, identity, mode,
+    policy_prefix, reason, verdict,
 };
 
 // --- Maps -------------------------------------------------------------------------------------
 
 #[map]
-static ENDPOINTS: HashMap<u32, EndpointInfo> = HashMap::with_max_entries(capacity::ENDPOINTS, 0);
+static ENDPOINTS: HashMap<u32, EndpointValue> = HashMap::with_max_entries(capacity::ENDPOINTS, 0);
 
 #[map]
-static IP_IDENTITY: HashMap<IpAddrKey, IdentityValue> =
+static IP_IDENTITY: HashMap<IpAddrKey, IdentitySlots> =
     HashMap::with_max_entries(capacity::IP_IDENTITY, 0);
 
 #[map]
-static CIDR_IDENTITY: LpmTrie<IpAddrKey, IdentityValue> =
+static CIDR_IDENTITY: LpmTrie<IpAddrKey, IdentitySlots> =
     LpmTrie::with_max_entries(capacity::CIDR_IDENTITY, 0);
 
 #[map]
@@ -191,8 +191,7 @@ fn endpoint_program(ctx: &TcContext, dir: u8) -> i32 {
         return DROP;
     }
 
-    // SAFETY: the value is copied out at once; the agent replaces entries whole.
-    let Some(ep) = (unsafe { ENDPOINTS.get(&ifindex) }).copied() else {
+    let Some(ep) = endpoint(ifindex, &config) else {
         return PASS;
     };
     let ep_mode = mode_of(&ep, dir);
@@ -217,14 +216,13 @@ fn service_egress(ctx: &TcContext, pkt: &mut Packet, config: &Config) -> i32 {
     // SAFETY: copied out at once.
     let pending = unsafe { *pending };
     let _ = PENDING.remove(&key);
-    // SAFETY: the value is copied out at once.
-    let Some(ep) = (unsafe { ENDPOINTS.get(&pending.ifindex) }).copied() else {
+    let Some(ep) = endpoint(pending.ifindex, config) else {
         return CONTINUE;
     };
     if ep.egress_mode != mode::ENFORCE {
         return CONTINUE;
     }
-    let why = decide(&ep, direction::EGRESS, &pkt.flow);
+    let why = decide(&ep, direction::EGRESS, &pkt.flow, config);
     count(why.reason as u32);
     if !why.allowed {
         return drop_packet(
@@ -291,6 +289,22 @@ fn defer_to_service(pkt: &Packet, ifindex: u32) {
     let _ = PENDING.insert(&pending_key(&pkt.flow), &v, 0);
 }
 
+/// The endpoint on `ifindex` in the current generation.
+#[inline(always)]
+fn endpoint(ifindex: u32, config: &Config) -> Option<EndpointInfo> {
+    let v = ENDPOINTS.get_ptr(&ifindex)?;
+    let slot = (config.generation & 1) as usize;
+    // SAFETY: a live map value; the slot the current generation names is not written while it
+    // is current (the agent writes only the other one).
+    let (id, s) = unsafe { ((*v).endpoint_id, (*v).slots[slot]) };
+    Some(EndpointInfo {
+        endpoint_id: id,
+        policy_set: s.policy_set,
+        ingress_mode: s.ingress_mode,
+        egress_mode: s.egress_mode,
+    })
+}
+
 #[inline(always)]
 fn mode_of(ep: &EndpointInfo, dir: u8) -> u32 {
     if dir == direction::INGRESS {
@@ -341,7 +355,7 @@ fn try_new_flow(
         return PASS;
     }
     let why = if ep_mode == mode::ENFORCE {
-        decide(ep, dir, &pkt.flow)
+        decide(ep, dir, &pkt.flow, config)
     } else {
         Why::new(reason::ALLOWED_NOT_ISOLATED)
     };
@@ -366,8 +380,7 @@ fn recheck(
     ct: *mut CtValue,
     config: &Config,
 ) -> i32 {
-    // SAFETY: the value is copied out at once.
-    let Some(ep) = (unsafe { ENDPOINTS.get(&ifindex) }).copied() else {
+    let Some(ep) = endpoint(ifindex, config) else {
         // No longer an endpoint: nothing to enforce here.
         return PASS;
     };
@@ -387,7 +400,7 @@ fn recheck(
         dir
     };
     let mut why = match mode_of(&ep, opened_dir) {
-        mode::ENFORCE => decide(&ep, opened_dir, &pkt.opened),
+        mode::ENFORCE => decide(&ep, opened_dir, &pkt.opened, config),
         mode::DENY_ALL => Why::new(reason::ENDPOINT_DENY_ALL),
         _ => Why::new(reason::ALLOWED_NOT_ISOLATED),
     };
@@ -935,19 +948,21 @@ impl Why {
 
 /// The new-flow decision of an isolated direction; `enforcer::lookup::decide` is its mirror.
 #[inline(always)]
-fn decide(ep: &EndpointInfo, dir: u8, flow: &Flow) -> Why {
+fn decide(ep: &EndpointInfo, dir: u8, flow: &Flow, config: &Config) -> Why {
+    let slot = (config.generation & 1) as usize;
     let peer = if dir == direction::EGRESS {
         flow.daddr
     } else {
         flow.saddr
     };
     let peer_key = addr_key(&peer);
+    // Identity 0 in the current slot means "no entry in this generation".
     let peer_identity = match unsafe { IP_IDENTITY.get(&peer_key) } {
-        Some(v) => v.identity,
-        None => identity::WORLD,
+        Some(v) if v.identity[slot] != 0 => v.identity[slot],
+        _ => identity::WORLD,
     };
     let peer_cidr_identity = match CIDR_IDENTITY.get(Key::new(128, peer_key)) {
-        Some(v) => v.identity,
+        Some(v) => v.identity[slot],
         None => 0,
     };
     let port_be = if flow.has_ports != 0 {
@@ -1085,6 +1100,8 @@ fn config() -> Config {
         None => Config {
             revision: 0,
             flags: 0,
+            generation: 0,
+            _pad: 0,
         },
     }
 }

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use enforcer_common::{Config, Event, direction, reason, verdict};
+use enforcer_common::{Event, direction, reason, verdict};
 use notify::Watcher as _;
 use serde::Serialize;
 use tokio::sync::mpsc;
@@ -319,18 +319,19 @@ impl Agent {
                 .with_context(|| format!("attaching to ifindex {ifindex}"))?;
         }
         if !diff.is_empty() {
-            self.datapath
-                .apply(&self.installed, &diff)
+            let flags = if self.opts.events_on_allow {
+                enforcer_common::config_flags::EVENTS_ON_ALLOW
+            } else {
+                0
+            };
+            let done = self
+                .datapath
+                .install(&desired, self.revision + 1, flags)
                 .context("installing map changes (the previous state keeps enforcing)")?;
+            for e in &done.cleanup_errors {
+                warn!("cleaning up after an install (the new state is in force): {e}");
+            }
             self.revision += 1;
-            self.datapath.set_config(Config {
-                revision: self.revision,
-                flags: if self.opts.events_on_allow {
-                    enforcer_common::config_flags::EVENTS_ON_ALLOW
-                } else {
-                    0
-                },
-            })?;
             self.installed = desired;
         }
         for ifindex in self.datapath.attached() {

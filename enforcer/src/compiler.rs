@@ -487,8 +487,8 @@ fn rule_entries(
 /// Compiles the cluster for one node.
 ///
 /// `installed` is what the maps hold now: entries are also made for the identities that are
-/// live there and about to disappear, so that a new policy set is right both before and after
-/// the address map changes (see [`crate::state::MapDiff`]).
+/// live there and about to disappear (harmless since installs switch generations atomically,
+/// see [`crate::state::PhysState`], and they keep a reused policy set right meanwhile).
 pub fn compile(
     cluster: &Cluster,
     node: &NodeInput,

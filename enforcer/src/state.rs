@@ -5,7 +5,10 @@
 
 use std::collections::BTreeMap;
 
-use enforcer_common::{EndpointInfo, IdentityValue, IpAddrKey, PolicyKey, PolicyValue};
+use enforcer_common::{
+    EndpointInfo, EndpointSlot, EndpointValue, IdentitySlots, IdentityValue, IpAddrKey, PolicyKey,
+    PolicyValue, mode,
+};
 
 /// Key of an LPM trie entry: data plus prefix length in bits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -53,21 +56,10 @@ impl<K, V> MapChanges<K, V> {
     }
 }
 
-/// The minimal set of map writes that turns one [`MapState`] into another.
-///
-/// Apply order (so that no packet sees a mix of old and new policy for one endpoint):
-/// 1. `policy` upserts: new sets, and entries for identities no packet carries yet;
-/// 2. `endpoints` upserts and deletes: the atomic flip of each endpoint's modes and
-///    `policy_set` (a new set also holds entries for the identities about to go away, so it is
-///    right both before and after step 3);
-/// 3. `ip_identity` and `cidr_identity` upserts (an address changes identity in one write);
-/// 4. `ip_identity` and `cidr_identity` deletes;
-/// 5. `policy` deletes (old sets, entries of identities no packet carries any more).
-///
-/// `service_ips` upserts go first and its deletes last: an address in that map only defers a
-/// verdict to after the DNAT, which is right whenever kube-proxy translates the address.
-///
-/// [`MapDiff::steps`] gives the writes in this order; the kernel edge and the tests use it.
+/// The minimal logical change from one [`MapState`] to another: what the agent logs and what
+/// tells it whether there is anything to install. The kernel edge installs a new state as a
+/// [`Transition`] planned by [`PhysState::transition`], which keeps every packet on either the
+/// old or the new state.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MapDiff {
     pub endpoints: MapChanges<u32, EndpointInfo>,
@@ -77,68 +69,7 @@ pub struct MapDiff {
     pub service_ips: MapChanges<IpAddrKey, u32>,
 }
 
-/// One map write.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Write<'a> {
-    PolicyUpsert(&'a Lpm<PolicyKey>, &'a PolicyValue),
-    PolicyDelete(&'a Lpm<PolicyKey>),
-    EndpointUpsert(u32, &'a EndpointInfo),
-    EndpointDelete(u32),
-    IpUpsert(&'a IpAddrKey, &'a IdentityValue),
-    IpDelete(&'a IpAddrKey),
-    CidrUpsert(&'a Lpm<IpAddrKey>, &'a IdentityValue),
-    CidrDelete(&'a Lpm<IpAddrKey>),
-    ServiceUpsert(&'a IpAddrKey, &'a u32),
-    ServiceDelete(&'a IpAddrKey),
-}
-
 impl MapDiff {
-    /// Every write of the diff, in the documented apply order.
-    pub fn steps(&self) -> Vec<Write<'_>> {
-        let mut w = Vec::with_capacity(self.len());
-        w.extend(
-            self.service_ips
-                .upserts
-                .iter()
-                .map(|(k, v)| Write::ServiceUpsert(k, v)),
-        );
-        w.extend(
-            self.policy
-                .upserts
-                .iter()
-                .map(|(k, v)| Write::PolicyUpsert(k, v)),
-        );
-        w.extend(
-            self.endpoints
-                .deletes
-                .iter()
-                .map(|k| Write::EndpointDelete(*k)),
-        );
-        w.extend(
-            self.endpoints
-                .upserts
-                .iter()
-                .map(|(k, v)| Write::EndpointUpsert(*k, v)),
-        );
-        w.extend(
-            self.ip_identity
-                .upserts
-                .iter()
-                .map(|(k, v)| Write::IpUpsert(k, v)),
-        );
-        w.extend(
-            self.cidr_identity
-                .upserts
-                .iter()
-                .map(|(k, v)| Write::CidrUpsert(k, v)),
-        );
-        w.extend(self.ip_identity.deletes.iter().map(Write::IpDelete));
-        w.extend(self.cidr_identity.deletes.iter().map(Write::CidrDelete));
-        w.extend(self.policy.deletes.iter().map(Write::PolicyDelete));
-        w.extend(self.service_ips.deletes.iter().map(Write::ServiceDelete));
-        w
-    }
-
     pub fn is_empty(&self) -> bool {
         self.endpoints.is_empty()
             && self.ip_identity.is_empty()
@@ -176,42 +107,6 @@ fn diff_map<K: Ord + Clone, V: PartialEq + Clone>(
 }
 
 impl MapState {
-    /// Applies one write in memory.
-    pub fn apply_write(&mut self, w: Write<'_>) {
-        match w {
-            Write::PolicyUpsert(k, v) => {
-                self.policy.insert(*k, *v);
-            }
-            Write::PolicyDelete(k) => {
-                self.policy.remove(k);
-            }
-            Write::EndpointUpsert(k, v) => {
-                self.endpoints.insert(k, *v);
-            }
-            Write::EndpointDelete(k) => {
-                self.endpoints.remove(&k);
-            }
-            Write::IpUpsert(k, v) => {
-                self.ip_identity.insert(*k, *v);
-            }
-            Write::IpDelete(k) => {
-                self.ip_identity.remove(k);
-            }
-            Write::CidrUpsert(k, v) => {
-                self.cidr_identity.insert(*k, *v);
-            }
-            Write::CidrDelete(k) => {
-                self.cidr_identity.remove(k);
-            }
-            Write::ServiceUpsert(k, v) => {
-                self.service_ips.insert(*k, *v);
-            }
-            Write::ServiceDelete(k) => {
-                self.service_ips.remove(k);
-            }
-        }
-    }
-
     /// The writes that turn `self` (what is installed) into `desired`.
     pub fn diff(&self, desired: &MapState) -> MapDiff {
         MapDiff {
@@ -223,11 +118,376 @@ impl MapState {
         }
     }
 
-    /// Applies a diff in memory (what the kernel holds after a successful install).
+    /// Applies a diff in memory.
     pub fn apply(&mut self, diff: &MapDiff) {
-        for w in diff.steps() {
-            self.apply_write(w);
+        fn change<K: Ord + Clone, V: Clone>(m: &mut BTreeMap<K, V>, c: &MapChanges<K, V>) {
+            for k in &c.deletes {
+                m.remove(k);
+            }
+            for (k, v) in &c.upserts {
+                m.insert(k.clone(), v.clone());
+            }
         }
+        change(&mut self.endpoints, &diff.endpoints);
+        change(&mut self.ip_identity, &diff.ip_identity);
+        change(&mut self.cidr_identity, &diff.cidr_identity);
+        change(&mut self.policy, &diff.policy);
+        change(&mut self.service_ips, &diff.service_ips);
+    }
+}
+
+// --- Two generations in the kernel ------------------------------------------------------------
+
+/// What the kernel maps hold: every endpoint, address and CIDR prefix with one value per
+/// generation, and which generation is current (`Config::generation`).
+///
+/// A change is installed as a [`Transition`]: (1) write the new state into the other slot of
+/// every entry it touches, and add the entries it needs (for a CIDR prefix that only one
+/// generation has, the other slot holds what that generation's longest covering prefix says, so
+/// longest-prefix match answers as that generation alone would); (2) switch the generation in
+/// one write; (3) collapse both slots to the new values and delete what the new state lacks.
+/// Every packet sees the whole old state or the whole new one, whatever the change: labels,
+/// policies, namespaces, pod addresses, the CIDR partition.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PhysState {
+    pub generation: u8,
+    pub endpoints: BTreeMap<u32, EndpointValue>,
+    pub ip_identity: BTreeMap<IpAddrKey, IdentitySlots>,
+    pub cidr_identity: BTreeMap<Lpm<IpAddrKey>, IdentitySlots>,
+    pub policy: BTreeMap<Lpm<PolicyKey>, PolicyValue>,
+    pub service_ips: BTreeMap<IpAddrKey, u32>,
+}
+
+/// One write to the kernel maps (owned values: a transition outlives its inputs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PhysWrite {
+    EndpointUpsert(u32, EndpointValue),
+    EndpointDelete(u32),
+    IpUpsert(IpAddrKey, IdentitySlots),
+    IpDelete(IpAddrKey),
+    CidrUpsert(Lpm<IpAddrKey>, IdentitySlots),
+    CidrDelete(Lpm<IpAddrKey>),
+    PolicyUpsert(Lpm<PolicyKey>, PolicyValue),
+    PolicyDelete(Lpm<PolicyKey>),
+    ServiceUpsert(IpAddrKey, u32),
+    ServiceDelete(IpAddrKey),
+    /// `Config::generation` (written with the revision, in one write).
+    Flip(u8),
+}
+
+/// The writes that install a new state: prepare, flip, clean up.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Transition {
+    pub prepare: Vec<PhysWrite>,
+    pub flip_to: u8,
+    pub cleanup: Vec<PhysWrite>,
+}
+
+impl Transition {
+    /// Every write, the flip included, in order.
+    pub fn writes(&self) -> Vec<PhysWrite> {
+        let mut w = self.prepare.clone();
+        w.push(PhysWrite::Flip(self.flip_to));
+        w.extend(self.cleanup.iter().copied());
+        w
+    }
+    pub fn len(&self) -> usize {
+        self.prepare.len() + 1 + self.cleanup.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+}
+
+const ABSENT_SLOT: EndpointSlot = EndpointSlot {
+    policy_set: 0,
+    ingress_mode: mode::UNMANAGED,
+    egress_mode: mode::UNMANAGED,
+};
+
+fn slot_of(e: &EndpointInfo) -> EndpointSlot {
+    EndpointSlot {
+        policy_set: e.policy_set,
+        ingress_mode: e.ingress_mode,
+        egress_mode: e.egress_mode,
+    }
+}
+
+/// Longest prefix of `map` covering `p` (p itself included).
+fn resolve(map: &BTreeMap<Lpm<IpAddrKey>, IdentityValue>, p: &Lpm<IpAddrKey>) -> u32 {
+    (0..=p.prefix_len)
+        .rev()
+        .find_map(|len| {
+            map.get(&Lpm {
+                prefix_len: len,
+                data: mask(&p.data, len),
+            })
+        })
+        .map(|v| v.identity)
+        .unwrap_or(0)
+}
+
+/// `addr` with every bit past `len` cleared.
+pub fn mask(addr: &IpAddrKey, len: u32) -> IpAddrKey {
+    let mut m = *addr;
+    for (i, b) in m.addr.iter_mut().enumerate() {
+        let bit0 = (i as u32) * 8;
+        if bit0 >= len {
+            *b = 0;
+        } else if bit0 + 8 > len {
+            *b &= 0xffu8 << (8 - (len - bit0));
+        }
+    }
+    m
+}
+
+impl PhysState {
+    /// The maps as one generation sees them, entry for entry as the datapath reads them: absent
+    /// endpoints and addresses are left out; CIDR prefixes are kept even with identity 0 ("no
+    /// ipBlock"), because they still take part in longest-prefix match.
+    pub fn view(&self, generation: u8) -> MapState {
+        let g = (generation & 1) as usize;
+        MapState {
+            endpoints: self
+                .endpoints
+                .iter()
+                .filter(|(_, v)| v.slots[g] != ABSENT_SLOT)
+                .map(|(k, v)| {
+                    (
+                        *k,
+                        EndpointInfo {
+                            endpoint_id: v.endpoint_id,
+                            policy_set: v.slots[g].policy_set,
+                            ingress_mode: v.slots[g].ingress_mode,
+                            egress_mode: v.slots[g].egress_mode,
+                        },
+                    )
+                })
+                .collect(),
+            ip_identity: self
+                .ip_identity
+                .iter()
+                .filter(|(_, v)| v.identity[g] != 0)
+                .map(|(k, v)| {
+                    (
+                        *k,
+                        IdentityValue {
+                            identity: v.identity[g],
+                            endpoint_id: v.endpoint_id,
+                        },
+                    )
+                })
+                .collect(),
+            cidr_identity: self
+                .cidr_identity
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        *k,
+                        IdentityValue {
+                            identity: v.identity[g],
+                            endpoint_id: v.endpoint_id,
+                        },
+                    )
+                })
+                .collect(),
+            policy: self.policy.clone(),
+            service_ips: self.service_ips.clone(),
+        }
+    }
+
+    /// The current generation as the agent thinks of it (what `compile`/`plan` start from).
+    pub fn logical(&self) -> MapState {
+        let mut m = self.view(self.generation);
+        m.cidr_identity.retain(|_, v| v.identity != 0);
+        m
+    }
+
+    pub fn apply(&mut self, w: &PhysWrite) {
+        match *w {
+            PhysWrite::EndpointUpsert(k, v) => {
+                self.endpoints.insert(k, v);
+            }
+            PhysWrite::EndpointDelete(k) => {
+                self.endpoints.remove(&k);
+            }
+            PhysWrite::IpUpsert(k, v) => {
+                self.ip_identity.insert(k, v);
+            }
+            PhysWrite::IpDelete(k) => {
+                self.ip_identity.remove(&k);
+            }
+            PhysWrite::CidrUpsert(k, v) => {
+                self.cidr_identity.insert(k, v);
+            }
+            PhysWrite::CidrDelete(k) => {
+                self.cidr_identity.remove(&k);
+            }
+            PhysWrite::PolicyUpsert(k, v) => {
+                self.policy.insert(k, v);
+            }
+            PhysWrite::PolicyDelete(k) => {
+                self.policy.remove(&k);
+            }
+            PhysWrite::ServiceUpsert(k, v) => {
+                self.service_ips.insert(k, v);
+            }
+            PhysWrite::ServiceDelete(k) => {
+                self.service_ips.remove(&k);
+            }
+            PhysWrite::Flip(g) => self.generation = g & 1,
+        }
+    }
+
+    /// The writes that take the maps from what they hold to `new` (see [`PhysState`]).
+    pub fn transition(&self, new: &MapState) -> Transition {
+        let g = (self.generation & 1) as usize;
+        let n = 1 - g;
+        let old = self.logical();
+        let mut t = Transition {
+            flip_to: n as u8,
+            ..Transition::default()
+        };
+
+        // (1) Prepare: entries the new generation needs, with both generations' values.
+        for (k, v) in &new.policy {
+            if self.policy.get(k) != Some(v) {
+                t.prepare.push(PhysWrite::PolicyUpsert(*k, *v));
+            }
+        }
+        for (k, v) in &new.service_ips {
+            if self.service_ips.get(k) != Some(v) {
+                t.prepare.push(PhysWrite::ServiceUpsert(*k, *v));
+            }
+        }
+        let ep_keys: std::collections::BTreeSet<u32> = self
+            .endpoints
+            .keys()
+            .chain(new.endpoints.keys())
+            .copied()
+            .collect();
+        for k in &ep_keys {
+            let mut slots = [ABSENT_SLOT; 2];
+            slots[g] = old.endpoints.get(k).map(slot_of).unwrap_or(ABSENT_SLOT);
+            slots[n] = new.endpoints.get(k).map(slot_of).unwrap_or(ABSENT_SLOT);
+            let endpoint_id = new
+                .endpoints
+                .get(k)
+                .or(old.endpoints.get(k))
+                .map(|e| e.endpoint_id)
+                .or(self.endpoints.get(k).map(|e| e.endpoint_id))
+                .unwrap_or(0);
+            let want = EndpointValue { endpoint_id, slots };
+            if self.endpoints.get(k) != Some(&want) {
+                t.prepare.push(PhysWrite::EndpointUpsert(*k, want));
+            }
+        }
+        let ip_keys: std::collections::BTreeSet<IpAddrKey> = self
+            .ip_identity
+            .keys()
+            .chain(new.ip_identity.keys())
+            .copied()
+            .collect();
+        for k in &ip_keys {
+            let mut identity = [0; 2];
+            identity[g] = old.ip_identity.get(k).map(|v| v.identity).unwrap_or(0);
+            identity[n] = new.ip_identity.get(k).map(|v| v.identity).unwrap_or(0);
+            let endpoint_id = new
+                .ip_identity
+                .get(k)
+                .or(old.ip_identity.get(k))
+                .map(|v| v.endpoint_id)
+                .unwrap_or(0);
+            let want = IdentitySlots {
+                identity,
+                endpoint_id,
+                _pad: 0,
+            };
+            if self.ip_identity.get(k) != Some(&want) {
+                t.prepare.push(PhysWrite::IpUpsert(*k, want));
+            }
+        }
+        let cidr_keys: std::collections::BTreeSet<Lpm<IpAddrKey>> = self
+            .cidr_identity
+            .keys()
+            .chain(new.cidr_identity.keys())
+            .copied()
+            .collect();
+        for k in &cidr_keys {
+            let mut identity = [0; 2];
+            identity[g] = resolve(&old.cidr_identity, k);
+            identity[n] = resolve(&new.cidr_identity, k);
+            let want = IdentitySlots {
+                identity,
+                endpoint_id: 0,
+                _pad: 0,
+            };
+            if self.cidr_identity.get(k) != Some(&want) {
+                t.prepare.push(PhysWrite::CidrUpsert(*k, want));
+            }
+        }
+
+        // (3) Clean up, once the new generation is current: one value in both slots, and
+        // nothing the new state lacks.
+        let mut after = self.clone();
+        for w in &t.prepare {
+            after.apply(w);
+        }
+        for (k, v) in &after.endpoints {
+            match new.endpoints.get(k) {
+                Some(e) => {
+                    let want = EndpointValue {
+                        endpoint_id: e.endpoint_id,
+                        slots: [slot_of(e); 2],
+                    };
+                    if *v != want {
+                        t.cleanup.push(PhysWrite::EndpointUpsert(*k, want));
+                    }
+                }
+                None => t.cleanup.push(PhysWrite::EndpointDelete(*k)),
+            }
+        }
+        for (k, v) in &after.ip_identity {
+            match new.ip_identity.get(k) {
+                Some(e) => {
+                    let want = IdentitySlots {
+                        identity: [e.identity; 2],
+                        endpoint_id: e.endpoint_id,
+                        _pad: 0,
+                    };
+                    if *v != want {
+                        t.cleanup.push(PhysWrite::IpUpsert(*k, want));
+                    }
+                }
+                None => t.cleanup.push(PhysWrite::IpDelete(*k)),
+            }
+        }
+        for (k, v) in &after.cidr_identity {
+            match new.cidr_identity.get(k) {
+                Some(e) => {
+                    let want = IdentitySlots {
+                        identity: [e.identity; 2],
+                        endpoint_id: 0,
+                        _pad: 0,
+                    };
+                    if *v != want {
+                        t.cleanup.push(PhysWrite::CidrUpsert(*k, want));
+                    }
+                }
+                None => t.cleanup.push(PhysWrite::CidrDelete(*k)),
+            }
+        }
+        for k in after.policy.keys() {
+            if !new.policy.contains_key(k) {
+                t.cleanup.push(PhysWrite::PolicyDelete(*k));
+            }
+        }
+        for k in after.service_ips.keys() {
+            if !new.service_ips.contains_key(k) {
+                t.cleanup.push(PhysWrite::ServiceDelete(*k));
+            }
+        }
+        t
     }
 }
 
@@ -260,5 +520,61 @@ mod tests {
         c.apply(&d);
         assert_eq!(c, b);
         assert!(b.diff(&b).is_empty());
+    }
+}
+
+#[cfg(test)]
+mod phys_tests {
+    use super::*;
+
+    fn cidr(net: &str, id: u32) -> (Lpm<IpAddrKey>, IdentityValue) {
+        (
+            crate::compiler::net_key(net.parse().unwrap()),
+            IdentityValue {
+                identity: id,
+                endpoint_id: 0,
+            },
+        )
+    }
+
+    #[test]
+    fn a_transition_reaches_the_new_state_and_collapses() {
+        let mut old = MapState::default();
+        old.cidr_identity.extend([cidr("10.0.0.0/8", 100)]);
+        let mut new = MapState::default();
+        new.cidr_identity
+            .extend([cidr("10.0.0.0/8", 100), cidr("10.1.0.0/16", 101)]);
+        let mut phys = PhysState::default();
+        for w in phys.transition(&old).writes() {
+            phys.apply(&w);
+        }
+        assert_eq!(phys.logical(), old);
+        let t = phys.transition(&new);
+        // The new prefix is prepared with the old answer in the current slot.
+        let k = crate::compiler::net_key("10.1.0.0/16".parse().unwrap());
+        let mut identity = [0; 2];
+        identity[phys.generation as usize] = 100;
+        identity[1 - phys.generation as usize] = 101;
+        assert!(t.prepare.contains(&PhysWrite::CidrUpsert(
+            k,
+            IdentitySlots {
+                identity,
+                endpoint_id: 0,
+                _pad: 0
+            }
+        )));
+        for w in t.writes() {
+            phys.apply(&w);
+        }
+        assert_eq!(phys.logical(), new);
+        assert!(
+            phys.cidr_identity
+                .values()
+                .all(|v| v.identity[0] == v.identity[1])
+        );
+        assert!(
+            phys.transition(&new).prepare.is_empty(),
+            "nothing left to do"
+        );
     }
 }

@@ -262,8 +262,7 @@ impl Fixture {
     fn new(state: &MapState) -> Self {
         require_root();
         let mut dp = Datapath::load_unpinned().expect("loading the datapath");
-        let empty = MapState::default();
-        dp.apply(&empty, &empty.diff(state)).expect("installing");
+        dp.install(state, 1, 0).expect("installing");
         assert_eq!(
             &dp.read_state().unwrap(),
             state,
@@ -1023,7 +1022,7 @@ fn failed_install_rolls_back() {
             endpoint_id: 0,
         },
     );
-    let err = f.dp.apply(&before, &before.diff(&after)).unwrap_err();
+    let err = f.dp.install(&after, 2, 0).unwrap_err();
     let msg = err.to_string();
     assert!(
         msg.contains("CIDR_IDENTITY") && msg.contains("rolled back"),

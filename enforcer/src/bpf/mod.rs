@@ -19,7 +19,7 @@ use aya::programs::tc::{SchedClassifierLink, TcAttachOptions};
 use aya::programs::{LinkOrder, SchedClassifier, TcAttachType, TestRun, TestRunOptions};
 use aya::{Ebpf, EbpfLoader, Pod};
 use enforcer_common::{
-    Config, CtKey, CtValue, EndpointInfo, Event, IdentityValue, IpAddrKey, PolicyKey, PolicyValue,
+    Config, CtKey, CtValue, EndpointValue, Event, IdentitySlots, IpAddrKey, PolicyKey, PolicyValue,
     counter, names,
 };
 use thiserror::Error;
@@ -27,7 +27,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
-use crate::state::{Lpm, MapDiff, MapState, Write};
+use crate::state::{Lpm, MapState, PhysState, PhysWrite};
 
 /// The eBPF object, built by `cargo xtask build-ebpf` and embedded by build.rs.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("ENFORCER_BPF_OBJECT_PATH"));
@@ -147,6 +147,16 @@ pub struct Datapath {
     /// The node's own interfaces (`to_network`).
     host_attached: BTreeMap<u32, Vec<Attachment>>,
     events: Option<RingBuf<MapData>>,
+    /// What the maps hold (both generations), kept in step with every write.
+    phys: PhysState,
+}
+
+/// What an install did.
+#[derive(Debug, Default)]
+pub struct Installed {
+    pub writes: usize,
+    /// Clean-up writes that failed after the switch (the new state is in force regardless).
+    pub cleanup_errors: Vec<String>,
 }
 
 impl Datapath {
@@ -213,13 +223,16 @@ impl Datapath {
             Some(m) => Some(RingBuf::try_from(m).map_err(map_err(names::MAP_EVENTS))?),
             None => return Err(BpfError::MissingMap(names::MAP_EVENTS)),
         };
-        Ok(Self {
+        let mut dp = Self {
             ebpf,
             bpffs,
             attached: BTreeMap::new(),
             host_attached: BTreeMap::new(),
             events,
-        })
+            phys: PhysState::default(),
+        };
+        dp.phys = dp.read_phys()?;
+        Ok(dp)
     }
 
     fn map_mut(&mut self, name: &'static str) -> Result<&mut Map> {
@@ -241,9 +254,14 @@ impl Datapath {
             })
     }
 
-    /// What the maps hold now (agent restart, `maps dump`).
+    /// What the maps hold now, as the current generation sees it (agent restart, tests).
     pub fn read_state(&self) -> Result<MapState> {
-        read_state(|n| self.map(n))
+        Ok(read_phys(|n| self.map(n))?.logical())
+    }
+
+    /// Both generations, as the maps hold them.
+    pub fn read_phys(&self) -> Result<PhysState> {
+        read_phys(|n| self.map(n))
     }
 
     /// Interfaces this process has attached to.
@@ -397,77 +415,130 @@ impl Datapath {
         Ok(())
     }
 
-    /// Installs `diff` (computed against `installed`, which the maps hold now): every write, in
-    /// [`MapDiff::steps`] order, or none of them.
-    pub fn apply(&mut self, installed: &MapState, diff: &MapDiff) -> Result<()> {
-        let steps = diff.steps();
-        for (i, w) in steps.iter().enumerate() {
-            if let Err(source) = self.write(*w) {
-                let mut undone = 0;
-                for done in steps[..i].iter().rev() {
-                    if let Err(e) = self.undo(installed, *done) {
-                        return Err(BpfError::Rollback {
-                            write: describe(w),
-                            rollback: format!("undoing {}: {e}", describe(done)),
-                            source: Box::new(source),
-                        });
-                    }
-                    undone += 1;
-                }
-                return Err(BpfError::Install {
-                    write: describe(w),
-                    undone,
-                    source: Box::new(source),
+    /// Installs `new` as the next generation (see [`PhysState`]): prepare the other slot of
+    /// every entry that changes, switch `Config::generation` (with `revision` and `flags`) in
+    /// one write, then clean up. A failure before the switch undoes what was written, so the
+    /// maps hold exactly the previous state and it keeps enforcing; a failure while cleaning up
+    /// leaves the new state in force and is reported in the returned summary (the next install
+    /// finishes the job, since it starts from what the maps really hold).
+    pub fn install(&mut self, new: &MapState, revision: u32, flags: u32) -> Result<Installed> {
+        let t = self.phys.transition(new);
+        let before = self.phys.clone();
+        for (i, w) in t.prepare.iter().enumerate() {
+            if let Err(source) = self.write_phys(w) {
+                let undone = self.undo(&before, &t.prepare[..i]);
+                return Err(match undone {
+                    Ok(undone) => BpfError::Install {
+                        write: describe(w),
+                        undone,
+                        source: Box::new(source),
+                    },
+                    Err(rollback) => BpfError::Rollback {
+                        write: describe(w),
+                        rollback,
+                        source: Box::new(source),
+                    },
                 });
             }
+            self.phys.apply(w);
         }
-        Ok(())
+        let config = Config {
+            revision,
+            flags,
+            generation: t.flip_to as u32,
+            _pad: 0,
+        };
+        if let Err(e) = self.set_config(config) {
+            let undone = self.undo(&before, &t.prepare);
+            return Err(match (e, undone) {
+                (BpfError::Map { source, .. }, Ok(undone)) => BpfError::Install {
+                    write: format!("{} generation {}", names::MAP_CONFIG, t.flip_to),
+                    undone,
+                    source,
+                },
+                (e, _) => e,
+            });
+        }
+        self.phys.apply(&PhysWrite::Flip(t.flip_to));
+        if !t.cleanup.is_empty() {
+            // A packet that read the old generation just before the switch may still be on its
+            // way through the program (microseconds, in softirq); clean-up rewrites the old
+            // slots, so let it finish first.
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let mut cleanup_errors = Vec::new();
+        for w in &t.cleanup {
+            match self.write_phys(w) {
+                Ok(()) => self.phys.apply(w),
+                Err(e) => cleanup_errors.push(format!("{}: {e}", describe(w))),
+            }
+        }
+        Ok(Installed {
+            writes: t.len(),
+            cleanup_errors,
+        })
     }
 
-    fn write(&mut self, w: Write<'_>) -> std::result::Result<(), MapError> {
-        match w {
-            Write::PolicyUpsert(k, v) => self.policy()?.insert(&lpm(k), v, 0),
-            Write::PolicyDelete(k) => ignore_missing(self.policy()?.remove(&lpm(k))),
-            Write::EndpointUpsert(k, v) => self.endpoints()?.insert(k, v, 0),
-            Write::EndpointDelete(k) => ignore_missing(self.endpoints()?.remove(&k)),
-            Write::IpUpsert(k, v) => self.ip_identity()?.insert(k, v, 0),
-            Write::IpDelete(k) => ignore_missing(self.ip_identity()?.remove(k)),
-            Write::CidrUpsert(k, v) => self.cidr_identity()?.insert(&lpm(k), v, 0),
-            Write::CidrDelete(k) => ignore_missing(self.cidr_identity()?.remove(&lpm(k))),
-            Write::ServiceUpsert(k, v) => self.service_ips()?.insert(k, v, 0),
-            Write::ServiceDelete(k) => ignore_missing(self.service_ips()?.remove(k)),
+    /// Restores, newest first, what `before` held for the keys of `done`.
+    fn undo(
+        &mut self,
+        before: &PhysState,
+        done: &[PhysWrite],
+    ) -> std::result::Result<usize, String> {
+        for w in done.iter().rev() {
+            let restore = match *w {
+                PhysWrite::EndpointUpsert(k, _) | PhysWrite::EndpointDelete(k) => {
+                    match before.endpoints.get(&k) {
+                        Some(v) => PhysWrite::EndpointUpsert(k, *v),
+                        None => PhysWrite::EndpointDelete(k),
+                    }
+                }
+                PhysWrite::IpUpsert(k, _) | PhysWrite::IpDelete(k) => {
+                    match before.ip_identity.get(&k) {
+                        Some(v) => PhysWrite::IpUpsert(k, *v),
+                        None => PhysWrite::IpDelete(k),
+                    }
+                }
+                PhysWrite::CidrUpsert(k, _) | PhysWrite::CidrDelete(k) => {
+                    match before.cidr_identity.get(&k) {
+                        Some(v) => PhysWrite::CidrUpsert(k, *v),
+                        None => PhysWrite::CidrDelete(k),
+                    }
+                }
+                PhysWrite::PolicyUpsert(k, _) | PhysWrite::PolicyDelete(k) => {
+                    match before.policy.get(&k) {
+                        Some(v) => PhysWrite::PolicyUpsert(k, *v),
+                        None => PhysWrite::PolicyDelete(k),
+                    }
+                }
+                PhysWrite::ServiceUpsert(k, _) | PhysWrite::ServiceDelete(k) => {
+                    match before.service_ips.get(&k) {
+                        Some(v) => PhysWrite::ServiceUpsert(k, *v),
+                        None => PhysWrite::ServiceDelete(k),
+                    }
+                }
+                PhysWrite::Flip(_) => continue,
+            };
+            self.write_phys(&restore)
+                .map_err(|e| format!("undoing {}: {e}", describe(w)))?;
+            self.phys.apply(&restore);
         }
+        Ok(done.len())
     }
 
-    /// Restores what `installed` held for the key `w` wrote.
-    fn undo(&mut self, installed: &MapState, w: Write<'_>) -> std::result::Result<(), MapError> {
+    fn write_phys(&mut self, w: &PhysWrite) -> std::result::Result<(), MapError> {
         match w {
-            Write::PolicyUpsert(k, _) | Write::PolicyDelete(k) => match installed.policy.get(k) {
-                Some(v) => self.write(Write::PolicyUpsert(k, v)),
-                None => self.write(Write::PolicyDelete(k)),
-            },
-            Write::EndpointUpsert(k, _) | Write::EndpointDelete(k) => {
-                match installed.endpoints.get(&k) {
-                    Some(v) => self.write(Write::EndpointUpsert(k, v)),
-                    None => self.write(Write::EndpointDelete(k)),
-                }
-            }
-            Write::IpUpsert(k, _) | Write::IpDelete(k) => match installed.ip_identity.get(k) {
-                Some(v) => self.write(Write::IpUpsert(k, v)),
-                None => self.write(Write::IpDelete(k)),
-            },
-            Write::CidrUpsert(k, _) | Write::CidrDelete(k) => {
-                match installed.cidr_identity.get(k) {
-                    Some(v) => self.write(Write::CidrUpsert(k, v)),
-                    None => self.write(Write::CidrDelete(k)),
-                }
-            }
-            Write::ServiceUpsert(k, _) | Write::ServiceDelete(k) => {
-                match installed.service_ips.get(k) {
-                    Some(v) => self.write(Write::ServiceUpsert(k, v)),
-                    None => self.write(Write::ServiceDelete(k)),
-                }
-            }
+            PhysWrite::PolicyUpsert(k, v) => self.policy()?.insert(&lpm(k), v, 0),
+            PhysWrite::PolicyDelete(k) => ignore_missing(self.policy()?.remove(&lpm(k))),
+            PhysWrite::EndpointUpsert(k, v) => self.endpoints()?.insert(k, v, 0),
+            PhysWrite::EndpointDelete(k) => ignore_missing(self.endpoints()?.remove(k)),
+            PhysWrite::IpUpsert(k, v) => self.ip_identity()?.insert(k, v, 0),
+            PhysWrite::IpDelete(k) => ignore_missing(self.ip_identity()?.remove(k)),
+            PhysWrite::CidrUpsert(k, v) => self.cidr_identity()?.insert(&lpm(k), v, 0),
+            PhysWrite::CidrDelete(k) => ignore_missing(self.cidr_identity()?.remove(&lpm(k))),
+            PhysWrite::ServiceUpsert(k, v) => self.service_ips()?.insert(k, v, 0),
+            PhysWrite::ServiceDelete(k) => ignore_missing(self.service_ips()?.remove(k)),
+            PhysWrite::Flip(_) => Ok(()),
         }
     }
 
@@ -478,7 +549,7 @@ impl Datapath {
     }
     fn endpoints(
         &mut self,
-    ) -> std::result::Result<BpfHashMap<&mut MapData, u32, EndpointInfo>, MapError> {
+    ) -> std::result::Result<BpfHashMap<&mut MapData, u32, EndpointValue>, MapError> {
         BpfHashMap::try_from(
             self.ebpf
                 .map_mut(names::MAP_ENDPOINTS)
@@ -487,7 +558,7 @@ impl Datapath {
     }
     fn ip_identity(
         &mut self,
-    ) -> std::result::Result<BpfHashMap<&mut MapData, IpAddrKey, IdentityValue>, MapError> {
+    ) -> std::result::Result<BpfHashMap<&mut MapData, IpAddrKey, IdentitySlots>, MapError> {
         BpfHashMap::try_from(
             self.ebpf
                 .map_mut(names::MAP_IP_IDENTITY)
@@ -505,7 +576,7 @@ impl Datapath {
     }
     fn cidr_identity(
         &mut self,
-    ) -> std::result::Result<LpmTrie<&mut MapData, IpAddrKey, IdentityValue>, MapError> {
+    ) -> std::result::Result<LpmTrie<&mut MapData, IpAddrKey, IdentitySlots>, MapError> {
         LpmTrie::try_from(
             self.ebpf
                 .map_mut(names::MAP_CIDR_IDENTITY)
@@ -717,32 +788,37 @@ fn lpm<K: Pod>(k: &Lpm<K>) -> Key<K> {
     Key::new(k.prefix_len, k.data)
 }
 
-fn describe(w: &Write<'_>) -> String {
+fn describe(w: &PhysWrite) -> String {
     match w {
-        Write::PolicyUpsert(k, _) => {
+        PhysWrite::PolicyUpsert(k, _) => {
             format!("{} upsert {:?}/{}", names::MAP_POLICY, k.data, k.prefix_len)
         }
-        Write::PolicyDelete(k) => {
+        PhysWrite::PolicyDelete(k) => {
             format!("{} delete {:?}/{}", names::MAP_POLICY, k.data, k.prefix_len)
         }
-        Write::EndpointUpsert(k, _) => format!("{} upsert ifindex {k}", names::MAP_ENDPOINTS),
-        Write::EndpointDelete(k) => format!("{} delete ifindex {k}", names::MAP_ENDPOINTS),
-        Write::IpUpsert(k, _) => format!("{} upsert {}", names::MAP_IP_IDENTITY, show_addr(k)),
-        Write::IpDelete(k) => format!("{} delete {}", names::MAP_IP_IDENTITY, show_addr(k)),
-        Write::CidrUpsert(k, _) => format!(
+        PhysWrite::EndpointUpsert(k, _) => format!("{} upsert ifindex {k}", names::MAP_ENDPOINTS),
+        PhysWrite::EndpointDelete(k) => format!("{} delete ifindex {k}", names::MAP_ENDPOINTS),
+        PhysWrite::IpUpsert(k, _) => format!("{} upsert {}", names::MAP_IP_IDENTITY, show_addr(k)),
+        PhysWrite::IpDelete(k) => format!("{} delete {}", names::MAP_IP_IDENTITY, show_addr(k)),
+        PhysWrite::CidrUpsert(k, _) => format!(
             "{} upsert {}/{}",
             names::MAP_CIDR_IDENTITY,
             show_addr(&k.data),
             k.prefix_len
         ),
-        Write::ServiceUpsert(k, _) => format!("{} upsert {}", names::MAP_SERVICE_IPS, show_addr(k)),
-        Write::ServiceDelete(k) => format!("{} delete {}", names::MAP_SERVICE_IPS, show_addr(k)),
-        Write::CidrDelete(k) => format!(
+        PhysWrite::CidrDelete(k) => format!(
             "{} delete {}/{}",
             names::MAP_CIDR_IDENTITY,
             show_addr(&k.data),
             k.prefix_len
         ),
+        PhysWrite::ServiceUpsert(k, _) => {
+            format!("{} upsert {}", names::MAP_SERVICE_IPS, show_addr(k))
+        }
+        PhysWrite::ServiceDelete(k) => {
+            format!("{} delete {}", names::MAP_SERVICE_IPS, show_addr(k))
+        }
+        PhysWrite::Flip(g) => format!("{} generation {g}", names::MAP_CONFIG),
     }
 }
 
@@ -780,22 +856,25 @@ fn ifname(ifindex: u32) -> Result<String> {
         .into_owned())
 }
 
-fn read_state<'a>(map: impl Fn(&'static str) -> Result<&'a Map>) -> Result<MapState> {
-    let mut s = MapState::default();
-    let m: BpfHashMap<&MapData, u32, EndpointInfo> =
+fn read_phys<'a>(map: impl Fn(&'static str) -> Result<&'a Map>) -> Result<PhysState> {
+    let mut s = PhysState::default();
+    let c: Array<&MapData, Config> =
+        Array::try_from(map(names::MAP_CONFIG)?).map_err(map_err(names::MAP_CONFIG))?;
+    s.generation = (c.get(&0, 0).map_err(map_err(names::MAP_CONFIG))?.generation & 1) as u8;
+    let m: BpfHashMap<&MapData, u32, EndpointValue> =
         BpfHashMap::try_from(map(names::MAP_ENDPOINTS)?).map_err(map_err(names::MAP_ENDPOINTS))?;
     for r in m.iter() {
         let (k, v) = r.map_err(map_err(names::MAP_ENDPOINTS))?;
         s.endpoints.insert(k, v);
     }
-    let m: BpfHashMap<&MapData, IpAddrKey, IdentityValue> =
+    let m: BpfHashMap<&MapData, IpAddrKey, IdentitySlots> =
         BpfHashMap::try_from(map(names::MAP_IP_IDENTITY)?)
             .map_err(map_err(names::MAP_IP_IDENTITY))?;
     for r in m.iter() {
         let (k, v) = r.map_err(map_err(names::MAP_IP_IDENTITY))?;
         s.ip_identity.insert(k, v);
     }
-    let m: LpmTrie<&MapData, IpAddrKey, IdentityValue> =
+    let m: LpmTrie<&MapData, IpAddrKey, IdentitySlots> =
         LpmTrie::try_from(map(names::MAP_CIDR_IDENTITY)?)
             .map_err(map_err(names::MAP_CIDR_IDENTITY))?;
     for r in m.iter() {
@@ -864,6 +943,7 @@ impl PinnedMaps {
             names::MAP_CONNTRACK,
             names::MAP_DROP_COUNTERS,
             names::MAP_SERVICE_IPS,
+            names::MAP_CONFIG,
         ] {
             let path = bpffs.join(n);
             let data = MapData::from_pin(&path).map_err(map_err(n))?;
@@ -877,7 +957,7 @@ impl PinnedMaps {
     }
 
     pub fn read_state(&self) -> Result<MapState> {
-        read_state(|n| self.map(n))
+        Ok(read_phys(|n| self.map(n))?.logical())
     }
 
     pub fn conntrack_len(&self) -> Result<usize> {
