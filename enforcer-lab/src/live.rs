@@ -1110,7 +1110,10 @@ pub fn list() -> i32 {
             });
         let state = match (r.alive, r.meta.as_ref().map(|m| m.kind.as_str())) {
             (true, Some("up")) => {
-                if runs::run_dir(&r.prefix).join("problems").exists() {
+                let dir = runs::run_dir(&r.prefix);
+                if !dir.join(STATE_FILE).exists() {
+                    "starting"
+                } else if dir.join("problems").exists() {
                     "up (an agent died)"
                 } else {
                     "up"

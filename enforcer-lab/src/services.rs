@@ -7,9 +7,8 @@
 //!
 //! - a packet to a cluster IP that no rule translated (a port the Service lacks, or a Service
 //!   without endpoints) is rejected (ICMP port unreachable) in the filter chains;
-//! - a pod reaching itself through its own Service (hairpin) is SNATed, to the pods' gateway
-//!   address (169.254.1.1 / fe80::1: the lab's nodes have no address of their own to
-//!   masquerade to), so that the reply goes back through the node and is un-DNATed.
+//! - a pod reaching itself through its own Service (hairpin) is masqueraded to the node's
+//!   address, so that the reply goes back through the node and is un-DNATed.
 //!
 //! The whole table is replaced in one `nft -f` transaction whenever the Services or their
 //! endpoints change (a step's apply, delete or relabel), so no packet sees half a table.
@@ -33,9 +32,6 @@ pub const NFT_TABLE: &str = "enforcer-lab-svc";
 pub const SVC_IF: &str = "svc0";
 /// Where cluster IPs are assigned from (the kube-apiserver default service CIDR).
 pub const SERVICE_CIDR_V4: (Ipv4Addr, u8) = (Ipv4Addr::new(10, 96, 0, 0), 16);
-/// Hairpin traffic is SNATed to these (the pods' gateway).
-const HAIRPIN_V4: &str = "169.254.1.1";
-const HAIRPIN_V6: &str = "fe80::1";
 
 /// A Service as the lab runs it: with its cluster IP.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -413,14 +409,10 @@ pub fn nft_script(pods: &[PodPlan], pod_labels: &[Labels], services: &[ServicePl
         "  chain nat-postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;"
     );
     for ip in &hairpin {
-        let (fam, to) = if ip.is_ipv4() {
-            ("ip", HAIRPIN_V4)
-        } else {
-            ("ip6", HAIRPIN_V6)
-        };
+        let fam = fam_kw(ip);
         let _ = writeln!(
             out,
-            "    {fam} saddr {ip} {fam} daddr {ip} ct status dnat snat {fam} to {to} comment \"hairpin\""
+            "    {fam} saddr {ip} {fam} daddr {ip} ct status dnat masquerade comment \"hairpin\""
         );
     }
     let _ = writeln!(out, "  }}");
@@ -632,7 +624,7 @@ services:
         assert!(has("type nat hook output priority -100; policy accept;"));
         // Hairpin and the rejects.
         assert!(has(
-            "ip saddr 10.42.1.10 ip daddr 10.42.1.10 ct status dnat snat ip to 169.254.1.1 comment \"hairpin\""
+            "ip saddr 10.42.1.10 ip daddr 10.42.1.10 ct status dnat masquerade comment \"hairpin\""
         ));
         assert!(script.contains("ip daddr { 10.96.0.10, 10.96.5.5 } reject"));
         assert!(script.contains("ip6 daddr { fd00:96::10 } reject"));
