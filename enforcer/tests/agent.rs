@@ -1,0 +1,375 @@
+//! The agent as a process: `enforcer run` on a throwaway node namespace with one pod.
+//!
+//! Checks what the lab cannot see from outside: the pins it makes and removes, a bad manifest
+//! reported by file and field while the last good state keeps enforcing, `--keep-pins` and a
+//! second agent taking the pins over, and SIGTERM cleaning everything up. Needs root. Every
+//! namespace, pin folder and process is removed on exit, also when an assertion fails.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const EXE: &str = env!("CARGO_BIN_EXE_enforcer");
+const POD_IP: &str = "10.77.0.2";
+
+struct Lab {
+    node_ns: String,
+    pod_ns: String,
+    bpffs: PathBuf,
+    dir: PathBuf,
+    agents: Vec<Child>,
+}
+
+fn sh(args: &[&str]) {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("running {args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Lab {
+    fn new(tag: &str) -> Lab {
+        assert!(
+            unsafe { libc::geteuid() } == 0,
+            "the agent tests need root (network namespaces, BPF)"
+        );
+        let id = format!("enf-agent-{}-{tag}", std::process::id());
+        let lab = Lab {
+            node_ns: format!("{id}-node"),
+            pod_ns: format!("{id}-pod"),
+            bpffs: PathBuf::from(format!("/sys/fs/bpf/{id}")),
+            dir: std::env::temp_dir().join(&id),
+            agents: Vec::new(),
+        };
+        // Clean-up runs from Drop even if a step below fails.
+        sh(&["ip", "netns", "add", &lab.node_ns]);
+        sh(&["ip", "netns", "add", &lab.pod_ns]);
+        let n = |args: &[&str]| {
+            let mut v = vec!["ip", "-n", lab.node_ns.as_str()];
+            v.extend_from_slice(args);
+            sh(&v);
+        };
+        n(&[
+            "link", "add", "lxc-pod", "type", "veth", "peer", "name", "eth0",
+        ]);
+        n(&["link", "set", "eth0", "netns", &lab.pod_ns]);
+        n(&["link", "set", "lo", "up"]);
+        n(&["link", "set", "lxc-pod", "up"]);
+        // The node's own address, on a veth whose peer stays in the namespace (no route out of
+        // it; this kernel has no dummy interfaces).
+        n(&[
+            "link",
+            "add",
+            "node0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "node0-peer",
+        ]);
+        n(&["addr", "add", "192.0.2.1/32", "dev", "node0"]);
+        n(&["link", "set", "node0", "up"]);
+        n(&["route", "add", &format!("{POD_IP}/32"), "dev", "lxc-pod"]);
+        let p = |args: &[&str]| {
+            let mut v = vec!["ip", "-n", lab.pod_ns.as_str()];
+            v.extend_from_slice(args);
+            sh(&v);
+        };
+        p(&["addr", "add", &format!("{POD_IP}/32"), "dev", "eth0"]);
+        p(&["link", "set", "eth0", "up"]);
+        std::fs::create_dir_all(&lab.dir).unwrap();
+        lab
+    }
+
+    fn manifests(&self) -> PathBuf {
+        self.dir.join("manifests")
+    }
+
+    fn write(&self, file: &str, text: &str) {
+        std::fs::create_dir_all(self.manifests()).unwrap();
+        let tmp = self.dir.join(format!(".{file}.tmp"));
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(tmp, self.manifests().join(file)).unwrap();
+    }
+
+    fn status_file(&self) -> PathBuf {
+        self.dir.join("status.json")
+    }
+
+    /// Starts an agent in the node namespace (setns only: /sys/fs/bpf stays visible).
+    fn start(&mut self, extra: &[&str]) {
+        let _ = std::fs::remove_file(self.status_file());
+        let child = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.node_ns))
+            .arg(EXE)
+            .arg("run")
+            .arg("--manifests")
+            .arg(self.manifests())
+            .args(["--node", "node-1", "--rescan-ms", "100"])
+            .arg("--bpffs")
+            .arg(&self.bpffs)
+            .arg("--status-file")
+            .arg(self.status_file())
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting the agent");
+        self.agents.push(child);
+    }
+
+    fn status(&self) -> Option<Value> {
+        let text = std::fs::read_to_string(self.status_file()).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+
+    /// Waits until the status satisfies `ok`.
+    fn wait_status(&mut self, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
+        let start = Instant::now();
+        loop {
+            if let Some(s) = self.status()
+                && ok(&s)
+            {
+                return s;
+            }
+            if let Some(a) = self.agents.last_mut()
+                && let Ok(Some(code)) = a.try_wait()
+            {
+                panic!("the agent exited ({code}) while waiting for: {what}");
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "timed out waiting for: {what}; last status {:?}",
+                self.status()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn dump(&self) -> Value {
+        let out = Command::new(EXE)
+            .args(["maps", "dump", "--output", "json", "--bpffs"])
+            .arg(&self.bpffs)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "maps dump: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// SIGTERM to the newest agent; returns whether it exited successfully.
+    fn stop(&mut self) -> bool {
+        let mut a = self.agents.pop().expect("an agent runs");
+        unsafe { libc::kill(a.id() as i32, libc::SIGTERM) };
+        let start = Instant::now();
+        loop {
+            if let Some(status) = a.try_wait().unwrap() {
+                return status.success();
+            }
+            if start.elapsed() > Duration::from_secs(10) {
+                let _ = a.kill();
+                let _ = a.wait();
+                panic!("the agent did not exit within 10 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Both programs hold a pinned TCX link on the pod's interface (bpftool of this Debian
+    /// does not list TCX links per device, so the pins are asked instead).
+    fn tc_attached(&self) -> bool {
+        let links = self.bpffs.join("links");
+        let Ok(entries) = std::fs::read_dir(&links) else {
+            return false;
+        };
+        let mut found = 0;
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !(name.ends_with("-from_endpoint") || name.ends_with("-to_endpoint")) {
+                continue; // to_network on the node's own interface
+            }
+            let out = Command::new("bpftool")
+                .args(["link", "show", "pinned"])
+                .arg(e.path())
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout);
+            // This bpftool predates TCX and prints it as "type 11".
+            if out.status.success() && (text.contains("tcx") || text.contains("type 11")) {
+                found += 1;
+            }
+        }
+        found == 2
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for a in &mut self.agents {
+            let _ = a.kill();
+            let _ = a.wait();
+        }
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.node_ns])
+            .status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.pod_ns])
+            .status();
+        let _ = enforcer::bpf::remove_pins(&self.bpffs);
+        let _ = std::fs::remove_dir_all(&self.bpffs);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+const CLUSTER: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: x}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: a, namespace: x, labels: {app: a}}
+spec: {nodeName: node-1, containers: [{name: c, image: i}]}
+status: {podIPs: [{ip: 10.77.0.2}]}
+"#;
+
+const DENY_INGRESS: &str = r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: deny-ingress, namespace: x}
+spec: {podSelector: {}, policyTypes: [Ingress]}
+"#;
+
+const BAD_CIDR: &str = r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: broken, namespace: x}
+spec:
+  podSelector: {}
+  policyTypes: [Egress]
+  egress:
+    - to: [{ipBlock: {cidr: 10.0.0.0/33}}]
+"#;
+
+fn pins_exist(bpffs: &Path) -> bool {
+    bpffs.join("ENDPOINTS").exists() && bpffs.join("CONNTRACK").exists()
+}
+
+fn endpoint_modes(dump: &Value) -> Vec<(String, String)> {
+    dump["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["ingress"].as_str().unwrap().to_string(),
+                e["egress"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn bad_manifests_keep_the_last_good_state_and_sigterm_cleans_up() {
+    let mut lab = Lab::new("bad");
+    lab.write("cluster.yaml", CLUSTER);
+    lab.write("policy.yaml", DENY_INGRESS);
+    lab.start(&[]);
+    lab.wait_status("the pod's endpoint installed", |s| {
+        s["endpoints"] == 1 && s["error"].is_null()
+    });
+    assert!(
+        pins_exist(&lab.bpffs),
+        "maps pinned under {}",
+        lab.bpffs.display()
+    );
+    assert!(lab.tc_attached(), "both programs on the pod's interface");
+    let good = lab.dump();
+    assert_eq!(
+        endpoint_modes(&good),
+        vec![("enforce".to_string(), "allow-all".to_string())]
+    );
+
+    // A broken policy: reported with the file, the object and the field; nothing changes.
+    lab.write("broken.yaml", BAD_CIDR);
+    let s = lab.wait_status("the bad manifest reported", |s| !s["error"].is_null());
+    let err = s["error"].as_str().unwrap();
+    assert!(err.contains("broken.yaml"), "names the file: {err}");
+    assert!(err.contains("x/broken"), "names the object: {err}");
+    assert!(err.contains("ipBlock.cidr"), "names the field: {err}");
+    std::thread::sleep(Duration::from_millis(300));
+    let after = lab.dump();
+    assert_eq!(after["endpoints"], good["endpoints"]);
+    assert_eq!(after["policy"], good["policy"]);
+
+    // A bad edit of a good file keeps that file's last good version.
+    lab.write("policy.yaml", "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny-ingress, namespace: x}\nspec: {podSelector: {matchLabels: 7}}\n");
+    lab.wait_status("the bad edit reported", |s| {
+        s["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("policy.yaml"))
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(endpoint_modes(&lab.dump()), endpoint_modes(&good));
+
+    // Fixing both clears the error; removing the policy un-isolates the pod.
+    std::fs::remove_file(lab.manifests().join("broken.yaml")).unwrap();
+    std::fs::remove_file(lab.manifests().join("policy.yaml")).unwrap();
+    lab.wait_status("errors cleared", |s| s["error"].is_null());
+    let start = Instant::now();
+    while endpoint_modes(&lab.dump()) != vec![("allow-all".to_string(), "allow-all".to_string())] {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "policy removal not enforced"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    assert!(lab.stop(), "the agent exits cleanly on SIGTERM");
+    assert!(!lab.bpffs.exists(), "pins removed on exit");
+    assert!(!lab.tc_attached(), "programs detached on exit");
+}
+
+#[test]
+fn keep_pins_hands_state_to_the_next_agent() {
+    let mut lab = Lab::new("keep");
+    lab.write("cluster.yaml", CLUSTER);
+    lab.write("policy.yaml", DENY_INGRESS);
+    lab.start(&["--keep-pins"]);
+    lab.wait_status("installed", |s| s["endpoints"] == 1);
+    let before = lab.dump();
+    assert!(lab.stop());
+    assert!(pins_exist(&lab.bpffs), "--keep-pins leaves the maps pinned");
+    assert!(
+        lab.tc_attached(),
+        "--keep-pins leaves the programs enforcing"
+    );
+    assert_eq!(
+        lab.dump()["endpoints"],
+        before["endpoints"],
+        "the state survives the agent"
+    );
+
+    // The next agent takes the pins over (programs replaced in place) and, when stopped
+    // without --keep-pins, removes everything.
+    lab.start(&[]);
+    lab.wait_status("the second agent installed", |s| s["endpoints"] == 1);
+    assert!(lab.tc_attached());
+    assert_eq!(
+        endpoint_modes(&lab.dump()),
+        vec![("enforce".to_string(), "allow-all".to_string())]
+    );
+    assert!(lab.stop());
+    assert!(!lab.bpffs.exists());
+    assert!(!lab.tc_attached());
+}
