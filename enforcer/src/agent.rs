@@ -29,6 +29,8 @@ pub struct AgentOptions {
     pub bpffs: PathBuf,
     pub status_file: Option<PathBuf>,
     pub events_file: Option<PathBuf>,
+    /// Size at which the events file is rotated to `<file>.1`.
+    pub events_max_bytes: u64,
     pub keep_pins: bool,
     pub allow_host_ingress: bool,
     pub events_on_allow: bool,
@@ -83,7 +85,10 @@ impl Names {
 /// One datapath event, named, as written to `--events-file` (one JSON object per line).
 #[derive(Serialize, Debug, Clone, PartialEq)]
 pub struct EventRecord {
+    /// When the datapath saw the packet, in the kernel's monotonic clock.
     pub time_ns: u64,
+    /// The same instant as wall-clock time (Unix epoch, nanoseconds).
+    pub unix_time_ns: u64,
     pub node: String,
     pub endpoint: Option<String>,
     pub direction: &'static str,
@@ -101,6 +106,22 @@ pub struct EventRecord {
     pub rule: Option<u16>,
     /// For drops by isolation: the policies that isolate the endpoint in this direction.
     pub isolated_by: Vec<String>,
+}
+
+/// Converts `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) to Unix time, by the clocks' offset now.
+pub fn monotonic_to_unix(mono_ns: u64) -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    let mono_now = ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
+    let unix_now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    unix_now.saturating_sub(mono_now.saturating_sub(mono_ns))
 }
 
 pub fn addr_from_bytes(b: [u8; 16], family: u8) -> IpAddr {
@@ -157,6 +178,7 @@ impl EventRecord {
         };
         EventRecord {
             time_ns: e.timestamp_ns,
+            unix_time_ns: monotonic_to_unix(e.timestamp_ns),
             node: node.to_string(),
             endpoint: names
                 .endpoints
@@ -355,26 +377,69 @@ impl Agent {
     }
 }
 
+/// The events file: appended to, rotated to `<file>.1` by size so log shippers can follow it.
+struct EventsFile {
+    path: PathBuf,
+    max_bytes: u64,
+    file: Option<std::fs::File>,
+    written: u64,
+}
+
+impl EventsFile {
+    fn open(path: PathBuf, max_bytes: u64) -> Self {
+        let mut f = EventsFile {
+            path,
+            max_bytes,
+            file: None,
+            written: 0,
+        };
+        f.reopen();
+        f
+    }
+
+    fn reopen(&mut self) {
+        match std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)
+        {
+            Ok(file) => {
+                self.written = file.metadata().map(|m| m.len()).unwrap_or(0);
+                self.file = Some(file);
+            }
+            Err(e) => {
+                error!("cannot open events file {}: {e}", self.path.display());
+                self.file = None;
+            }
+        }
+    }
+
+    fn write_line(&mut self, line: &str) {
+        if self.written + line.len() as u64 + 1 > self.max_bytes && self.written > 0 {
+            let mut old = self.path.clone().into_os_string();
+            old.push(".1");
+            if let Err(e) = std::fs::rename(&self.path, &old) {
+                warn!("rotating the events file: {e}");
+            }
+            self.reopen();
+        }
+        if let Some(f) = self.file.as_mut() {
+            match writeln!(f, "{line}") {
+                Ok(()) => self.written += line.len() as u64 + 1,
+                Err(e) => warn!("events file: {e}"),
+            }
+        }
+    }
+}
+
 async fn write_events(
     mut rx: mpsc::Receiver<Event>,
     node: String,
     names: Arc<Mutex<Names>>,
     file: Option<PathBuf>,
+    max_bytes: u64,
 ) {
-    let mut out = match &file {
-        Some(p) => match std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(p)
-        {
-            Ok(f) => Some(f),
-            Err(e) => {
-                error!("cannot open events file {}: {e}", p.display());
-                None
-            }
-        },
-        None => None,
-    };
+    let mut out = file.map(|p| EventsFile::open(p, max_bytes));
     while let Some(e) = rx.recv().await {
         let rec = EventRecord::from_event(&e, &node, &names.lock().expect("names lock"));
         let line = serde_json::to_string(&rec).expect("event serializes");
@@ -383,10 +448,8 @@ async fn write_events(
         } else {
             debug!(target: "enforcer::events", "{line}");
         }
-        if let Some(f) = out.as_mut()
-            && let Err(e) = writeln!(f, "{line}")
-        {
-            warn!("events file: {e}");
+        if let Some(f) = out.as_mut() {
+            f.write_line(&line);
         }
     }
 }
@@ -411,6 +474,7 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         opts.node.clone(),
         names.clone(),
         opts.events_file.clone(),
+        opts.events_max_bytes,
     ));
 
     // Wake up as soon as a manifest changes; the periodic rescan catches interfaces.

@@ -82,7 +82,8 @@ struct Dump {
     cidrs: Vec<CidrRow>,
     policy: Vec<PolicyRow>,
     conntrack_entries: usize,
-    drops: Vec<(String, u64)>,
+    /// New-flow verdicts by reason (drops and allows), and events lost to a full ring buffer.
+    verdicts: Vec<(String, u64)>,
 }
 
 fn build(state: &MapState, conntrack_entries: usize, drops: &[u64]) -> Dump {
@@ -157,11 +158,18 @@ fn build(state: &MapState, conntrack_entries: usize, drops: &[u64]) -> Dump {
             })
             .collect(),
         conntrack_entries,
-        drops: drops
+        verdicts: drops
             .iter()
             .enumerate()
             .filter(|(_, n)| **n > 0)
-            .map(|(r, n)| (reason::name(r as u8).to_string(), *n))
+            .map(|(r, n)| {
+                let name = if r as u32 == enforcer_common::counter::EVENTS_LOST {
+                    "events-lost".to_string()
+                } else {
+                    reason::name(r as u8).to_string()
+                };
+                (name, *n)
+            })
             .collect(),
     }
 }
@@ -214,8 +222,8 @@ pub fn render(state: &MapState, conntrack_entries: usize, drops: &[u64], format:
         );
     }
     let _ = writeln!(s, "\nCONNTRACK ENTRIES {}", d.conntrack_entries);
-    let _ = writeln!(s, "\nDROPS");
-    for (r, n) in &d.drops {
+    let _ = writeln!(s, "\nVERDICTS (new flows, by reason)");
+    for (r, n) in &d.verdicts {
         let _ = writeln!(s, "{r:<20} {n}");
     }
     s

@@ -10,13 +10,15 @@
 //! - [`reference`]: the spec read literally, to test the compiler against (pure);
 //! - [`bpf`]: the kernel edge: load, pin, attach, install diffs, read events;
 //! - [`discover`]: local pod interfaces and node addresses;
-//! - [`agent`]: `enforcer run`; [`dump`]: `enforcer maps dump`; [`explain`]: `enforcer explain`.
+//! - [`agent`]: `enforcer run`; [`dump`]: `enforcer maps dump`; [`explain`]: `enforcer explain`;
+//!   [`events`]: `enforcer events`.
 
 pub mod agent;
 pub mod bpf;
 pub mod compiler;
 pub mod discover;
 pub mod dump;
+pub mod events;
 pub mod explain;
 pub mod lookup;
 pub mod model;

@@ -32,6 +32,12 @@ enum Command {
         after_help = "Example:\n  enforcer explain --manifests ./cluster --from x/a --to x/b --port 80 --protocol TCP"
     )]
     Explain(ExplainArgs),
+    /// Follow the verdict events of a node's agent: drops (and allows, with --events-on-allow)
+    /// naming the endpoint, the peer, the tuple and the policies that decided.
+    #[command(
+        after_help = "Examples:\n  enforcer events --file /run/enforcer/events.jsonl --follow --verdict drop\n  enforcer lab exec demo node-1 -- events --namespace sample1 --output json"
+    )]
+    Events(EventsArgs),
     /// Build clusters of network namespaces running the real enforcer and probe them.
     #[command(
         after_help = "Examples:\n  enforcer lab demo\n  enforcer lab run tests/scenarios/default-deny-ingress.yaml --output json"
@@ -46,20 +52,24 @@ enum Command {
 struct RunArgs {
     /// Folder of Namespace, Pod and NetworkPolicy manifests (YAML or JSON); changes are applied
     /// as they happen.
-    #[arg(long)]
+    #[arg(long, env = "ENFORCER_MANIFESTS")]
     manifests: PathBuf,
     /// This node's name (pods with spec.nodeName equal to it are local endpoints).
     #[arg(long, env = "NODE_NAME")]
     node: String,
     /// bpffs folder for this agent's pinned maps.
-    #[arg(long, default_value = "/sys/fs/bpf/enforcer")]
+    #[arg(long, env = "ENFORCER_BPFFS", default_value = "/sys/fs/bpf/enforcer")]
     bpffs: PathBuf,
     /// Write a JSON status (generation, errors) here after every reconcile.
     #[arg(long)]
     status_file: Option<PathBuf>,
-    /// Append every datapath event here as one JSON object per line.
+    /// Append every datapath event here as one JSON object per line (`enforcer events` reads
+    /// it); rotated to FILE.1 when it passes --events-max-mb.
     #[arg(long)]
     events_file: Option<PathBuf>,
+    /// Size at which the events file is rotated, in MiB.
+    #[arg(long, default_value_t = 64)]
+    events_max_mb: u64,
     /// Leave the pinned maps in place on exit (for a restart that takes them over).
     #[arg(long)]
     keep_pins: bool,
@@ -77,7 +87,7 @@ struct RunArgs {
 #[derive(clap::Args)]
 struct ExplainArgs {
     /// Folder of manifests to explain against.
-    #[arg(long)]
+    #[arg(long, env = "ENFORCER_MANIFESTS")]
     manifests: PathBuf,
     /// Source: namespace/pod or an IP address.
     #[arg(long)]
@@ -111,12 +121,40 @@ fn explain_cmd(a: ExplainArgs) -> anyhow::Result<String> {
     })
 }
 
+#[derive(clap::Args)]
+struct EventsArgs {
+    /// The agent's events file (`enforcer run --events-file`).
+    #[arg(long, env = "ENFORCER_EVENTS_FILE")]
+    file: PathBuf,
+    /// Keep printing new events as they come (across rotations), until interrupted.
+    #[arg(long, short)]
+    follow: bool,
+    /// Only events of endpoints in this namespace.
+    #[arg(long)]
+    namespace: Option<String>,
+    /// Only events of this endpoint (namespace/name, or name).
+    #[arg(long)]
+    pod: Option<String>,
+    /// ingress or egress.
+    #[arg(long)]
+    direction: Option<String>,
+    /// drop, allow or audit.
+    #[arg(long)]
+    verdict: Option<String>,
+    /// Only events decided by, or isolated by, this policy (namespace/name).
+    #[arg(long)]
+    policy: Option<String>,
+    #[arg(long, value_enum, default_value = "text")]
+    output: enforcer::events::Output,
+}
+
 #[derive(Subcommand)]
 enum MapsCommand {
     /// Print endpoints, identities, CIDR prefixes and policy entries.
     #[command(after_help = "Example:\n  enforcer maps dump --output json")]
     Dump {
-        #[arg(long, default_value = "/sys/fs/bpf/enforcer")]
+        /// The agent's bpffs folder.
+        #[arg(long, env = "ENFORCER_BPFFS", default_value = "/sys/fs/bpf/enforcer")]
         bpffs: PathBuf,
         #[arg(long, value_enum, default_value = "table")]
         output: enforcer::dump::Format,
@@ -154,6 +192,7 @@ fn main() -> ExitCode {
                 bpffs: a.bpffs,
                 status_file: a.status_file,
                 events_file: a.events_file,
+                events_max_bytes: a.events_max_mb.max(1) << 20,
                 keep_pins: a.keep_pins,
                 allow_host_ingress: !a.no_allow_host,
                 events_on_allow: a.events_on_allow,
@@ -166,6 +205,23 @@ fn main() -> ExitCode {
                 .context("starting the runtime");
             let result = rt.and_then(|rt| rt.block_on(run(opts)));
             match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Events(a) => {
+            let filter = enforcer::events::Filter {
+                namespace: a.namespace,
+                pod: a.pod,
+                direction: a.direction,
+                verdict: a.verdict,
+                policy: a.policy,
+            };
+            let mut out = std::io::stdout().lock();
+            match enforcer::events::stream(&a.file, &filter, a.output, a.follow, &mut out) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("error: {e:#}");
