@@ -51,6 +51,18 @@ pub struct Side {
     pub rule: Option<u16>,
     /// What the reference evaluator says.
     pub reference_allows: bool,
+    /// What the running agent's maps say, when the pod is an endpoint of this node and the
+    /// maps were asked (`--live`).
+    pub live: Option<LiveSide>,
+}
+
+/// The datapath's decision as the live maps give it.
+#[derive(Serialize, Debug, Clone, PartialEq, Eq)]
+pub struct LiveSide {
+    pub ifindex: u32,
+    pub allowed: bool,
+    pub reason: &'static str,
+    pub agrees: bool,
 }
 
 #[derive(Serialize, Debug, Clone, PartialEq, Eq)]
@@ -63,6 +75,10 @@ pub struct Explanation {
     pub sides: Vec<Side>,
     /// Whether the compiled maps and the reference evaluator agree on every side.
     pub agree: bool,
+    pub src_ip: IpAddr,
+    pub dst_ip: IpAddr,
+    /// With `--live`: whether the live maps agree with the manifests on every local side.
+    pub live_agrees: Option<bool>,
 }
 
 fn pod<'a>(c: &'a Cluster, r: &ObjectRef) -> Result<&'a Pod> {
@@ -170,6 +186,7 @@ pub fn explain(
             }),
             rule: d.entry.map(|e| e.rule_index),
             reference_allows: env.allows(p, &flow),
+            live: None,
         });
     };
     if let Some(p) = src_pod {
@@ -194,7 +211,51 @@ pub fn explain(
         allowed,
         sides,
         agree,
+        src_ip,
+        dst_ip,
+        live_agrees: None,
     })
+}
+
+/// Adds what the live maps of this node's agent decide for the sides that are local endpoints
+/// here (found by the pod's address in `IP_IDENTITY`), and whether they agree with the
+/// manifests. Sides of pods on other nodes stay without a live answer.
+pub fn add_live(e: &mut Explanation, live: &MapState, protocol: Protocol) {
+    let mut all_agree = true;
+    let mut any = false;
+    for side in &mut e.sides {
+        let (dir, own, peer) = if side.direction == "egress" {
+            (direction::EGRESS, e.src_ip, e.dst_ip)
+        } else {
+            (direction::INGRESS, e.dst_ip, e.src_ip)
+        };
+        let Some(endpoint_id) = live
+            .ip_identity
+            .get(&crate::compiler::ip_key(own))
+            .map(|v| v.endpoint_id)
+            .filter(|id| *id != 0)
+        else {
+            continue;
+        };
+        let Some((&ifindex, _)) = live
+            .endpoints
+            .iter()
+            .find(|(_, ep)| ep.endpoint_id == endpoint_id)
+        else {
+            continue;
+        };
+        let d = decide(live, ifindex, dir, peer, protocol.number(), e.port);
+        let agrees = d.allowed == side.allowed;
+        all_agree &= agrees;
+        any = true;
+        side.live = Some(LiveSide {
+            ifindex,
+            allowed: d.allowed,
+            reason: reason::name(d.reason),
+            agrees,
+        });
+    }
+    e.live_agrees = any.then_some(all_agree);
 }
 
 /// Text for people.
@@ -230,6 +291,36 @@ pub fn render(e: &Explanation) -> String {
             "  {:<7} at {}: {verdict}: {why}",
             side.direction, side.pod
         );
+    }
+    for side in &e.sides {
+        if let Some(l) = &side.live {
+            let _ = writeln!(
+                s,
+                "  live maps, {} at {} (ifindex {}): {} ({}){}",
+                side.direction,
+                side.pod,
+                l.ifindex,
+                if l.allowed { "allow" } else { "deny" },
+                l.reason,
+                if l.agrees {
+                    ""
+                } else {
+                    "  DISAGREES with the manifests"
+                }
+            );
+        }
+    }
+    match e.live_agrees {
+        Some(true) => {
+            let _ = writeln!(s, "  the live maps agree with the manifests");
+        }
+        Some(false) => {
+            let _ = writeln!(
+                s,
+                "  WARNING: the live maps disagree with the manifests (a change not yet installed, or drift)"
+            );
+        }
+        None => {}
     }
     if !e.agree {
         let _ = writeln!(
@@ -277,5 +368,28 @@ spec:
         assert!(render(&no).contains("isolated by [x/allow-a] and no rule allows it"));
         let ext = explain(&c, &"192.0.2.1".parse().unwrap(), &b, Protocol::Tcp, 80).unwrap();
         assert!(!ext.allowed && ext.sides.len() == 1);
+
+        // Live: a node where only b is local. Its maps agree; a node whose maps lack the rule
+        // (a change not installed yet) is reported as disagreeing.
+        let node = NodeInput {
+            node: "n".into(),
+            interfaces: [(ObjectRef::new("x", "b"), 7)].into(),
+            host_ips: Vec::new(),
+            allow_host_ingress: true,
+        };
+        let mut ids = Ids::default();
+        let empty = MapState::default();
+        let live = plan(&empty, &compile(&c, &node, &mut ids, &empty), &mut ids);
+        let mut e = explain(&c, &a, &b, Protocol::Tcp, 80).unwrap();
+        add_live(&mut e, &live, Protocol::Tcp);
+        assert_eq!(e.live_agrees, Some(true));
+        assert!(e.sides[0].live.is_none(), "a is not local to this node");
+        assert_eq!(e.sides[1].live.as_ref().unwrap().ifindex, 7);
+        let mut stale = live.clone();
+        stale.policy.clear();
+        let mut e = explain(&c, &a, &b, Protocol::Tcp, 80).unwrap();
+        add_live(&mut e, &stale, Protocol::Tcp);
+        assert_eq!(e.live_agrees, Some(false));
+        assert!(render(&e).contains("DISAGREES"));
     }
 }

@@ -29,7 +29,7 @@ enum Command {
     },
     /// Explain the verdict for one connection: which policies and rules decide it.
     #[command(
-        after_help = "Example:\n  enforcer explain --manifests ./cluster --from x/a --to x/b --port 80 --protocol TCP"
+        after_help = "Examples:\n  enforcer explain --manifests ./cluster --from x/a --to x/b --port 80 --protocol TCP\n  enforcer lab exec demo node-1 -- explain --from x/a --to x/b --port 80 --live"
     )]
     Explain(ExplainArgs),
     /// Follow the verdict events of a node's agent: drops (and allows, with --events-on-allow)
@@ -102,6 +102,13 @@ struct ExplainArgs {
     protocol: enforcer::model::Protocol,
     #[arg(long, value_enum, default_value = "table")]
     output: enforcer::dump::Format,
+    /// Also ask the running agent's pinned maps (this node's endpoints) and say whether they
+    /// agree with the manifests.
+    #[arg(long)]
+    live: bool,
+    /// The agent's bpffs folder, for --live.
+    #[arg(long, env = "ENFORCER_BPFFS", default_value = "/sys/fs/bpf/enforcer")]
+    bpffs: PathBuf,
 }
 
 fn parse_protocol(s: &str) -> Result<enforcer::model::Protocol, String> {
@@ -114,7 +121,16 @@ fn explain_cmd(a: ExplainArgs) -> anyhow::Result<String> {
     if !snap.errors.is_empty() {
         anyhow::bail!("rejected manifests: {}", snap.errors.join("; "));
     }
-    let e = enforcer::explain::explain(&snap.cluster, &a.from, &a.to, a.protocol, a.port)?;
+    let mut e = enforcer::explain::explain(&snap.cluster, &a.from, &a.to, a.protocol, a.port)?;
+    if a.live {
+        let pinned = enforcer::bpf::PinnedMaps::open(&a.bpffs).with_context(|| {
+            format!(
+                "opening the pinned maps under {} (is the agent running?)",
+                a.bpffs.display()
+            )
+        })?;
+        enforcer::explain::add_live(&mut e, &pinned.read_state()?, a.protocol);
+    }
     Ok(match a.output {
         enforcer::dump::Format::Json => serde_json::to_string_pretty(&e)? + "\n",
         enforcer::dump::Format::Table => enforcer::explain::render(&e),

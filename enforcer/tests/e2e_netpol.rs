@@ -74,8 +74,12 @@ fn mismatches(report: &Value) -> Vec<String> {
     out
 }
 
+/// The two suites share the machine's two cores: one at a time, so probe timeouts mean policy.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn upstream_netpol_suite_matches_its_reachability_matrices() {
+    let _guard = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     require_root();
     let files = scenarios();
     assert_eq!(
@@ -84,11 +88,59 @@ fn upstream_netpol_suite_matches_its_reachability_matrices() {
         "tests/e2e-netpol must hold one scenario per upstream test ({UPSTREAM_TESTS}), found {}",
         files.len()
     );
+    run_suite(&files, "one node");
+}
 
+/// The same suite with the pods spread over two nodes (alternately, in file order), so every
+/// verdict also holds when egress is judged on one node and ingress on another.
+#[test]
+fn upstream_netpol_suite_holds_across_two_nodes() {
+    let _guard = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    require_root();
+    let dir = std::env::temp_dir().join(format!("enforcer-e2e-2nodes-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut files = Vec::new();
+    for f in scenarios() {
+        let text = std::fs::read_to_string(&f).unwrap();
+        let mut doc: serde_norway::Value =
+            serde_norway::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+        let map = doc.as_mapping_mut().expect("a scenario is a mapping");
+        if map.contains_key("nodes") {
+            continue; // places its pods itself
+        }
+        map.insert(
+            "nodes".into(),
+            serde_norway::from_str("[node-1, node-2]").unwrap(),
+        );
+        if let Some(pods) = map.get_mut("pods").and_then(|p| p.as_sequence_mut()) {
+            for (i, pod) in pods.iter_mut().enumerate() {
+                let pod = pod.as_mapping_mut().expect("a pod is a mapping");
+                if !pod.contains_key("node") {
+                    pod.insert("node".into(), format!("node-{}", i % 2 + 1).into());
+                }
+            }
+        }
+        let out = dir.join(f.file_name().unwrap());
+        std::fs::write(&out, serde_norway::to_string(&doc).unwrap()).unwrap();
+        files.push(out);
+    }
+    assert!(
+        files.len() >= UPSTREAM_TESTS - 2,
+        "most scenarios spread: {}",
+        files.len()
+    );
+    let result = std::panic::catch_unwind(|| run_suite(&files, "two nodes"));
+    let _ = std::fs::remove_dir_all(&dir);
+    if let Err(e) = result {
+        std::panic::resume_unwind(e);
+    }
+}
+
+fn run_suite(files: &[PathBuf], label: &str) {
     let started = Instant::now();
     let mut failures = Vec::new();
     let (mut probes, mut expectations, mut unsupported) = (0, 0, 0);
-    for file in &files {
+    for file in files {
         let name = name_of(file);
         let t = Instant::now();
         let out = Command::new(env!("CARGO_BIN_EXE_enforcer"))
@@ -142,13 +194,13 @@ fn upstream_netpol_suite_matches_its_reachability_matrices() {
         }
     }
     eprintln!(
-        "{} scenarios, {probes} probes ({expectations} with an expectation, {unsupported} unsupported) in {:.1?}",
+        "{label}: {} scenarios, {probes} probes ({expectations} with an expectation, {unsupported} unsupported) in {:.1?}",
         files.len(),
         started.elapsed()
     );
     assert!(
         failures.is_empty(),
-        "{} of {} upstream tests fail:\n\n{}",
+        "{label}: {} of {} upstream tests fail:\n\n{}",
         failures.len(),
         files.len(),
         failures.join("\n\n")
