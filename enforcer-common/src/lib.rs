@@ -27,8 +27,9 @@ pub mod names {
     pub const MAP_FRAGMENTS: &str = "FRAGMENTS";
     pub const MAP_SERVICE_IPS: &str = "SERVICE_IPS";
     pub const MAP_PENDING: &str = "PENDING";
+    pub const MAP_EVENT_BUCKETS: &str = "EVENT_BUCKETS";
     /// Every map the agent pins, in a stable order.
-    pub const ALL_MAPS: [&str; 11] = [
+    pub const ALL_MAPS: [&str; 12] = [
         MAP_ENDPOINTS,
         MAP_IP_IDENTITY,
         MAP_CIDR_IDENTITY,
@@ -40,6 +41,7 @@ pub mod names {
         MAP_FRAGMENTS,
         MAP_SERVICE_IPS,
         MAP_PENDING,
+        MAP_EVENT_BUCKETS,
     ];
 }
 
@@ -336,9 +338,26 @@ pub struct Config {
     pub flags: u32,
     /// Which slot (0 or 1) of `EndpointValue` and `IdentitySlots` is current.
     pub generation: u32,
+    /// Events each endpoint may emit per second (0: no limit); a token bucket per endpoint in
+    /// the kernel, so a flood costs the event path nothing past the limit.
+    pub event_rate: u32,
+    /// Events an endpoint may emit at once before the rate applies.
+    pub event_burst: u32,
     pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<Config>() == 16);
+const _: () = assert!(core::mem::size_of::<Config>() == 24);
+
+/// `EVENT_BUCKETS` value: one endpoint's event token bucket (key: ifindex).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EventBucket {
+    /// Tokens in thousandths of an event.
+    pub tokens_milli: u64,
+    pub last_ns: u64,
+    /// Events this endpoint did not emit because its bucket was empty.
+    pub suppressed: u64,
+}
+const _: () = assert!(core::mem::size_of::<EventBucket>() == 24);
 
 pub mod config_flags {
     /// Emit an event for every new flow that is allowed, not only for drops.
@@ -350,8 +369,10 @@ pub mod config_flags {
 pub mod counter {
     /// Events that did not fit in the ring buffer (the verdict still applied).
     pub const EVENTS_LOST: u32 = super::reason::COUNT as u32;
+    /// Events held back by an endpoint's rate limit (the verdict still applied).
+    pub const EVENTS_SUPPRESSED: u32 = super::reason::COUNT as u32 + 1;
     /// Number of slots.
-    pub const LEN: u32 = super::reason::COUNT as u32 + 1;
+    pub const LEN: u32 = super::reason::COUNT as u32 + 2;
 }
 
 // --- Services ---------------------------------------------------------------------------------
@@ -507,6 +528,7 @@ mod user {
     unsafe impl aya::Pod for FragKey {}
     unsafe impl aya::Pod for FragValue {}
     unsafe impl aya::Pod for PendingKey {}
+    unsafe impl aya::Pod for EventBucket {}
     unsafe impl aya::Pod for PendingValue {}
 }
 

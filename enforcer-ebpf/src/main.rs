@@ -29,9 +29,9 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use enforcer_common::{
-    Config, CtKey, CtValue, EndpointInfo, EndpointValue, Event, FragKey, FragValue, IdentitySlots,
-    IpAddrKey, POLICY_ACTION_ALLOW, POLICY_ACTION_DENY, PendingKey, PendingValue, PolicyKey,
-    PolicyValue, capacity, config_flags, counter, ct_flags, direction, identity, mode,
+    Config, CtKey, CtValue, EndpointInfo, EndpointValue, Event, EventBucket, FragKey, FragValue,
+    IdentitySlots, IpAddrKey, POLICY_ACTION_ALLOW, POLICY_ACTION_DENY, PendingKey, PendingValue,
+    PolicyKey, PolicyValue, capacity, config_flags, counter, ct_flags, direction, identity, mode,
     policy_prefix, reason, verdict,
 };
 
@@ -72,6 +72,11 @@ static SERVICE_IPS: HashMap<IpAddrKey, u32> = HashMap::with_max_entries(capacity
 #[map]
 static PENDING: LruHashMap<PendingKey, PendingValue> =
     LruHashMap::with_max_entries(capacity::PENDING, 0);
+
+/// Per-endpoint event token buckets (see `Config::event_rate`).
+#[map]
+static EVENT_BUCKETS: LruHashMap<u32, EventBucket> =
+    LruHashMap::with_max_entries(capacity::ENDPOINTS, 0);
 
 /// Per-CPU scratch space for the parsed packet: the 512-byte BPF stack cannot hold it beside
 /// the conntrack and policy keys.
@@ -1101,6 +1106,8 @@ fn config() -> Config {
             revision: 0,
             flags: 0,
             generation: 0,
+            event_rate: 0,
+            event_burst: 0,
             _pad: 0,
         },
     }
@@ -1124,6 +1131,10 @@ fn emit(
     why: &Why,
     verdict: u8,
 ) {
+    if !take_event_token(ifindex) {
+        count(counter::EVENTS_SUPPRESSED);
+        return;
+    }
     let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
         count(counter::EVENTS_LOST);
         return;
@@ -1155,6 +1166,44 @@ fn emit(
         (*e).policy_set = ep.policy_set;
     }
     entry.submit(0);
+}
+
+/// One token from the endpoint's event bucket, refilled at `event_rate` per second up to
+/// `event_burst`. Updates race between CPUs; the limit is approximate by a few events, never
+/// unbounded.
+#[inline(always)]
+fn take_event_token(ifindex: u32) -> bool {
+    let config = config();
+    if config.event_rate == 0 {
+        return true;
+    }
+    let now = unsafe { bpf_ktime_get_ns() };
+    let full = config.event_burst.max(1) as u64 * 1000;
+    let Some(b) = EVENT_BUCKETS.get_ptr_mut(&ifindex) else {
+        let fresh = EventBucket {
+            tokens_milli: full - 1000,
+            last_ns: now,
+            suppressed: 0,
+        };
+        let _ = EVENT_BUCKETS.insert(&ifindex, &fresh, 0);
+        return true;
+    };
+    // SAFETY: a live map value; plain field reads and writes.
+    unsafe {
+        // Cap the gap so the product cannot overflow (10 s at any rate refills any bucket).
+        let elapsed = now.saturating_sub((*b).last_ns).min(10_000_000_000);
+        let refill = elapsed * config.event_rate as u64 / 1_000_000;
+        let tokens = ((*b).tokens_milli + refill).min(full);
+        (*b).last_ns = now;
+        if tokens >= 1000 {
+            (*b).tokens_milli = tokens - 1000;
+            true
+        } else {
+            (*b).tokens_milli = tokens;
+            (*b).suppressed += 1;
+            false
+        }
+    }
 }
 
 #[cfg(not(test))]

@@ -34,6 +34,9 @@ pub struct AgentOptions {
     pub keep_pins: bool,
     pub allow_host_ingress: bool,
     pub events_on_allow: bool,
+    /// Events per second each endpoint may emit after `event_burst` (0: no limit).
+    pub event_rate: u32,
+    pub event_burst: u32,
     /// How often interfaces are re-discovered.
     pub rescan: Duration,
 }
@@ -459,6 +462,9 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
     let mut datapath = Datapath::load(&opts.bpffs)
         .with_context(|| format!("loading the datapath (pins under {})", opts.bpffs.display()))?;
     let installed = datapath.read_state().context("reading the pinned maps")?;
+    datapath
+        .set_event_limits(opts.event_rate, opts.event_burst)
+        .context("writing the event limits")?;
     // Continue the revision of the agent before us (pinned), so that conntrack entries it
     // admitted are re-checked under our first install rather than mistaken for current.
     let revision = datapath

@@ -163,10 +163,10 @@ fn build(state: &MapState, conntrack_entries: usize, drops: &[u64]) -> Dump {
             .enumerate()
             .filter(|(_, n)| **n > 0)
             .map(|(r, n)| {
-                let name = if r as u32 == enforcer_common::counter::EVENTS_LOST {
-                    "events-lost".to_string()
-                } else {
-                    reason::name(r as u8).to_string()
+                let name = match r as u32 {
+                    enforcer_common::counter::EVENTS_LOST => "events-lost".to_string(),
+                    enforcer_common::counter::EVENTS_SUPPRESSED => "events-suppressed".to_string(),
+                    _ => reason::name(r as u8).to_string(),
                 };
                 (name, *n)
             })

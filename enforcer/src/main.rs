@@ -67,6 +67,13 @@ struct RunArgs {
     /// it); rotated to FILE.1 when it passes --events-max-mb.
     #[arg(long)]
     events_file: Option<PathBuf>,
+    /// Events each endpoint may emit per second, after --event-burst (0: no limit). Enforced in
+    /// the kernel per endpoint; held-back events are counted (`maps dump`).
+    #[arg(long, default_value_t = 100)]
+    event_rate: u32,
+    /// Events an endpoint may emit at once before --event-rate applies.
+    #[arg(long, default_value_t = 200)]
+    event_burst: u32,
     /// Size at which the events file is rotated, in MiB.
     #[arg(long, default_value_t = 64)]
     events_max_mb: u64,
@@ -212,6 +219,8 @@ fn main() -> ExitCode {
                 keep_pins: a.keep_pins,
                 allow_host_ingress: !a.no_allow_host,
                 events_on_allow: a.events_on_allow,
+                event_rate: a.event_rate,
+                event_burst: a.event_burst,
                 rescan: Duration::from_millis(a.rescan_ms.max(50)),
             };
             let rt = tokio::runtime::Builder::new_multi_thread()

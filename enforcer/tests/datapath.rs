@@ -1118,3 +1118,31 @@ fn service_egress_is_judged_after_the_dnat() {
         "the flow is tracked under the tuple the pod sent: {ct:?}"
     );
 }
+
+#[test]
+fn events_are_rate_limited_per_endpoint() {
+    let mut f = Fixture::new(&base_state(mode::ENFORCE, mode::ENFORCE));
+    f.dp.set_event_limits(1, 3).unwrap();
+    for port in 0..10u16 {
+        let p = ipv4(PEER_B, POD, TCP, &tcp(40000 + port, 80));
+        assert_eq!(
+            f.run(IN, &p),
+            TC_DROP,
+            "the verdict does not depend on the limit"
+        );
+    }
+    let events = f.events();
+    assert_eq!(
+        events.len(),
+        3,
+        "the burst, then nothing within the same second"
+    );
+    let c = f.dp.counters().unwrap();
+    assert_eq!(c[counter::EVENTS_SUPPRESSED as usize], 7);
+    assert_eq!(c[reason::NO_RULE as usize], 10, "every drop is counted");
+    assert_eq!(f.dp.suppressed_events().unwrap(), vec![(IFINDEX, 7)]);
+    // No limit: every drop reports again.
+    f.dp.set_event_limits(0, 0).unwrap();
+    assert_eq!(f.run(IN, &ipv4(PEER_B, POD, TCP, &tcp(50000, 80))), TC_DROP);
+    assert_eq!(f.events().len(), 1);
+}

@@ -19,8 +19,8 @@ use aya::programs::tc::{SchedClassifierLink, TcAttachOptions};
 use aya::programs::{LinkOrder, SchedClassifier, TcAttachType, TestRun, TestRunOptions};
 use aya::{Ebpf, EbpfLoader, Pod};
 use enforcer_common::{
-    Config, CtKey, CtValue, EndpointValue, Event, IdentitySlots, IpAddrKey, PolicyKey, PolicyValue,
-    counter, names,
+    Config, CtKey, CtValue, EndpointValue, Event, EventBucket, IdentitySlots, IpAddrKey, PolicyKey,
+    PolicyValue, counter, names,
 };
 use thiserror::Error;
 use tokio::io::unix::AsyncFd;
@@ -149,6 +149,8 @@ pub struct Datapath {
     events: Option<RingBuf<MapData>>,
     /// What the maps hold (both generations), kept in step with every write.
     phys: PhysState,
+    /// Events per second and burst per endpoint (0: unlimited), written with every `Config`.
+    event_limits: (u32, u32),
 }
 
 /// What an install did.
@@ -230,6 +232,7 @@ impl Datapath {
             host_attached: BTreeMap::new(),
             events,
             phys: PhysState::default(),
+            event_limits: (0, 0),
         };
         dp.phys = dp.read_phys()?;
         Ok(dp)
@@ -446,6 +449,8 @@ impl Datapath {
             revision,
             flags,
             generation: t.flip_to as u32,
+            event_rate: self.event_limits.0,
+            event_burst: self.event_limits.1,
             _pad: 0,
         };
         if let Err(e) = self.set_config(config) {
@@ -589,6 +594,30 @@ impl Datapath {
         let mut a: Array<&mut MapData, Config> = Array::try_from(self.map_mut(names::MAP_CONFIG)?)
             .map_err(map_err(names::MAP_CONFIG))?;
         a.set(0, config, 0).map_err(map_err(names::MAP_CONFIG))
+    }
+
+    /// Limits the events each endpoint emits: `rate` per second after a `burst` (0: no limit).
+    /// Held-back events are counted (`counter::EVENTS_SUPPRESSED`, and per endpoint in
+    /// `EVENT_BUCKETS`); verdicts are unaffected.
+    pub fn set_event_limits(&mut self, rate: u32, burst: u32) -> Result<()> {
+        self.event_limits = (rate, burst);
+        let mut c = self.config()?;
+        c.event_rate = rate;
+        c.event_burst = burst;
+        self.set_config(c)
+    }
+
+    /// Events held back by the rate limit, per endpoint interface.
+    pub fn suppressed_events(&self) -> Result<Vec<(u32, u64)>> {
+        let m: BpfHashMap<&MapData, u32, EventBucket> =
+            BpfHashMap::try_from(self.map(names::MAP_EVENT_BUCKETS)?)
+                .map_err(map_err(names::MAP_EVENT_BUCKETS))?;
+        m.iter()
+            .map(|r| {
+                r.map(|(k, v)| (k, v.suppressed))
+                    .map_err(map_err(names::MAP_EVENT_BUCKETS))
+            })
+            .collect()
     }
 
     /// The datapath's configuration as the maps hold it.
