@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use enforcer_common::{Event, direction, reason, verdict};
 use notify::Watcher as _;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
 
@@ -85,18 +85,21 @@ impl Names {
     }
 }
 
-/// One datapath event, named, as written to `--events-file` (one JSON object per line).
-#[derive(Serialize, Debug, Clone, PartialEq)]
+/// One datapath event, named, as written to `--events-file` (one JSON object per line) and read
+/// back by `enforcer events`. Fields added later carry `serde(default)`, so readers take lines
+/// of older agents.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub struct EventRecord {
     /// When the datapath saw the packet, in the kernel's monotonic clock.
     pub time_ns: u64,
     /// The same instant as wall-clock time (Unix epoch, nanoseconds).
+    #[serde(default)]
     pub unix_time_ns: u64,
     pub node: String,
     pub endpoint: Option<String>,
-    pub direction: &'static str,
-    pub verdict: &'static str,
-    pub reason: &'static str,
+    pub direction: String,
+    pub verdict: String,
+    pub reason: String,
     pub protocol: String,
     pub src: String,
     pub src_port: u16,
@@ -104,10 +107,12 @@ pub struct EventRecord {
     pub dst_port: u16,
     pub peer: Option<String>,
     /// For a peer outside the pods: the ipBlocks (of any policy on this node) its address is in.
+    #[serde(default)]
     pub peer_blocks: Vec<String>,
     pub policy: Option<String>,
     pub rule: Option<u16>,
     /// For drops by isolation: the policies that isolate the endpoint in this direction.
+    #[serde(default)]
     pub isolated_by: Vec<String>,
 }
 
@@ -191,13 +196,15 @@ impl EventRecord {
                 "ingress"
             } else {
                 "egress"
-            },
+            }
+            .into(),
             verdict: match e.verdict {
                 verdict::ALLOW => "allow",
                 verdict::AUDIT => "audit",
                 _ => "drop",
-            },
-            reason: reason::name(e.reason),
+            }
+            .into(),
+            reason: reason::name(e.reason).into(),
             protocol: protocol_name(e.proto),
             src: src.to_string(),
             src_port: u16::from_be(e.sport_be),

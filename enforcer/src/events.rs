@@ -13,34 +13,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use serde::Deserialize;
 
-/// An event line as the agent writes it (`agent::EventRecord`); unknown fields are ignored so
-/// older readers keep working with newer agents.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-pub struct EventLine {
-    pub time_ns: u64,
-    /// Wall-clock time (absent from agents before it was added).
-    #[serde(default)]
-    pub unix_time_ns: u64,
-    pub node: String,
-    pub endpoint: Option<String>,
-    pub direction: String,
-    pub verdict: String,
-    pub reason: String,
-    pub protocol: String,
-    pub src: String,
-    pub src_port: u16,
-    pub dst: String,
-    pub dst_port: u16,
-    pub peer: Option<String>,
-    #[serde(default)]
-    pub peer_blocks: Vec<String>,
-    pub policy: Option<String>,
-    pub rule: Option<u16>,
-    #[serde(default)]
-    pub isolated_by: Vec<String>,
-}
+/// An event line as the agent writes it.
+pub use crate::agent::EventRecord as EventLine;
 
 /// Which events to show. Empty fields match everything.
 #[derive(Clone, Debug, Default)]

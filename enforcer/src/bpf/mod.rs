@@ -533,60 +533,51 @@ impl Datapath {
 
     fn write_phys(&mut self, w: &PhysWrite) -> std::result::Result<(), MapError> {
         match w {
-            PhysWrite::PolicyUpsert(k, v) => self.policy()?.insert(&lpm(k), v, 0),
-            PhysWrite::PolicyDelete(k) => ignore_missing(self.policy()?.remove(&lpm(k))),
-            PhysWrite::EndpointUpsert(k, v) => self.endpoints()?.insert(k, v, 0),
-            PhysWrite::EndpointDelete(k) => ignore_missing(self.endpoints()?.remove(k)),
-            PhysWrite::IpUpsert(k, v) => self.ip_identity()?.insert(k, v, 0),
-            PhysWrite::IpDelete(k) => ignore_missing(self.ip_identity()?.remove(k)),
-            PhysWrite::CidrUpsert(k, v) => self.cidr_identity()?.insert(&lpm(k), v, 0),
-            PhysWrite::CidrDelete(k) => ignore_missing(self.cidr_identity()?.remove(&lpm(k))),
-            PhysWrite::ServiceUpsert(k, v) => self.service_ips()?.insert(k, v, 0),
-            PhysWrite::ServiceDelete(k) => ignore_missing(self.service_ips()?.remove(k)),
+            PhysWrite::PolicyUpsert(k, v) => self
+                .typed::<LpmTrie<_, PolicyKey, PolicyValue>>(names::MAP_POLICY)?
+                .insert(&lpm(k), v, 0),
+            PhysWrite::PolicyDelete(k) => ignore_missing(
+                self.typed::<LpmTrie<_, PolicyKey, PolicyValue>>(names::MAP_POLICY)?
+                    .remove(&lpm(k)),
+            ),
+            PhysWrite::EndpointUpsert(k, v) => self
+                .typed::<BpfHashMap<_, u32, EndpointValue>>(names::MAP_ENDPOINTS)?
+                .insert(k, v, 0),
+            PhysWrite::EndpointDelete(k) => ignore_missing(
+                self.typed::<BpfHashMap<_, u32, EndpointValue>>(names::MAP_ENDPOINTS)?
+                    .remove(k),
+            ),
+            PhysWrite::IpUpsert(k, v) => self
+                .typed::<BpfHashMap<_, IpAddrKey, IdentitySlots>>(names::MAP_IP_IDENTITY)?
+                .insert(k, v, 0),
+            PhysWrite::IpDelete(k) => ignore_missing(
+                self.typed::<BpfHashMap<_, IpAddrKey, IdentitySlots>>(names::MAP_IP_IDENTITY)?
+                    .remove(k),
+            ),
+            PhysWrite::CidrUpsert(k, v) => self
+                .typed::<LpmTrie<_, IpAddrKey, IdentitySlots>>(names::MAP_CIDR_IDENTITY)?
+                .insert(&lpm(k), v, 0),
+            PhysWrite::CidrDelete(k) => ignore_missing(
+                self.typed::<LpmTrie<_, IpAddrKey, IdentitySlots>>(names::MAP_CIDR_IDENTITY)?
+                    .remove(&lpm(k)),
+            ),
+            PhysWrite::ServiceUpsert(k, v) => self
+                .typed::<BpfHashMap<_, IpAddrKey, u32>>(names::MAP_SERVICE_IPS)?
+                .insert(k, v, 0),
+            PhysWrite::ServiceDelete(k) => ignore_missing(
+                self.typed::<BpfHashMap<_, IpAddrKey, u32>>(names::MAP_SERVICE_IPS)?
+                    .remove(k),
+            ),
             PhysWrite::Flip(_) => Ok(()),
         }
     }
 
-    fn policy(
-        &mut self,
-    ) -> std::result::Result<LpmTrie<&mut MapData, PolicyKey, PolicyValue>, MapError> {
-        LpmTrie::try_from(self.ebpf.map_mut(names::MAP_POLICY).ok_or_else(missing)?)
-    }
-    fn endpoints(
-        &mut self,
-    ) -> std::result::Result<BpfHashMap<&mut MapData, u32, EndpointValue>, MapError> {
-        BpfHashMap::try_from(
-            self.ebpf
-                .map_mut(names::MAP_ENDPOINTS)
-                .ok_or_else(missing)?,
-        )
-    }
-    fn ip_identity(
-        &mut self,
-    ) -> std::result::Result<BpfHashMap<&mut MapData, IpAddrKey, IdentitySlots>, MapError> {
-        BpfHashMap::try_from(
-            self.ebpf
-                .map_mut(names::MAP_IP_IDENTITY)
-                .ok_or_else(missing)?,
-        )
-    }
-    fn service_ips(
-        &mut self,
-    ) -> std::result::Result<BpfHashMap<&mut MapData, IpAddrKey, u32>, MapError> {
-        BpfHashMap::try_from(
-            self.ebpf
-                .map_mut(names::MAP_SERVICE_IPS)
-                .ok_or_else(missing)?,
-        )
-    }
-    fn cidr_identity(
-        &mut self,
-    ) -> std::result::Result<LpmTrie<&mut MapData, IpAddrKey, IdentitySlots>, MapError> {
-        LpmTrie::try_from(
-            self.ebpf
-                .map_mut(names::MAP_CIDR_IDENTITY)
-                .ok_or_else(missing)?,
-        )
+    /// A map of the object, typed (`BpfHashMap`, `LpmTrie`, ... over `&mut MapData`).
+    fn typed<'a, T>(&'a mut self, name: &'static str) -> std::result::Result<T, MapError>
+    where
+        T: TryFrom<&'a mut Map, Error = MapError>,
+    {
+        T::try_from(self.ebpf.map_mut(name).ok_or_else(missing)?)
     }
 
     /// Writes the datapath's configuration.
@@ -609,15 +600,14 @@ impl Datapath {
 
     /// Events held back by the rate limit, per endpoint interface.
     pub fn suppressed_events(&self) -> Result<Vec<(u32, u64)>> {
-        let m: BpfHashMap<&MapData, u32, EventBucket> =
-            BpfHashMap::try_from(self.map(names::MAP_EVENT_BUCKETS)?)
-                .map_err(map_err(names::MAP_EVENT_BUCKETS))?;
-        m.iter()
-            .map(|r| {
-                r.map(|(k, v)| (k, v.suppressed))
-                    .map_err(map_err(names::MAP_EVENT_BUCKETS))
-            })
-            .collect()
+        let buckets: Vec<(u32, EventBucket)> = hash_entries(
+            self.map(names::MAP_EVENT_BUCKETS)?,
+            names::MAP_EVENT_BUCKETS,
+        )?;
+        Ok(buckets
+            .into_iter()
+            .map(|(k, v)| (k, v.suppressed))
+            .collect())
     }
 
     /// The datapath's configuration as the maps hold it.
@@ -634,12 +624,7 @@ impl Datapath {
 
     /// Conntrack entries (tests, dumps).
     pub fn conntrack(&self) -> Result<Vec<(CtKey, CtValue)>> {
-        let m: BpfHashMap<&MapData, CtKey, CtValue> =
-            BpfHashMap::try_from(self.map(names::MAP_CONNTRACK)?)
-                .map_err(map_err(names::MAP_CONNTRACK))?;
-        m.iter()
-            .map(|r| r.map_err(map_err(names::MAP_CONNTRACK)))
-            .collect()
+        hash_entries(self.map(names::MAP_CONNTRACK)?, names::MAP_CONNTRACK)
     }
 
     /// Empties conntrack (tests and benchmarks that need the next packet to be a new flow).
@@ -885,57 +870,53 @@ fn ifname(ifindex: u32) -> Result<String> {
         .into_owned())
 }
 
+/// Every entry of a hash (or LRU hash) map.
+fn hash_entries<K: Pod, V: Pod>(m: &Map, name: &'static str) -> Result<Vec<(K, V)>> {
+    let m: BpfHashMap<&MapData, K, V> = BpfHashMap::try_from(m).map_err(map_err(name))?;
+    m.iter().map(|r| r.map_err(map_err(name))).collect()
+}
+
+/// Every entry of an LPM trie, with its prefix length.
+fn lpm_entries<K: Pod, V: Pod>(m: &Map, name: &'static str) -> Result<Vec<(Lpm<K>, V)>> {
+    let m: LpmTrie<&MapData, K, V> = LpmTrie::try_from(m).map_err(map_err(name))?;
+    m.iter()
+        .map(|r| {
+            r.map(|(k, v)| {
+                (
+                    Lpm {
+                        prefix_len: k.prefix_len(),
+                        data: k.data(),
+                    },
+                    v,
+                )
+            })
+            .map_err(map_err(name))
+        })
+        .collect()
+}
+
 fn read_phys<'a>(map: impl Fn(&'static str) -> Result<&'a Map>) -> Result<PhysState> {
-    let mut s = PhysState::default();
+    use names::*;
     let c: Array<&MapData, Config> =
-        Array::try_from(map(names::MAP_CONFIG)?).map_err(map_err(names::MAP_CONFIG))?;
-    s.generation = (c.get(&0, 0).map_err(map_err(names::MAP_CONFIG))?.generation & 1) as u8;
-    let m: BpfHashMap<&MapData, u32, EndpointValue> =
-        BpfHashMap::try_from(map(names::MAP_ENDPOINTS)?).map_err(map_err(names::MAP_ENDPOINTS))?;
-    for r in m.iter() {
-        let (k, v) = r.map_err(map_err(names::MAP_ENDPOINTS))?;
-        s.endpoints.insert(k, v);
-    }
-    let m: BpfHashMap<&MapData, IpAddrKey, IdentitySlots> =
-        BpfHashMap::try_from(map(names::MAP_IP_IDENTITY)?)
-            .map_err(map_err(names::MAP_IP_IDENTITY))?;
-    for r in m.iter() {
-        let (k, v) = r.map_err(map_err(names::MAP_IP_IDENTITY))?;
-        s.ip_identity.insert(k, v);
-    }
-    let m: LpmTrie<&MapData, IpAddrKey, IdentitySlots> =
-        LpmTrie::try_from(map(names::MAP_CIDR_IDENTITY)?)
-            .map_err(map_err(names::MAP_CIDR_IDENTITY))?;
-    for r in m.iter() {
-        let (k, v) = r.map_err(map_err(names::MAP_CIDR_IDENTITY))?;
-        s.cidr_identity.insert(
-            Lpm {
-                prefix_len: k.prefix_len(),
-                data: k.data(),
-            },
-            v,
-        );
-    }
-    let m: BpfHashMap<&MapData, IpAddrKey, u32> =
-        BpfHashMap::try_from(map(names::MAP_SERVICE_IPS)?)
-            .map_err(map_err(names::MAP_SERVICE_IPS))?;
-    for r in m.iter() {
-        let (k, v) = r.map_err(map_err(names::MAP_SERVICE_IPS))?;
-        s.service_ips.insert(k, v);
-    }
-    let m: LpmTrie<&MapData, PolicyKey, PolicyValue> =
-        LpmTrie::try_from(map(names::MAP_POLICY)?).map_err(map_err(names::MAP_POLICY))?;
-    for r in m.iter() {
-        let (k, v) = r.map_err(map_err(names::MAP_POLICY))?;
-        s.policy.insert(
-            Lpm {
-                prefix_len: k.prefix_len(),
-                data: k.data(),
-            },
-            v,
-        );
-    }
-    Ok(s)
+        Array::try_from(map(MAP_CONFIG)?).map_err(map_err(MAP_CONFIG))?;
+    Ok(PhysState {
+        generation: (c.get(&0, 0).map_err(map_err(MAP_CONFIG))?.generation & 1) as u8,
+        endpoints: hash_entries(map(MAP_ENDPOINTS)?, MAP_ENDPOINTS)?
+            .into_iter()
+            .collect(),
+        ip_identity: hash_entries(map(MAP_IP_IDENTITY)?, MAP_IP_IDENTITY)?
+            .into_iter()
+            .collect(),
+        cidr_identity: lpm_entries(map(MAP_CIDR_IDENTITY)?, MAP_CIDR_IDENTITY)?
+            .into_iter()
+            .collect(),
+        policy: lpm_entries(map(MAP_POLICY)?, MAP_POLICY)?
+            .into_iter()
+            .collect(),
+        service_ips: hash_entries(map(MAP_SERVICE_IPS)?, MAP_SERVICE_IPS)?
+            .into_iter()
+            .collect(),
+    })
 }
 
 fn conntrack_len(m: &Map) -> Result<usize> {
