@@ -174,13 +174,76 @@ fn build(state: &MapState, conntrack_entries: usize, drops: &[u64]) -> Dump {
     }
 }
 
-/// Renders a map state (plus kernel-owned counters) as a table or JSON.
-pub fn render(state: &MapState, conntrack_entries: usize, drops: &[u64], format: Format) -> String {
+/// One part of the dump (`enforcer maps dump MAP`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Section {
+    Endpoints,
+    Identities,
+    Cidrs,
+    Policy,
+    Conntrack,
+    Counters,
+}
+
+/// Renders a map state (plus kernel-owned counters) as a table or JSON: everything, or one
+/// section.
+pub fn render(
+    state: &MapState,
+    conntrack_entries: usize,
+    drops: &[u64],
+    format: Format,
+    only: Option<Section>,
+) -> String {
     let d = build(state, conntrack_entries, drops);
+    let want = |sec: Section| only.is_none_or(|o| o == sec);
     if let Format::Json = format {
-        return serde_json::to_string_pretty(&d).expect("dump serializes") + "\n";
+        let v = serde_json::to_value(&d).expect("dump serializes");
+        let v = match only {
+            None => v,
+            Some(sec) => {
+                let key = match sec {
+                    Section::Endpoints => "endpoints",
+                    Section::Identities => "identities",
+                    Section::Cidrs => "cidrs",
+                    Section::Policy => "policy",
+                    Section::Conntrack => "conntrack_entries",
+                    Section::Counters => "verdicts",
+                };
+                serde_json::json!({ key: v[key] })
+            }
+        };
+        return serde_json::to_string_pretty(&v).expect("dump serializes") + "\n";
     }
     let mut s = String::new();
+    if want(Section::Endpoints) {
+        render_endpoints(&mut s, &d);
+    }
+    if want(Section::Identities) {
+        render_identities(&mut s, &d);
+    }
+    if want(Section::Cidrs) {
+        let _ = writeln!(s, "CIDR PARTITION\n{:<44} {:<10}", "PREFIX", "IDENTITY");
+        for c in &d.cidrs {
+            let _ = writeln!(s, "{:<44} {:<10}", c.prefix, c.identity);
+        }
+        s.push('\n');
+    }
+    if want(Section::Policy) {
+        render_policy(&mut s, &d);
+    }
+    if want(Section::Conntrack) {
+        let _ = writeln!(s, "CONNTRACK ENTRIES {}\n", d.conntrack_entries);
+    }
+    if want(Section::Counters) {
+        let _ = writeln!(s, "VERDICTS (new flows, by reason)");
+        for (r, n) in &d.verdicts {
+            let _ = writeln!(s, "{r:<20} {n}");
+        }
+    }
+    s.trim_end().to_string() + "\n"
+}
+
+fn render_endpoints(s: &mut String, d: &Dump) {
     let _ = writeln!(
         s,
         "ENDPOINTS\n{:<8} {:<9} {:<6} {:<10} {:<10}",
@@ -193,9 +256,13 @@ pub fn render(state: &MapState, conntrack_entries: usize, drops: &[u64], format:
             e.ifindex, e.endpoint_id, e.policy_set, e.ingress, e.egress
         );
     }
+    s.push('\n');
+}
+
+fn render_identities(s: &mut String, d: &Dump) {
     let _ = writeln!(
         s,
-        "\nIP IDENTITIES\n{:<40} {:<10} {:<8}",
+        "IP IDENTITIES\n{:<40} {:<10} {:<8}",
         "ADDRESS", "IDENTITY", "ENDPOINT"
     );
     for i in &d.identities {
@@ -205,13 +272,13 @@ pub fn render(state: &MapState, conntrack_entries: usize, drops: &[u64], format:
             i.address, i.identity, i.endpoint_id
         );
     }
-    let _ = writeln!(s, "\nCIDR PARTITION\n{:<44} {:<10}", "PREFIX", "IDENTITY");
-    for c in &d.cidrs {
-        let _ = writeln!(s, "{:<44} {:<10}", c.prefix, c.identity);
-    }
+    s.push('\n');
+}
+
+fn render_policy(s: &mut String, d: &Dump) {
     let _ = writeln!(
         s,
-        "\nPOLICY ENTRIES\n{:<6} {:<8} {:<10} {:<7} {:<12} {:<7} {:<5} {:<6}",
+        "POLICY ENTRIES\n{:<6} {:<8} {:<10} {:<7} {:<12} {:<7} {:<5} {:<6}",
         "SET", "DIR", "PEER", "PROTO", "PORT", "POLICY", "RULE", "ACTION"
     );
     for p in &d.policy {
@@ -221,16 +288,11 @@ pub fn render(state: &MapState, conntrack_entries: usize, drops: &[u64], format:
             p.policy_set, p.direction, p.peer, p.protocol, p.port, p.policy_id, p.rule, p.action
         );
     }
-    let _ = writeln!(s, "\nCONNTRACK ENTRIES {}", d.conntrack_entries);
-    let _ = writeln!(s, "\nVERDICTS (new flows, by reason)");
-    for (r, n) in &d.verdicts {
-        let _ = writeln!(s, "{r:<20} {n}");
-    }
-    s
+    s.push('\n');
 }
 
 /// Reads the pinned maps under `bpffs` and renders them.
-pub fn dump(bpffs: &Path, format: Format) -> Result<String> {
+pub fn dump(bpffs: &Path, format: Format, only: Option<Section>) -> Result<String> {
     let pinned = crate::bpf::PinnedMaps::open(bpffs).with_context(|| {
         format!(
             "opening the pinned maps under {} (is the agent running?)",
@@ -240,5 +302,47 @@ pub fn dump(bpffs: &Path, format: Format) -> Result<String> {
     let state = pinned.read_state()?;
     let ct = pinned.conntrack_len()?;
     let drops = pinned.counters()?;
-    Ok(render(&state, ct, &drops, format))
+    Ok(render(&state, ct, &drops, format, only))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use enforcer_common::EndpointInfo;
+
+    #[test]
+    fn one_section_or_all() {
+        let mut st = MapState::default();
+        st.endpoints.insert(
+            7,
+            EndpointInfo {
+                endpoint_id: 1,
+                policy_set: 2,
+                ingress_mode: mode::ENFORCE,
+                egress_mode: mode::ALLOW_ALL,
+            },
+        );
+        let mut counters = vec![0u64; enforcer_common::counter::LEN as usize];
+        counters[reason::NO_RULE as usize] = 3;
+        let all = render(&st, 5, &counters, Format::Table, None);
+        for head in [
+            "ENDPOINTS",
+            "IP IDENTITIES",
+            "CIDR PARTITION",
+            "POLICY ENTRIES",
+            "CONNTRACK ENTRIES 5",
+            "no-rule-allows       3",
+        ] {
+            assert!(all.contains(head), "{head} in:\n{all}");
+        }
+        let ep = render(&st, 5, &counters, Format::Table, Some(Section::Endpoints));
+        assert!(
+            ep.contains("enforce") && !ep.contains("POLICY ENTRIES"),
+            "{ep}"
+        );
+        let json = render(&st, 5, &counters, Format::Json, Some(Section::Counters));
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(v["verdicts"][0], serde_json::json!(["no-rule-allows", 3]));
+        assert!(v.get("endpoints").is_none());
+    }
 }

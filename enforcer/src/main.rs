@@ -173,9 +173,14 @@ struct EventsArgs {
 
 #[derive(Subcommand)]
 enum MapsCommand {
-    /// Print endpoints, identities, CIDR prefixes and policy entries.
-    #[command(after_help = "Example:\n  enforcer maps dump --output json")]
+    /// Print endpoints, identities, CIDR prefixes, policy entries, conntrack and counters.
+    #[command(
+        after_help = "Examples:\n  enforcer maps dump --output json\n  enforcer maps dump policy\n  enforcer lab exec demo node-1 -- maps dump endpoints"
+    )]
     Dump {
+        /// Only this part.
+        #[arg(value_enum)]
+        map: Option<enforcer::dump::Section>,
         /// The agent's bpffs folder.
         #[arg(long, env = "ENFORCER_BPFFS", default_value = "/sys/fs/bpf/enforcer")]
         bpffs: PathBuf,
@@ -265,8 +270,8 @@ fn main() -> ExitCode {
             }
         },
         Command::Maps {
-            command: MapsCommand::Dump { bpffs, output },
-        } => match enforcer::dump::dump(&bpffs, output) {
+            command: MapsCommand::Dump { map, bpffs, output },
+        } => match enforcer::dump::dump(&bpffs, output, map) {
             Ok(s) => {
                 print!("{s}");
                 ExitCode::SUCCESS
