@@ -82,6 +82,9 @@ pub mod mode {
     pub const ENFORCE: u32 = 2;
     /// Held fail-closed: every packet is dropped (endpoint whose policy is not known yet).
     pub const DENY_ALL: u32 = 3;
+    /// Isolated only by policies in audit mode: a new flow no rule allows passes, reported as
+    /// an audit event (verdict `AUDIT`).
+    pub const AUDIT: u32 = 4;
 }
 
 /// An endpoint as policy sees it in one generation (the agent's logical view; the kernel holds
@@ -457,6 +460,8 @@ pub mod reason {
     /// An established flow that the current policy no longer allows (re-checked once after a
     /// policy change).
     pub const POLICY_REVOKED: u8 = 8;
+    /// Passed in audit mode; the policies in audit mode would have dropped it.
+    pub const AUDIT_WOULD_DROP: u8 = 9;
     /// Slots reserved for reasons in the counters.
     pub const COUNT: usize = 16;
 
@@ -471,6 +476,7 @@ pub mod reason {
             ALLOWED_HOST => "host",
             FRAGMENT_UNKNOWN => "fragment-without-first",
             POLICY_REVOKED => "policy-revoked",
+            AUDIT_WOULD_DROP => "audit-would-drop",
             _ => "unknown",
         }
     }

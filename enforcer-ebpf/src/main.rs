@@ -224,11 +224,23 @@ fn service_egress(ctx: &TcContext, pkt: &mut Packet, config: &Config) -> i32 {
     let Some(ep) = endpoint(pending.ifindex, config) else {
         return CONTINUE;
     };
-    if ep.egress_mode != mode::ENFORCE {
+    if ep.egress_mode != mode::ENFORCE && ep.egress_mode != mode::AUDIT {
         return CONTINUE;
     }
-    let why = decide(&ep, direction::EGRESS, &pkt.flow, config);
+    let mut why = decide(&ep, direction::EGRESS, &pkt.flow, config);
+    let audited = audit(&mut why, ep.egress_mode);
     count(why.reason as u32);
+    if audited {
+        emit(
+            ctx,
+            &ep,
+            pending.ifindex,
+            direction::EGRESS,
+            &pkt.flow,
+            &why,
+            verdict::AUDIT,
+        );
+    }
     if !why.allowed {
         return drop_packet(
             ctx,
@@ -350,7 +362,8 @@ fn try_new_flow(
         let why = Why::new(reason::FRAGMENT_UNKNOWN);
         return drop_packet(ctx, ep, ifindex, dir, &pkt.flow, &why);
     }
-    if ep_mode == mode::ENFORCE
+    let isolated = ep_mode == mode::ENFORCE || ep_mode == mode::AUDIT;
+    if isolated
         && dir == direction::EGRESS
         && pkt.kind != KIND_ICMP_ERROR
         && SERVICE_IPS.get_ptr(&addr_key(&pkt.flow.daddr)).is_some()
@@ -359,17 +372,33 @@ fn try_new_flow(
         defer_to_service(pkt, ifindex);
         return PASS;
     }
-    let why = if ep_mode == mode::ENFORCE {
+    let mut why = if isolated {
         decide(ep, dir, &pkt.flow, config)
     } else {
         Why::new(reason::ALLOWED_NOT_ISOLATED)
     };
+    let audited = audit(&mut why, ep_mode);
     count(why.reason as u32);
     if !why.allowed {
         return drop_packet(ctx, ep, ifindex, dir, &pkt.flow, &why);
     }
+    if audited {
+        emit(ctx, ep, ifindex, dir, &pkt.flow, &why, verdict::AUDIT);
+    }
     admit(ctx, ep, ifindex, dir, pkt, &why, config);
     PASS
+}
+
+/// In audit mode a flow no rule allows passes, as `AUDIT_WOULD_DROP`; returns whether that
+/// happened (the caller reports it).
+#[inline(always)]
+fn audit(why: &mut Why, ep_mode: u32) -> bool {
+    if ep_mode == mode::AUDIT && !why.allowed && why.reason == reason::NO_RULE {
+        why.allowed = true;
+        why.reason = reason::AUDIT_WOULD_DROP;
+        return true;
+    }
+    false
 }
 
 /// A conntrack hit admitted under an older policy revision: judge the flow again, once, under
@@ -404,11 +433,14 @@ fn recheck(
         pkt.opened = pkt.flow;
         dir
     };
-    let mut why = match mode_of(&ep, opened_dir) {
-        mode::ENFORCE => decide(&ep, opened_dir, &pkt.opened, config),
+    let opened_mode = mode_of(&ep, opened_dir);
+    let mut why = match opened_mode {
+        mode::ENFORCE | mode::AUDIT => decide(&ep, opened_dir, &pkt.opened, config),
         mode::DENY_ALL => Why::new(reason::ENDPOINT_DENY_ALL),
         _ => Why::new(reason::ALLOWED_NOT_ISOLATED),
     };
+    // Audit mode keeps the flow (its first packet was reported already).
+    audit(&mut why, opened_mode);
     let other = ct_key.reversed();
     if why.allowed {
         // SAFETY: as above; a field write of a live value.
@@ -1049,7 +1081,12 @@ fn admit(
 ) {
     // An error about an unknown flow opens nothing.
     if pkt.kind != KIND_ICMP_ERROR {
-        insert_ct_pair(&pkt.flow.ct_key(ifindex, dir), why, config, 0);
+        let flags = if why.reason == reason::AUDIT_WOULD_DROP {
+            ct_flags::AUDIT
+        } else {
+            0
+        };
+        insert_ct_pair(&pkt.flow.ct_key(ifindex, dir), why, config, flags);
     }
     if pkt.kind == KIND_FIRST_FRAGMENT {
         let id = pkt.frag_id;

@@ -175,7 +175,10 @@ impl EventRecord {
                 .collect(),
             _ => Vec::new(),
         };
-        let isolated_by = if e.reason == reason::NO_RULE {
+        let isolated_by = if matches!(
+            e.reason,
+            reason::NO_RULE | reason::AUDIT_WOULD_DROP | reason::POLICY_REVOKED
+        ) {
             names
                 .isolated_by
                 .get(&(e.endpoint_id, e.direction))

@@ -603,46 +603,63 @@ pub fn compile(
             egress_policies: Vec::new(),
             entries: BTreeMap::new(),
         };
-        for policy in cluster
+        // Policies in audit mode isolate only where no enforcing policy does, and then only
+        // to report: the endpoint runs in AUDIT mode on their rules.
+        let selecting: Vec<&Policy> = cluster
             .policies
             .values()
             .filter(|p| p.namespace == pod.namespace && p.pod_selector.matches(&pod.labels))
-        {
-            let pid = ids.policy(&policy.key());
-            if policy.ingress_isolation {
-                ep.ingress_mode = mode::ENFORCE;
-                ep.ingress_policies.push(policy.key());
-                for (i, rule) in policy.ingress.iter().enumerate() {
-                    rule_entries(
-                        &resolver,
-                        &mut ep.entries,
-                        policy,
-                        pid,
-                        i,
-                        rule,
-                        direction::INGRESS,
-                        pod,
-                    );
+            .collect();
+        let is_audit = |p: &Policy| {
+            p.audit
+                || cluster
+                    .namespaces
+                    .get(&p.namespace)
+                    .is_some_and(|n| n.audit)
+        };
+        for dir in [direction::INGRESS, direction::EGRESS] {
+            let isolating = |p: &&&Policy| {
+                if dir == direction::INGRESS {
+                    p.ingress_isolation
+                } else {
+                    p.egress_isolation
+                }
+            };
+            let enforcing: Vec<&Policy> = selecting
+                .iter()
+                .filter(isolating)
+                .filter(|p| !is_audit(p))
+                .copied()
+                .collect();
+            let (mode, applied): (u32, Vec<&Policy>) = if !enforcing.is_empty() {
+                (mode::ENFORCE, enforcing)
+            } else {
+                let auditing: Vec<&Policy> = selecting.iter().filter(isolating).copied().collect();
+                if auditing.is_empty() {
+                    continue;
+                }
+                (mode::AUDIT, auditing)
+            };
+            for policy in applied {
+                let pid = ids.policy(&policy.key());
+                let rules = if dir == direction::INGRESS {
+                    ep.ingress_policies.push(policy.key());
+                    &policy.ingress
+                } else {
+                    ep.egress_policies.push(policy.key());
+                    &policy.egress
+                };
+                for (i, rule) in rules.iter().enumerate() {
+                    rule_entries(&resolver, &mut ep.entries, policy, pid, i, rule, dir, pod);
                 }
             }
-            if policy.egress_isolation {
-                ep.egress_mode = mode::ENFORCE;
-                ep.egress_policies.push(policy.key());
-                for (i, rule) in policy.egress.iter().enumerate() {
-                    rule_entries(
-                        &resolver,
-                        &mut ep.entries,
-                        policy,
-                        pid,
-                        i,
-                        rule,
-                        direction::EGRESS,
-                        pod,
-                    );
-                }
+            if dir == direction::INGRESS {
+                ep.ingress_mode = mode;
+            } else {
+                ep.egress_mode = mode;
             }
         }
-        if ep.ingress_mode == mode::ENFORCE && node.allow_host_ingress {
+        if matches!(ep.ingress_mode, mode::ENFORCE | mode::AUDIT) && node.allow_host_ingress {
             push_entry(
                 &mut ep.entries,
                 direction::INGRESS,

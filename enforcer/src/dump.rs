@@ -22,6 +22,7 @@ pub fn mode_name(m: u32) -> &'static str {
         mode::ALLOW_ALL => "allow-all",
         mode::ENFORCE => "enforce",
         mode::DENY_ALL => "deny-all",
+        mode::AUDIT => "audit",
         _ => "?",
     }
 }

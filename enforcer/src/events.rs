@@ -98,6 +98,10 @@ pub fn render(e: &EventLine) -> String {
             "no rule allows it; isolated by {}",
             e.isolated_by.join(", ")
         ),
+        (_, "audit-would-drop") => format!(
+            "would be dropped by {} (audit mode: passed)",
+            e.isolated_by.join(", ")
+        ),
         (_, r) => match (&e.policy, e.rule) {
             (Some(p), Some(rule)) => format!("{r} ({p}, rule {rule})"),
             _ => r.to_string(),

@@ -106,8 +106,9 @@ pub fn decide(
     } else {
         ep.egress_mode
     };
+    let audit = m == mode::AUDIT;
     match m {
-        mode::ENFORCE => {}
+        mode::ENFORCE | mode::AUDIT => {}
         mode::DENY_ALL => {
             d.allowed = false;
             d.reason = reason::ENDPOINT_DENY_ALL;
@@ -153,7 +154,12 @@ pub fn decide(
             }
         }
     }
-    d.allowed = false;
-    d.reason = reason::NO_RULE;
+    if audit {
+        d.allowed = true;
+        d.reason = reason::AUDIT_WOULD_DROP;
+    } else {
+        d.allowed = false;
+        d.reason = reason::NO_RULE;
+    }
     d
 }

@@ -103,6 +103,19 @@ pub struct Namespace {
     pub name: String,
     /// Always holds `kubernetes.io/metadata.name`.
     pub labels: Labels,
+    /// Annotated `enforcer.io/audit: "true"`: every policy of the namespace is in audit mode.
+    pub audit: bool,
+}
+
+/// The annotation that puts a NetworkPolicy, or every policy of a Namespace, in audit mode:
+/// its isolation is not enforced, and what it would drop is reported as audit events.
+pub const AUDIT_ANNOTATION: &str = "enforcer.io/audit";
+
+fn annotated_audit(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> bool {
+    meta.annotations
+        .as_ref()
+        .and_then(|a| a.get(AUDIT_ANNOTATION))
+        .is_some_and(|v| v.eq_ignore_ascii_case("true"))
 }
 
 /// A Service, reduced to what the datapath needs: its cluster addresses. Traffic to them is
@@ -248,6 +261,8 @@ pub struct Policy {
     pub egress_isolation: bool,
     pub ingress: Vec<Rule>,
     pub egress: Vec<Rule>,
+    /// Annotated `enforcer.io/audit: "true"` (see [`AUDIT_ANNOTATION`]).
+    pub audit: bool,
 }
 
 impl Policy {
@@ -292,7 +307,11 @@ pub fn namespace_from_api(ns: &KNamespace) -> Result<Namespace, InvalidObject> {
     let mut labels: Labels = ns.metadata.labels.clone().unwrap_or_default();
     // The API server always sets this label; manifests written by hand may not.
     labels.insert("kubernetes.io/metadata.name".into(), name.clone());
-    Ok(Namespace { name, labels })
+    Ok(Namespace {
+        name,
+        labels,
+        audit: annotated_audit(&ns.metadata),
+    })
 }
 
 /// Converts a Service: `spec.clusterIPs` (or `spec.clusterIP`); headless Services ("None") and
@@ -338,6 +357,7 @@ pub fn implicit_namespace(name: &str) -> Namespace {
     Namespace {
         name: name.to_string(),
         labels,
+        audit: false,
     }
 }
 
@@ -692,6 +712,7 @@ pub fn policy_from_api(p: &KPolicy) -> Result<Policy, InvalidObject> {
         egress_isolation,
         ingress,
         egress,
+        audit: annotated_audit(&p.metadata),
     })
 }
 
@@ -720,6 +741,22 @@ mod tests {
         )
         .unwrap();
         assert!(!p.ingress_isolation && p.egress_isolation);
+    }
+
+    #[test]
+    fn audit_annotation() {
+        let ns: KNamespace = serde_norway::from_str(
+            "metadata: {name: x, annotations: {enforcer.io/audit: \"true\"}}",
+        )
+        .unwrap();
+        assert!(namespace_from_api(&ns).unwrap().audit);
+        let ns: KNamespace = serde_norway::from_str("metadata: {name: x}").unwrap();
+        assert!(!namespace_from_api(&ns).unwrap().audit);
+        let p = policy(
+            "metadata: {name: a, namespace: x, annotations: {enforcer.io/audit: \"True\"}}\nspec: {}",
+        )
+        .unwrap();
+        assert!(p.audit);
     }
 
     #[test]

@@ -88,6 +88,15 @@ impl Env<'_> {
             if policy.namespace != local.namespace || !policy.pod_selector.matches(&local.labels) {
                 continue;
             }
+            // Audit mode reports what a policy would drop but enforces nothing.
+            let ns_audit = self
+                .cluster
+                .namespaces
+                .get(&policy.namespace)
+                .is_some_and(|n| n.audit);
+            if policy.audit || ns_audit {
+                continue;
+            }
             let (applies, rules) = if ingress {
                 (policy.ingress_isolation, &policy.ingress)
             } else {

@@ -1146,3 +1146,31 @@ fn events_are_rate_limited_per_endpoint() {
     assert_eq!(f.run(IN, &ipv4(PEER_B, POD, TCP, &tcp(50000, 80))), TC_DROP);
     assert_eq!(f.events().len(), 1);
 }
+
+#[test]
+fn audit_mode_reports_what_it_would_drop_and_passes_it() {
+    let mut f = Fixture::new(&base_state(mode::AUDIT, mode::ENFORCE));
+    // Allowed by a rule: passes, no report.
+    assert_eq!(f.run(IN, &ipv4(PEER_A, POD, TCP, &tcp(40000, 80))), TC_PASS);
+    assert!(f.events().is_empty());
+    // No rule: passes, reported once as an audit event; the reply passes as a reply.
+    assert_eq!(f.run(IN, &ipv4(PEER_B, POD, TCP, &tcp(40001, 81))), TC_PASS);
+    let ev = f.events();
+    assert_eq!(ev.len(), 1);
+    assert_eq!(ev[0].verdict, verdict::AUDIT);
+    assert_eq!(ev[0].reason, reason::AUDIT_WOULD_DROP);
+    assert_eq!(ev[0].peer_identity, ID_B);
+    assert_eq!(
+        f.run(OUT, &ipv4(POD, PEER_B, TCP, &tcp(81, 40001))),
+        TC_PASS
+    );
+    assert_eq!(f.run(IN, &ipv4(PEER_B, POD, TCP, &tcp(40001, 81))), TC_PASS);
+    assert!(
+        f.events().is_empty(),
+        "established packets are not reported again"
+    );
+    let c = f.dp.counters().unwrap();
+    assert_eq!(c[reason::AUDIT_WOULD_DROP as usize], 1);
+    // The enforced direction still drops.
+    assert_eq!(f.run(OUT, &ipv4(POD, PEER_B, TCP, &tcp(1, 2))), TC_DROP);
+}

@@ -434,6 +434,7 @@ fn arb_policy_with(i: usize, ip_blocks: bool) -> impl Strategy<Value = Policy> {
             egress_isolation: types == 1 || types == 2 || (types == 3 && !egress.is_empty()),
             ingress,
             egress,
+            audit: false,
         })
 }
 
@@ -762,4 +763,39 @@ fn endpoints_map_to_their_interfaces() {
         a.endpoint_id,
         state.endpoints[&node.interfaces[&ObjectRef::new("x", "a")]].endpoint_id
     );
+}
+
+#[test]
+fn audit_mode_isolates_only_to_report() {
+    let deny_b = |annotations: &str| {
+        format!(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: deny-b, namespace: x{annotations}}}\nspec: {{podSelector: {{matchLabels: {{pod: b}}}}}}"
+        )
+    };
+    let ingress_mode = |c: &Cluster| {
+        let (state, node) = build(c);
+        state.endpoints[&node.interfaces[&ObjectRef::new("x", "b")]].ingress_mode
+    };
+    let audited = with(&deny_b(", annotations: {enforcer.io/audit: \"true\"}"));
+    assert_eq!(ingress_mode(&audited), mode::AUDIT);
+    assert!(
+        check(&audited, "x/a", "x/b", TCP, 81),
+        "audit passes what it would drop"
+    );
+    assert!(disagreements(&audited, &build(&audited).1, &build(&audited).0).is_empty());
+
+    // The namespace annotation puts every policy of the namespace in audit mode.
+    let mut ns_audit = with(&deny_b(""));
+    ns_audit.namespaces.get_mut("x").unwrap().audit = true;
+    assert_eq!(ingress_mode(&ns_audit), mode::AUDIT);
+
+    // An enforcing policy beside an audit one: enforced, on the enforcing policy's rules only
+    // (the audit policy's rules must not open anything).
+    let mixed = with(&format!(
+        "{}\n---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: open-b, namespace: x, annotations: {{enforcer.io/audit: \"true\"}}}}\nspec: {{podSelector: {{matchLabels: {{pod: b}}}}, ingress: [{{}}]}}",
+        deny_b("")
+    ));
+    assert_eq!(ingress_mode(&mixed), mode::ENFORCE);
+    assert!(!check(&mixed, "x/a", "x/b", TCP, 81));
+    assert!(disagreements(&mixed, &build(&mixed).1, &build(&mixed).0).is_empty());
 }
