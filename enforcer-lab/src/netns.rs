@@ -12,12 +12,16 @@
 //! - with several nodes or any host: a fabric namespace with a bridge joining every node and
 //!   host (see [`build`]); nodes use 198.18.0.0/15 (RFC 2544) addresses on it (without a
 //!   fabric, a node keeps its address on `svc0`); pods route the nodes' addresses too.
+//!
+//! [`build`] returns only when every link is up and every fabric port forwards (see
+//! [`wait_links_ready`]), so that the first packets across nodes are not lost.
 
 use std::fs::File;
 use std::net::IpAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use tokio::io::AsyncWriteExt;
@@ -90,16 +94,26 @@ pub fn sysctl(key: &str, value: &str) -> Result<()> {
 
 /// Runs `ip [-n NS] -batch -` with these lines.
 pub async fn ip_batch(netns: Option<&str>, lines: &[String]) -> Result<()> {
+    ip_batch_output(netns, &[], lines).await.map(|_| ())
+}
+
+/// Runs `ip [-n NS] OPTIONS -batch -` with these lines; returns what it printed.
+async fn ip_batch_output(
+    netns: Option<&str>,
+    options: &[&str],
+    lines: &[String],
+) -> Result<String> {
     if lines.is_empty() {
-        return Ok(());
+        return Ok(String::new());
     }
     let mut cmd = tokio::process::Command::new("ip");
     if let Some(ns) = netns {
         cmd.args(["-n", ns]);
     }
-    cmd.args(["-batch", "-"])
+    cmd.args(options)
+        .args(["-batch", "-"])
         .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true);
     let mut child = cmd.spawn().context("running `ip` (install iproute2)")?;
@@ -118,7 +132,7 @@ pub async fn ip_batch(netns: Option<&str>, lines: &[String]) -> Result<()> {
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
-    Ok(())
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 fn host_prefix(ip: &IpAddr) -> String {
@@ -390,7 +404,180 @@ pub async fn build(plan: &Plan, created: &mut Vec<String>) -> Result<()> {
     while let Some(r) = jobs.join_next().await {
         r.context("setup task")??;
     }
-    Ok(())
+
+    // 7. Wait until the links carry traffic (see [`wait_links_ready`]).
+    wait_links_ready(plan, LINKS_READY_TIMEOUT).await
+}
+
+/// How long a new lab's links may take to come up (the kernel takes at most about a second).
+pub const LINKS_READY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// An interface that must be ready before the lab sends anything.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkCheck {
+    pub dev: String,
+    /// A port of the fabric bridge: it must be forwarding.
+    pub bridge_port: bool,
+    /// It must have a usable (not tentative) IPv6 link-local address: a node's fabric link in
+    /// a lab that uses IPv6 (what the node forwards has a pod's source address, so its
+    /// neighbour solicitations on the fabric come from that link-local address).
+    pub link_local6: bool,
+}
+
+/// Every interface the lab makes, by namespace: pods' veths (both ends), nodes' and hosts'
+/// fabric links, and the fabric bridge's ports.
+pub fn links_to_check(plan: &Plan) -> Vec<(String, Vec<LinkCheck>)> {
+    let link = |dev: &str| LinkCheck {
+        dev: dev.to_string(),
+        bridge_port: false,
+        link_local6: false,
+    };
+    let mut out = Vec::new();
+    if let Some(fab) = &plan.fabric {
+        let ports = (0..plan.nodes.len())
+            .map(|i| format!("n{i}"))
+            .chain(plan.hosts.iter().map(|h| h.fabric_if.clone()))
+            .map(|dev| LinkCheck {
+                dev,
+                bridge_port: true,
+                link_local6: false,
+            })
+            .collect();
+        out.push((fab.clone(), ports));
+    }
+    for (ni, n) in plan.nodes.iter().enumerate() {
+        let mut checks: Vec<LinkCheck> = plan.pods_on(ni).map(|p| link(&p.host_if)).collect();
+        if plan.fabric.is_some() {
+            checks.push(LinkCheck {
+                link_local6: plan.uses_ipv6(),
+                ..link(NODE_FABRIC_IF)
+            });
+        }
+        if !checks.is_empty() {
+            out.push((n.netns.clone(), checks));
+        }
+    }
+    let ends = plan.hosts.iter().map(|h| &h.netns);
+    for ns in ends.chain(plan.pods.iter().map(|p| &p.netns)) {
+        out.push((ns.clone(), vec![link("eth0")]));
+    }
+    out
+}
+
+/// Why an interface (as `ip -j -d address show` prints it) is not ready yet, if it is not.
+fn not_ready(check: &LinkCheck, info: &serde_json::Value) -> Option<String> {
+    let operstate = info["operstate"].as_str().unwrap_or("?");
+    if operstate != "UP" {
+        return Some(format!("operational state {operstate}"));
+    }
+    if check.bridge_port {
+        let linkinfo = &info["linkinfo"];
+        if linkinfo["info_slave_kind"].as_str() != Some("bridge") {
+            return Some("not a bridge port".to_string());
+        }
+        let state = linkinfo["info_slave_data"]["state"].as_str().unwrap_or("?");
+        if state != "forwarding" {
+            return Some(format!("bridge port state {state}"));
+        }
+    }
+    if check.link_local6 {
+        let usable = info["addr_info"].as_array().into_iter().flatten().any(|a| {
+            a["family"] == "inet6"
+                && a["scope"] == "link"
+                && a["tentative"] != true
+                && a["dadfailed"] != true
+        });
+        if !usable {
+            return Some("no usable IPv6 link-local address yet".to_string());
+        }
+    }
+    None
+}
+
+/// For each check: why that interface of `ns` is not ready (`None`: ready).
+///
+/// One `ip -batch` per namespace, one request per interface (not a dump): a request for one
+/// interface also makes the kernel apply that interface's pending link event at once.
+async fn link_states(ns: &str, checks: &[LinkCheck]) -> Result<Vec<Option<String>>> {
+    let lines: Vec<String> = checks
+        .iter()
+        .map(|c| format!("address show dev {}", c.dev))
+        .collect();
+    let out = ip_batch_output(Some(ns), &["-j", "-d"], &lines).await?;
+    let infos: Vec<serde_json::Value> = serde_json::Deserializer::from_str(&out)
+        .into_iter::<Vec<serde_json::Value>>()
+        .map(|r| r.map(|v| v.into_iter().next().unwrap_or_default()))
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("reading `ip -j address show` in {ns}"))?;
+    if infos.len() != checks.len() {
+        bail!(
+            "`ip -j address show` in {ns}: {} answers for {} interfaces",
+            infos.len(),
+            checks.len()
+        );
+    }
+    Ok(checks
+        .iter()
+        .zip(&infos)
+        .map(|(c, info)| not_ready(c, info))
+        .collect())
+}
+
+/// Waits until every link of the lab carries traffic: operationally up, the fabric bridge's
+/// ports forwarding, nodes' fabric links with an IPv6 link-local address (when the lab uses
+/// IPv6).
+///
+/// Without this, traffic across nodes could be lost for up to a second after the build: the
+/// kernel applies some carrier changes late (its link watch batches "non-urgent" events, at
+/// most once a second; a veth whose index equals its peer's, as is common in new namespaces,
+/// is not urgent when it comes up after its peer). Until then its operational state stays
+/// down, and a bridge enables a port only when the port is operationally up, so the bridge
+/// drops what goes to that node (the first ARP request, so a probe with a one-second timeout
+/// fails).
+pub async fn wait_links_ready(plan: &Plan, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    let mut pending = links_to_check(plan);
+    loop {
+        let mut jobs = tokio::task::JoinSet::new();
+        for (ns, checks) in pending {
+            jobs.spawn(async move {
+                let states = link_states(&ns, &checks).await;
+                (ns, checks, states)
+            });
+        }
+        let mut left = Vec::new();
+        let mut reasons = Vec::new();
+        while let Some(r) = jobs.join_next().await {
+            let (ns, checks, states) = r.context("link check task")?;
+            let mut waiting = Vec::new();
+            for (c, why) in checks.into_iter().zip(states?) {
+                if let Some(why) = why {
+                    reasons.push(format!("{ns} {}: {why}", c.dev));
+                    waiting.push(c);
+                }
+            }
+            if !waiting.is_empty() {
+                left.push((ns, waiting));
+            }
+        }
+        if left.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            reasons.sort();
+            let more = reasons.len().saturating_sub(10);
+            reasons.truncate(10);
+            if more > 0 {
+                reasons.push(format!("and {more} more"));
+            }
+            bail!(
+                "the lab's links are not up after {timeout:?}: {}",
+                reasons.join("; ")
+            );
+        }
+        pending = left;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 fn prefix_text(ip: &IpAddr, len: u8) -> String {
