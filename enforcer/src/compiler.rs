@@ -74,11 +74,17 @@ pub struct NodeInput {
 /// time, and a namespace relabel then changes policy entries, not every pod's identity). The
 /// named ports are, so that an egress rule with a named port is exact even when two pods with
 /// the same labels map the name to different numbers.
+///
+/// An identity is given per address, and also names the ipBlocks of egress rules with named
+/// ports that contain the address: such a rule admits a pod's port by name only at the pod's
+/// addresses inside the block, so two pods alike but for their side of the block (or the two
+/// families of one dual-stack pod) must be told apart.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct IdentityKey {
     pub namespace: String,
     pub labels: Labels,
     pub named_ports: Vec<ContainerPort>,
+    pub named_port_blocks: Vec<IpBlock>,
 }
 
 /// Ids that must stay stable from one compilation to the next.
@@ -237,12 +243,35 @@ fn named_ports(pod: &Pod) -> Vec<ContainerPort> {
     v
 }
 
-fn pod_identity_key(pod: &Pod) -> IdentityKey {
+fn pod_identity_key(pod: &Pod, ip: IpAddr, named_port_blocks: &BTreeSet<IpBlock>) -> IdentityKey {
     IdentityKey {
         namespace: pod.namespace.clone(),
         labels: pod.labels.clone(),
         named_ports: named_ports(pod),
+        named_port_blocks: named_port_blocks
+            .iter()
+            .filter(|b| b.contains(ip))
+            .cloned()
+            .collect(),
     }
+}
+
+/// The ipBlock peers of egress rules that name a port: the only blocks an identity must know.
+fn named_port_blocks(cluster: &Cluster) -> BTreeSet<IpBlock> {
+    let mut out = BTreeSet::new();
+    for p in cluster.policies.values() {
+        for r in &p.egress {
+            if !r.ports.iter().any(|s| matches!(s.port, PortRef::Named(_))) {
+                continue;
+            }
+            for peer in &r.peers {
+                if let Peer::IpBlock(b) = peer {
+                    out.insert(b.clone());
+                }
+            }
+        }
+    }
+    out
 }
 
 fn identity_named_port(k: &IdentityKey, name: &str, proto: Protocol) -> Option<u16> {
@@ -302,8 +331,7 @@ struct Resolver<'a> {
     cluster: &'a Cluster,
     /// Every pod identity in the cluster with the key it stands for.
     identities: &'a BTreeMap<u32, IdentityKey>,
-    /// Pod identity → its pods' addresses (for ipBlock + named egress port).
-    identity_ips: &'a BTreeMap<u32, Vec<IpAddr>>,
+
     /// CIDR identity → blocks covering it.
     cidr_ids: &'a BTreeMap<u32, Vec<IpBlock>>,
 }
@@ -330,10 +358,12 @@ impl Resolver<'_> {
         }
     }
 
+    /// The pod identities whose addresses lie in `b` (a block of a named-port egress rule,
+    /// which identities record exactly; see [`IdentityKey`]).
     fn pod_identities_in_block(&self, b: &IpBlock) -> Vec<u32> {
-        self.identity_ips
+        self.identities
             .iter()
-            .filter(|(_, ips)| ips.iter().any(|ip| b.contains(*ip)))
+            .filter(|(_, k)| k.named_port_blocks.contains(b))
             .map(|(id, _)| *id)
             .collect()
     }
@@ -500,15 +530,14 @@ pub fn compile(
     // Pod identities and the address map. Addresses are claimed in pod-name order; the node's
     // own addresses win over any pod's (hostNetwork pods share them and have no identity).
     let mut identities: BTreeMap<u32, IdentityKey> = BTreeMap::new();
-    let mut identity_ips: BTreeMap<u32, Vec<IpAddr>> = BTreeMap::new();
-    let mut pod_identity: BTreeMap<ObjectRef, u32> = BTreeMap::new();
+    let mut pod_identities: BTreeMap<ObjectRef, Vec<u32>> = BTreeMap::new();
+    let blocks_by_name = named_port_blocks(cluster);
     for pod in cluster.pods.values().filter(|p| !p.host_network) {
-        let key = pod_identity_key(pod);
-        let id = ids.identity(&key);
-        identities.insert(id, key);
-        pod_identity.insert(pod.key(), id);
         for ip in &pod.ips {
-            identity_ips.entry(id).or_default().push(*ip);
+            let key = pod_identity_key(pod, *ip, &blocks_by_name);
+            let id = ids.identity(&key);
+            identities.insert(id, key);
+            pod_identities.entry(pod.key()).or_default().push(id);
             out.ip_identity.entry(ip_key(*ip)).or_insert(IdentityValue {
                 identity: id,
                 endpoint_id: 0,
@@ -575,7 +604,6 @@ pub fn compile(
     let resolver = Resolver {
         cluster,
         identities: &all_identities,
-        identity_ips: &identity_ips,
         cidr_ids: &all_cidr_ids,
     };
 
@@ -589,7 +617,9 @@ pub fn compile(
         let endpoint_id = ids.endpoint(pod_ref);
         for ip in &pod.ips {
             if let Some(v) = out.ip_identity.get_mut(&ip_key(*ip))
-                && Some(&v.identity) == pod_identity.get(pod_ref)
+                && pod_identities
+                    .get(pod_ref)
+                    .is_some_and(|ids| ids.contains(&v.identity))
             {
                 v.endpoint_id = endpoint_id;
             }

@@ -799,3 +799,53 @@ fn audit_mode_isolates_only_to_report() {
     assert!(!check(&mixed, "x/a", "x/b", TCP, 81));
     assert!(disagreements(&mixed, &build(&mixed).1, &build(&mixed).0).is_empty());
 }
+
+#[test]
+fn named_egress_port_to_an_ip_block_is_exact_per_address() {
+    // d and e are alike (namespace, labels, named ports) but only d's address is in the block;
+    // b is dual-stack with only its IPv4 address in the block.
+    let c = cluster_from_yaml(&format!(
+        r#"{BASE}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: d, namespace: y, labels: {{pod: twin}}}}
+spec: {{nodeName: node-1, containers: [{{name: c, ports: [{{name: web, containerPort: 8080}}]}}]}}
+status: {{podIPs: [{{ip: 10.0.5.1}}]}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: e, namespace: y, labels: {{pod: twin}}}}
+spec: {{nodeName: node-1, containers: [{{name: c, ports: [{{name: web, containerPort: 8080}}]}}]}}
+status: {{podIPs: [{{ip: 10.0.6.1}}]}}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {{name: a-out, namespace: x}}
+spec:
+  podSelector: {{matchLabels: {{pod: a}}}}
+  policyTypes: [Egress]
+  egress:
+    - to: [{{ipBlock: {{cidr: 10.0.5.0/24}}}}, {{ipBlock: {{cidr: 10.0.0.0/30}}}}]
+      ports: [{{port: web}}, {{port: http}}]
+"#
+    ));
+    let (state, node) = build(&c);
+    assert!(disagreements(&c, &node, &state).is_empty());
+    let a = node.interfaces[&ObjectRef::new("x", "a")];
+    let egress = |peer: &str, port: u16| {
+        decide(
+            &state,
+            a,
+            direction::EGRESS,
+            peer.parse().unwrap(),
+            TCP,
+            port,
+        )
+        .allowed
+    };
+    assert!(egress("10.0.5.1", 8080), "d is in the block");
+    assert!(!egress("10.0.6.1", 8080), "e is its twin outside the block");
+    assert!(egress("10.0.0.2", 81), "b's IPv4 address is in the block");
+    assert!(!egress("fd00::2", 81), "b's IPv6 address is not");
+}
