@@ -28,8 +28,9 @@ pub mod names {
     pub const MAP_SERVICE_IPS: &str = "SERVICE_IPS";
     pub const MAP_PENDING: &str = "PENDING";
     pub const MAP_EVENT_BUCKETS: &str = "EVENT_BUCKETS";
+    pub const MAP_NAMES: &str = "NAMES";
     /// Every map the agent pins, in a stable order.
-    pub const ALL_MAPS: [&str; 12] = [
+    pub const ALL_MAPS: [&str; 13] = [
         MAP_ENDPOINTS,
         MAP_IP_IDENTITY,
         MAP_CIDR_IDENTITY,
@@ -42,6 +43,7 @@ pub mod names {
         MAP_SERVICE_IPS,
         MAP_PENDING,
         MAP_EVENT_BUCKETS,
+        MAP_NAMES,
     ];
 }
 
@@ -54,6 +56,7 @@ pub mod capacity {
     pub const CONNTRACK: u32 = 262_144;
     pub const FRAGMENTS: u32 = 8192;
     pub const SERVICE_IPS: u32 = 65_536;
+    pub const NAMES: u32 = 65_536;
     pub const PENDING: u32 = 65_536;
     /// Bytes; must be a power of two and a multiple of the page size.
     pub const EVENTS_BYTES: u32 = 1 << 20;
@@ -405,6 +408,53 @@ pub struct PendingValue {
 }
 const _: () = assert!(core::mem::size_of::<PendingValue>() == 24);
 
+// --- Names ------------------------------------------------------------------------------------
+
+/// `NAMES` map: what the agent's ids stand for, so `maps dump` and other readers of the pins
+/// can name policies and identities. Written by the agent, never read by the datapath.
+pub mod name_kind {
+    /// `NameKey::id` is a policy id; the name is `namespace/name`.
+    pub const POLICY: u32 = 1;
+    /// `NameKey::id` is an identity; the name is its labels or ipBlocks.
+    pub const IDENTITY: u32 = 2;
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NameKey {
+    pub kind: u32,
+    pub id: u32,
+}
+const _: () = assert!(core::mem::size_of::<NameKey>() == 8);
+
+/// A name, UTF-8, zero-padded (cut at a character boundary when longer).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct NameValue {
+    pub bytes: [u8; 248],
+}
+const _: () = assert!(core::mem::size_of::<NameValue>() == 248);
+
+impl NameValue {
+    pub fn new(s: &str) -> Self {
+        let mut bytes = [0u8; 248];
+        let mut end = s.len().min(bytes.len());
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        bytes[..end].copy_from_slice(&s.as_bytes()[..end]);
+        Self { bytes }
+    }
+    pub fn as_str(&self) -> &str {
+        let end = self
+            .bytes
+            .iter()
+            .position(|b| *b == 0)
+            .unwrap_or(self.bytes.len());
+        core::str::from_utf8(&self.bytes[..end]).unwrap_or("")
+    }
+}
+
 // --- Fragments --------------------------------------------------------------------------------
 
 /// `FRAGMENTS` LRU key: one fragmented datagram. The first fragment carries the ports; when it
@@ -535,6 +585,8 @@ mod user {
     unsafe impl aya::Pod for FragValue {}
     unsafe impl aya::Pod for PendingKey {}
     unsafe impl aya::Pod for EventBucket {}
+    unsafe impl aya::Pod for NameKey {}
+    unsafe impl aya::Pod for NameValue {}
     unsafe impl aya::Pod for PendingValue {}
 }
 

@@ -30,9 +30,9 @@ use aya_ebpf::{
 };
 use enforcer_common::{
     Config, CtKey, CtValue, EndpointInfo, EndpointValue, Event, EventBucket, FragKey, FragValue,
-    IdentitySlots, IpAddrKey, POLICY_ACTION_ALLOW, POLICY_ACTION_DENY, PendingKey, PendingValue,
-    PolicyKey, PolicyValue, capacity, config_flags, counter, ct_flags, direction, identity, mode,
-    policy_prefix, reason, verdict,
+    IdentitySlots, IpAddrKey, NameKey, NameValue, POLICY_ACTION_ALLOW, POLICY_ACTION_DENY,
+    PendingKey, PendingValue, PolicyKey, PolicyValue, capacity, config_flags, counter, ct_flags,
+    direction, identity, mode, policy_prefix, reason, verdict,
 };
 
 // --- Maps -------------------------------------------------------------------------------------
@@ -77,6 +77,11 @@ static PENDING: LruHashMap<PendingKey, PendingValue> =
 #[map]
 static EVENT_BUCKETS: LruHashMap<u32, EventBucket> =
     LruHashMap::with_max_entries(capacity::ENDPOINTS, 0);
+
+/// What the agent's ids stand for (see `enforcer_common::name_kind`); for readers of the pins,
+/// never read here.
+#[map]
+static NAMES: HashMap<NameKey, NameValue> = HashMap::with_max_entries(capacity::NAMES, 0);
 
 /// Per-CPU scratch space for the parsed packet: the 512-byte BPF stack cannot hold it beside
 /// the conntrack and policy keys.

@@ -377,6 +377,10 @@ impl Agent {
             }
         }
         *self.names.lock().expect("names lock") = Names::from_compiled(&compiled, &self.cluster);
+        // Published for `maps dump` and other readers of the pins; not needed for verdicts.
+        if let Err(e) = self.datapath.set_names(&crate::dump::names_of(&compiled)) {
+            warn!("publishing names: {e:#}");
+        }
         info!(
             writes = diff.len(),
             endpoints = interfaces.len(),

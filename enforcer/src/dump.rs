@@ -1,13 +1,15 @@
 //! `enforcer maps dump`: what a running agent installed, read from its pinned maps.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use enforcer_common::{direction, identity, mode, policy_prefix, reason};
+use enforcer_common::{NameKey, direction, identity, mode, name_kind, policy_prefix, reason};
 use serde::Serialize;
 
 use crate::agent::{addr_from_bytes, protocol_name};
+use crate::compiler::{Compiled, IdentityInfo};
 use crate::state::MapState;
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -56,12 +58,15 @@ struct IdentityRow {
     address: String,
     identity: String,
     endpoint_id: u32,
+    /// What the identity stands for (from the agent's `NAMES` map).
+    stands_for: Option<String>,
 }
 
 #[derive(Serialize)]
 struct CidrRow {
     prefix: String,
     identity: String,
+    stands_for: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -72,6 +77,8 @@ struct PolicyRow {
     protocol: String,
     port: String,
     policy_id: u32,
+    /// `namespace/name` of the policy (from the agent's `NAMES` map).
+    policy: Option<String>,
     rule: u16,
     action: &'static str,
 }
@@ -87,7 +94,71 @@ struct Dump {
     verdicts: Vec<(String, u64)>,
 }
 
-fn build(state: &MapState, conntrack_entries: usize, drops: &[u64]) -> Dump {
+/// What the agent's ids stand for, as the `NAMES` map holds them.
+pub type Names = BTreeMap<NameKey, String>;
+
+/// The names the agent publishes for a compilation: every policy and every identity.
+pub fn names_of(c: &Compiled) -> Names {
+    let mut out = Names::new();
+    for (id, p) in &c.policies {
+        out.insert(
+            NameKey {
+                kind: name_kind::POLICY,
+                id: *id,
+            },
+            p.to_string(),
+        );
+    }
+    out.insert(
+        NameKey {
+            kind: name_kind::POLICY,
+            id: crate::compiler::POLICY_ID_HOST,
+        },
+        "<host>".into(),
+    );
+    for (id, info) in &c.identities {
+        let text = match info {
+            IdentityInfo::Pods(k) => {
+                let labels: Vec<String> =
+                    k.labels.iter().map(|(a, b)| format!("{a}={b}")).collect();
+                let mut t = format!("{} {{{}}}", k.namespace, labels.join(","));
+                if !k.named_port_blocks.is_empty() {
+                    let b: Vec<String> = k.named_port_blocks.iter().map(block_text).collect();
+                    t.push_str(&format!(" in {}", b.join(", ")));
+                }
+                t
+            }
+            IdentityInfo::Cidr(blocks) if blocks.is_empty() => "in no ipBlock".to_string(),
+            IdentityInfo::Cidr(blocks) => {
+                let b: Vec<String> = blocks.iter().map(block_text).collect();
+                format!("ipBlock {}", b.join(" | "))
+            }
+        };
+        out.insert(
+            NameKey {
+                kind: name_kind::IDENTITY,
+                id: *id,
+            },
+            text,
+        );
+    }
+    out
+}
+
+fn block_text(b: &crate::model::IpBlock) -> String {
+    if b.except.is_empty() {
+        b.cidr.to_string()
+    } else {
+        let ex: Vec<String> = b.except.iter().map(|x| x.to_string()).collect();
+        format!("{} except {}", b.cidr, ex.join(","))
+    }
+}
+
+fn name(names: &Names, kind: u32, id: u32) -> Option<String> {
+    names.get(&NameKey { kind, id }).cloned()
+}
+
+fn build(state: &MapState, conntrack_entries: usize, drops: &[u64], names: &Names) -> Dump {
     Dump {
         endpoints: state
             .endpoints
@@ -107,6 +178,7 @@ fn build(state: &MapState, conntrack_entries: usize, drops: &[u64]) -> Dump {
                 address: addr_key(a),
                 identity: identity_name(v.identity),
                 endpoint_id: v.endpoint_id,
+                stands_for: name(names, name_kind::IDENTITY, v.identity),
             })
             .collect(),
         cidrs: state
@@ -118,6 +190,7 @@ fn build(state: &MapState, conntrack_entries: usize, drops: &[u64]) -> Dump {
                 CidrRow {
                     prefix: format!("{}/{len}", addr_key(&k.data)),
                     identity: identity_name(v.identity),
+                    stands_for: name(names, name_kind::IDENTITY, v.identity),
                 }
             })
             .collect(),
@@ -149,6 +222,7 @@ fn build(state: &MapState, conntrack_entries: usize, drops: &[u64]) -> Dump {
                     protocol,
                     port,
                     policy_id: v.policy_id,
+                    policy: name(names, name_kind::POLICY, v.policy_id),
                     rule: v.rule_index,
                     action: if v.action == enforcer_common::POLICY_ACTION_DENY {
                         "deny"
@@ -192,10 +266,11 @@ pub fn render(
     state: &MapState,
     conntrack_entries: usize,
     drops: &[u64],
+    names: &Names,
     format: Format,
     only: Option<Section>,
 ) -> String {
-    let d = build(state, conntrack_entries, drops);
+    let d = build(state, conntrack_entries, drops, names);
     let want = |sec: Section| only.is_none_or(|o| o == sec);
     if let Format::Json = format {
         let v = serde_json::to_value(&d).expect("dump serializes");
@@ -223,9 +298,19 @@ pub fn render(
         render_identities(&mut s, &d);
     }
     if want(Section::Cidrs) {
-        let _ = writeln!(s, "CIDR PARTITION\n{:<44} {:<10}", "PREFIX", "IDENTITY");
+        let _ = writeln!(
+            s,
+            "CIDR PARTITION\n{:<44} {:<12} STANDS FOR",
+            "PREFIX", "IDENTITY"
+        );
         for c in &d.cidrs {
-            let _ = writeln!(s, "{:<44} {:<10}", c.prefix, c.identity);
+            let _ = writeln!(
+                s,
+                "{:<44} {:<12} {}",
+                c.prefix,
+                c.identity,
+                c.stands_for.as_deref().unwrap_or("")
+            );
         }
         s.push('\n');
     }
@@ -263,14 +348,17 @@ fn render_endpoints(s: &mut String, d: &Dump) {
 fn render_identities(s: &mut String, d: &Dump) {
     let _ = writeln!(
         s,
-        "IP IDENTITIES\n{:<40} {:<10} {:<8}",
+        "IP IDENTITIES\n{:<40} {:<10} {:<8} STANDS FOR",
         "ADDRESS", "IDENTITY", "ENDPOINT"
     );
     for i in &d.identities {
         let _ = writeln!(
             s,
-            "{:<40} {:<10} {:<8}",
-            i.address, i.identity, i.endpoint_id
+            "{:<40} {:<10} {:<8} {}",
+            i.address,
+            i.identity,
+            i.endpoint_id,
+            i.stands_for.as_deref().unwrap_or("")
         );
     }
     s.push('\n');
@@ -279,14 +367,18 @@ fn render_identities(s: &mut String, d: &Dump) {
 fn render_policy(s: &mut String, d: &Dump) {
     let _ = writeln!(
         s,
-        "POLICY ENTRIES\n{:<6} {:<8} {:<10} {:<7} {:<12} {:<7} {:<5} {:<6}",
-        "SET", "DIR", "PEER", "PROTO", "PORT", "POLICY", "RULE", "ACTION"
+        "POLICY ENTRIES\n{:<6} {:<8} {:<10} {:<7} {:<12} {:<5} {:<6} POLICY",
+        "SET", "DIR", "PEER", "PROTO", "PORT", "RULE", "ACTION"
     );
     for p in &d.policy {
+        let policy = p
+            .policy
+            .clone()
+            .unwrap_or_else(|| format!("#{}", p.policy_id));
         let _ = writeln!(
             s,
-            "{:<6} {:<8} {:<10} {:<7} {:<12} {:<7} {:<5} {:<6}",
-            p.policy_set, p.direction, p.peer, p.protocol, p.port, p.policy_id, p.rule, p.action
+            "{:<6} {:<8} {:<10} {:<7} {:<12} {:<5} {:<6} {policy}",
+            p.policy_set, p.direction, p.peer, p.protocol, p.port, p.rule, p.action
         );
     }
     s.push('\n');
@@ -303,7 +395,8 @@ pub fn dump(bpffs: &Path, format: Format, only: Option<Section>) -> Result<Strin
     let state = pinned.read_state()?;
     let ct = pinned.conntrack_len()?;
     let drops = pinned.counters()?;
-    Ok(render(&state, ct, &drops, format, only))
+    let names = pinned.names()?;
+    Ok(render(&state, ct, &drops, &names, format, only))
 }
 
 #[cfg(test)]
@@ -325,7 +418,22 @@ mod tests {
         );
         let mut counters = vec![0u64; enforcer_common::counter::LEN as usize];
         counters[reason::NO_RULE as usize] = 3;
-        let all = render(&st, 5, &counters, Format::Table, None);
+        let names = Names::from([(
+            NameKey {
+                kind: name_kind::IDENTITY,
+                id: 256,
+            },
+            "x {pod=a}".to_string(),
+        )]);
+        st.ip_identity.insert(
+            crate::compiler::ip_key("10.0.0.1".parse().unwrap()),
+            enforcer_common::IdentityValue {
+                identity: 256,
+                endpoint_id: 1,
+            },
+        );
+        let all = render(&st, 5, &counters, &names, Format::Table, None);
+        assert!(all.contains("x {pod=a}"), "identities are named:\n{all}");
         for head in [
             "ENDPOINTS",
             "IP IDENTITIES",
@@ -336,12 +444,26 @@ mod tests {
         ] {
             assert!(all.contains(head), "{head} in:\n{all}");
         }
-        let ep = render(&st, 5, &counters, Format::Table, Some(Section::Endpoints));
+        let ep = render(
+            &st,
+            5,
+            &counters,
+            &names,
+            Format::Table,
+            Some(Section::Endpoints),
+        );
         assert!(
             ep.contains("enforce") && !ep.contains("POLICY ENTRIES"),
             "{ep}"
         );
-        let json = render(&st, 5, &counters, Format::Json, Some(Section::Counters));
+        let json = render(
+            &st,
+            5,
+            &counters,
+            &names,
+            Format::Json,
+            Some(Section::Counters),
+        );
         let v: serde_json::Value = serde_json::from_str(&json).unwrap();
         assert_eq!(v["verdicts"][0], serde_json::json!(["no-rule-allows", 3]));
         assert!(v.get("endpoints").is_none());

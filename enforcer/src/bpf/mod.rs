@@ -19,8 +19,8 @@ use aya::programs::tc::{SchedClassifierLink, TcAttachOptions};
 use aya::programs::{LinkOrder, SchedClassifier, TcAttachType, TestRun, TestRunOptions};
 use aya::{Ebpf, EbpfLoader, Pod};
 use enforcer_common::{
-    Config, CtKey, CtValue, EndpointValue, Event, EventBucket, IdentitySlots, IpAddrKey, PolicyKey,
-    PolicyValue, counter, names,
+    Config, CtKey, CtValue, EndpointValue, Event, EventBucket, IdentitySlots, IpAddrKey, NameKey,
+    NameValue, PolicyKey, PolicyValue, counter, names,
 };
 use thiserror::Error;
 use tokio::io::unix::AsyncFd;
@@ -587,6 +587,32 @@ impl Datapath {
         a.set(0, config, 0).map_err(map_err(names::MAP_CONFIG))
     }
 
+    /// Makes the `NAMES` map hold exactly `names` (what the agent's ids stand for), writing only
+    /// what changed. Best effort: names serve readers, not the verdicts.
+    pub fn set_names(&mut self, names: &BTreeMap<NameKey, String>) -> Result<()> {
+        let current: BTreeMap<NameKey, String> = self.names()?;
+        let mut m = self
+            .typed::<BpfHashMap<_, NameKey, NameValue>>(names::MAP_NAMES)
+            .map_err(map_err(names::MAP_NAMES))?;
+        for (k, v) in names {
+            if current.get(k) != Some(v) {
+                m.insert(k, NameValue::new(v), 0)
+                    .map_err(map_err(names::MAP_NAMES))?;
+            }
+        }
+        for k in current.keys() {
+            if !names.contains_key(k) {
+                ignore_missing(m.remove(k)).map_err(map_err(names::MAP_NAMES))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// What the `NAMES` map holds.
+    pub fn names(&self) -> Result<BTreeMap<NameKey, String>> {
+        read_names(self.map(names::MAP_NAMES)?)
+    }
+
     /// Limits the events each endpoint emits: `rate` per second after a `burst` (0: no limit).
     /// Held-back events are counted (`counter::EVENTS_SUPPRESSED`, and per endpoint in
     /// `EVENT_BUCKETS`); verdicts are unaffected.
@@ -870,6 +896,14 @@ fn ifname(ifindex: u32) -> Result<String> {
         .into_owned())
 }
 
+fn read_names(m: &Map) -> Result<BTreeMap<NameKey, String>> {
+    let entries: Vec<(NameKey, NameValue)> = hash_entries(m, names::MAP_NAMES)?;
+    Ok(entries
+        .into_iter()
+        .map(|(k, v)| (k, v.as_str().to_string()))
+        .collect())
+}
+
 /// Every entry of a hash (or LRU hash) map.
 fn hash_entries<K: Pod, V: Pod>(m: &Map, name: &'static str) -> Result<Vec<(K, V)>> {
     let m: BpfHashMap<&MapData, K, V> = BpfHashMap::try_from(m).map_err(map_err(name))?;
@@ -954,6 +988,7 @@ impl PinnedMaps {
             names::MAP_DROP_COUNTERS,
             names::MAP_SERVICE_IPS,
             names::MAP_CONFIG,
+            names::MAP_NAMES,
         ] {
             let path = bpffs.join(n);
             let data = MapData::from_pin(&path).map_err(map_err(n))?;
@@ -977,5 +1012,10 @@ impl PinnedMaps {
     /// Counters by `reason::*` (then the datapath's own), summed over CPUs.
     pub fn counters(&self) -> Result<Vec<u64>> {
         counters(self.map(names::MAP_DROP_COUNTERS)?)
+    }
+
+    /// What the agent's ids stand for.
+    pub fn names(&self) -> Result<BTreeMap<NameKey, String>> {
+        read_names(self.map(names::MAP_NAMES)?)
     }
 }
