@@ -259,27 +259,23 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Explain(a) => match explain_cmd(a) {
-            Ok(s) => {
-                print!("{s}");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("error: {e:#}");
-                ExitCode::FAILURE
-            }
-        },
+        Command::Explain(a) => print_or_fail(explain_cmd(a)),
         Command::Maps {
             command: MapsCommand::Dump { map, bpffs, output },
-        } => match enforcer::dump::dump(&bpffs, output, map) {
-            Ok(s) => {
-                print!("{s}");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("error: {e:#}");
-                ExitCode::FAILURE
-            }
-        },
+        } => print_or_fail(enforcer::dump::dump(&bpffs, output, map)),
+    }
+}
+
+/// Prints a command's output, or its error (with causes) and a failing exit status.
+fn print_or_fail(r: anyhow::Result<String>) -> ExitCode {
+    match r {
+        Ok(s) => {
+            print!("{s}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }

@@ -339,6 +339,39 @@ impl PhysState {
         }
     }
 
+    /// The write that puts back what `self` holds for the key `w` writes (rollback); none for
+    /// the generation switch.
+    pub fn restoring(&self, w: &PhysWrite) -> Option<PhysWrite> {
+        fn back<K: Ord + Copy, V: Copy>(
+            m: &BTreeMap<K, V>,
+            k: K,
+            up: fn(K, V) -> PhysWrite,
+            del: fn(K) -> PhysWrite,
+        ) -> PhysWrite {
+            match m.get(&k) {
+                Some(v) => up(k, *v),
+                None => del(k),
+            }
+        }
+        use PhysWrite::*;
+        Some(match *w {
+            EndpointUpsert(k, _) | EndpointDelete(k) => {
+                back(&self.endpoints, k, EndpointUpsert, EndpointDelete)
+            }
+            IpUpsert(k, _) | IpDelete(k) => back(&self.ip_identity, k, IpUpsert, IpDelete),
+            CidrUpsert(k, _) | CidrDelete(k) => {
+                back(&self.cidr_identity, k, CidrUpsert, CidrDelete)
+            }
+            PolicyUpsert(k, _) | PolicyDelete(k) => {
+                back(&self.policy, k, PolicyUpsert, PolicyDelete)
+            }
+            ServiceUpsert(k, _) | ServiceDelete(k) => {
+                back(&self.service_ips, k, ServiceUpsert, ServiceDelete)
+            }
+            Flip(_) => return None,
+        })
+    }
+
     /// The writes that take the maps from what they hold to `new` (see [`PhysState`]).
     pub fn transition(&self, new: &MapState) -> Transition {
         let g = (self.generation & 1) as usize;

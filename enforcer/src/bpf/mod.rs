@@ -491,38 +491,8 @@ impl Datapath {
         done: &[PhysWrite],
     ) -> std::result::Result<usize, String> {
         for w in done.iter().rev() {
-            let restore = match *w {
-                PhysWrite::EndpointUpsert(k, _) | PhysWrite::EndpointDelete(k) => {
-                    match before.endpoints.get(&k) {
-                        Some(v) => PhysWrite::EndpointUpsert(k, *v),
-                        None => PhysWrite::EndpointDelete(k),
-                    }
-                }
-                PhysWrite::IpUpsert(k, _) | PhysWrite::IpDelete(k) => {
-                    match before.ip_identity.get(&k) {
-                        Some(v) => PhysWrite::IpUpsert(k, *v),
-                        None => PhysWrite::IpDelete(k),
-                    }
-                }
-                PhysWrite::CidrUpsert(k, _) | PhysWrite::CidrDelete(k) => {
-                    match before.cidr_identity.get(&k) {
-                        Some(v) => PhysWrite::CidrUpsert(k, *v),
-                        None => PhysWrite::CidrDelete(k),
-                    }
-                }
-                PhysWrite::PolicyUpsert(k, _) | PhysWrite::PolicyDelete(k) => {
-                    match before.policy.get(&k) {
-                        Some(v) => PhysWrite::PolicyUpsert(k, *v),
-                        None => PhysWrite::PolicyDelete(k),
-                    }
-                }
-                PhysWrite::ServiceUpsert(k, _) | PhysWrite::ServiceDelete(k) => {
-                    match before.service_ips.get(&k) {
-                        Some(v) => PhysWrite::ServiceUpsert(k, *v),
-                        None => PhysWrite::ServiceDelete(k),
-                    }
-                }
-                PhysWrite::Flip(_) => continue,
+            let Some(restore) = before.restoring(w) else {
+                continue;
             };
             self.write_phys(&restore)
                 .map_err(|e| format!("undoing {}: {e}", describe(w)))?;
