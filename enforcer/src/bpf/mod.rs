@@ -20,7 +20,7 @@ use aya::programs::{LinkOrder, SchedClassifier, TcAttachType, TestRun, TestRunOp
 use aya::{Ebpf, EbpfLoader, Pod};
 use enforcer_common::{
     Config, CtKey, CtValue, EndpointValue, Event, EventBucket, IdentitySlots, IpAddrKey, NameKey,
-    NameValue, PolicyKey, PolicyValue, counter, names,
+    NameValue, PolicyValue, counter, names,
 };
 use thiserror::Error;
 use tokio::io::unix::AsyncFd;
@@ -502,43 +502,51 @@ impl Datapath {
     }
 
     fn write_phys(&mut self, w: &PhysWrite) -> std::result::Result<(), MapError> {
-        match w {
-            PhysWrite::PolicyUpsert(k, v) => self
-                .typed::<LpmTrie<_, PolicyKey, PolicyValue>>(names::MAP_POLICY)?
-                .insert(&lpm(k), v, 0),
-            PhysWrite::PolicyDelete(k) => ignore_missing(
-                self.typed::<LpmTrie<_, PolicyKey, PolicyValue>>(names::MAP_POLICY)?
-                    .remove(&lpm(k)),
-            ),
-            PhysWrite::EndpointUpsert(k, v) => self
-                .typed::<BpfHashMap<_, u32, EndpointValue>>(names::MAP_ENDPOINTS)?
-                .insert(k, v, 0),
-            PhysWrite::EndpointDelete(k) => ignore_missing(
-                self.typed::<BpfHashMap<_, u32, EndpointValue>>(names::MAP_ENDPOINTS)?
-                    .remove(k),
-            ),
-            PhysWrite::IpUpsert(k, v) => self
-                .typed::<BpfHashMap<_, IpAddrKey, IdentitySlots>>(names::MAP_IP_IDENTITY)?
-                .insert(k, v, 0),
-            PhysWrite::IpDelete(k) => ignore_missing(
-                self.typed::<BpfHashMap<_, IpAddrKey, IdentitySlots>>(names::MAP_IP_IDENTITY)?
-                    .remove(k),
-            ),
-            PhysWrite::CidrUpsert(k, v) => self
-                .typed::<LpmTrie<_, IpAddrKey, IdentitySlots>>(names::MAP_CIDR_IDENTITY)?
-                .insert(&lpm(k), v, 0),
-            PhysWrite::CidrDelete(k) => ignore_missing(
-                self.typed::<LpmTrie<_, IpAddrKey, IdentitySlots>>(names::MAP_CIDR_IDENTITY)?
-                    .remove(&lpm(k)),
-            ),
-            PhysWrite::ServiceUpsert(k, v) => self
-                .typed::<BpfHashMap<_, IpAddrKey, u32>>(names::MAP_SERVICE_IPS)?
-                .insert(k, v, 0),
-            PhysWrite::ServiceDelete(k) => ignore_missing(
-                self.typed::<BpfHashMap<_, IpAddrKey, u32>>(names::MAP_SERVICE_IPS)?
-                    .remove(k),
-            ),
+        use names::*;
+        match *w {
+            PhysWrite::PolicyUpsert(k, v) => self.lpm_write(MAP_POLICY, k, Some(v)),
+            PhysWrite::PolicyDelete(k) => self.lpm_write::<_, PolicyValue>(MAP_POLICY, k, None),
+            PhysWrite::EndpointUpsert(k, v) => self.hash_write(MAP_ENDPOINTS, k, Some(v)),
+            PhysWrite::EndpointDelete(k) => {
+                self.hash_write::<_, EndpointValue>(MAP_ENDPOINTS, k, None)
+            }
+            PhysWrite::IpUpsert(k, v) => self.hash_write(MAP_IP_IDENTITY, k, Some(v)),
+            PhysWrite::IpDelete(k) => self.hash_write::<_, IdentitySlots>(MAP_IP_IDENTITY, k, None),
+            PhysWrite::CidrUpsert(k, v) => self.lpm_write(MAP_CIDR_IDENTITY, k, Some(v)),
+            PhysWrite::CidrDelete(k) => {
+                self.lpm_write::<_, IdentitySlots>(MAP_CIDR_IDENTITY, k, None)
+            }
+            PhysWrite::ServiceUpsert(k, v) => self.hash_write(MAP_SERVICE_IPS, k, Some(v)),
+            PhysWrite::ServiceDelete(k) => self.hash_write::<_, u32>(MAP_SERVICE_IPS, k, None),
             PhysWrite::Flip(_) => Ok(()),
+        }
+    }
+
+    /// Upserts (`Some`) or deletes (`None`, absent keys included) one hash map entry.
+    fn hash_write<K: Pod, V: Pod>(
+        &mut self,
+        name: &'static str,
+        k: K,
+        v: Option<V>,
+    ) -> std::result::Result<(), MapError> {
+        let mut m = self.typed::<BpfHashMap<_, K, V>>(name)?;
+        match v {
+            Some(v) => m.insert(k, v, 0),
+            None => ignore_missing(m.remove(&k)),
+        }
+    }
+
+    /// Upserts (`Some`) or deletes (`None`, absent keys included) one LPM trie entry.
+    fn lpm_write<K: Pod, V: Pod>(
+        &mut self,
+        name: &'static str,
+        k: Lpm<K>,
+        v: Option<V>,
+    ) -> std::result::Result<(), MapError> {
+        let mut m = self.typed::<LpmTrie<_, K, V>>(name)?;
+        match v {
+            Some(v) => m.insert(&lpm(&k), v, 0),
+            None => ignore_missing(m.remove(&lpm(&k))),
         }
     }
 
