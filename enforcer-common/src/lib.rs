@@ -512,6 +512,9 @@ pub mod reason {
     pub const POLICY_REVOKED: u8 = 8;
     /// Passed in audit mode; the policies in audit mode would have dropped it.
     pub const AUDIT_WOULD_DROP: u8 = 9;
+    /// The interface looks like a pod's but no known pod claims it yet; held fail-closed
+    /// (`--default-deny-unknown`): an `ENDPOINT_DENY_ALL` endpoint with id 0.
+    pub const ENDPOINT_UNKNOWN: u8 = 10;
     /// Slots reserved for reasons in the counters.
     pub const COUNT: usize = 16;
 
@@ -527,6 +530,7 @@ pub mod reason {
             FRAGMENT_UNKNOWN => "fragment-without-first",
             POLICY_REVOKED => "policy-revoked",
             AUDIT_WOULD_DROP => "audit-would-drop",
+            ENDPOINT_UNKNOWN => "endpoint-unknown",
             _ => "unknown",
         }
     }

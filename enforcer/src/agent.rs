@@ -18,13 +18,25 @@ use tracing::{debug, error, info, warn};
 use crate::bpf::Datapath;
 use crate::compiler::{Cluster, Compiled, IdentityInfo, Ids, NodeInput, compile, plan};
 use crate::discover;
+use crate::kube_source::KubeSource;
+use crate::metrics::{self, Health, Metrics};
 use crate::model::ObjectRef;
 use crate::source::{ManifestDir, summary};
 use crate::state::MapState;
 
+/// Where the agent reads cluster state from.
+#[derive(Clone, Debug)]
+pub enum SourceOptions {
+    /// A folder of manifests, watched with inotify.
+    Manifests(PathBuf),
+    /// The Kubernetes API: a kubeconfig file, else the usual inference (KUBECONFIG,
+    /// ~/.kube/config, in-cluster service account).
+    Kube { kubeconfig: Option<PathBuf> },
+}
+
 #[derive(Clone, Debug)]
 pub struct AgentOptions {
-    pub manifests: PathBuf,
+    pub source: SourceOptions,
     pub node: String,
     pub bpffs: PathBuf,
     pub status_file: Option<PathBuf>,
@@ -39,6 +51,12 @@ pub struct AgentOptions {
     pub event_burst: u32,
     /// How often interfaces are re-discovered.
     pub rescan: Duration,
+    /// How often the maps are compared with the desired state (drift is repaired and reported).
+    pub resync: Duration,
+    /// Serve `/healthz`, `/readyz` and `/metrics` here.
+    pub health_addr: Option<std::net::SocketAddr>,
+    /// Hold pod interfaces whose pod is not known yet fail-closed.
+    pub default_deny_unknown: bool,
 }
 
 /// What the agent reports in `--status-file` after every reconcile.
@@ -237,10 +255,208 @@ fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     Ok(())
 }
 
+#[derive(Deserialize)]
+struct LinkDetail {
+    ifindex: u32,
+    #[serde(default)]
+    link_netnsid: Option<i64>,
+    #[serde(default)]
+    linkinfo: Option<LinkInfo>,
+}
+
+#[derive(Deserialize)]
+struct LinkInfo {
+    info_kind: Option<String>,
+}
+
+/// Interfaces that look like a pod's host side: veths whose peer lives in another network
+/// namespace (routed CNIs' `cali…`/`lxc…`, and bridge CNIs' ports of `cni0`).
+fn pod_like_interfaces() -> Result<Vec<u32>> {
+    let out = std::process::Command::new("ip")
+        .args(["-details", "-json", "link", "show"])
+        .output()
+        .context("running `ip -details link show`")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "`ip -details link show`: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    let links: Vec<LinkDetail> =
+        serde_json::from_slice(&out.stdout).context("parsing `ip -details link show`")?;
+    Ok(pod_like(&links))
+}
+
+fn pod_like(links: &[LinkDetail]) -> Vec<u32> {
+    links
+        .iter()
+        .filter(|l| {
+            l.link_netnsid.is_some()
+                && l.linkinfo
+                    .as_ref()
+                    .and_then(|i| i.info_kind.as_deref())
+                    .is_some_and(|k| k == "veth")
+        })
+        .map(|l| l.ifindex)
+        .collect()
+}
+
+/// The pod-like interfaces no known local pod claims, minus the node's own (those with an
+/// address: the lab's fabric link, Cilium's `cilium_host`).
+fn unclaimed(pod_like: &[u32], host: &[u32], claimed: &BTreeMap<ObjectRef, u32>) -> BTreeSet<u32> {
+    let claimed: BTreeSet<u32> = claimed.values().copied().collect();
+    pod_like
+        .iter()
+        .copied()
+        .filter(|i| !host.contains(i) && !claimed.contains(i))
+        .collect()
+}
+
+/// What one read of a source gives.
+struct Read {
+    cluster: Cluster,
+    errors: Vec<String>,
+    /// Manifests: the `.generation` read; kube: the highest resourceVersion applied.
+    generation: Option<u64>,
+    changed: bool,
+    /// The source holds a complete view (kube: every kind listed once). Until then nothing is
+    /// installed: an agent restarted under pinned maps keeps enforcing the last state instead of
+    /// an empty one.
+    complete: bool,
+}
+
+enum Source {
+    Manifests {
+        dir: ManifestDir,
+        rx: mpsc::Receiver<()>,
+        _watcher: notify::RecommendedWatcher,
+    },
+    Kube {
+        src: KubeSource,
+        seen: u64,
+    },
+}
+
+impl Source {
+    async fn open(opts: &SourceOptions) -> Result<Self> {
+        match opts {
+            SourceOptions::Manifests(dir) => {
+                // Wake up as soon as a manifest changes; the periodic rescan catches the rest.
+                let (tx, rx) = mpsc::channel::<()>(16);
+                let mut watcher =
+                    notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+                        if res.is_ok() {
+                            let _ = tx.try_send(());
+                        }
+                    })
+                    .context("creating the manifests watcher")?;
+                watcher
+                    .watch(dir, notify::RecursiveMode::NonRecursive)
+                    .with_context(|| format!("watching {}", dir.display()))?;
+                Ok(Source::Manifests {
+                    dir: ManifestDir::new(dir),
+                    rx,
+                    _watcher: watcher,
+                })
+            }
+            SourceOptions::Kube { kubeconfig } => {
+                let config = match kubeconfig {
+                    Some(path) => {
+                        let kc = kube::config::Kubeconfig::read_from(path).with_context(|| {
+                            format!("reading the kubeconfig {}", path.display())
+                        })?;
+                        kube::Config::from_custom_kubeconfig(kc, &Default::default())
+                            .await
+                            .with_context(|| format!("using the kubeconfig {}", path.display()))?
+                    }
+                    None => kube::Config::infer()
+                        .await
+                        .context("finding the Kubernetes API (in-cluster or KUBECONFIG)")?,
+                };
+                info!(api = %config.cluster_url, "kubernetes source");
+                let client =
+                    kube::Client::try_from(config).context("creating the Kubernetes client")?;
+                Ok(Source::Kube {
+                    src: KubeSource::start(client),
+                    seen: u64::MAX,
+                })
+            }
+        }
+    }
+
+    fn read(&mut self) -> Result<Read> {
+        match self {
+            Source::Manifests { dir, .. } => {
+                let snap = dir.read()?;
+                Ok(Read {
+                    cluster: snap.cluster,
+                    errors: snap.errors,
+                    generation: snap.generation,
+                    changed: snap.changed,
+                    complete: true,
+                })
+            }
+            Source::Kube { src, seen } => {
+                let store = src.store();
+                let changes = store.changes();
+                let changed = changes != *seen;
+                *seen = changes;
+                let (cluster, errors) = store.cluster();
+                let complete = store.synced();
+                Ok(Read {
+                    cluster,
+                    errors,
+                    generation: complete.then(|| store.resource_version()),
+                    changed,
+                    complete,
+                })
+            }
+        }
+    }
+
+    /// Resolves when the source may have changed.
+    async fn changed(&mut self) {
+        match self {
+            Source::Manifests { rx, .. } => {
+                if rx.recv().await.is_none() {
+                    std::future::pending::<()>().await
+                }
+                // Let a burst of writes settle into one pass.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                while rx.try_recv().is_ok() {}
+            }
+            Source::Kube { src, .. } => src.changed().await,
+        }
+    }
+
+    /// Copies the source's counters into the metrics.
+    fn export(&self, m: &Metrics) {
+        let Source::Kube { src, .. } = self else {
+            return;
+        };
+        let mut invalid = 0;
+        for (kind, st) in src.store().stats() {
+            let k = kind.as_str().to_string();
+            Metrics::set_counter(&m.errors, vec![("kind", k.clone())], st.watch_errors);
+            Metrics::set_counter(
+                &m.source_events,
+                vec![("kind", k.clone()), ("type", "event".into())],
+                st.events,
+            );
+            Metrics::set_counter(
+                &m.source_events,
+                vec![("kind", k), ("type", "list".into())],
+                st.lists,
+            );
+            invalid += st.invalid;
+        }
+        Metrics::set_counter(&m.errors, vec![("kind", "invalid".into())], invalid);
+    }
+}
+
 struct Agent {
     opts: AgentOptions,
     datapath: Datapath,
-    source: ManifestDir,
+    source: Source,
     installed: MapState,
     ids: Ids,
     cluster: Cluster,
@@ -250,7 +466,12 @@ struct Agent {
     revision: u32,
     interfaces: BTreeMap<ObjectRef, u32>,
     host_ips: Vec<IpAddr>,
+    /// Interfaces held fail-closed (`--default-deny-unknown`).
+    held: BTreeSet<u32>,
     names: Arc<Mutex<Names>>,
+    health: Arc<Health>,
+    /// When the first change not yet in the maps was noticed (for the programming latency).
+    noticed: Option<Instant>,
 }
 
 impl Agent {
@@ -260,7 +481,7 @@ impl Agent {
         };
         let status = Status {
             generation: self.generation,
-            ready: true,
+            ready: self.health.ready(),
             error: self.last_error.clone(),
             revision: self.revision,
             endpoints: self.installed.endpoints.len(),
@@ -276,14 +497,18 @@ impl Agent {
     fn reconcile(&mut self, force: bool) -> Result<()> {
         let snap = self.source.read()?;
         let errors = snap.errors.join("; ");
-        let source_changed = snap.changed;
-        if source_changed {
-            info!("manifests: {}", summary(&snap.cluster));
+        if snap.changed {
+            self.noticed.get_or_insert_with(Instant::now);
+            info!("cluster state: {}", summary(&snap.cluster));
         }
         if !errors.is_empty() && Some(&errors) != self.last_error.as_ref() {
-            error!("rejected manifests (last good state keeps enforcing): {errors}");
+            error!("rejected objects (their last valid state keeps enforcing): {errors}");
         }
         self.last_error = (!errors.is_empty()).then_some(errors);
+        if !snap.complete {
+            // Not everything is known yet: keep enforcing what the maps hold.
+            return Ok(());
+        }
         self.cluster = snap.cluster;
 
         let links = discover::links()?;
@@ -297,12 +522,109 @@ impl Agent {
         let interfaces = discover::match_pods(local.map(|p| (p.key(), &p.ips[..])), &routes, names);
         self.attach_host_interfaces(&links.host_ifindexes, &interfaces);
 
-        if source_changed || force || interfaces != self.interfaces || host_ips != self.host_ips {
-            self.install(interfaces, host_ips)?;
+        let held = if self.opts.default_deny_unknown {
+            match pod_like_interfaces() {
+                Ok(pod_like) => unclaimed(&pod_like, &links.host_ifindexes, &interfaces),
+                Err(e) => {
+                    warn!("listing interfaces to hold: {e:#}");
+                    self.held.clone()
+                }
+            }
+        } else {
+            BTreeSet::new()
+        };
+        if snap.changed
+            || force
+            || interfaces != self.interfaces
+            || host_ips != self.host_ips
+            || held != self.held
+        {
+            self.install(interfaces, host_ips, held)?;
         }
         // The generation is reported once its snapshot is installed (or rejected).
         self.generation = snap.generation.or(self.generation);
+        if let Some(t) = self.noticed.take() {
+            self.health
+                .metrics
+                .programming_seconds
+                .observe(t.elapsed().as_secs_f64());
+        }
+        if !self.health.ready() {
+            info!(node = %self.opts.node, "ready: the first full sync is in the maps");
+            self.health.set_ready(true);
+        }
         Ok(())
+    }
+
+    /// Compares the maps with the state this agent installed; repairs and reports any
+    /// difference (another writer, a lost write).
+    fn repair_drift(&mut self) -> Result<()> {
+        if !self.health.ready() {
+            return Ok(());
+        }
+        let actual = self.datapath.read_state().context("reading the maps")?;
+        let drift = actual.diff(&self.installed);
+        if drift.is_empty() {
+            return Ok(());
+        }
+        warn!(
+            entries = drift.len(),
+            "drift: the maps differ from the desired state; repairing: {}",
+            drift.summary()
+        );
+        self.datapath.reread().context("re-reading the maps")?;
+        let done = self
+            .datapath
+            .install(&self.installed, self.revision + 1, self.flags())
+            .context("repairing drift")?;
+        for e in &done.cleanup_errors {
+            warn!("cleaning up after the repair: {e}");
+        }
+        self.revision += 1;
+        self.health
+            .metrics
+            .drift_repaired
+            .inc_by(drift.len() as u64);
+        Ok(())
+    }
+
+    fn flags(&self) -> u32 {
+        if self.opts.events_on_allow {
+            enforcer_common::config_flags::EVENTS_ON_ALLOW
+        } else {
+            0
+        }
+    }
+
+    /// Copies map sizes and the kernel's counters into the metrics.
+    fn export_metrics(&self) {
+        let m = &self.health.metrics;
+        self.source.export(m);
+        m.set_map_entries("endpoints", self.installed.endpoints.len());
+        m.set_map_entries("ip_identity", self.installed.ip_identity.len());
+        m.set_map_entries("cidr_identity", self.installed.cidr_identity.len());
+        m.set_map_entries("policy", self.installed.policy.len());
+        m.set_map_entries("service_ips", self.installed.service_ips.len());
+        if let Ok(n) = self.datapath.conntrack_len() {
+            m.set_map_entries("conntrack", n);
+        }
+        if let Ok(counters) = self.datapath.counters() {
+            for (i, n) in counters.iter().enumerate() {
+                let name = if i < reason::COUNT {
+                    reason::name(i as u8)
+                } else if i as u32 == enforcer_common::counter::EVENTS_LOST {
+                    "events-lost"
+                } else if i as u32 == enforcer_common::counter::EVENTS_SUPPRESSED {
+                    "events-suppressed"
+                } else {
+                    continue;
+                };
+                if name == "unknown" {
+                    continue;
+                }
+                Metrics::set_counter(&m.datapath, vec![("reason", name.to_string())], *n);
+            }
+        }
     }
 
     /// Keeps `to_network` on the node's own interfaces (never on a pod's), where flows sent to
@@ -333,9 +655,11 @@ impl Agent {
         &mut self,
         interfaces: BTreeMap<ObjectRef, u32>,
         host_ips: Vec<IpAddr>,
+        held: BTreeSet<u32>,
     ) -> Result<()> {
         let started = Instant::now();
         let node = NodeInput {
+            held: held.clone(),
             node: self.opts.node.clone(),
             interfaces: interfaces.clone(),
             host_ips: host_ips.clone(),
@@ -347,27 +671,23 @@ impl Agent {
 
         // Attach before the endpoint entry exists: an attached program with no entry passes
         // traffic as unmanaged, exactly as before the attach.
-        let wanted: BTreeSet<u32> = interfaces.values().copied().collect();
+        let wanted: BTreeSet<u32> = interfaces.values().chain(&held).copied().collect();
         for ifindex in &wanted {
             self.datapath
                 .attach(*ifindex)
                 .with_context(|| format!("attaching to ifindex {ifindex}"))?;
         }
         if !diff.is_empty() {
-            let flags = if self.opts.events_on_allow {
-                enforcer_common::config_flags::EVENTS_ON_ALLOW
-            } else {
-                0
-            };
             let done = self
                 .datapath
-                .install(&desired, self.revision + 1, flags)
+                .install(&desired, self.revision + 1, self.flags())
                 .context("installing map changes (the previous state keeps enforcing)")?;
             for e in &done.cleanup_errors {
                 warn!("cleaning up after an install (the new state is in force): {e}");
             }
             self.revision += 1;
             self.installed = desired;
+            self.health.metrics.syncs.inc();
         }
         for ifindex in self.datapath.attached() {
             if !wanted.contains(&ifindex)
@@ -390,6 +710,7 @@ impl Agent {
         );
         self.interfaces = interfaces;
         self.host_ips = host_ips;
+        self.held = held;
         Ok(())
     }
 }
@@ -473,6 +794,13 @@ async fn write_events(
 
 /// Runs the agent until SIGINT or SIGTERM.
 pub async fn run(opts: AgentOptions) -> Result<()> {
+    let health = Health::new(opts.rescan.max(Duration::from_secs(1)) * 20);
+    health.turned();
+    // Health first: a liveness probe must see the process while it waits for the API.
+    let server = match opts.health_addr {
+        Some(addr) => Some(metrics::serve(addr, health.clone()).await?),
+        None => None,
+    };
     let mut datapath = Datapath::load(&opts.bpffs)
         .with_context(|| format!("loading the datapath (pins under {})", opts.bpffs.display()))?;
     let installed = datapath.read_state().context("reading the pinned maps")?;
@@ -497,20 +825,9 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         opts.events_max_bytes,
     ));
 
-    // Wake up as soon as a manifest changes; the periodic rescan catches interfaces.
-    let (fs_tx, mut fs_rx) = mpsc::channel::<()>(16);
-    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        if res.is_ok() {
-            let _ = fs_tx.try_send(());
-        }
-    })
-    .context("creating the manifests watcher")?;
-    watcher
-        .watch(&opts.manifests, notify::RecursiveMode::NonRecursive)
-        .with_context(|| format!("watching {}", opts.manifests.display()))?;
-
+    let source = Source::open(&opts.source).await?;
     let mut agent = Agent {
-        source: ManifestDir::new(&opts.manifests),
+        source,
         opts: opts.clone(),
         datapath,
         installed,
@@ -521,24 +838,27 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         revision,
         interfaces: BTreeMap::new(),
         host_ips: Vec::new(),
+        held: BTreeSet::new(),
         names,
+        health: health.clone(),
+        noticed: None,
     };
     agent.reconcile(true)?;
     agent.write_status();
-    info!(node = %opts.node, "ready");
+    info!(node = %opts.node, "started");
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut tick = tokio::time::interval(opts.rescan);
+    let mut resync = tokio::time::interval(opts.resync);
+    resync.tick().await;
     loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
             _ = sigterm.recv() => break,
-            Some(()) = fs_rx.recv() => {
-                // Let a burst of writes settle into one pass.
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                while fs_rx.try_recv().is_ok() {}
+            () = agent.source.changed() => {
                 if let Err(e) = agent.reconcile(false) {
                     error!("reconcile: {e:#}");
+                    agent.health.metrics.error("install");
                     agent.last_error = Some(format!("{e:#}"));
                 }
                 agent.write_status();
@@ -546,16 +866,52 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
             _ = tick.tick() => {
                 if let Err(e) = agent.reconcile(false) {
                     error!("reconcile: {e:#}");
+                    agent.health.metrics.error("install");
                     agent.last_error = Some(format!("{e:#}"));
                 }
+                agent.export_metrics();
                 agent.write_status();
             }
+            _ = resync.tick() => {
+                if let Err(e) = agent.repair_drift() {
+                    error!("resync: {e:#}");
+                    agent.health.metrics.error("resync");
+                }
+            }
         }
+        health.turned();
     }
     info!("shutting down");
-    drop(watcher);
     let keep = opts.keep_pins;
+    drop(agent.source);
     agent.datapath.cleanup(keep)?;
     events_task.abort();
+    if let Some(s) = server {
+        s.abort();
+    }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn held_interfaces_are_unclaimed_pod_veths() {
+        let links: Vec<LinkDetail> = serde_json::from_str(
+            r#"[{"ifindex":1,"ifname":"lo"},
+                {"ifindex":2,"ifname":"eth0","linkinfo":{"info_kind":"veth"}},
+                {"ifindex":3,"ifname":"lxc1","link_netnsid":0,"linkinfo":{"info_kind":"veth"}},
+                {"ifindex":4,"ifname":"lxc2","link_netnsid":1,"linkinfo":{"info_kind":"veth"}},
+                {"ifindex":5,"ifname":"fabric0","link_netnsid":2,"linkinfo":{"info_kind":"veth"}},
+                {"ifindex":6,"ifname":"vxlan0","linkinfo":{"info_kind":"vxlan"}}]"#,
+        )
+        .unwrap();
+        assert_eq!(pod_like(&links), [3, 4, 5]);
+        let claimed: BTreeMap<ObjectRef, u32> = [(ObjectRef::new("x", "a"), 3)].into();
+        assert_eq!(
+            unclaimed(&pod_like(&links), &[5], &claimed),
+            BTreeSet::from([4])
+        );
+    }
 }

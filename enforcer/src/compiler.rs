@@ -66,6 +66,9 @@ pub struct NodeInput {
     pub host_ips: Vec<IpAddr>,
     /// Let the node reach its isolated pods (kubelet probes), as every CNI does.
     pub allow_host_ingress: bool,
+    /// Interfaces that look like pods' but that no known pod claims (yet): held fail-closed
+    /// (`--default-deny-unknown`). An interface that is also in `interfaces` is not held.
+    pub held: BTreeSet<u32>,
 }
 
 /// What makes two pods the same peer for policy: a pod identity.
@@ -186,6 +189,8 @@ pub struct Compiled {
     pub policies: BTreeMap<u32, ObjectRef>,
     /// Service addresses: egress to them is judged after the DNAT.
     pub service_ips: BTreeMap<IpAddrKey, u32>,
+    /// Interfaces held fail-closed (see [`NodeInput::held`]).
+    pub held: BTreeSet<u32>,
 }
 
 pub fn ip_key(ip: IpAddr) -> IpAddrKey {
@@ -707,6 +712,8 @@ pub fn compile(
         }
         out.endpoints.insert(endpoint_id, ep);
     }
+    let claimed: BTreeSet<u32> = node.interfaces.values().copied().collect();
+    out.held = node.held.difference(&claimed).copied().collect();
     out
 }
 
@@ -791,6 +798,17 @@ pub fn plan(installed: &MapState, compiled: &Compiled, ids: &mut Ids) -> MapStat
                 egress_mode: ep.egress_mode,
             },
         );
+    }
+    // Held interfaces: endpoint id 0 in DENY_ALL, which the datapath reports as
+    // `endpoint-unknown`; only IP traffic is refused (ARP and neighbour discovery pass, so the
+    // pod's address can be learnt and the pod discovered).
+    for ifindex in &compiled.held {
+        out.endpoints.entry(*ifindex).or_insert(EndpointInfo {
+            endpoint_id: 0,
+            policy_set: 0,
+            ingress_mode: mode::DENY_ALL,
+            egress_mode: mode::DENY_ALL,
+        });
     }
     out
 }

@@ -105,6 +105,7 @@ pub fn explain(
     port: u16,
 ) -> Result<Explanation> {
     let node = NodeInput {
+        held: Default::default(),
         node: "explain".into(),
         interfaces: cluster
             .pods
@@ -372,6 +373,7 @@ spec:
         // Live: a node where only b is local. Its maps agree; a node whose maps lack the rule
         // (a change not installed yet) is reported as disagreeing.
         let node = NodeInput {
+            held: Default::default(),
             node: "n".into(),
             interfaces: [(ObjectRef::new("x", "b"), 7)].into(),
             host_ips: Vec::new(),

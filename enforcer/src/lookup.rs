@@ -111,7 +111,11 @@ pub fn decide(
         mode::ENFORCE | mode::AUDIT => {}
         mode::DENY_ALL => {
             d.allowed = false;
-            d.reason = reason::ENDPOINT_DENY_ALL;
+            d.reason = if ep.endpoint_id == 0 {
+                reason::ENDPOINT_UNKNOWN
+            } else {
+                reason::ENDPOINT_DENY_ALL
+            };
             return d;
         }
         _ => return d,

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use enforcer::agent::{AgentOptions, run};
+use enforcer::agent::{AgentOptions, SourceOptions, run};
 
 /// Kubernetes NetworkPolicy enforcer with an eBPF TC datapath.
 #[derive(Parser)]
@@ -48,12 +48,40 @@ enum Command {
     },
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum SourceArg {
+    Manifests,
+    Kube,
+}
+
 #[derive(clap::Args)]
 struct RunArgs {
-    /// Folder of Namespace, Pod and NetworkPolicy manifests (YAML or JSON); changes are applied
-    /// as they happen.
-    #[arg(long, env = "ENFORCER_MANIFESTS")]
-    manifests: PathBuf,
+    /// Where cluster state comes from: a folder of manifests, or the Kubernetes API.
+    #[arg(long, env = "ENFORCER_SOURCE", value_enum, default_value = "manifests")]
+    source: SourceArg,
+    /// Folder of Namespace, Pod, NetworkPolicy and Service manifests (YAML or JSON); changes
+    /// are applied as they happen (--source manifests).
+    #[arg(
+        long,
+        env = "ENFORCER_MANIFESTS",
+        required_if_eq("source", "manifests")
+    )]
+    manifests: Option<PathBuf>,
+    /// kubeconfig for --source kube; without it: KUBECONFIG, ~/.kube/config, or the in-cluster
+    /// service account.
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// Serve /healthz, /readyz (after the first full sync is in the maps) and /metrics
+    /// (Prometheus) on this address, e.g. 0.0.0.0:9964.
+    #[arg(long, env = "ENFORCER_HEALTH_ADDR")]
+    health_addr: Option<std::net::SocketAddr>,
+    /// Hold pod interfaces whose pod (or its policy) is not known yet fail-closed: no IP
+    /// traffic passes them until their endpoint is programmed.
+    #[arg(long, env = "ENFORCER_DEFAULT_DENY_UNKNOWN")]
+    default_deny_unknown: bool,
+    /// How often the maps are compared with the desired state; drift is repaired and logged.
+    #[arg(long, default_value = "30s", value_parser = enforcer_lab::parse_duration)]
+    resync: Duration,
     /// This node's name (pods with spec.nodeName equal to it are local endpoints).
     #[arg(long, env = "NODE_NAME")]
     node: String,
@@ -77,8 +105,9 @@ struct RunArgs {
     /// Size at which the events file is rotated, in MiB.
     #[arg(long, default_value_t = 64)]
     events_max_mb: u64,
-    /// Leave the pinned maps in place on exit (for a restart that takes them over).
-    #[arg(long)]
+    /// Leave the pinned maps and links in place on exit, still enforcing, for the next agent
+    /// to take over (upgrades, restarts).
+    #[arg(long, env = "ENFORCER_KEEP_PINS")]
     keep_pins: bool,
     /// Do not let the node's own addresses reach isolated pods (kubelet probes then need a rule).
     #[arg(long)]
@@ -214,8 +243,21 @@ fn main() -> ExitCode {
         }
         Command::Run(a) => {
             init_tracing();
+            let source = match (a.source, a.manifests) {
+                (SourceArg::Kube, _) => SourceOptions::Kube {
+                    kubeconfig: a.kubeconfig,
+                },
+                (SourceArg::Manifests, Some(dir)) => SourceOptions::Manifests(dir),
+                (SourceArg::Manifests, None) => {
+                    eprintln!("error: --source manifests needs --manifests DIR");
+                    return ExitCode::from(2);
+                }
+            };
             let opts = AgentOptions {
-                manifests: a.manifests,
+                source,
+                resync: a.resync,
+                health_addr: a.health_addr,
+                default_deny_unknown: a.default_deny_unknown,
                 node: a.node,
                 bpffs: a.bpffs,
                 status_file: a.status_file,

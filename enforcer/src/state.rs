@@ -86,6 +86,43 @@ impl MapDiff {
             + self.policy.len()
             + self.service_ips.len()
     }
+
+    /// Writes per map, for logs: `endpoints +1 -0, policy +3 -2`.
+    pub fn summary(&self) -> String {
+        let parts = [
+            (
+                "endpoints",
+                self.endpoints.upserts.len(),
+                self.endpoints.deletes.len(),
+            ),
+            (
+                "ip_identity",
+                self.ip_identity.upserts.len(),
+                self.ip_identity.deletes.len(),
+            ),
+            (
+                "cidr_identity",
+                self.cidr_identity.upserts.len(),
+                self.cidr_identity.deletes.len(),
+            ),
+            (
+                "policy",
+                self.policy.upserts.len(),
+                self.policy.deletes.len(),
+            ),
+            (
+                "service_ips",
+                self.service_ips.upserts.len(),
+                self.service_ips.deletes.len(),
+            ),
+        ];
+        parts
+            .iter()
+            .filter(|(_, u, d)| u + d > 0)
+            .map(|(n, u, d)| format!("{n} +{u} -{d}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
 }
 
 fn diff_map<K: Ord + Clone, V: PartialEq + Clone>(

@@ -373,3 +373,149 @@ fn keep_pins_hands_state_to_the_next_agent() {
     assert!(!lab.bpffs.exists());
     assert!(!lab.tc_attached());
 }
+
+impl Lab {
+    /// One HTTP GET from inside the node namespace: (status code, body).
+    fn http_get(&self, port: u16, path: &str) -> (u16, String) {
+        let out = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.node_ns))
+            .args(["curl", "-s", "-m", "2", "-w", "\n%{http_code}"])
+            .arg(format!("http://127.0.0.1:{port}{path}"))
+            .output()
+            .expect("running curl");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+        (code.trim().parse().unwrap_or(0), body.to_string())
+    }
+
+    /// One UDP datagram from the node to the pod (through `to_endpoint`).
+    fn send_to_pod(&self) {
+        sh(&[
+            "nsenter",
+            &format!("--net=/run/netns/{}", self.node_ns),
+            "bash",
+            "-c",
+            &format!("echo x > /dev/udp/{POD_IP}/9"),
+        ]);
+    }
+
+    fn pod_ifindex(&self) -> u64 {
+        let out = Command::new("ip")
+            .args(["-n", &self.node_ns, "-json", "link", "show", "lxc-pod"])
+            .output()
+            .unwrap();
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        v[0]["ifindex"].as_u64().unwrap()
+    }
+}
+
+fn verdict_count(dump: &Value, reason: &str) -> u64 {
+    dump["verdicts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v[0] == reason)
+        .and_then(|v| v[1].as_u64())
+        .unwrap_or(0)
+}
+
+fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !ok() {
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "timed out waiting for: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+const NAMESPACE_ONLY: &str = "apiVersion: v1\nkind: Namespace\nmetadata: {name: x}\n";
+
+#[test]
+fn default_deny_unknown_holds_a_pod_interface_until_its_pod_is_known() {
+    let mut lab = Lab::new("held");
+    lab.write("cluster.yaml", NAMESPACE_ONLY);
+    lab.start(&["--default-deny-unknown"]);
+    lab.wait_status("the unknown interface held", |s| s["endpoints"] == 1);
+    let dump = lab.dump();
+    let ep = &dump["endpoints"][0];
+    assert_eq!(ep["ifindex"].as_u64(), Some(lab.pod_ifindex()));
+    assert_eq!(
+        (
+            ep["ingress"].as_str(),
+            ep["egress"].as_str(),
+            ep["endpoint_id"].as_u64()
+        ),
+        (Some("deny-all"), Some("deny-all"), Some(0)),
+        "{dump}"
+    );
+    lab.send_to_pod();
+    wait_for("the datagram dropped as endpoint-unknown", || {
+        verdict_count(&lab.dump(), "endpoint-unknown") >= 1
+    });
+
+    // The pod becomes known: its endpoint replaces the hold, traffic passes.
+    lab.write("cluster.yaml", CLUSTER);
+    wait_for("the pod's endpoint programmed", || {
+        let d = lab.dump();
+        d["endpoints"][0]["endpoint_id"]
+            .as_u64()
+            .is_some_and(|id| id != 0)
+            && endpoint_modes(&d) == vec![("allow-all".to_string(), "allow-all".to_string())]
+    });
+    let held_drops = verdict_count(&lab.dump(), "endpoint-unknown");
+    lab.send_to_pod();
+    wait_for("the datagram allowed", || {
+        verdict_count(&lab.dump(), "not-isolated") >= 1
+    });
+    assert_eq!(verdict_count(&lab.dump(), "endpoint-unknown"), held_drops);
+    assert!(lab.stop());
+}
+
+#[test]
+fn resync_repairs_drift_and_health_endpoints_answer() {
+    let mut lab = Lab::new("drift");
+    lab.write("cluster.yaml", CLUSTER);
+    lab.write("policy.yaml", DENY_INGRESS);
+    lab.start(&["--resync", "1s", "--health-addr", "127.0.0.1:19964"]);
+    lab.wait_status("installed", |s| s["endpoints"] == 1 && s["ready"] == true);
+    assert_eq!(lab.http_get(19964, "/healthz").0, 200);
+    assert_eq!(lab.http_get(19964, "/readyz").0, 200);
+    let good = lab.dump();
+
+    // Someone deletes the pod's endpoint entry behind the agent's back.
+    let key: Vec<String> = (lab.pod_ifindex() as u32)
+        .to_le_bytes()
+        .iter()
+        .map(|b| b.to_string())
+        .collect();
+    let mut args = vec!["bpftool", "map", "delete", "pinned"];
+    let path = lab.bpffs.join("ENDPOINTS");
+    args.push(path.to_str().unwrap());
+    args.push("key");
+    args.extend(key.iter().map(String::as_str));
+    sh(&args);
+    assert!(lab.dump()["endpoints"].as_array().unwrap().is_empty());
+
+    wait_for("the drift repaired", || {
+        lab.dump()["endpoints"] == good["endpoints"]
+    });
+    let (code, metrics) = lab.http_get(19964, "/metrics");
+    assert_eq!(code, 200);
+    let repaired: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("enforcer_drift_repaired_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(repaired >= 1, "drift counted on /metrics:\n{metrics}");
+    for want in [
+        "enforcer_ready 1",
+        "enforcer_map_entries{map=\"endpoints\"} 1",
+        "enforcer_programming_seconds_count",
+        "enforcer_syncs_total",
+    ] {
+        assert!(metrics.contains(want), "{want} in\n{metrics}");
+    }
+    assert!(lab.stop());
+}

@@ -267,6 +267,13 @@ impl Datapath {
         read_phys(|n| self.map(n))
     }
 
+    /// Forgets what this process believes the maps hold and reads them again, so the next
+    /// install writes against what is really there (drift repair).
+    pub fn reread(&mut self) -> Result<()> {
+        self.phys = self.read_phys()?;
+        Ok(())
+    }
+
     /// Interfaces this process has attached to.
     pub fn attached(&self) -> Vec<u32> {
         self.attached.keys().copied().collect()

@@ -26,6 +26,7 @@ fn cluster_from_yaml(yaml: &str) -> Cluster {
 
 fn node_all_local(c: &Cluster) -> NodeInput {
     NodeInput {
+        held: Default::default(),
         node: "node-1".into(),
         interfaces: c
             .pods

@@ -1,0 +1,458 @@
+//! The Kubernetes API source (`enforcer run --source kube`): kube-runtime watchers for
+//! Namespaces, Pods (of every node: peers need every pod address), NetworkPolicies and Services
+//! feed one [`Store`] of validated, trimmed objects, which the agent reads as a [`Cluster`], as
+//! it reads the manifests folder.
+//!
+//! - A (re-)list replaces the world of its kind: objects absent from the new list are gone.
+//!   kube-runtime re-lists when a watch's resourceVersion has expired (410 Gone).
+//! - Watch errors back off (kube-runtime's default backoff) and resume; each is counted by kind.
+//! - An object that fails validation is reported with kind, name, field and reason; its last
+//!   valid version (if any) keeps enforcing, exactly as with a bad manifest file.
+//! - The store is ready once every kind has completed its first list.
+//!
+//! The [`Store`] is the pure core (events in, cluster out) and is tested without a server;
+//! `enforcer/tests/kube_source.rs` runs the whole source against the API emulator.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use futures::StreamExt as _;
+use k8s_openapi::api::core::v1::{Namespace as KNamespace, Pod as KPod, Service as KService};
+use k8s_openapi::api::networking::v1::NetworkPolicy as KPolicy;
+use kube::runtime::watcher::{self, Event};
+use kube::runtime::{WatchStreamExt as _, watcher::watcher};
+use kube::{Api, Client, Resource, ResourceExt as _};
+use tokio::sync::Notify;
+use tracing::{info, warn};
+
+use crate::compiler::Cluster;
+use crate::model::{
+    InvalidObject, ObjectRef, namespace_from_api, pod_from_api, policy_from_api, service_from_api,
+};
+use crate::source::Object;
+
+/// The kinds the source watches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    Namespace,
+    Pod,
+    NetworkPolicy,
+    Service,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 4] = [
+        Kind::Namespace,
+        Kind::Pod,
+        Kind::NetworkPolicy,
+        Kind::Service,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Namespace => "Namespace",
+            Kind::Pod => "Pod",
+            Kind::NetworkPolicy => "NetworkPolicy",
+            Kind::Service => "Service",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// One change of one object, as a watcher reports it (already validated).
+#[derive(Debug)]
+pub enum Change {
+    /// A (re-)list starts: what follows up to `ListDone` is the whole world of this kind.
+    ListStart,
+    /// An object of the list in progress.
+    Listed(Entry),
+    /// The list is complete: it replaces the world of this kind.
+    ListDone,
+    /// Created or modified.
+    Applied(Entry),
+    /// Deleted (the entry carries the deletion's resourceVersion).
+    Deleted { key: ObjectRef, rv: u64 },
+}
+
+/// An object as the store takes it: its key, its resourceVersion, and either its validated form
+/// or why it was rejected.
+#[derive(Debug)]
+pub struct Entry {
+    pub key: ObjectRef,
+    pub rv: u64,
+    pub object: Result<Object, InvalidObject>,
+}
+
+/// Counts for `/metrics`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KindStats {
+    pub lists: u64,
+    pub events: u64,
+    pub watch_errors: u64,
+    pub invalid: u64,
+    pub objects: usize,
+}
+
+#[derive(Default)]
+struct KindState {
+    objects: BTreeMap<ObjectRef, Object>,
+    /// Objects whose current version was rejected (their last valid version, if any, is in
+    /// `objects`).
+    invalid: BTreeMap<ObjectRef, String>,
+    /// A list in progress.
+    listing: Option<(BTreeMap<ObjectRef, Object>, BTreeMap<ObjectRef, String>)>,
+    synced: bool,
+    stats: KindStats,
+}
+
+/// The validated objects of every kind; the pure core of the source.
+#[derive(Default)]
+pub struct Store {
+    kinds: [KindState; 4],
+    /// The highest resourceVersion seen in any event.
+    resource_version: u64,
+    /// Bumped on every change that can alter the cluster.
+    changes: u64,
+}
+
+impl Store {
+    /// Applies one watcher change.
+    pub fn apply(&mut self, kind: Kind, change: Change) {
+        let k = &mut self.kinds[kind.index()];
+        match change {
+            Change::ListStart => {
+                k.listing = Some(Default::default());
+            }
+            Change::Listed(e) => {
+                self.resource_version = self.resource_version.max(e.rv);
+                let (objs, bad) = k.listing.get_or_insert_with(Default::default);
+                match e.object {
+                    Ok(o) => {
+                        objs.insert(e.key, o);
+                    }
+                    Err(why) => {
+                        k.stats.invalid += 1;
+                        // A re-list keeps the last valid version of an object now invalid.
+                        if let Some(old) = k.objects.get(&e.key) {
+                            objs.insert(e.key.clone(), old.clone());
+                        }
+                        bad.insert(e.key, why.to_string());
+                    }
+                }
+            }
+            Change::ListDone => {
+                let (objs, bad) = k.listing.take().unwrap_or_default();
+                k.objects = objs;
+                k.invalid = bad;
+                k.synced = true;
+                k.stats.lists += 1;
+                self.changes += 1;
+            }
+            Change::Applied(e) => {
+                k.stats.events += 1;
+                self.resource_version = self.resource_version.max(e.rv);
+                match e.object {
+                    Ok(o) => {
+                        k.invalid.remove(&e.key);
+                        k.objects.insert(e.key, o);
+                    }
+                    Err(why) => {
+                        k.stats.invalid += 1;
+                        k.invalid.insert(e.key, why.to_string());
+                    }
+                }
+                self.changes += 1;
+            }
+            Change::Deleted { key, rv } => {
+                k.stats.events += 1;
+                self.resource_version = self.resource_version.max(rv);
+                k.objects.remove(&key);
+                k.invalid.remove(&key);
+                self.changes += 1;
+            }
+        }
+        k.stats.objects = k.objects.len();
+    }
+
+    pub fn watch_error(&mut self, kind: Kind) {
+        self.kinds[kind.index()].stats.watch_errors += 1;
+    }
+
+    /// Every kind has completed its first list.
+    pub fn synced(&self) -> bool {
+        self.kinds.iter().all(|k| k.synced)
+    }
+
+    pub fn resource_version(&self) -> u64 {
+        self.resource_version
+    }
+
+    pub fn changes(&self) -> u64 {
+        self.changes
+    }
+
+    pub fn stats(&self) -> BTreeMap<Kind, KindStats> {
+        Kind::ALL
+            .iter()
+            .map(|k| (*k, self.kinds[k.index()].stats.clone()))
+            .collect()
+    }
+
+    /// The cluster the valid objects make, and the rejections (kind, object, field, reason).
+    pub fn cluster(&self) -> (Cluster, Vec<String>) {
+        let mut c = Cluster::default();
+        let mut errors = Vec::new();
+        for k in &self.kinds {
+            for o in k.objects.values() {
+                c.insert(o.clone());
+            }
+            errors.extend(k.invalid.values().cloned());
+        }
+        (c, errors)
+    }
+}
+
+fn rv_of<K: Resource>(o: &K) -> u64 {
+    o.meta()
+        .resource_version
+        .as_deref()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+fn key_of<K: Resource>(o: &K) -> ObjectRef {
+    ObjectRef::new(o.namespace().unwrap_or_default(), o.name_any())
+}
+
+/// How each kind becomes an [`Object`].
+trait Watched:
+    Resource<DynamicType = ()>
+    + Clone
+    + std::fmt::Debug
+    + serde::de::DeserializeOwned
+    + Send
+    + Sync
+    + 'static
+{
+    const KIND: Kind;
+    fn validate(&self) -> Result<Object, InvalidObject>;
+}
+
+impl Watched for KNamespace {
+    const KIND: Kind = Kind::Namespace;
+    fn validate(&self) -> Result<Object, InvalidObject> {
+        namespace_from_api(self).map(Object::Namespace)
+    }
+}
+impl Watched for KPod {
+    const KIND: Kind = Kind::Pod;
+    fn validate(&self) -> Result<Object, InvalidObject> {
+        pod_from_api(self).map(Object::Pod)
+    }
+}
+impl Watched for KPolicy {
+    const KIND: Kind = Kind::NetworkPolicy;
+    fn validate(&self) -> Result<Object, InvalidObject> {
+        policy_from_api(self).map(Object::Policy)
+    }
+}
+impl Watched for KService {
+    const KIND: Kind = Kind::Service;
+    fn validate(&self) -> Result<Object, InvalidObject> {
+        service_from_api(self).map(Object::Service)
+    }
+}
+
+fn entry<K: Watched>(o: &K) -> Entry {
+    Entry {
+        key: key_of(o),
+        rv: rv_of(o),
+        object: o.validate(),
+    }
+}
+
+/// The running source: four watchers writing into one store.
+pub struct KubeSource {
+    store: Arc<Mutex<Store>>,
+    changed: Arc<Notify>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl KubeSource {
+    /// Starts the watchers (on the current tokio runtime).
+    pub fn start(client: Client) -> Self {
+        let store = Arc::new(Mutex::new(Store::default()));
+        let changed = Arc::new(Notify::new());
+        let tasks = vec![
+            spawn_watch::<KNamespace>(Api::all(client.clone()), &store, &changed),
+            spawn_watch::<KPod>(Api::all(client.clone()), &store, &changed),
+            spawn_watch::<KPolicy>(Api::all(client.clone()), &store, &changed),
+            spawn_watch::<KService>(Api::all(client), &store, &changed),
+        ];
+        KubeSource {
+            store,
+            changed,
+            tasks,
+        }
+    }
+
+    /// Resolves when the store changed since the last call (changes coalesce).
+    pub async fn changed(&self) {
+        self.changed.notified().await
+    }
+
+    pub fn store(&self) -> std::sync::MutexGuard<'_, Store> {
+        self.store.lock().expect("kube store lock")
+    }
+}
+
+impl Drop for KubeSource {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+fn spawn_watch<K: Watched>(
+    api: Api<K>,
+    store: &Arc<Mutex<Store>>,
+    changed: &Arc<Notify>,
+) -> tokio::task::JoinHandle<()> {
+    let (store, changed) = (store.clone(), changed.clone());
+    tokio::spawn(async move {
+        let kind = K::KIND;
+        let mut stream = watcher(api, watcher::Config::default())
+            .default_backoff()
+            .boxed();
+        while let Some(ev) = stream.next().await {
+            let change = match ev {
+                Ok(Event::Init) => Change::ListStart,
+                Ok(Event::InitApply(o)) => Change::Listed(entry(&o)),
+                Ok(Event::InitDone) => Change::ListDone,
+                Ok(Event::Apply(o)) => Change::Applied(entry(&o)),
+                Ok(Event::Delete(o)) => Change::Deleted {
+                    key: key_of(&o),
+                    rv: rv_of(&o),
+                },
+                Err(e) => {
+                    // The backoff wrapper waits and retries (a 410 re-lists).
+                    warn!(kind = kind.as_str(), "watch: {e}");
+                    store.lock().expect("kube store lock").watch_error(kind);
+                    continue;
+                }
+            };
+            let done = matches!(change, Change::ListDone);
+            if let Change::Applied(Entry { object: Err(e), .. }) = &change {
+                warn!("rejected (its last valid version keeps enforcing): {e}");
+            }
+            store.lock().expect("kube store lock").apply(kind, change);
+            if done {
+                info!(kind = kind.as_str(), "listed");
+            }
+            changed.notify_one();
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Namespace, implicit_namespace};
+
+    fn ns(name: &str, rv: u64) -> Entry {
+        Entry {
+            key: ObjectRef::new("", name),
+            rv,
+            object: Ok(Object::Namespace(Namespace {
+                ..implicit_namespace(name)
+            })),
+        }
+    }
+
+    fn bad(name: &str, rv: u64) -> Entry {
+        Entry {
+            key: ObjectRef::new("", name),
+            rv,
+            object: Err(InvalidObject {
+                kind: "Namespace",
+                object: name.into(),
+                field: "metadata.labels".into(),
+                reason: "bad".into(),
+            }),
+        }
+    }
+
+    fn names(s: &Store) -> Vec<String> {
+        s.cluster().0.namespaces.keys().cloned().collect()
+    }
+
+    #[test]
+    fn relist_replaces_the_world_and_sync_needs_every_kind() {
+        let mut s = Store::default();
+        s.apply(Kind::Namespace, Change::ListStart);
+        s.apply(Kind::Namespace, Change::Listed(ns("a", 3)));
+        s.apply(Kind::Namespace, Change::Listed(ns("b", 4)));
+        // Nothing of a list in progress is visible.
+        assert!(names(&s).is_empty());
+        s.apply(Kind::Namespace, Change::ListDone);
+        assert_eq!(names(&s), ["a", "b"]);
+        assert!(!s.synced());
+        for k in [Kind::Pod, Kind::NetworkPolicy, Kind::Service] {
+            s.apply(k, Change::ListStart);
+            s.apply(k, Change::ListDone);
+        }
+        assert!(s.synced());
+        s.apply(Kind::Namespace, Change::Applied(ns("c", 9)));
+        s.apply(
+            Kind::Namespace,
+            Change::Deleted {
+                key: ObjectRef::new("", "a"),
+                rv: 10,
+            },
+        );
+        assert_eq!(names(&s), ["b", "c"]);
+        assert_eq!(s.resource_version(), 10);
+        // A re-list (after 410) that no longer has b: b is gone.
+        s.apply(Kind::Namespace, Change::ListStart);
+        s.apply(Kind::Namespace, Change::Listed(ns("c", 9)));
+        s.apply(Kind::Namespace, Change::Listed(ns("d", 12)));
+        s.apply(Kind::Namespace, Change::ListDone);
+        assert_eq!(names(&s), ["c", "d"]);
+        assert_eq!(s.stats()[&Kind::Namespace].lists, 2);
+    }
+
+    #[test]
+    fn invalid_update_keeps_last_valid_version() {
+        let mut s = Store::default();
+        s.apply(Kind::Namespace, Change::Applied(ns("a", 1)));
+        s.apply(Kind::Namespace, Change::Applied(bad("a", 2)));
+        let (c, errors) = s.cluster();
+        assert!(c.namespaces.contains_key("a"));
+        assert_eq!(errors.len(), 1);
+        assert!(errors[0].contains("metadata.labels"), "{errors:?}");
+        // Still invalid in a re-list: the last valid version stays, the error too.
+        s.apply(Kind::Namespace, Change::ListStart);
+        s.apply(Kind::Namespace, Change::Listed(bad("a", 2)));
+        s.apply(Kind::Namespace, Change::Listed(bad("z", 3)));
+        s.apply(Kind::Namespace, Change::ListDone);
+        let (c, errors) = s.cluster();
+        assert_eq!(c.namespaces.len(), 1);
+        assert_eq!(errors.len(), 2);
+        // Fixed: the error goes.
+        s.apply(Kind::Namespace, Change::Applied(ns("a", 4)));
+        assert_eq!(s.cluster().1.len(), 1);
+        s.apply(
+            Kind::Namespace,
+            Change::Deleted {
+                key: ObjectRef::new("", "z"),
+                rv: 5,
+            },
+        );
+        assert!(s.cluster().1.is_empty());
+        assert_eq!(s.stats()[&Kind::Namespace].invalid, 3);
+    }
+}
