@@ -29,8 +29,10 @@ pub mod names {
     pub const MAP_PENDING: &str = "PENDING";
     pub const MAP_EVENT_BUCKETS: &str = "EVENT_BUCKETS";
     pub const MAP_NAMES: &str = "NAMES";
+    pub const MAP_RULE_COUNTERS: &str = "RULE_COUNTERS";
+    pub const MAP_EVENT_LIMITS: &str = "EVENT_LIMITS";
     /// Every map the agent pins, in a stable order.
-    pub const ALL_MAPS: [&str; 13] = [
+    pub const ALL_MAPS: [&str; 15] = [
         MAP_ENDPOINTS,
         MAP_IP_IDENTITY,
         MAP_CIDR_IDENTITY,
@@ -44,6 +46,8 @@ pub mod names {
         MAP_PENDING,
         MAP_EVENT_BUCKETS,
         MAP_NAMES,
+        MAP_RULE_COUNTERS,
+        MAP_EVENT_LIMITS,
     ];
 }
 
@@ -58,6 +62,8 @@ pub mod capacity {
     pub const SERVICE_IPS: u32 = 65_536;
     pub const NAMES: u32 = 65_536;
     pub const PENDING: u32 = 65_536;
+    /// (policy, rule, direction) triples with traffic counted.
+    pub const RULE_COUNTERS: u32 = 65_536;
     /// Bytes; must be a power of two and a multiple of the page size.
     pub const EVENTS_BYTES: u32 = 1 << 20;
 }
@@ -344,9 +350,10 @@ pub struct Config {
     pub flags: u32,
     /// Which slot (0 or 1) of `EndpointValue` and `IdentitySlots` is current.
     pub generation: u32,
-    /// Events each endpoint may emit per second (0: no limit); a token bucket per endpoint in
-    /// the kernel, so a flood costs the event path nothing past the limit.
-    pub event_rate: u32,
+    /// Events each endpoint may emit, in thousandths of an event per second (0: no limit); a
+    /// token bucket per endpoint in the kernel, so a flood costs the event path nothing past
+    /// the limit. `EVENT_LIMITS` overrides it per endpoint.
+    pub event_rate_milli: u32,
     /// Events an endpoint may emit at once before the rate applies.
     pub event_burst: u32,
     pub _pad: u32,
@@ -368,7 +375,42 @@ const _: () = assert!(core::mem::size_of::<EventBucket>() == 24);
 pub mod config_flags {
     /// Emit an event for every new flow that is allowed, not only for drops.
     pub const EVENTS_ON_ALLOW: u32 = 1;
+    /// Emit no events at all (verdicts are still counted).
+    pub const EVENTS_OFF: u32 = 2;
 }
+
+/// `EVENT_LIMITS` value (key: ifindex): the event limit of one endpoint, from the policies that
+/// select it (annotations), instead of the global one in `Config`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EventLimit {
+    /// Thousandths of an event per second (kube-router's 10/minute is 166).
+    pub rate_milli: u32,
+    pub burst: u32,
+}
+const _: () = assert!(core::mem::size_of::<EventLimit>() == 8);
+
+/// `RULE_COUNTERS` per-CPU hash key: traffic of the flows one policy rule admitted.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RuleCounterKey {
+    pub policy_id: u32,
+    pub rule_index: u16,
+    /// The rule's direction (`direction::*`): the direction the flow was opened in.
+    pub direction: u8,
+    pub _pad: u8,
+}
+const _: () = assert!(core::mem::size_of::<RuleCounterKey>() == 8);
+
+/// `RULE_COUNTERS` value: packets and bytes (as TC sees them, link-layer header included) of
+/// both directions of the flows the rule admitted, first packet included.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RuleCounter {
+    pub packets: u64,
+    pub bytes: u64,
+}
+const _: () = assert!(core::mem::size_of::<RuleCounter>() == 16);
 
 /// `DROP_COUNTERS` per-CPU array: index `reason::*` counts new-flow verdicts (drops and
 /// allows) by reason; the slots after them count datapath-internal events.
@@ -592,6 +634,9 @@ mod user {
     unsafe impl aya::Pod for NameKey {}
     unsafe impl aya::Pod for NameValue {}
     unsafe impl aya::Pod for PendingValue {}
+    unsafe impl aya::Pod for EventLimit {}
+    unsafe impl aya::Pod for RuleCounterKey {}
+    unsafe impl aya::Pod for RuleCounter {}
 }
 
 #[cfg(test)]

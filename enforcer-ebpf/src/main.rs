@@ -25,11 +25,14 @@ use aya_ebpf::{
     bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC},
     helpers::bpf_ktime_get_ns,
     macros::{classifier, map},
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
+    maps::{
+        Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf, lpm_trie::Key,
+    },
     programs::TcContext,
 };
 use enforcer_common::{
-    Config, CtKey, CtValue, EndpointInfo, EndpointValue, Event, EventBucket, FragKey, FragValue,
+    Config, CtKey, CtValue, EndpointInfo, EndpointValue, Event, EventBucket, EventLimit, FragKey,
+    FragValue, RuleCounter, RuleCounterKey,
     IdentitySlots, IpAddrKey, NameKey, NameValue, POLICY_ACTION_ALLOW, POLICY_ACTION_DENY,
     PendingKey, PendingValue, PolicyKey, PolicyValue, capacity, config_flags, counter, ct_flags,
     direction, identity, mode, policy_prefix, reason, verdict,
@@ -90,6 +93,15 @@ static SCRATCH: PerCpuArray<Packet> = PerCpuArray::with_max_entries(1, 0);
 
 #[map]
 static DROP_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::LEN, 0);
+
+/// Packets and bytes per admitting rule (see `RuleCounterKey`).
+#[map]
+static RULE_COUNTERS: PerCpuHashMap<RuleCounterKey, RuleCounter> =
+    PerCpuHashMap::with_max_entries(capacity::RULE_COUNTERS, 0);
+
+/// Per-endpoint event limits from policy annotations (key: ifindex); absent: `Config`'s.
+#[map]
+static EVENT_LIMITS: HashMap<u32, EventLimit> = HashMap::with_max_entries(capacity::ENDPOINTS, 0);
 
 // --- Verdicts ---------------------------------------------------------------------------------
 
@@ -188,6 +200,7 @@ fn endpoint_program(ctx: &TcContext, dir: u8) -> i32 {
         if let Some(ct) = CONNTRACK.get_ptr_mut(&ct_key) {
             // SAFETY: a live LRU value; fields are read and written whole.
             if unsafe { (*ct).revision } == config.revision || pkt.kind == KIND_ICMP_ERROR {
+                count_rule(ctx, unsafe { &*ct }, dir);
                 return PASS;
             }
             return recheck(ctx, ifindex, dir, pkt, &ct_key, ct, &config);
@@ -1096,7 +1109,8 @@ fn admit(
         } else {
             0
         };
-        insert_ct_pair(&pkt.flow.ct_key(ifindex, dir), why, config, flags);
+        let value = insert_ct_pair(&pkt.flow.ct_key(ifindex, dir), why, config, flags);
+        count_rule(ctx, &value, dir);
     }
     if pkt.kind == KIND_FIRST_FRAGMENT {
         let id = pkt.frag_id;
@@ -1112,9 +1126,44 @@ fn admit(
     }
 }
 
+/// Counts a packet of an admitted flow against the rule that admitted it (none: not counted
+/// here; verdicts by reason are counted when flows are judged).
+#[inline(always)]
+fn count_rule(ctx: &TcContext, ct: &CtValue, dir: u8) {
+    if ct.policy_id == 0 {
+        return;
+    }
+    let key = RuleCounterKey {
+        policy_id: ct.policy_id,
+        rule_index: ct.rule_index as u16,
+        // The rule's direction is the one the flow was opened in.
+        direction: if ct.flags & ct_flags::REPLY != 0 {
+            dir ^ 1
+        } else {
+            dir
+        },
+        _pad: 0,
+    };
+    let len = ctx.len() as u64;
+    match RULE_COUNTERS.get_ptr_mut(&key) {
+        // SAFETY: this CPU's copy of a live value.
+        Some(c) => unsafe {
+            (*c).packets += 1;
+            (*c).bytes += len;
+        },
+        None => {
+            let c = RuleCounter {
+                packets: 1,
+                bytes: len,
+            };
+            let _ = RULE_COUNTERS.insert(&key, &c, 0);
+        }
+    }
+}
+
 /// Conntrack entries for an admitted flow: its own tuple, and the reversed one marked as reply.
 #[inline(always)]
-fn insert_ct_pair(key: &CtKey, why: &Why, config: &Config, flags: u32) {
+fn insert_ct_pair(key: &CtKey, why: &Why, config: &Config, flags: u32) -> CtValue {
     let mut value = CtValue {
         created_ns: unsafe { bpf_ktime_get_ns() },
         revision: config.revision,
@@ -1124,8 +1173,10 @@ fn insert_ct_pair(key: &CtKey, why: &Why, config: &Config, flags: u32) {
     };
     // A full LRU evicts the oldest flow; a failed insert only costs a later lookup.
     let _ = CONNTRACK.insert(key, &value, 0);
+    let opened = value;
     value.flags = flags | ct_flags::REPLY;
     let _ = CONNTRACK.insert(&key.reversed(), &value, 0);
+    opened
 }
 
 #[inline(always)]
@@ -1153,7 +1204,7 @@ fn config() -> Config {
             revision: 0,
             flags: 0,
             generation: 0,
-            event_rate: 0,
+            event_rate_milli: 0,
             event_burst: 0,
             _pad: 0,
         },
@@ -1178,6 +1229,9 @@ fn emit(
     why: &Why,
     verdict: u8,
 ) {
+    if config().flags & config_flags::EVENTS_OFF != 0 {
+        return;
+    }
     if !take_event_token(ifindex) {
         count(counter::EVENTS_SUPPRESSED);
         return;
@@ -1215,17 +1269,23 @@ fn emit(
     entry.submit(0);
 }
 
-/// One token from the endpoint's event bucket, refilled at `event_rate` per second up to
-/// `event_burst`. Updates race between CPUs; the limit is approximate by a few events, never
-/// unbounded.
+/// One token from the endpoint's event bucket, refilled at its rate (`EVENT_LIMITS`, else
+/// `Config::event_rate_milli`) up to its burst. Updates race between CPUs; the limit is
+/// approximate by a few events, never unbounded.
 #[inline(always)]
 fn take_event_token(ifindex: u32) -> bool {
     let config = config();
-    if config.event_rate == 0 {
+    let (rate, burst) = match EVENT_LIMITS.get_ptr(&ifindex) {
+        // SAFETY: a live map value, copied out.
+        Some(l) => unsafe { ((*l).rate_milli, (*l).burst) },
+        None => (config.event_rate_milli, config.event_burst),
+    };
+    if rate == 0 {
         return true;
     }
+    let rate = rate as u64;
     let now = unsafe { bpf_ktime_get_ns() };
-    let full = config.event_burst.max(1) as u64 * 1000;
+    let full = burst.max(1) as u64 * 1000;
     let Some(b) = EVENT_BUCKETS.get_ptr_mut(&ifindex) else {
         let fresh = EventBucket {
             tokens_milli: full - 1000,
@@ -1237,11 +1297,21 @@ fn take_event_token(ifindex: u32) -> bool {
     };
     // SAFETY: a live map value; plain field reads and writes.
     unsafe {
-        // Cap the gap so the product cannot overflow (10 s at any rate refills any bucket).
-        let elapsed = now.saturating_sub((*b).last_ns).min(10_000_000_000);
-        let refill = elapsed * config.event_rate as u64 / 1_000_000;
-        let tokens = ((*b).tokens_milli + refill).min(full);
-        (*b).last_ns = now;
+        let tokens = (*b).tokens_milli.min(full);
+        let elapsed = now.saturating_sub((*b).last_ns);
+        // Refill (thousandths) = elapsed_ns * rate / 1e9, capped at what fills the bucket; the
+        // cap is tested first, so the product stays below 1e9 * `full` (no overflow).
+        let need = full - tokens;
+        let fill_ns = need * 1_000_000_000 / rate;
+        // Only the time the granted thousandths stand for is used up: a flood of packets
+        // nanoseconds apart still refills at the rate, however slow.
+        let (tokens, last) = if elapsed >= fill_ns {
+            (full, now)
+        } else {
+            let refill = elapsed * rate / 1_000_000_000;
+            (tokens + refill, (*b).last_ns + refill * 1_000_000_000 / rate)
+        };
+        (*b).last_ns = last;
         if tokens >= 1000 {
             (*b).tokens_milli = tokens - 1000;
             true

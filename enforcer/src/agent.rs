@@ -46,6 +46,8 @@ pub struct AgentOptions {
     pub keep_pins: bool,
     pub allow_host_ingress: bool,
     pub events_on_allow: bool,
+    /// Emit no events at all (verdicts are still counted).
+    pub events_off: bool,
     /// Events per second each endpoint may emit after `event_burst` (0: no limit).
     pub event_rate: u32,
     pub event_burst: u32,
@@ -589,16 +591,42 @@ impl Agent {
     }
 
     fn flags(&self) -> u32 {
+        let mut f = 0;
         if self.opts.events_on_allow {
-            enforcer_common::config_flags::EVENTS_ON_ALLOW
-        } else {
-            0
+            f |= enforcer_common::config_flags::EVENTS_ON_ALLOW;
         }
+        if self.opts.events_off {
+            f |= enforcer_common::config_flags::EVENTS_OFF;
+        }
+        f
     }
 
     /// Copies map sizes and the kernel's counters into the metrics.
     fn export_metrics(&self) {
         let m = &self.health.metrics;
+        if let Ok(rules) = self.datapath.rule_counters() {
+            let names = self.names.lock().expect("names lock");
+            for (k, v) in rules {
+                let Some(policy) = names.policies.get(&k.policy_id) else {
+                    continue;
+                };
+                let labels = vec![
+                    ("policy", policy.to_string()),
+                    ("rule", k.rule_index.to_string()),
+                    (
+                        "direction",
+                        if k.direction == direction::INGRESS {
+                            "ingress"
+                        } else {
+                            "egress"
+                        }
+                        .to_string(),
+                    ),
+                ];
+                Metrics::set_counter(&m.rule_packets, labels.clone(), v.packets);
+                Metrics::set_counter(&m.rule_bytes, labels, v.bytes);
+            }
+        }
         self.source.export(m);
         m.set_map_entries("endpoints", self.installed.endpoints.len());
         m.set_map_entries("ip_identity", self.installed.ip_identity.len());
@@ -695,6 +723,16 @@ impl Agent {
             {
                 debug!("detach {ifindex}: {e:#}");
             }
+        }
+        if let Err(e) = self
+            .datapath
+            .set_endpoint_event_limits(&compiled.event_limits)
+        {
+            warn!("writing per-policy event limits: {e:#}");
+        }
+        let live: BTreeSet<u32> = compiled.policies.keys().copied().collect();
+        if let Err(e) = self.datapath.prune_rule_counters(|id| live.contains(&id)) {
+            debug!("pruning rule counters: {e:#}");
         }
         *self.names.lock().expect("names lock") = Names::from_compiled(&compiled, &self.cluster);
         // Published for `maps dump` and other readers of the pins; not needed for verdicts.
@@ -805,7 +843,7 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         .with_context(|| format!("loading the datapath (pins under {})", opts.bpffs.display()))?;
     let installed = datapath.read_state().context("reading the pinned maps")?;
     datapath
-        .set_event_limits(opts.event_rate, opts.event_burst)
+        .set_event_limits(opts.event_rate.saturating_mul(1000), opts.event_burst)
         .context("writing the event limits")?;
     // Continue the revision of the agent before us (pinned), so that conntrack entries it
     // admitted are re-checked under our first install rather than mistaken for current.

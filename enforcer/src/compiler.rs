@@ -191,6 +191,9 @@ pub struct Compiled {
     pub service_ips: BTreeMap<IpAddrKey, u32>,
     /// Interfaces held fail-closed (see [`NodeInput::held`]).
     pub held: BTreeSet<u32>,
+    /// Event limits of endpoints selected by policies with limit annotations: the strictest
+    /// rate and burst among them (ifindex → limit).
+    pub event_limits: BTreeMap<u32, enforcer_common::EventLimit>,
 }
 
 pub fn ip_key(ip: IpAddr) -> IpAddrKey {
@@ -645,6 +648,22 @@ pub fn compile(
             .values()
             .filter(|p| p.namespace == pod.namespace && p.pod_selector.matches(&pod.labels))
             .collect();
+        if let Some(l) = selecting
+            .iter()
+            .filter_map(|p| p.event_limit)
+            .reduce(|a, b| crate::model::EventLimitSpec {
+                rate_milli: a.rate_milli.min(b.rate_milli),
+                burst: a.burst.min(b.burst),
+            })
+        {
+            out.event_limits.insert(
+                *ifindex,
+                enforcer_common::EventLimit {
+                    rate_milli: l.rate_milli,
+                    burst: l.burst,
+                },
+            );
+        }
         let is_audit = |p: &Policy| {
             p.audit
                 || cluster

@@ -92,6 +92,26 @@ struct Dump {
     conntrack_entries: usize,
     /// New-flow verdicts by reason (drops and allows), and events lost to a full ring buffer.
     verdicts: Vec<(String, u64)>,
+    /// Packets and bytes of the flows each rule admitted (both directions of each flow).
+    rules: Vec<RuleRow>,
+}
+
+#[derive(Serialize)]
+struct RuleRow {
+    policy: String,
+    rule: u16,
+    direction: &'static str,
+    packets: u64,
+    bytes: u64,
+}
+
+/// Kernel-owned counters, as `maps dump` shows them.
+#[derive(Default)]
+pub struct Counters {
+    /// `DROP_COUNTERS`, summed over CPUs.
+    pub verdicts: Vec<u64>,
+    /// `RULE_COUNTERS`, summed over CPUs.
+    pub rules: BTreeMap<enforcer_common::RuleCounterKey, enforcer_common::RuleCounter>,
 }
 
 /// What the agent's ids stand for, as the `NAMES` map holds them.
@@ -233,6 +253,7 @@ fn build(state: &MapState, conntrack_entries: usize, drops: &[u64], names: &Name
             })
             .collect(),
         conntrack_entries,
+        rules: Vec::new(),
         verdicts: drops
             .iter()
             .enumerate()
@@ -265,12 +286,28 @@ pub enum Section {
 pub fn render(
     state: &MapState,
     conntrack_entries: usize,
-    drops: &[u64],
+    counters: &Counters,
     names: &Names,
     format: Format,
     only: Option<Section>,
 ) -> String {
-    let d = build(state, conntrack_entries, drops, names);
+    let mut d = build(state, conntrack_entries, &counters.verdicts, names);
+    d.rules = counters
+        .rules
+        .iter()
+        .map(|(k, v)| RuleRow {
+            policy: name(names, name_kind::POLICY, k.policy_id)
+                .unwrap_or_else(|| format!("#{}", k.policy_id)),
+            rule: k.rule_index,
+            direction: if k.direction == direction::INGRESS {
+                "ingress"
+            } else {
+                "egress"
+            },
+            packets: v.packets,
+            bytes: v.bytes,
+        })
+        .collect();
     let want = |sec: Section| only.is_none_or(|o| o == sec);
     if let Format::Json = format {
         let v = serde_json::to_value(&d).expect("dump serializes");
@@ -283,7 +320,13 @@ pub fn render(
                     Section::Cidrs => "cidrs",
                     Section::Policy => "policy",
                     Section::Conntrack => "conntrack_entries",
-                    Section::Counters => "verdicts",
+                    Section::Counters => {
+                        return serde_json::to_string_pretty(&serde_json::json!({
+                            "verdicts": v["verdicts"], "rules": v["rules"],
+                        }))
+                        .expect("dump serializes")
+                            + "\n";
+                    }
                 };
                 serde_json::json!({ key: v[key] })
             }
@@ -324,6 +367,18 @@ pub fn render(
         let _ = writeln!(s, "VERDICTS (new flows, by reason)");
         for (r, n) in &d.verdicts {
             let _ = writeln!(s, "{r:<20} {n}");
+        }
+        let _ = writeln!(
+            s,
+            "\nRULES (packets and bytes of the flows each rule admitted)\n{:<8} {:<5} {:<12} {:<12} POLICY",
+            "DIR", "RULE", "PACKETS", "BYTES"
+        );
+        for r in &d.rules {
+            let _ = writeln!(
+                s,
+                "{:<8} {:<5} {:<12} {:<12} {}",
+                r.direction, r.rule, r.packets, r.bytes, r.policy
+            );
         }
     }
     s.trim_end().to_string() + "\n"
@@ -394,9 +449,12 @@ pub fn dump(bpffs: &Path, format: Format, only: Option<Section>) -> Result<Strin
     })?;
     let state = pinned.read_state()?;
     let ct = pinned.conntrack_len()?;
-    let drops = pinned.counters()?;
+    let counters = Counters {
+        verdicts: pinned.counters()?,
+        rules: pinned.rule_counters()?,
+    };
     let names = pinned.names()?;
-    Ok(render(&state, ct, &drops, &names, format, only))
+    Ok(render(&state, ct, &counters, &names, format, only))
 }
 
 #[cfg(test)]
@@ -416,15 +474,40 @@ mod tests {
                 egress_mode: mode::ALLOW_ALL,
             },
         );
-        let mut counters = vec![0u64; enforcer_common::counter::LEN as usize];
-        counters[reason::NO_RULE as usize] = 3;
-        let names = Names::from([(
-            NameKey {
-                kind: name_kind::IDENTITY,
-                id: 256,
-            },
-            "x {pod=a}".to_string(),
-        )]);
+        let mut verdicts = vec![0u64; enforcer_common::counter::LEN as usize];
+        verdicts[reason::NO_RULE as usize] = 3;
+        let counters = Counters {
+            verdicts,
+            rules: [(
+                enforcer_common::RuleCounterKey {
+                    policy_id: 9,
+                    rule_index: 1,
+                    direction: direction::INGRESS,
+                    _pad: 0,
+                },
+                enforcer_common::RuleCounter {
+                    packets: 12,
+                    bytes: 3400,
+                },
+            )]
+            .into(),
+        };
+        let names = Names::from([
+            (
+                NameKey {
+                    kind: name_kind::IDENTITY,
+                    id: 256,
+                },
+                "x {pod=a}".to_string(),
+            ),
+            (
+                NameKey {
+                    kind: name_kind::POLICY,
+                    id: 9,
+                },
+                "x/allow-web".to_string(),
+            ),
+        ]);
         st.ip_identity.insert(
             crate::compiler::ip_key("10.0.0.1".parse().unwrap()),
             enforcer_common::IdentityValue {
@@ -441,6 +524,7 @@ mod tests {
             "POLICY ENTRIES",
             "CONNTRACK ENTRIES 5",
             "no-rule-allows       3",
+            "ingress  1     12           3400         x/allow-web",
         ] {
             assert!(all.contains(head), "{head} in:\n{all}");
         }
@@ -466,6 +550,8 @@ mod tests {
         );
         let v: serde_json::Value = serde_json::from_str(&json).unwrap();
         assert_eq!(v["verdicts"][0], serde_json::json!(["no-rule-allows", 3]));
+        assert_eq!(v["rules"][0]["packets"], 12);
+        assert_eq!(v["rules"][0]["policy"], "x/allow-web");
         assert!(v.get("endpoints").is_none());
     }
 }

@@ -115,6 +115,9 @@ struct RunArgs {
     /// Also emit an event for every new flow that is allowed.
     #[arg(long)]
     events_on_allow: bool,
+    /// Emit no events at all; verdicts are still counted (`maps dump counters`, /metrics).
+    #[arg(long, conflicts_with = "events_on_allow")]
+    no_events: bool,
     /// How often to look for new or vanished pod interfaces, in milliseconds.
     #[arg(long, default_value_t = 500)]
     rescan_ms: u64,
@@ -266,6 +269,7 @@ fn main() -> ExitCode {
                 keep_pins: a.keep_pins,
                 allow_host_ingress: !a.no_allow_host,
                 events_on_allow: a.events_on_allow,
+                events_off: a.no_events,
                 event_rate: a.event_rate,
                 event_burst: a.event_burst,
                 rescan: Duration::from_millis(a.rescan_ms.max(50)),

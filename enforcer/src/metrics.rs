@@ -44,6 +44,9 @@ pub struct Metrics {
     pub datapath: Family<Labels, Counter>,
     /// 1 once the first full sync is in the maps.
     pub ready_gauge: Gauge,
+    /// Packets and bytes of the flows each policy rule admitted, by policy, rule and direction.
+    pub rule_packets: Family<Labels, Counter>,
+    pub rule_bytes: Family<Labels, Counter>,
 }
 
 impl Default for Metrics {
@@ -94,7 +97,21 @@ impl Default for Metrics {
             "1 once the first full sync is in the maps",
             ready_gauge.clone(),
         );
+        let rule_packets = Family::<Labels, Counter>::default();
+        registry.register(
+            "rule_packets",
+            "Packets of the flows each policy rule admitted (both directions)",
+            rule_packets.clone(),
+        );
+        let rule_bytes = Family::<Labels, Counter>::default();
+        registry.register(
+            "rule_bytes",
+            "Bytes of the flows each policy rule admitted (both directions)",
+            rule_bytes.clone(),
+        );
         Metrics {
+            rule_packets,
+            rule_bytes,
             registry,
             syncs,
             errors,

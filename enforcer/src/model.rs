@@ -263,6 +263,92 @@ pub struct Policy {
     pub egress: Vec<Rule>,
     /// Annotated `enforcer.io/audit: "true"` (see [`AUDIT_ANNOTATION`]).
     pub audit: bool,
+    /// The events limit of the endpoints this policy selects (see [`EVENT_RATE_ANNOTATIONS`]).
+    pub event_limit: Option<EventLimitSpec>,
+}
+
+/// Annotations that set the event limit of a policy's endpoints: a rate as iptables writes it
+/// (`10/minute`, `5/second`, `2/s`, `100/hour`, `1/day`, or a bare number of events per second)
+/// and a burst. K3s's kube-router names are accepted as aliases (and the misspelled
+/// `kube-router.io.io/…-burst` that K3s users copy from a well-known article), so manifests
+/// written for K3s keep their limits.
+pub const EVENT_RATE_ANNOTATIONS: [&str; 2] = [
+    "enforcer.io/event-rate",
+    "kube-router.io/netpol-nflog-limit",
+];
+pub const EVENT_BURST_ANNOTATIONS: [&str; 3] = [
+    "enforcer.io/event-burst",
+    "kube-router.io/netpol-nflog-limit-burst",
+    "kube-router.io.io/netpol-nflog-limit-burst",
+];
+
+/// An event limit from annotations: thousandths of an event per second, and a burst.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct EventLimitSpec {
+    pub rate_milli: u32,
+    pub burst: u32,
+}
+
+/// kube-router's default when only one of the two annotations is given: 10/minute, burst 10.
+const DEFAULT_LIMIT: EventLimitSpec = EventLimitSpec {
+    rate_milli: 10_000 / 60,
+    burst: 10,
+};
+
+/// Parses `N[/second|/minute|/hour|/day]` (also `/s`, `/m`, `/h`, `/d`, `/sec`, `/min`) into
+/// thousandths of an event per second.
+pub fn parse_rate(s: &str) -> Result<u32, String> {
+    let (num, unit) = s.trim().split_once('/').unwrap_or((s.trim(), "second"));
+    let n: u64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a rate like 10/minute"))?;
+    let per_secs: u64 = match unit.trim() {
+        "s" | "sec" | "second" => 1,
+        "m" | "min" | "minute" => 60,
+        "h" | "hour" => 3600,
+        "d" | "day" => 86_400,
+        u => {
+            return Err(format!(
+                "{s:?}: unknown unit {u:?} (second, minute, hour, day)"
+            ));
+        }
+    };
+    if n == 0 {
+        return Err(format!("{s:?}: the rate must be above 0"));
+    }
+    // The kernel counts in thousandths of an event per second: slower rates round up to that.
+    let milli = (n.saturating_mul(1000) / per_secs).max(1);
+    u32::try_from(milli).map_err(|_| format!("{s:?} is too high (at most 4000000/second)"))
+}
+
+fn annotated_event_limit(
+    ctx: &Ctx<'_>,
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> Result<Option<EventLimitSpec>, InvalidObject> {
+    let Some(a) = meta.annotations.as_ref() else {
+        return Ok(None);
+    };
+    let find = |names: &[&'static str]| names.iter().find_map(|n| a.get(*n).map(|v| (*n, v)));
+    let rate = find(&EVENT_RATE_ANNOTATIONS);
+    let burst = find(&EVENT_BURST_ANNOTATIONS);
+    if rate.is_none() && burst.is_none() {
+        return Ok(None);
+    }
+    let mut out = DEFAULT_LIMIT;
+    if let Some((name, v)) = rate {
+        out.rate_milli =
+            parse_rate(v).map_err(|r| ctx.err(format!("metadata.annotations[{name}]"), r))?;
+    }
+    if let Some((name, v)) = burst {
+        out.burst = v.trim().parse().map_err(|_| {
+            ctx.err(
+                format!("metadata.annotations[{name}]"),
+                format!("{v:?} is not a whole number of events"),
+            )
+        })?;
+    }
+    Ok(Some(out))
 }
 
 impl Policy {
@@ -713,6 +799,7 @@ pub fn policy_from_api(p: &KPolicy) -> Result<Policy, InvalidObject> {
         ingress,
         egress,
         audit: annotated_audit(&p.metadata),
+        event_limit: annotated_event_limit(&ctx, &p.metadata)?,
     })
 }
 
@@ -741,6 +828,51 @@ mod tests {
         )
         .unwrap();
         assert!(!p.ingress_isolation && p.egress_isolation);
+    }
+
+    #[test]
+    fn event_limit_annotations_and_kube_router_aliases() {
+        assert_eq!(parse_rate("10/minute"), Ok(166));
+        assert_eq!(parse_rate("5/s"), Ok(5000));
+        assert_eq!(parse_rate("7"), Ok(7000));
+        assert_eq!(parse_rate("24/day"), Ok(1));
+        assert!(parse_rate("0/minute").is_err());
+        assert!(parse_rate("1/week").unwrap_err().contains("unknown unit"));
+        assert!(parse_rate("lots").is_err());
+        let policy = |ann: &str| {
+            let p: KPolicy = serde_norway::from_str(&format!(
+                "metadata: {{name: a, namespace: x, annotations: {{{ann}}}}}\nspec: {{}}"
+            ))
+            .unwrap();
+            policy_from_api(&p)
+        };
+        let p = policy("kube-router.io/netpol-nflog-limit: 2/second").unwrap();
+        assert_eq!(
+            p.event_limit,
+            Some(EventLimitSpec {
+                rate_milli: 2000,
+                burst: 10
+            })
+        );
+        let p = policy("kube-router.io.io/netpol-nflog-limit-burst: \"3\"").unwrap();
+        assert_eq!(p.event_limit.unwrap().burst, 3);
+        assert_eq!(p.event_limit.unwrap().rate_milli, 166);
+        let p = policy("enforcer.io/event-rate: 100/second, enforcer.io/event-burst: \"50\"");
+        assert_eq!(
+            p.unwrap().event_limit,
+            Some(EventLimitSpec {
+                rate_milli: 100_000,
+                burst: 50
+            })
+        );
+        let e = policy("enforcer.io/event-burst: many")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "NetworkPolicy x/a: metadata.annotations[enforcer.io/event-burst]: \"many\" is not a whole number of events"
+        );
+        assert_eq!(policy("other: x").unwrap().event_limit, None);
     }
 
     #[test]

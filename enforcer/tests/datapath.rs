@@ -1122,7 +1122,7 @@ fn service_egress_is_judged_after_the_dnat() {
 #[test]
 fn events_are_rate_limited_per_endpoint() {
     let mut f = Fixture::new(&base_state(mode::ENFORCE, mode::ENFORCE));
-    f.dp.set_event_limits(1, 3).unwrap();
+    f.dp.set_event_limits(1000, 3).unwrap();
     for port in 0..10u16 {
         let p = ipv4(PEER_B, POD, TCP, &tcp(40000 + port, 80));
         assert_eq!(
@@ -1145,6 +1145,69 @@ fn events_are_rate_limited_per_endpoint() {
     f.dp.set_event_limits(0, 0).unwrap();
     assert_eq!(f.run(IN, &ipv4(PEER_B, POD, TCP, &tcp(50000, 80))), TC_DROP);
     assert_eq!(f.events().len(), 1);
+}
+
+#[test]
+fn per_endpoint_event_limits_and_events_off() {
+    let mut f = Fixture::new(&base_state(mode::ENFORCE, mode::ENFORCE));
+    // kube-router's default for an annotated policy: 10/minute, burst 2 here; this endpoint
+    // only, the global default (no limit) elsewhere.
+    let limit = enforcer_common::EventLimit {
+        rate_milli: 166,
+        burst: 2,
+    };
+    f.dp.set_endpoint_event_limits(&[(IFINDEX, limit)].into())
+        .unwrap();
+    for port in 0..6u16 {
+        assert_eq!(
+            f.run(IN, &ipv4(PEER_B, POD, TCP, &tcp(41000 + port, 80))),
+            TC_DROP
+        );
+    }
+    assert_eq!(f.events().len(), 2, "the endpoint's own burst");
+    assert_eq!(f.dp.suppressed_events().unwrap(), vec![(IFINDEX, 4)]);
+    // Without the override the global limit (none) applies again.
+    f.dp.set_endpoint_event_limits(&Default::default()).unwrap();
+    assert_eq!(f.run(IN, &ipv4(PEER_B, POD, TCP, &tcp(42000, 80))), TC_DROP);
+    assert_eq!(f.events().len(), 1);
+
+    // Events off: verdicts and counters as before, nothing on the ring buffer.
+    let mut c = f.dp.config().unwrap();
+    c.flags |= enforcer_common::config_flags::EVENTS_OFF;
+    f.dp.set_config(c).unwrap();
+    let before = f.dp.counters().unwrap()[reason::NO_RULE as usize];
+    assert_eq!(f.run(IN, &ipv4(PEER_B, POD, TCP, &tcp(43000, 80))), TC_DROP);
+    assert!(f.events().is_empty());
+    assert_eq!(
+        f.dp.counters().unwrap()[reason::NO_RULE as usize],
+        before + 1
+    );
+}
+
+#[test]
+fn rule_counters_count_both_directions_of_admitted_flows() {
+    let mut f = Fixture::new(&base_state(mode::ENFORCE, mode::ENFORCE));
+    let syn = ipv4(PEER_A, POD, TCP, &tcp(44000, 80));
+    let reply = ipv4(POD, PEER_A, TCP, &tcp(80, 44000));
+    assert_eq!(f.run(IN, &syn), TC_PASS);
+    assert_eq!(f.run(OUT, &reply), TC_PASS);
+    assert_eq!(f.run(IN, &syn), TC_PASS);
+    // A flow no rule admitted (egress not isolated by a rule here) is not counted per rule.
+    assert_eq!(f.run(IN, &ipv4(PEER_B, POD, TCP, &tcp(44001, 80))), TC_DROP);
+    let rules = f.dp.rule_counters().unwrap();
+    let key = enforcer_common::RuleCounterKey {
+        policy_id: 20,
+        rule_index: 0,
+        direction: direction::INGRESS,
+        _pad: 0,
+    };
+    assert_eq!(rules.len(), 1, "{rules:?}");
+    assert_eq!(rules[&key].packets, 3);
+    assert_eq!(
+        rules[&key].bytes,
+        (syn.len() * 2 + reply.len()) as u64,
+        "bytes as TC sees them"
+    );
 }
 
 #[test]

@@ -12,15 +12,16 @@ use std::time::Duration;
 
 use aya::maps::lpm_trie::Key;
 use aya::maps::{
-    Array, HashMap as BpfHashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, RingBuf,
+    Array, HashMap as BpfHashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, PerCpuHashMap,
+    RingBuf,
 };
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::tc::{SchedClassifierLink, TcAttachOptions};
 use aya::programs::{LinkOrder, SchedClassifier, TcAttachType, TestRun, TestRunOptions};
 use aya::{Ebpf, EbpfLoader, Pod};
 use enforcer_common::{
-    Config, CtKey, CtValue, EndpointValue, Event, EventBucket, IdentitySlots, IpAddrKey, NameKey,
-    NameValue, PolicyValue, counter, names,
+    Config, CtKey, CtValue, EndpointValue, Event, EventBucket, EventLimit, IdentitySlots,
+    IpAddrKey, NameKey, NameValue, PolicyValue, RuleCounter, RuleCounterKey, counter, names,
 };
 use thiserror::Error;
 use tokio::io::unix::AsyncFd;
@@ -456,7 +457,7 @@ impl Datapath {
             revision,
             flags,
             generation: t.flip_to as u32,
-            event_rate: self.event_limits.0,
+            event_rate_milli: self.event_limits.0,
             event_burst: self.event_limits.1,
             _pad: 0,
         };
@@ -598,15 +599,55 @@ impl Datapath {
         read_names(self.map(names::MAP_NAMES)?)
     }
 
-    /// Limits the events each endpoint emits: `rate` per second after a `burst` (0: no limit).
-    /// Held-back events are counted (`counter::EVENTS_SUPPRESSED`, and per endpoint in
-    /// `EVENT_BUCKETS`); verdicts are unaffected.
-    pub fn set_event_limits(&mut self, rate: u32, burst: u32) -> Result<()> {
-        self.event_limits = (rate, burst);
+    /// Limits the events each endpoint emits: `rate_milli` thousandths of an event per second
+    /// after a `burst` (0: no limit). Held-back events are counted (`counter::EVENTS_SUPPRESSED`,
+    /// and per endpoint in `EVENT_BUCKETS`); verdicts are unaffected.
+    pub fn set_event_limits(&mut self, rate_milli: u32, burst: u32) -> Result<()> {
+        self.event_limits = (rate_milli, burst);
         let mut c = self.config()?;
-        c.event_rate = rate;
+        c.event_rate_milli = rate_milli;
         c.event_burst = burst;
         self.set_config(c)
+    }
+
+    /// Makes `EVENT_LIMITS` hold exactly `limits` (ifindex → limit from policy annotations).
+    pub fn set_endpoint_event_limits(&mut self, limits: &BTreeMap<u32, EventLimit>) -> Result<()> {
+        let n = names::MAP_EVENT_LIMITS;
+        let current: Vec<(u32, EventLimit)> = hash_entries(self.map(n)?, n)?;
+        let mut m: BpfHashMap<&mut MapData, u32, EventLimit> =
+            BpfHashMap::try_from(self.map_mut(n)?).map_err(map_err(n))?;
+        for (k, _) in &current {
+            if !limits.contains_key(k) {
+                ignore_missing(m.remove(k)).map_err(map_err(n))?;
+            }
+        }
+        for (k, v) in limits {
+            if current.iter().all(|(ck, cv)| ck != k || cv != v) {
+                m.insert(k, v, 0).map_err(map_err(n))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Packets and bytes per admitting rule, summed over CPUs.
+    pub fn rule_counters(&self) -> Result<BTreeMap<RuleCounterKey, RuleCounter>> {
+        rule_counters(self.map(names::MAP_RULE_COUNTERS)?)
+    }
+
+    /// Drops the counters of policies that no longer exist (their ids may be reused).
+    pub fn prune_rule_counters(&mut self, live: impl Fn(u32) -> bool) -> Result<()> {
+        let n = names::MAP_RULE_COUNTERS;
+        let dead: Vec<RuleCounterKey> = self
+            .rule_counters()?
+            .into_keys()
+            .filter(|k| !live(k.policy_id))
+            .collect();
+        let mut m: PerCpuHashMap<&mut MapData, RuleCounterKey, RuleCounter> =
+            PerCpuHashMap::try_from(self.map_mut(n)?).map_err(map_err(n))?;
+        for k in dead {
+            ignore_missing(m.remove(&k)).map_err(map_err(n))?;
+        }
+        Ok(())
     }
 
     /// Events held back by the rate limit, per endpoint interface.
@@ -956,6 +997,23 @@ fn counters(m: &Map) -> Result<Vec<u64>> {
         .collect()
 }
 
+fn rule_counters(m: &Map) -> Result<BTreeMap<RuleCounterKey, RuleCounter>> {
+    let n = names::MAP_RULE_COUNTERS;
+    let h: PerCpuHashMap<&MapData, RuleCounterKey, RuleCounter> =
+        PerCpuHashMap::try_from(m).map_err(map_err(n))?;
+    let mut out = BTreeMap::new();
+    for item in h.iter() {
+        let (k, per_cpu) = item.map_err(map_err(n))?;
+        let mut sum = RuleCounter::default();
+        for c in per_cpu.iter() {
+            sum.packets += c.packets;
+            sum.bytes += c.bytes;
+        }
+        out.insert(k, sum);
+    }
+    Ok(out)
+}
+
 /// The pinned maps of a running agent, opened read-only for `maps dump` and `explain --live`.
 pub struct PinnedMaps {
     maps: std::collections::HashMap<&'static str, Map>,
@@ -974,6 +1032,7 @@ impl PinnedMaps {
             names::MAP_SERVICE_IPS,
             names::MAP_CONFIG,
             names::MAP_NAMES,
+            names::MAP_RULE_COUNTERS,
         ] {
             let path = bpffs.join(n);
             let data = MapData::from_pin(&path).map_err(map_err(n))?;
@@ -1002,5 +1061,10 @@ impl PinnedMaps {
     /// What the agent's ids stand for.
     pub fn names(&self) -> Result<BTreeMap<NameKey, String>> {
         read_names(self.map(names::MAP_NAMES)?)
+    }
+
+    /// Packets and bytes per admitting rule, summed over CPUs.
+    pub fn rule_counters(&self) -> Result<BTreeMap<RuleCounterKey, RuleCounter>> {
+        rule_counters(self.map(names::MAP_RULE_COUNTERS)?)
     }
 }

@@ -436,6 +436,7 @@ fn arb_policy_with(i: usize, ip_blocks: bool) -> impl Strategy<Value = Policy> {
             ingress,
             egress,
             audit: false,
+            event_limit: None,
         })
 }
 
