@@ -52,6 +52,15 @@ pub fn start_time(pid: u32) -> Option<u64> {
     fields.nth(18)?.parse().ok()
 }
 
+/// Where an agent reads the cluster from.
+#[derive(Clone, Debug)]
+pub enum AgentSource {
+    /// `--manifests DIR`.
+    Manifests(PathBuf),
+    /// `--source kube --kubeconfig FILE`.
+    Kube(PathBuf),
+}
+
 impl Agent {
     /// Starts `exe run …` (or `agent_cmd run …`) in `netns`; stdout and stderr go to a log in
     /// `node_dir`.
@@ -59,21 +68,45 @@ impl Agent {
         exe: &Path,
         node: &str,
         netns: &Netns,
-        manifests: &Path,
+        source: &AgentSource,
         bpffs: &Path,
         node_dir: &Path,
+    ) -> Result<Agent> {
+        Self::spawn_with(exe, node, netns, source, bpffs, node_dir, &[])
+    }
+
+    /// [`Agent::spawn`] with more arguments for `run` (a restart with `--keep-pins`, …). A
+    /// status file left by an earlier agent of the node is removed first, so waiting for a
+    /// generation waits for this agent.
+    pub fn spawn_with(
+        exe: &Path,
+        node: &str,
+        netns: &Netns,
+        source: &AgentSource,
+        bpffs: &Path,
+        node_dir: &Path,
+        extra: &[&str],
     ) -> Result<Agent> {
         let log = node_dir.join("agent.log");
         let status_file = node_dir.join("status.json");
         let events_file = node_dir.join("events.jsonl");
-        let out = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let _ = std::fs::remove_file(&status_file);
+        let out = File::options()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .with_context(|| format!("creating {}", log.display()))?;
         let err = out.try_clone()?;
         let fd = netns.raw_fd();
         let mut cmd = Command::new(exe);
-        cmd.arg("run")
-            .arg("--manifests")
-            .arg(manifests)
-            .arg("--node")
+        cmd.arg("run");
+        match source {
+            AgentSource::Manifests(dir) => cmd.arg("--manifests").arg(dir),
+            AgentSource::Kube(kubeconfig) => cmd
+                .args(["--source", "kube", "--kubeconfig"])
+                .arg(kubeconfig),
+        };
+        cmd.arg("--node")
             .arg(node)
             .arg("--bpffs")
             .arg(bpffs)
@@ -81,6 +114,7 @@ impl Agent {
             .arg(&status_file)
             .arg("--events-file")
             .arg(&events_file)
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err);

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use tokio::task::JoinHandle;
 
-use crate::agent::{Agent, ensure_bpffs};
+use crate::agent::{Agent, AgentSource, ensure_bpffs};
+use crate::api::Api;
 use crate::manifests::{ClusterState, ManifestWriter};
 use crate::netns::{self, Netns};
 use crate::plan::{Changes, Ep, Plan, ProbePlan};
@@ -27,6 +28,23 @@ pub struct Options {
     pub keep_files: bool,
     /// Print progress to stderr.
     pub verbose: bool,
+    pub source: Source,
+}
+
+/// Where the lab's agents read the cluster from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Source {
+    /// A folder of manifests the lab writes (`enforcer run --manifests`).
+    #[default]
+    Manifests,
+    /// A Kubernetes API emulator the lab runs (`enforcer run --source kube`); see [`crate::api`].
+    Kube,
+}
+
+/// How the lab hands the cluster to its agents.
+enum Writer {
+    Files(ManifestWriter),
+    Api(Box<Api>),
 }
 
 impl Default for Options {
@@ -37,6 +55,7 @@ impl Default for Options {
             parallel: 512,
             keep_files: false,
             verbose: false,
+            source: Source::Manifests,
         }
     }
 }
@@ -139,7 +158,7 @@ pub fn raise_fd_limit() {
 pub struct Lab {
     pub dir: PathBuf,
     pub manifest_dir: PathBuf,
-    writer: ManifestWriter,
+    writer: Writer,
     pub state: ClusterState,
     pub generation: u64,
     ep_ns: Arc<BTreeMap<Ep, Netns>>,
@@ -214,10 +233,20 @@ pub async fn build(
         .iter()
         .map(|n| Netns::open(&n.netns))
         .collect::<Result<Vec<_>>>()?;
+    let writer = match opts.source {
+        Source::Manifests => Writer::Files(ManifestWriter::new(manifest_dir.clone())),
+        Source::Kube => Writer::Api(Box::new(
+            Api::start(&node_ns, &dir, &mut res.tasks).context("starting the lab's API")?,
+        )),
+    };
+    let agent_source = match &writer {
+        Writer::Files(_) => AgentSource::Manifests(manifest_dir.clone()),
+        Writer::Api(api) => AgentSource::Kube(api.kubeconfig.clone()),
+    };
     let mut lab = Lab {
         dir: dir.clone(),
         manifest_dir: manifest_dir.clone(),
-        writer: ManifestWriter::new(manifest_dir.clone()),
+        writer,
         state: ClusterState::initial(plan),
         generation: 0,
         ep_ns: Arc::new(ep_ns),
@@ -233,7 +262,7 @@ pub async fn build(
             exe,
             &node.name,
             ns,
-            &manifest_dir,
+            &agent_source,
             &pins.join(&node.name),
             &node_dir,
         )?;
@@ -257,8 +286,33 @@ pub async fn build(
 impl Lab {
     /// Writes the state out: the manifests (a new generation) and every node's Services table.
     async fn write(&mut self, plan: &Plan) -> Result<()> {
-        self.generation = self.writer.sync(&self.state.manifests(plan))?;
+        let want = self.state.manifests(plan);
+        self.generation = match &mut self.writer {
+            Writer::Files(w) => w.sync(&want)?,
+            Writer::Api(api) => api.sync(&want).await?,
+        };
         self.sync_services(plan).await
+    }
+
+    /// The lab's API server, with `--source kube`.
+    pub fn api(&self) -> Option<&Api> {
+        match &self.writer {
+            Writer::Api(api) => Some(api),
+            Writer::Files(_) => None,
+        }
+    }
+
+    /// The network namespace of a pod or host.
+    pub fn netns_of(&self, ep: &Ep) -> Option<&Netns> {
+        self.ep_ns.get(ep)
+    }
+
+    /// How an agent of this lab is started (to restart one).
+    pub fn agent_source(&self) -> AgentSource {
+        match &self.writer {
+            Writer::Files(_) => AgentSource::Manifests(self.manifest_dir.clone()),
+            Writer::Api(api) => AgentSource::Kube(api.kubeconfig.clone()),
+        }
     }
 
     /// Makes every node's Services table match the state.

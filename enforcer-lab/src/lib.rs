@@ -22,6 +22,11 @@
 //! - `events.jsonl`: one JSON object per datapath event (`src`, `src_port`, `dst`, `dst_port`,
 //!   `protocol`, `verdict`, `policy`, …); the lab attaches to each probe those of its 5-tuple.
 //!
+//! - With `--source kube` the lab runs a Kubernetes API emulator instead (see [`api`]): the
+//!   agent runs `run --source kube --kubeconfig <run>/kubeconfig …` (the API at 127.0.0.1:6443
+//!   in every node namespace), the lab writes every object through the API, and the status
+//!   file's `generation` is the highest resourceVersion the agent has applied; the lab waits for
+//!   the API's resourceVersion after its last write.
 //! - Services are written as v1 Service manifests (`service_<namespace>_<name>.yaml`, with
 //!   `spec.clusterIP` filled in) beside the rest; the lab itself translates them on every node
 //!   with nftables, as kube-proxy does (see [`services`]).
@@ -32,6 +37,7 @@
 //! addresses individually (see [`netns`]).
 
 pub mod agent;
+pub mod api;
 pub mod lab;
 pub mod live;
 pub mod manifests;
@@ -82,6 +88,11 @@ pub struct RunOptions {
     /// the lab itself.
     #[arg(long, hide = true)]
     pub agent_cmd: Option<PathBuf>,
+    /// Where the agents read the cluster from: the manifests folder the lab writes, or a
+    /// Kubernetes API emulator the lab runs and writes every change to over HTTP (agents then
+    /// run with --source kube). `kube` works with `run` and `demo`.
+    #[arg(long, value_enum, default_value = "manifests")]
+    pub source: lab::Source,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -231,13 +242,14 @@ pub fn load(text: &str, source: &str, prefix: &str) -> Result<plan::Plan> {
     plan::plan(&s, prefix).with_context(|| format!("{source}: cannot run this scenario"))
 }
 
-pub(crate) fn lab_options(opts: &RunOptions) -> lab::Options {
+pub fn lab_options(opts: &RunOptions) -> lab::Options {
     lab::Options {
         probe_timeout: opts.probe_timeout,
         agent_timeout: opts.agent_timeout,
         parallel: opts.parallel,
         keep_files: opts.keep_files,
         verbose: opts.verbose,
+        source: opts.source,
     }
 }
 
@@ -268,7 +280,7 @@ pub fn run_plan(plan: &plan::Plan, agent: &Path, opts: &RunOptions) -> Result<re
 
 /// Tears a lab down in order: agents first (they detach from the interfaces), then the
 /// servers' sockets go with the runtime, then namespaces and files.
-pub(crate) fn shutdown(rt: tokio::runtime::Runtime, res: &mut lab::Resources) {
+pub fn shutdown(rt: tokio::runtime::Runtime, res: &mut lab::Resources) {
     for a in &mut res.agents {
         if let Some(p) = a.stop(Duration::from_secs(5)) {
             eprintln!("enforcer lab: cleanup: {p}");

@@ -189,6 +189,12 @@ pub fn up(file: &Path, name: Option<String>, opts: &RunOptions) -> i32 {
 }
 
 fn up_inner(file: &Path, name: Option<String>, opts: &RunOptions) -> Result<i32> {
+    if opts.source != crate::lab::Source::Manifests {
+        bail!(
+            "--source kube works with `lab run` and `lab demo`; a lab left running by `up` \
+             takes its changes (`lab apply`) through the manifests folder"
+        );
+    }
     let source = file.display().to_string();
     let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {source}"))?;
     let name = name.unwrap_or_else(|| name_from_file(file));
