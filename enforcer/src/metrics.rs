@@ -71,8 +71,7 @@ impl Default for Metrics {
         let programming_seconds = Histogram::new(
             [
                 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0,
-            ]
-            .into_iter(),
+            ],
         );
         registry.register(
             "programming_seconds",

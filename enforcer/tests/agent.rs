@@ -105,8 +105,13 @@ impl Lab {
 
     /// Starts an agent in the node namespace (setns only: /sys/fs/bpf stays visible).
     fn start(&mut self, extra: &[&str]) {
+        self.start_env(extra, &[]);
+    }
+
+    fn start_env(&mut self, extra: &[&str], env: &[(&str, &str)]) {
         let _ = std::fs::remove_file(self.status_file());
         let child = Command::new("nsenter")
+            .envs(env.iter().copied())
             .arg(format!("--net=/run/netns/{}", self.node_ns))
             .arg(EXE)
             .arg("run")
@@ -345,7 +350,8 @@ fn keep_pins_hands_state_to_the_next_agent() {
     let mut lab = Lab::new("keep");
     lab.write("cluster.yaml", CLUSTER);
     lab.write("policy.yaml", DENY_INGRESS);
-    lab.start(&["--keep-pins"]);
+    // As the DaemonSet sets it (the uninstall step sets it to "false").
+    lab.start_env(&[], &[("ENFORCER_KEEP_PINS", "true")]);
     lab.wait_status("installed", |s| s["endpoints"] == 1);
     let before = lab.dump();
     assert!(lab.stop());
@@ -361,8 +367,8 @@ fn keep_pins_hands_state_to_the_next_agent() {
     );
 
     // The next agent takes the pins over (programs replaced in place) and, when stopped
-    // without --keep-pins, removes everything.
-    lab.start(&[]);
+    // with ENFORCER_KEEP_PINS=false, removes everything.
+    lab.start_env(&[], &[("ENFORCER_KEEP_PINS", "false")]);
     lab.wait_status("the second agent installed", |s| s["endpoints"] == 1);
     assert!(lab.tc_attached());
     assert_eq!(
