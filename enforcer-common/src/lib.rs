@@ -31,8 +31,9 @@ pub mod names {
     pub const MAP_NAMES: &str = "NAMES";
     pub const MAP_RULE_COUNTERS: &str = "RULE_COUNTERS";
     pub const MAP_EVENT_LIMITS: &str = "EVENT_LIMITS";
+    pub const MAP_DROP_REPORTS: &str = "DROP_REPORTS";
     /// Every map the agent pins, in a stable order.
-    pub const ALL_MAPS: [&str; 15] = [
+    pub const ALL_MAPS: [&str; 16] = [
         MAP_ENDPOINTS,
         MAP_IP_IDENTITY,
         MAP_CIDR_IDENTITY,
@@ -48,6 +49,7 @@ pub mod names {
         MAP_NAMES,
         MAP_RULE_COUNTERS,
         MAP_EVENT_LIMITS,
+        MAP_DROP_REPORTS,
     ];
 }
 
@@ -62,6 +64,8 @@ pub mod capacity {
     pub const SERVICE_IPS: u32 = 65_536;
     pub const NAMES: u32 = 65_536;
     pub const PENDING: u32 = 65_536;
+    /// Flows whose last drop was reported (see `Config::drop_report_window_ms`).
+    pub const DROP_REPORTS: u32 = 65_536;
     /// (policy, rule, direction) triples with traffic counted.
     pub const RULE_COUNTERS: u32 = 65_536;
     /// Bytes; must be a power of two and a multiple of the page size.
@@ -356,7 +360,9 @@ pub struct Config {
     pub event_rate_milli: u32,
     /// Events an endpoint may emit at once before the rate applies.
     pub event_burst: u32,
-    pub _pad: u32,
+    /// A flow's drop is reported once per this many milliseconds (0: every drop): retries of
+    /// one blocked connection make one event, not one per retransmission.
+    pub drop_report_window_ms: u32,
 }
 const _: () = assert!(core::mem::size_of::<Config>() == 24);
 
@@ -419,8 +425,11 @@ pub mod counter {
     pub const EVENTS_LOST: u32 = super::reason::COUNT as u32;
     /// Events held back by an endpoint's rate limit (the verdict still applied).
     pub const EVENTS_SUPPRESSED: u32 = super::reason::COUNT as u32 + 1;
+    /// Drops not reported because the same flow's drop was reported within
+    /// `Config::drop_report_window_ms` (a SYN retransmitted, a datagram resent).
+    pub const EVENTS_REPEATED: u32 = super::reason::COUNT as u32 + 2;
     /// Number of slots.
-    pub const LEN: u32 = super::reason::COUNT as u32 + 2;
+    pub const LEN: u32 = super::reason::COUNT as u32 + 3;
 }
 
 // --- Services ---------------------------------------------------------------------------------

@@ -99,6 +99,10 @@ static DROP_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::
 static RULE_COUNTERS: PerCpuHashMap<RuleCounterKey, RuleCounter> =
     PerCpuHashMap::with_max_entries(capacity::RULE_COUNTERS, 0);
 
+/// When each recently dropped flow was last reported (`Config::drop_report_window_ms`).
+#[map]
+static DROP_REPORTS: LruHashMap<CtKey, u64> = LruHashMap::with_max_entries(capacity::DROP_REPORTS, 0);
+
 /// Per-endpoint event limits from policy annotations (key: ifindex); absent: `Config`'s.
 #[map]
 static EVENT_LIMITS: HashMap<u32, EventLimit> = HashMap::with_max_entries(capacity::ENDPOINTS, 0);
@@ -1192,8 +1196,32 @@ fn drop_packet(
         // Policy verdicts are counted where they are made; the rest here.
         count(why.reason as u32);
     }
-    emit(ctx, ep, ifindex, dir, flow, why, verdict::DROP);
+    if first_report(flow, ifindex, dir) {
+        emit(ctx, ep, ifindex, dir, flow, why, verdict::DROP);
+    } else {
+        count(counter::EVENTS_REPEATED);
+    }
     DROP
+}
+
+/// Whether this drop is the flow's first within the report window: one blocked connection,
+/// however often its client retries, makes one event.
+#[inline(always)]
+fn first_report(flow: &Flow, ifindex: u32, dir: u8) -> bool {
+    let window_ms = config().drop_report_window_ms;
+    if window_ms == 0 {
+        return true;
+    }
+    let key = flow.ct_key(ifindex, dir);
+    let now = unsafe { bpf_ktime_get_ns() };
+    if let Some(t) = DROP_REPORTS.get_ptr(&key)
+        // SAFETY: a live LRU value, read whole.
+        && now.saturating_sub(unsafe { *t }) < window_ms as u64 * 1_000_000
+    {
+        return false;
+    }
+    let _ = DROP_REPORTS.insert(&key, &now, 0);
+    true
 }
 
 #[inline(always)]
@@ -1206,7 +1234,7 @@ fn config() -> Config {
             generation: 0,
             event_rate_milli: 0,
             event_burst: 0,
-            _pad: 0,
+            drop_report_window_ms: 0,
         },
     }
 }

@@ -48,6 +48,8 @@ pub struct AgentOptions {
     pub events_on_allow: bool,
     /// Emit no events at all (verdicts are still counted).
     pub events_off: bool,
+    /// A flow's drops are reported once per this window.
+    pub drop_report_window: Duration,
     /// Events per second each endpoint may emit after `event_burst` (0: no limit).
     pub event_rate: u32,
     pub event_burst: u32,
@@ -644,6 +646,8 @@ impl Agent {
                     "events-lost"
                 } else if i as u32 == enforcer_common::counter::EVENTS_SUPPRESSED {
                     "events-suppressed"
+                } else if i as u32 == enforcer_common::counter::EVENTS_REPEATED {
+                    "events-repeated"
                 } else {
                     continue;
                 };
@@ -845,6 +849,9 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
     datapath
         .set_event_limits(opts.event_rate.saturating_mul(1000), opts.event_burst)
         .context("writing the event limits")?;
+    datapath
+        .set_drop_report_window(opts.drop_report_window)
+        .context("writing the drop report window")?;
     // Continue the revision of the agent before us (pinned), so that conntrack entries it
     // admitted are re-checked under our first install rather than mistaken for current.
     let revision = datapath

@@ -262,6 +262,7 @@ fn build(state: &MapState, conntrack_entries: usize, drops: &[u64], names: &Name
                 let name = match r as u32 {
                     enforcer_common::counter::EVENTS_LOST => "events-lost".to_string(),
                     enforcer_common::counter::EVENTS_SUPPRESSED => "events-suppressed".to_string(),
+                    enforcer_common::counter::EVENTS_REPEATED => "events-repeated".to_string(),
                     _ => reason::name(r as u8).to_string(),
                 };
                 (name, *n)

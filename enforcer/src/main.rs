@@ -115,6 +115,11 @@ struct RunArgs {
     /// Also emit an event for every new flow that is allowed.
     #[arg(long)]
     events_on_allow: bool,
+    /// Report a flow's drops once per this window (0: every dropped packet): one blocked
+    /// connection, however often its client retries, makes one event; the rest are counted
+    /// as events-repeated.
+    #[arg(long, default_value = "5s", value_parser = parse_window)]
+    drop_report_window: Duration,
     /// Emit no events at all; verdicts are still counted (`maps dump counters`, /metrics).
     #[arg(long, conflicts_with = "events_on_allow")]
     no_events: bool,
@@ -148,6 +153,13 @@ struct ExplainArgs {
     /// The agent's bpffs folder, for --live.
     #[arg(long, env = "ENFORCER_BPFFS", default_value = "/sys/fs/bpf/enforcer")]
     bpffs: PathBuf,
+}
+
+fn parse_window(s: &str) -> Result<Duration, String> {
+    if s.trim() == "0" {
+        return Ok(Duration::ZERO);
+    }
+    enforcer_lab::parse_duration(s)
 }
 
 fn parse_protocol(s: &str) -> Result<enforcer::model::Protocol, String> {
@@ -270,6 +282,7 @@ fn main() -> ExitCode {
                 allow_host_ingress: !a.no_allow_host,
                 events_on_allow: a.events_on_allow,
                 events_off: a.no_events,
+                drop_report_window: a.drop_report_window,
                 event_rate: a.event_rate,
                 event_burst: a.event_burst,
                 rescan: Duration::from_millis(a.rescan_ms.max(50)),

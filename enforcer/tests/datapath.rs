@@ -1185,6 +1185,30 @@ fn per_endpoint_event_limits_and_events_off() {
 }
 
 #[test]
+fn a_flows_retries_make_one_drop_event() {
+    let mut f = Fixture::new(&base_state(mode::ENFORCE, mode::ENFORCE));
+    f.dp.set_drop_report_window(std::time::Duration::from_secs(5))
+        .unwrap();
+    let syn = ipv4(PEER_B, POD, TCP, &tcp(45000, 80));
+    for _ in 0..3 {
+        assert_eq!(f.run(IN, &syn), TC_DROP, "every retry is dropped");
+    }
+    assert_eq!(f.events().len(), 1, "one event for the blocked connection");
+    let c = f.dp.counters().unwrap();
+    assert_eq!(c[counter::EVENTS_REPEATED as usize], 2);
+    assert_eq!(c[reason::NO_RULE as usize], 3, "every drop is counted");
+    // Another flow (another source port) is reported on its own.
+    assert_eq!(f.run(IN, &ipv4(PEER_B, POD, TCP, &tcp(45001, 80))), TC_DROP);
+    assert_eq!(f.events().len(), 1);
+    // Window 0: every drop reports.
+    f.dp.set_drop_report_window(std::time::Duration::ZERO)
+        .unwrap();
+    assert_eq!(f.run(IN, &syn), TC_DROP);
+    assert_eq!(f.run(IN, &syn), TC_DROP);
+    assert_eq!(f.events().len(), 2);
+}
+
+#[test]
 fn rule_counters_count_both_directions_of_admitted_flows() {
     let mut f = Fixture::new(&base_state(mode::ENFORCE, mode::ENFORCE));
     let syn = ipv4(PEER_A, POD, TCP, &tcp(44000, 80));

@@ -5,6 +5,7 @@
 mod common;
 
 use common::{ONE_AT_A_TIME, require_root, run_suite, scenarios};
+use serde_json::Value;
 
 #[test]
 fn every_scenario_matches_its_expectations() {
@@ -22,4 +23,79 @@ fn every_example_matches_its_expectations() {
     let files = scenarios("examples");
     assert!(!files.is_empty(), "examples/ holds scenarios");
     run_suite(&files, "examples");
+}
+
+/// Runs a scenario with `--output json`; its report.
+fn report(rel: &str) -> Value {
+    let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(rel);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_enforcer"))
+        .args(["lab", "run"])
+        .arg(&file)
+        .args(["--output", "json"])
+        .output()
+        .expect("running enforcer lab");
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{rel}: no JSON report ({e}): {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+/// Every denied probe carries exactly one drop event, naming the target pod, the source pod,
+/// the port, and the policies that isolate the target: for a default-deny (isolation, no rule
+/// at all) and for rules that do not match (wrong port, wrong peer, wrong protocol), retries of
+/// the connection included.
+#[test]
+fn every_blocked_probe_carries_exactly_one_attributed_drop_event() {
+    let _guard = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    require_root("the lab tests");
+    let mut checked = 0;
+    for (rel, policy) in [
+        (
+            "tests/scenarios/default-deny-ingress.yaml",
+            "default-deny-ingress",
+        ),
+        (
+            "tests/scenarios/allow-one-pod-one-port.yaml",
+            "x/b-from-a-tcp-80",
+        ),
+    ] {
+        let r = report(rel);
+        for step in r["steps"].as_array().unwrap() {
+            for p in step["probes"].as_array().unwrap() {
+                if p["observed"] != "deny" {
+                    continue;
+                }
+                let what = format!("{rel}: probe {p}");
+                let events = p["events"].as_array().expect(&what);
+                let drops: Vec<&Value> = events.iter().filter(|e| e["verdict"] == "drop").collect();
+                assert_eq!(drops.len(), 1, "exactly one drop event: {what}");
+                let e = drops[0];
+                assert_eq!(e["endpoint"], p["to"], "names the target pod: {what}");
+                assert_eq!(e["peer"], p["from"], "names the source pod: {what}");
+                assert_eq!(e["direction"], "ingress", "{what}");
+                assert_eq!(e["reason"], "no-rule-allows", "{what}");
+                let port = p["port"].as_u64().or_else(|| {
+                    // A named port: the event carries the number it resolved to.
+                    e["dst_port"].as_u64()
+                });
+                assert_eq!(e["dst_port"].as_u64(), port, "names the port: {what}");
+                let by: Vec<&str> = e["isolated_by"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .collect();
+                assert!(
+                    by.iter().any(|b| b.ends_with(policy)),
+                    "names the policy {policy}: {what}"
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 10, "blocked probes checked: {checked}");
 }

@@ -152,6 +152,7 @@ pub struct Datapath {
     phys: PhysState,
     /// Events per second and burst per endpoint (0: unlimited), written with every `Config`.
     event_limits: (u32, u32),
+    drop_report_window_ms: u32,
 }
 
 /// What an install did.
@@ -234,6 +235,7 @@ impl Datapath {
             events,
             phys: PhysState::default(),
             event_limits: (0, 0),
+            drop_report_window_ms: 0,
         };
         dp.phys = dp.read_phys()?;
         Ok(dp)
@@ -459,7 +461,7 @@ impl Datapath {
             generation: t.flip_to as u32,
             event_rate_milli: self.event_limits.0,
             event_burst: self.event_limits.1,
-            _pad: 0,
+            drop_report_window_ms: self.drop_report_window_ms,
         };
         if let Err(e) = self.set_config(config) {
             let undone = self.undo(&before, &t.prepare);
@@ -607,6 +609,14 @@ impl Datapath {
         let mut c = self.config()?;
         c.event_rate_milli = rate_milli;
         c.event_burst = burst;
+        self.set_config(c)
+    }
+
+    /// Reports a flow's drops once per `window` (zero: every drop).
+    pub fn set_drop_report_window(&mut self, window: Duration) -> Result<()> {
+        self.drop_report_window_ms = window.as_millis().min(u32::MAX as u128) as u32;
+        let mut c = self.config()?;
+        c.drop_report_window_ms = self.drop_report_window_ms;
         self.set_config(c)
     }
 
