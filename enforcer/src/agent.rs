@@ -259,62 +259,6 @@ fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     Ok(())
 }
 
-#[derive(Deserialize)]
-struct LinkDetail {
-    ifindex: u32,
-    #[serde(default)]
-    link_netnsid: Option<i64>,
-    #[serde(default)]
-    linkinfo: Option<LinkInfo>,
-}
-
-#[derive(Deserialize)]
-struct LinkInfo {
-    info_kind: Option<String>,
-}
-
-/// Interfaces that look like a pod's host side: veths whose peer lives in another network
-/// namespace (routed CNIs' `cali…`/`lxc…`, and bridge CNIs' ports of `cni0`).
-fn pod_like_interfaces() -> Result<Vec<u32>> {
-    let out = std::process::Command::new("ip")
-        .args(["-details", "-json", "link", "show"])
-        .output()
-        .context("running `ip -details link show`")?;
-    anyhow::ensure!(
-        out.status.success(),
-        "`ip -details link show`: {}",
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    let links: Vec<LinkDetail> =
-        serde_json::from_slice(&out.stdout).context("parsing `ip -details link show`")?;
-    Ok(pod_like(&links))
-}
-
-fn pod_like(links: &[LinkDetail]) -> Vec<u32> {
-    links
-        .iter()
-        .filter(|l| {
-            l.link_netnsid.is_some()
-                && l.linkinfo
-                    .as_ref()
-                    .and_then(|i| i.info_kind.as_deref())
-                    .is_some_and(|k| k == "veth")
-        })
-        .map(|l| l.ifindex)
-        .collect()
-}
-
-/// The pod-like interfaces no known local pod claims, minus the node's own (those with an
-/// address: the lab's fabric link, Cilium's `cilium_host`).
-fn unclaimed(pod_like: &[u32], host: &[u32], claimed: &BTreeMap<ObjectRef, u32>) -> BTreeSet<u32> {
-    let claimed: BTreeSet<u32> = claimed.values().copied().collect();
-    pod_like
-        .iter()
-        .copied()
-        .filter(|i| !host.contains(i) && !claimed.contains(i))
-        .collect()
-}
-
 /// What one read of a source gives.
 struct Read {
     cluster: Cluster,
@@ -472,6 +416,10 @@ struct Agent {
     host_ips: Vec<IpAddr>,
     /// Interfaces held fail-closed (`--default-deny-unknown`).
     held: BTreeSet<u32>,
+    /// The node's interfaces, routes, neighbours and bridge ports, as last read.
+    tables: Option<discover::Tables>,
+    /// Addresses recently solicited (neighbour resolution), and when.
+    solicited: BTreeMap<IpAddr, Instant>,
     names: Arc<Mutex<Names>>,
     health: Arc<Health>,
     /// When the first change not yet in the maps was noticed (for the programming latency).
@@ -497,8 +445,9 @@ impl Agent {
         }
     }
 
-    /// Reads the sources and the interfaces, and installs whatever changed.
-    fn reconcile(&mut self, force: bool) -> Result<()> {
+    /// Reads the source and (with `rediscover`, or the first time) the node's interfaces,
+    /// routes, neighbours and bridge ports; installs whatever changed.
+    fn reconcile(&mut self, force: bool, rediscover: bool) -> Result<()> {
         let snap = self.source.read()?;
         let errors = snap.errors.join("; ");
         if snap.changed {
@@ -515,28 +464,54 @@ impl Agent {
         }
         self.cluster = snap.cluster;
 
-        let links = discover::links()?;
-        let (names, host_ips) = (&links.names, links.host_ips.clone());
-        let routes = discover::host_routes()?;
+        // The tables change only with links, addresses, routes and neighbours, which netlink
+        // reports (and the periodic rescan re-reads); a source change alone reuses them.
+        if rediscover || self.tables.is_none() {
+            self.tables = Some(discover::read_tables().inspect_err(|_| {
+                self.health.metrics.error("discovery");
+            })?);
+        }
+        let tables = self.tables.as_ref().expect("tables read above");
+        let host_ips = tables.links.host_ips.clone();
         let local = self
             .cluster
             .pods
             .values()
             .filter(|p| !p.host_network && p.node.as_deref() == Some(self.opts.node.as_str()));
-        let interfaces = discover::match_pods(local.map(|p| (p.key(), &p.ips[..])), &routes, names);
-        self.attach_host_interfaces(&links.host_ifindexes, &interfaces);
-
+        let matched = discover::match_endpoints(
+            local.map(|p| (p.key(), &p.ips[..])),
+            tables,
+            &self.interfaces,
+        );
+        let interfaces = matched.interfaces;
+        // Pods behind a bridge whose address the node has not resolved yet: make the kernel
+        // resolve it (at most every 2 s per address); the neighbour event brings us back.
+        let now = Instant::now();
+        self.solicited
+            .retain(|_, t| now.duration_since(*t) < Duration::from_secs(2));
+        let due: Vec<IpAddr> = matched
+            .unresolved
+            .iter()
+            .copied()
+            .filter(|ip| !self.solicited.contains_key(ip))
+            .collect();
+        if !due.is_empty() {
+            discover::solicit(&due);
+            self.solicited.extend(due.iter().map(|ip| (*ip, now)));
+        }
+        let host_ifindexes = tables.links.host_ifindexes.clone();
         let held = if self.opts.default_deny_unknown {
-            match pod_like_interfaces() {
-                Ok(pod_like) => unclaimed(&pod_like, &links.host_ifindexes, &interfaces),
-                Err(e) => {
-                    warn!("listing interfaces to hold: {e:#}");
-                    self.held.clone()
-                }
-            }
+            let claimed: BTreeSet<u32> = interfaces.values().copied().collect();
+            tables
+                .links
+                .pod_like()
+                .difference(&claimed)
+                .copied()
+                .collect()
         } else {
             BTreeSet::new()
         };
+        self.attach_host_interfaces(&host_ifindexes, &interfaces);
         if snap.changed
             || force
             || interfaces != self.interfaces
@@ -834,6 +809,16 @@ async fn write_events(
     }
 }
 
+/// The next batch of netlink changes; never, without a subscription.
+async fn next_netlink(
+    sub: &mut Option<crate::netlink::Subscription>,
+) -> std::io::Result<Vec<crate::netlink::Change>> {
+    match sub {
+        Some(s) => s.next_batch().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Runs the agent until SIGINT or SIGTERM.
 pub async fn run(opts: AgentOptions) -> Result<()> {
     let health = Health::new(opts.rescan.max(Duration::from_secs(1)) * 20);
@@ -884,11 +869,23 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         interfaces: BTreeMap::new(),
         host_ips: Vec::new(),
         held: BTreeSet::new(),
+        tables: None,
+        solicited: BTreeMap::new(),
         names,
         health: health.clone(),
         noticed: None,
     };
-    agent.reconcile(true)?;
+    // Links, addresses, routes and neighbours as they change: a new pod interface is
+    // programmed within milliseconds, not at the next rescan. Opened before the first scan so
+    // nothing between the two is missed.
+    let mut netlink = match crate::netlink::Subscription::open() {
+        Ok(s) => Some(s),
+        Err(e) => {
+            warn!("no netlink events ({e}); interfaces are found by the periodic rescan only");
+            None
+        }
+    };
+    agent.reconcile(true, true)?;
     agent.write_status();
     info!(node = %opts.node, "started");
 
@@ -901,15 +898,33 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
             _ = tokio::signal::ctrl_c() => break,
             _ = sigterm.recv() => break,
             () = agent.source.changed() => {
-                if let Err(e) = agent.reconcile(false) {
+                if let Err(e) = agent.reconcile(false, false) {
                     error!("reconcile: {e:#}");
                     agent.health.metrics.error("install");
                     agent.last_error = Some(format!("{e:#}"));
                 }
                 agent.write_status();
             }
+            batch = next_netlink(&mut netlink) => {
+                match batch {
+                    Ok(_) => {
+                        // A burst (a CNI setting up a pod) settles into one pass.
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                        if let Err(e) = agent.reconcile(false, true) {
+                            error!("reconcile: {e:#}");
+                            agent.health.metrics.error("install");
+                            agent.last_error = Some(format!("{e:#}"));
+                        }
+                        agent.write_status();
+                    }
+                    Err(e) => {
+                        warn!("netlink: {e}; falling back to the periodic rescan");
+                        netlink = None;
+                    }
+                }
+            }
             _ = tick.tick() => {
-                if let Err(e) = agent.reconcile(false) {
+                if let Err(e) = agent.reconcile(false, true) {
                     error!("reconcile: {e:#}");
                     agent.health.metrics.error("install");
                     agent.last_error = Some(format!("{e:#}"));
@@ -935,28 +950,4 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         s.abort();
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn held_interfaces_are_unclaimed_pod_veths() {
-        let links: Vec<LinkDetail> = serde_json::from_str(
-            r#"[{"ifindex":1,"ifname":"lo"},
-                {"ifindex":2,"ifname":"eth0","linkinfo":{"info_kind":"veth"}},
-                {"ifindex":3,"ifname":"lxc1","link_netnsid":0,"linkinfo":{"info_kind":"veth"}},
-                {"ifindex":4,"ifname":"lxc2","link_netnsid":1,"linkinfo":{"info_kind":"veth"}},
-                {"ifindex":5,"ifname":"fabric0","link_netnsid":2,"linkinfo":{"info_kind":"veth"}},
-                {"ifindex":6,"ifname":"vxlan0","linkinfo":{"info_kind":"vxlan"}}]"#,
-        )
-        .unwrap();
-        assert_eq!(pod_like(&links), [3, 4, 5]);
-        let claimed: BTreeMap<ObjectRef, u32> = [(ObjectRef::new("x", "a"), 3)].into();
-        assert_eq!(
-            unclaimed(&pod_like(&links), &[5], &claimed),
-            BTreeSet::from([4])
-        );
-    }
 }

@@ -123,8 +123,9 @@ struct RunArgs {
     /// Emit no events at all; verdicts are still counted (`maps dump counters`, /metrics).
     #[arg(long, conflicts_with = "events_on_allow")]
     no_events: bool,
-    /// How often to look for new or vanished pod interfaces, in milliseconds.
-    #[arg(long, default_value_t = 500)]
+    /// How often to re-read interfaces, routes and neighbours regardless of netlink events,
+    /// in milliseconds (a safety net: netlink reports changes as they happen).
+    #[arg(long, default_value_t = 2000)]
     rescan_ms: u64,
 }
 

@@ -68,11 +68,9 @@ impl Default for Metrics {
         );
         let map_entries = Family::<Labels, Gauge>::default();
         registry.register("map_entries", "Entries per map", map_entries.clone());
-        let programming_seconds = Histogram::new(
-            [
-                0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0,
-            ],
-        );
+        let programming_seconds = Histogram::new([
+            0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0,
+        ]);
         registry.register(
             "programming_seconds",
             "Time from noticing a change to the maps holding it",

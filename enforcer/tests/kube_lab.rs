@@ -11,18 +11,15 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use enforcer_lab::agent::Agent;
-use enforcer_lab::lab::{self, Lab, Resources, Source};
+use common::run::Run;
+use enforcer_lab::lab::Source;
 use enforcer_lab::netns::Netns;
-use enforcer_lab::plan::{Ep, Plan};
 use serde_json::{Value, json};
-
-const EXE: &str = env!("CARGO_BIN_EXE_enforcer");
 
 const SCENARIO: &str = r#"
 nodes: [node-1, node-2]
@@ -36,150 +33,13 @@ probes:
   - {from: x/client, to: x/t1, port: 80, protocol: TCP, expect: allow}
 "#;
 
-/// A lab built in-process, torn down on drop (also when a test fails).
-struct Run {
-    rt: Option<tokio::runtime::Runtime>,
-    res: Resources,
-    lab: Option<Lab>,
-    plan: Plan,
-    opts: lab::Options,
-}
-
-impl Run {
-    fn start(source: Source) -> Run {
-        assert!(
-            unsafe { libc::geteuid() } == 0,
-            "the kube lab tests need root"
-        );
-        let prefix = enforcer_lab::runs::new_prefix();
-        let plan = enforcer_lab::load(SCENARIO, "kube_lab.rs", &prefix).expect("scenario");
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        let opts = lab::Options {
-            source,
-            ..lab::Options::default()
-        };
-        let mut run = Run {
-            rt: None,
-            res: Resources::new(&plan.prefix),
-            lab: None,
-            plan,
-            opts,
-        };
-        let meta = enforcer_lab::runs::Meta::for_run(None, &run.plan, "run");
-        let lab = rt
-            .block_on(lab::build(
-                &run.plan,
-                std::path::Path::new(EXE),
-                &run.opts,
-                &mut run.res,
-                &meta,
-            ))
-            .map_err(|e| format!("{e:#}"));
-        run.rt = Some(rt);
-        run.lab = Some(lab.expect("building the lab"));
-        run
-    }
-
-    fn lab(&self) -> &Lab {
-        self.lab.as_ref().unwrap()
-    }
-
-    fn block_on<T>(&self, f: impl Future<Output = T>) -> T {
-        self.rt.as_ref().unwrap().block_on(f)
-    }
-
-    fn pod(&self, name: &str) -> Ep {
-        Ep::Pod(self.plan.find_pod("x", name).expect("pod in scenario"))
-    }
-
-    fn ns(&self, name: &str) -> Netns {
-        self.lab().netns_of(&self.pod(name)).unwrap().clone()
-    }
-
-    fn ip(&self, name: &str) -> IpAddr {
-        self.plan.ips_of(self.pod(name))[0]
-    }
-
-    fn apply(&self, obj: &Value) {
-        let api = self.lab().api().expect("kube source");
-        self.block_on(api.apply(obj)).expect("API write");
-    }
-
-    fn delete(&self, obj: &Value) {
-        let api = self.lab().api().expect("kube source");
-        self.block_on(api.delete(obj)).expect("API delete");
-    }
-
-    fn node_index(&self, node: &str) -> usize {
-        self.plan.nodes.iter().position(|n| n.name == node).unwrap()
-    }
-
-    /// Kills a node's agent (SIGKILL: pins and links stay, enforcing) or stops it (SIGTERM).
-    fn kill_agent(&mut self, node: &str, signal: i32) {
-        let i = self.node_index(node);
-        let a = &mut self.res.agents[i];
-        let pid = a.pid().expect("agent running") as i32;
-        unsafe { libc::kill(pid, signal) };
-        let start = Instant::now();
-        while a.exited().is_none() {
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "agent did not exit"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    /// Starts a node's agent again, as the lab did, and waits until it has the current state.
-    fn restart_agent(&mut self, node: &str, extra: &[&str]) -> Duration {
-        let i = self.node_index(node);
-        let lab = self.lab.as_ref().unwrap();
-        let dir = lab.dir.join(node);
-        let bpffs = enforcer_lab::runs::bpffs_dir(&self.plan.prefix).join(node);
-        let ns = Netns::open(&self.plan.nodes[i].netns).unwrap();
-        let started = Instant::now();
-        let agent = Agent::spawn_with(
-            std::path::Path::new(EXE),
-            node,
-            &ns,
-            &lab.agent_source(),
-            &bpffs,
-            &dir,
-            extra,
-        )
-        .expect("restarting the agent");
-        self.res.agents[i] = agent;
-        let generation = match lab.api() {
-            Some(api) => api.emulator.resource_version(),
-            None => lab.generation,
-        };
-        let rt = self.rt.as_ref().unwrap();
-        rt.block_on(self.res.agents[i].wait_generation(generation, Duration::from_secs(20)))
-            .expect("restarted agent ready");
-        started.elapsed()
-    }
-}
-
-impl Drop for Run {
-    fn drop(&mut self) {
-        drop(self.lab.take());
-        if let Some(rt) = self.rt.take() {
-            enforcer_lab::shutdown(rt, &mut self.res);
-        }
-    }
-}
-
 /// One TCP connection attempt from inside `ns`.
 fn connects(ns: &Netns, dst: SocketAddr, timeout: Duration) -> bool {
     ns.run(move || Ok(TcpStream::connect_timeout(&dst, timeout).is_ok()))
         .unwrap_or(false)
 }
 
-const ATTEMPT: Duration = Duration::from_millis(20);
+const ATTEMPT: Duration = Duration::from_millis(5);
 
 /// Probes every target until each shows `allow`; returns, per target, the time from `t0` to
 /// the start of its first attempt with the new verdict.
@@ -237,7 +97,7 @@ fn api_writes_flip_verdicts_on_every_node() {
     let _one = common::ONE_AT_A_TIME
         .lock()
         .unwrap_or_else(|e| e.into_inner());
-    let run = Run::start(Source::Kube);
+    let run = Run::start(SCENARIO, Source::Kube);
     let client = run.ns("client");
     let targets = [
         SocketAddr::new(run.ip("t1"), 80),
@@ -324,7 +184,11 @@ fn api_writes_flip_verdicts_on_every_node() {
     // The agents' retries take the failures (our own write must not).
     let start = Instant::now();
     while emu.stats().injected_failures < injected + 6 {
-        assert!(start.elapsed() < Duration::from_secs(20), "{:?}", emu.stats());
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "{:?}",
+            emu.stats()
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
     let t0 = Instant::now();
@@ -367,7 +231,7 @@ fn agent_kill_and_restart_under_traffic() {
     let _one = common::ONE_AT_A_TIME
         .lock()
         .unwrap_or_else(|e| e.into_inner());
-    let mut run = Run::start(Source::Kube);
+    let mut run = Run::start(SCENARIO, Source::Kube);
     // The client may reach the targets on 80 and 7000; `other` may not.
     let mut p = policy(true);
     p["spec"]["ingress"][0]["ports"] = json!([{"port": 80}, {"port": 7000}]);

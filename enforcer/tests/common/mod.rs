@@ -2,6 +2,8 @@
 //! `enforcer lab run --output json`, and listing every probe that differs.
 #![allow(dead_code)] // each test file uses its own part
 
+pub mod run;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
