@@ -32,10 +32,10 @@ use aya_ebpf::{
 };
 use enforcer_common::{
     Config, CtKey, CtValue, EndpointInfo, EndpointValue, Event, EventBucket, EventLimit, FragKey,
-    FragValue, RuleCounter, RuleCounterKey,
-    IdentitySlots, IpAddrKey, NameKey, NameValue, POLICY_ACTION_ALLOW, POLICY_ACTION_DENY,
-    PendingKey, PendingValue, PolicyKey, PolicyValue, capacity, config_flags, counter, ct_flags,
-    direction, identity, mode, policy_prefix, reason, verdict,
+    FragValue, IdentitySlots, IpAddrKey, NameKey, NameValue, POLICY_ACTION_ALLOW,
+    POLICY_ACTION_DENY, PendingKey, PendingValue, PolicyKey, PolicyValue, RuleCounter,
+    RuleCounterKey, capacity, config_flags, counter, ct_flags, direction, identity, mode,
+    policy_prefix, reason, verdict,
 };
 
 // --- Maps -------------------------------------------------------------------------------------
@@ -101,7 +101,8 @@ static RULE_COUNTERS: PerCpuHashMap<RuleCounterKey, RuleCounter> =
 
 /// When each recently dropped flow was last reported (`Config::drop_report_window_ms`).
 #[map]
-static DROP_REPORTS: LruHashMap<CtKey, u64> = LruHashMap::with_max_entries(capacity::DROP_REPORTS, 0);
+static DROP_REPORTS: LruHashMap<CtKey, u64> =
+    LruHashMap::with_max_entries(capacity::DROP_REPORTS, 0);
 
 /// Per-endpoint event limits from policy annotations (key: ifindex); absent: `Config`'s.
 #[map]
@@ -1337,7 +1338,10 @@ fn take_event_token(ifindex: u32) -> bool {
             (full, now)
         } else {
             let refill = elapsed * rate / 1_000_000_000;
-            (tokens + refill, (*b).last_ns + refill * 1_000_000_000 / rate)
+            (
+                tokens + refill,
+                (*b).last_ns + refill * 1_000_000_000 / rate,
+            )
         };
         (*b).last_ns = last;
         if tokens >= 1000 {
