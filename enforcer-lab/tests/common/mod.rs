@@ -54,6 +54,7 @@ pub fn options() -> enforcer_lab::RunOptions {
         keep_files: false,
         verbose: false,
         agent_cmd: None,
+        source: enforcer_lab::lab::Source::Manifests,
     }
 }
 
