@@ -383,6 +383,10 @@ pub mod config_flags {
     pub const EVENTS_ON_ALLOW: u32 = 1;
     /// Emit no events at all (verdicts are still counted).
     pub const EVENTS_OFF: u32 = 2;
+    /// An attached interface with no `ENDPOINTS` entry drops IP traffic (`ENDPOINT_UNKNOWN`)
+    /// instead of passing it (`--default-deny-unknown`): the agent attaches to a pod-like
+    /// interface the moment it appears, before any pod claims it.
+    pub const DENY_UNKNOWN: u32 = 4;
 }
 
 /// `EVENT_LIMITS` value (key: ifindex): the event limit of one endpoint, from the policies that

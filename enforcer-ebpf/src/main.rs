@@ -220,13 +220,43 @@ fn endpoint_program(ctx: &TcContext, dir: u8) -> i32 {
     }
 
     let Some(ep) = endpoint(ifindex, &config) else {
-        return PASS;
+        return unknown_endpoint(ctx, ifindex, dir, parsed, pkt, &config);
     };
     let ep_mode = mode_of(&ep, dir);
     if ep_mode == mode::UNMANAGED {
         return PASS;
     }
     try_new_flow(ctx, &ep, ifindex, ep_mode, dir, parsed, pkt, &config)
+}
+
+/// An attached interface no endpoint entry names: the agent attached to it when it appeared,
+/// before a pod claimed it. It passes, unless the node holds unknown interfaces fail-closed.
+#[inline(always)]
+fn unknown_endpoint(
+    ctx: &TcContext,
+    ifindex: u32,
+    dir: u8,
+    parsed: u8,
+    pkt: &Packet,
+    config: &Config,
+) -> i32 {
+    if config.flags & config_flags::DENY_UNKNOWN == 0 || parsed != PARSE_IP {
+        return PASS;
+    }
+    let held = EndpointInfo {
+        endpoint_id: 0,
+        policy_set: 0,
+        ingress_mode: mode::DENY_ALL,
+        egress_mode: mode::DENY_ALL,
+    };
+    drop_packet(
+        ctx,
+        &held,
+        ifindex,
+        dir,
+        &pkt.flow,
+        &Why::new(reason::ENDPOINT_UNKNOWN),
+    )
 }
 
 /// Sentinel of `service_egress`: no deferred flow here, or it is allowed; go on.

@@ -416,6 +416,8 @@ struct Agent {
     host_ips: Vec<IpAddr>,
     /// Interfaces held fail-closed (`--default-deny-unknown`).
     held: BTreeSet<u32>,
+    /// Pod-like interfaces no known pod claims (attached early, see `reconcile`).
+    unclaimed: BTreeSet<u32>,
     /// The node's interfaces, routes, neighbours and bridge ports, as last read.
     tables: Option<discover::Tables>,
     /// Addresses recently solicited (neighbour resolution), and when.
@@ -500,14 +502,18 @@ impl Agent {
             self.solicited.extend(due.iter().map(|ip| (*ip, now)));
         }
         let host_ifindexes = tables.links.host_ifindexes.clone();
+        let claimed: BTreeSet<u32> = interfaces.values().copied().collect();
+        // Every pod-like interface no pod claims yet. Attached the moment it appears (attaching
+        // costs the kernel two RCU grace periods, tens of milliseconds, so it is done before
+        // the pod is known, not after); with --default-deny-unknown also held fail-closed.
+        let unclaimed: BTreeSet<u32> = tables
+            .links
+            .pod_like()
+            .difference(&claimed)
+            .copied()
+            .collect();
         let held = if self.opts.default_deny_unknown {
-            let claimed: BTreeSet<u32> = interfaces.values().copied().collect();
-            tables
-                .links
-                .pod_like()
-                .difference(&claimed)
-                .copied()
-                .collect()
+            unclaimed.clone()
         } else {
             BTreeSet::new()
         };
@@ -517,8 +523,9 @@ impl Agent {
             || interfaces != self.interfaces
             || host_ips != self.host_ips
             || held != self.held
+            || unclaimed != self.unclaimed
         {
-            self.install(interfaces, host_ips, held)?;
+            self.install(interfaces, host_ips, held, unclaimed)?;
         }
         // The generation is reported once its snapshot is installed (or rejected).
         self.generation = snap.generation.or(self.generation);
@@ -574,6 +581,9 @@ impl Agent {
         }
         if self.opts.events_off {
             f |= enforcer_common::config_flags::EVENTS_OFF;
+        }
+        if self.opts.default_deny_unknown {
+            f |= enforcer_common::config_flags::DENY_UNKNOWN;
         }
         f
     }
@@ -663,6 +673,7 @@ impl Agent {
         interfaces: BTreeMap<ObjectRef, u32>,
         host_ips: Vec<IpAddr>,
         held: BTreeSet<u32>,
+        unclaimed: BTreeSet<u32>,
     ) -> Result<()> {
         let started = Instant::now();
         let node = NodeInput {
@@ -675,15 +686,23 @@ impl Agent {
         let compiled = compile(&self.cluster, &node, &mut self.ids, &self.installed);
         let desired = plan(&self.installed, &compiled, &mut self.ids);
         let diff = self.installed.diff(&desired);
+        let compiled_us = started.elapsed().as_micros() as u64;
 
         // Attach before the endpoint entry exists: an attached program with no entry passes
         // traffic as unmanaged, exactly as before the attach.
-        let wanted: BTreeSet<u32> = interfaces.values().chain(&held).copied().collect();
-        for ifindex in &wanted {
+        let wanted: BTreeSet<u32> = interfaces.values().chain(&unclaimed).copied().collect();
+        for ifindex in interfaces.values() {
             self.datapath
                 .attach(*ifindex)
                 .with_context(|| format!("attaching to ifindex {ifindex}"))?;
         }
+        for ifindex in &unclaimed {
+            // Not a pod's yet (it may even be gone already): a failure waits for the next pass.
+            if let Err(e) = self.datapath.attach(*ifindex) {
+                debug!("attaching early to ifindex {ifindex}: {e:#}");
+            }
+        }
+        let attached_us = started.elapsed().as_micros() as u64;
         if !diff.is_empty() {
             let done = self
                 .datapath
@@ -722,12 +741,15 @@ impl Agent {
             writes = diff.len(),
             endpoints = interfaces.len(),
             policy_entries = self.installed.policy.len(),
+            compiled_us,
+            attached_us,
             elapsed_us = started.elapsed().as_micros() as u64,
             "installed"
         );
         self.interfaces = interfaces;
         self.host_ips = host_ips;
         self.held = held;
+        self.unclaimed = unclaimed;
         Ok(())
     }
 }
@@ -869,6 +891,7 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         interfaces: BTreeMap::new(),
         host_ips: Vec::new(),
         held: BTreeSet::new(),
+        unclaimed: BTreeSet::new(),
         tables: None,
         solicited: BTreeMap::new(),
         names,

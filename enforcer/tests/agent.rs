@@ -117,14 +117,19 @@ impl Lab {
             .arg("run")
             .arg("--manifests")
             .arg(self.manifests())
-            .args(["--node", "node-1", "--rescan-ms", "100"])
+            .args(["--node", "node-1"])
+            .args(if extra.contains(&"--rescan-ms") {
+                &[][..]
+            } else {
+                &["--rescan-ms", "100"][..]
+            })
             .arg("--bpffs")
             .arg(&self.bpffs)
             .arg("--status-file")
             .arg(self.status_file())
             .args(extra)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(self.dir.join("agent.log")).unwrap())
             .spawn()
             .expect("starting the agent");
         self.agents.push(child);
@@ -147,7 +152,10 @@ impl Lab {
             if let Some(a) = self.agents.last_mut()
                 && let Ok(Some(code)) = a.try_wait()
             {
-                panic!("the agent exited ({code}) while waiting for: {what}");
+                panic!(
+                    "the agent exited ({code}) while waiting for: {what}; its log:\n{}",
+                    std::fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default()
+                );
             }
             assert!(
                 start.elapsed() < Duration::from_secs(20),
@@ -522,6 +530,118 @@ fn resync_repairs_drift_and_health_endpoints_answer() {
         "enforcer_syncs_total",
     ] {
         assert!(metrics.contains(want), "{want} in\n{metrics}");
+    }
+    assert!(lab.stop());
+}
+
+/// A pod whose manifest is known before its interface exists (the CNI's order: the API has the
+/// pod, then the runtime creates its network) is programmed as soon as the interface and its
+/// route appear: netlink events, not the rescan timer (set to a minute here).
+#[test]
+fn a_new_pod_interface_is_programmed_within_milliseconds() {
+    let mut lab = Lab::new("fast");
+    let pod2 = format!("{}-pod2", lab.node_ns);
+    let late = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: late, namespace: x, labels: {app: late}}
+spec: {nodeName: node-1, containers: [{name: c, image: i}]}
+status: {podIPs: [{ip: 10.77.0.3}]}
+"#;
+    lab.write("cluster.yaml", CLUSTER);
+    lab.write("late.yaml", late);
+    lab.write("policy.yaml", DENY_INGRESS);
+    lab.start(&["--rescan-ms", "60000"]);
+    lab.wait_status("the first pod installed", |s| s["endpoints"] == 1);
+    sh(&["ip", "netns", "add", &pod2]);
+    struct Gone(String);
+    impl Drop for Gone {
+        fn drop(&mut self) {
+            let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+        }
+    }
+    let _gone = Gone(pod2.clone());
+    let pinned = enforcer::bpf::PinnedMaps::open(&lab.bpffs).unwrap();
+    let mut times = Vec::new();
+    let mut from_link = Vec::new();
+    for round in 0..5 {
+        // The CNI's work: a veth with its pod end in the pod's namespace, then (after the
+        // pod's side is configured, a few milliseconds) the route.
+        let host = format!("lxc-late{round}");
+        let t_link = Instant::now();
+        sh(&[
+            "ip",
+            "-n",
+            &lab.node_ns,
+            "link",
+            "add",
+            &host,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &pod2,
+        ]);
+        sh(&["ip", "-n", &lab.node_ns, "link", "set", &host, "up"]);
+        std::thread::sleep(Duration::from_millis(30));
+        let t0 = Instant::now();
+        sh(&[
+            "ip",
+            "-n",
+            &lab.node_ns,
+            "route",
+            "replace",
+            "10.77.0.3/32",
+            "dev",
+            &host,
+        ]);
+        let ifindex = {
+            let out = Command::new("ip")
+                .args(["-n", &lab.node_ns, "-json", "link", "show", &host])
+                .output()
+                .unwrap();
+            let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+            v[0]["ifindex"].as_u64().unwrap() as u32
+        };
+        loop {
+            let st = pinned.read_state().unwrap();
+            if st
+                .endpoints
+                .get(&ifindex)
+                .is_some_and(|e| e.ingress_mode == enforcer_common::mode::ENFORCE)
+            {
+                break;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(5),
+                "the new pod's interface was not programmed (the rescan is a minute away)"
+            );
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        times.push(t0.elapsed());
+        from_link.push(t_link.elapsed());
+        // The pod goes away again (its route with it).
+        sh(&["ip", "-n", &lab.node_ns, "link", "del", &host]);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    times.sort();
+    from_link.sort();
+    eprintln!(
+        "route added -> endpoint enforced: median {:.1?}, worst {:.1?}; link created -> \
+         enforced (route 30 ms after the link): median {:.1?}, worst {:.1?} (n={})",
+        times[times.len() / 2],
+        times[times.len() - 1],
+        from_link[from_link.len() / 2],
+        from_link[from_link.len() - 1],
+        times.len()
+    );
+    if std::env::var("SHOW_LOG").is_ok() {
+        eprintln!(
+            "{}",
+            std::fs::read_to_string(lab.dir.join("agent.log")).unwrap()
+        );
     }
     assert!(lab.stop());
 }

@@ -1185,6 +1185,30 @@ fn per_endpoint_event_limits_and_events_off() {
 }
 
 #[test]
+fn an_unknown_interface_is_held_only_with_deny_unknown() {
+    // Attached, but no endpoint entry: the agent attached when the interface appeared.
+    let mut f = Fixture::new(&MapState::default());
+    let p = ipv4(PEER_A, POD, TCP, &tcp(46000, 80));
+    assert_eq!(f.run(IN, &p), TC_PASS, "unmanaged by default");
+    let mut c = f.dp.config().unwrap();
+    c.flags |= enforcer_common::config_flags::DENY_UNKNOWN;
+    f.dp.set_config(c).unwrap();
+    assert_eq!(f.run(IN, &ipv4(PEER_A, POD, TCP, &tcp(46001, 80))), TC_DROP);
+    assert_eq!(f.run(OUT, &ipv4(POD, PEER_A, UDP, &udp(5353, 53))), TC_DROP);
+    assert_eq!(
+        f.run(OUT, &arp()),
+        TC_PASS,
+        "ARP passes: the pod can be discovered"
+    );
+    let ev = f.events();
+    assert_eq!(ev.len(), 2);
+    assert!(
+        ev.iter()
+            .all(|e| e.reason == reason::ENDPOINT_UNKNOWN && e.endpoint_id == 0)
+    );
+}
+
+#[test]
 fn a_flows_retries_make_one_drop_event() {
     let mut f = Fixture::new(&base_state(mode::ENFORCE, mode::ENFORCE));
     f.dp.set_drop_report_window(std::time::Duration::from_secs(5))
