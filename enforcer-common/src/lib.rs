@@ -387,6 +387,9 @@ pub mod config_flags {
     /// instead of passing it (`--default-deny-unknown`): the agent attaches to a pod-like
     /// interface the moment it appears, before any pod claims it.
     pub const DENY_UNKNOWN: u32 = 4;
+    /// Do not count packets and bytes per rule (`RULE_COUNTERS`): saves the per-CPU hash
+    /// lookup on every packet of an admitted flow (`--no-rule-counters`).
+    pub const RULE_COUNTERS_OFF: u32 = 8;
 }
 
 /// `EVENT_LIMITS` value (key: ifindex): the event limit of one endpoint, from the policies that

@@ -205,7 +205,9 @@ fn endpoint_program(ctx: &TcContext, dir: u8) -> i32 {
         if let Some(ct) = CONNTRACK.get_ptr_mut(&ct_key) {
             // SAFETY: a live LRU value; fields are read and written whole.
             if unsafe { (*ct).revision } == config.revision || pkt.kind == KIND_ICMP_ERROR {
-                count_rule(ctx, unsafe { &*ct }, dir);
+                if config.flags & config_flags::RULE_COUNTERS_OFF == 0 {
+                    count_rule(ctx, unsafe { &*ct }, dir);
+                }
                 return PASS;
             }
             return recheck(ctx, ifindex, dir, pkt, &ct_key, ct, &config);
@@ -1145,7 +1147,9 @@ fn admit(
             0
         };
         let value = insert_ct_pair(&pkt.flow.ct_key(ifindex, dir), why, config, flags);
-        count_rule(ctx, &value, dir);
+        if config.flags & config_flags::RULE_COUNTERS_OFF == 0 {
+            count_rule(ctx, &value, dir);
+        }
     }
     if pkt.kind == KIND_FIRST_FRAGMENT {
         let id = pkt.frag_id;

@@ -5,7 +5,8 @@
 //! compiler for one node with 110 local endpoints, installs it with the real kernel edge, and
 //! measures, on one endpoint's ingress program:
 //! - `empty`: the baseline program that only returns;
-//! - `established`: a packet of a flow already in conntrack (one parse, one lookup);
+//! - `established`: a packet of a flow already in conntrack (one parse, one lookup, and the
+//!   per-rule packet and byte counter); `est-nc`: the same with per-rule counters off;
 //! - `new allowed`: the first packet of a new flow that a rule allows (parse, conntrack miss,
 //!   identity + CIDR + policy lookups, two conntrack inserts);
 //! - `new denied`: the first packet of a flow no rule allows (lookups, counter, drop event).
@@ -48,6 +49,8 @@ struct Row {
     install_ms: f64,
     empty_ns: f64,
     established_ns: f64,
+    /// The same, with per-rule counters off.
+    established_nc_ns: f64,
     empty_single_ns: f64,
     new_allowed_ns: f64,
     new_denied_ns: f64,
@@ -262,6 +265,12 @@ fn measure(s: &Sizes, samples: usize, repeat: u32, established_only: bool) -> Re
         bail!("the allowed flow was dropped");
     }
     let established_ns = repeated(&mut dp, Prog::ToEndpoint, &base, repeat, 5)?;
+    let mut config = dp.config()?;
+    config.flags |= enforcer_common::config_flags::RULE_COUNTERS_OFF;
+    dp.set_config(config)?;
+    let established_nc_ns = repeated(&mut dp, Prog::ToEndpoint, &base, repeat, 5)?;
+    config.flags &= !enforcer_common::config_flags::RULE_COUNTERS_OFF;
+    dp.set_config(config)?;
     let samples = if established_only { 0 } else { samples };
     let empty_single_ns = singles(
         &mut dp,
@@ -290,6 +299,7 @@ fn measure(s: &Sizes, samples: usize, repeat: u32, established_only: bool) -> Re
         install_ms,
         empty_ns,
         established_ns,
+        established_nc_ns,
         empty_single_ns,
         new_allowed_ns,
         new_denied_ns,
@@ -341,12 +351,14 @@ fn main() -> Result<()> {
         return Ok(());
     }
     println!(
-        "\n{:>7} {:>6} {:>8} | {:>7} {:>7} {:>6} | {:>8} {:>7} {:>7} {:>6} {:>6}",
+        "\n{:>7} {:>6} {:>8} | {:>7} {:>7} {:>6} {:>7} {:>6} | {:>8} {:>7} {:>7} {:>6} {:>6}",
         "pods",
         "pols",
         "entries",
         "empty",
         "estab",
+        "ratio",
+        "est-nc",
         "ratio",
         "empty/1",
         "new-ok",
@@ -356,13 +368,15 @@ fn main() -> Result<()> {
     );
     for r in &rows {
         println!(
-            "{:>7} {:>6} {:>8} | {:>6.1}n {:>6.1}n {:>5.2}x | {:>7.0}n {:>6.0}n {:>6.0}n {:>5.2}x {:>5.2}x",
+            "{:>7} {:>6} {:>8} | {:>6.1}n {:>6.1}n {:>5.2}x {:>6.1}n {:>5.2}x | {:>7.0}n {:>6.0}n {:>6.0}n {:>5.2}x {:>5.2}x",
             r.pods,
             r.policies,
             r.policy_entries,
             r.empty_ns,
             r.established_ns,
             r.established_ns / r.empty_ns,
+            r.established_nc_ns,
+            r.established_nc_ns / r.empty_ns,
             r.empty_single_ns,
             r.new_allowed_ns,
             r.new_denied_ns,

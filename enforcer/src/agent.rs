@@ -48,6 +48,8 @@ pub struct AgentOptions {
     pub events_on_allow: bool,
     /// Emit no events at all (verdicts are still counted).
     pub events_off: bool,
+    /// Do not count packets and bytes per rule.
+    pub no_rule_counters: bool,
     /// A flow's drops are reported once per this window.
     pub drop_report_window: Duration,
     /// Events per second each endpoint may emit after `event_burst` (0: no limit).
@@ -584,6 +586,9 @@ impl Agent {
         }
         if self.opts.default_deny_unknown {
             f |= enforcer_common::config_flags::DENY_UNKNOWN;
+        }
+        if self.opts.no_rule_counters {
+            f |= enforcer_common::config_flags::RULE_COUNTERS_OFF;
         }
         f
     }

@@ -120,6 +120,10 @@ struct RunArgs {
     /// as events-repeated.
     #[arg(long, default_value = "5s", value_parser = parse_window)]
     drop_report_window: Duration,
+    /// Do not count packets and bytes per policy rule (saves a per-CPU hash lookup, about
+    /// 30 ns, on every packet of a flow a rule admitted).
+    #[arg(long)]
+    no_rule_counters: bool,
     /// Emit no events at all; verdicts are still counted (`maps dump counters`, /metrics).
     #[arg(long, conflicts_with = "events_on_allow")]
     no_events: bool,
@@ -283,6 +287,7 @@ fn main() -> ExitCode {
                 allow_host_ingress: !a.no_allow_host,
                 events_on_allow: a.events_on_allow,
                 events_off: a.no_events,
+                no_rule_counters: a.no_rule_counters,
                 drop_report_window: a.drop_report_window,
                 event_rate: a.event_rate,
                 event_burst: a.event_burst,
