@@ -625,9 +625,6 @@ impl Agent {
         m.set_map_entries("cidr_identity", self.installed.cidr_identity.len());
         m.set_map_entries("policy", self.installed.policy.len());
         m.set_map_entries("service_ips", self.installed.service_ips.len());
-        if let Ok(n) = self.datapath.conntrack_len() {
-            m.set_map_entries("conntrack", n);
-        }
         if let Ok(counters) = self.datapath.counters() {
             for (i, n) in counters.iter().enumerate() {
                 let name = if i < reason::COUNT {
@@ -964,6 +961,10 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
                 if let Err(e) = agent.repair_drift() {
                     error!("resync: {e:#}");
                     agent.health.metrics.error("resync");
+                }
+                // Counting conntrack walks the whole LRU (a syscall per entry): only this often.
+                if let Ok(n) = agent.datapath.conntrack_len() {
+                    agent.health.metrics.set_map_entries("conntrack", n);
                 }
             }
         }
