@@ -1231,32 +1231,33 @@ fn drop_packet(
         // Policy verdicts are counted where they are made; the rest here.
         count(why.reason as u32);
     }
-    if first_report(flow, ifindex, dir) {
-        emit(ctx, ep, ifindex, dir, flow, why, verdict::DROP);
-    } else {
-        count(counter::EVENTS_REPEATED);
+    let config = config();
+    if config.flags & config_flags::EVENTS_OFF != 0 {
+        return DROP;
     }
-    DROP
-}
-
-/// Whether this drop is the flow's first within the report window: one blocked connection,
-/// however often its client retries, makes one event.
-#[inline(always)]
-fn first_report(flow: &Flow, ifindex: u32, dir: u8) -> bool {
-    let window_ms = config().drop_report_window_ms;
-    if window_ms == 0 {
-        return true;
-    }
+    // Cheapest question first: a flow reported within the window is a repeat (a lookup). Only
+    // a drop that will really be reported takes a token and is remembered, so a flood past the
+    // limit costs a lookup and the bucket, never an insert.
+    let window_ns = config.drop_report_window_ms as u64 * 1_000_000;
     let key = flow.ct_key(ifindex, dir);
     let now = unsafe { bpf_ktime_get_ns() };
-    if let Some(t) = DROP_REPORTS.get_ptr(&key)
+    if window_ns != 0
+        && let Some(t) = DROP_REPORTS.get_ptr(&key)
         // SAFETY: a live LRU value, read whole.
-        && now.saturating_sub(unsafe { *t }) < window_ms as u64 * 1_000_000
+        && now.saturating_sub(unsafe { *t }) < window_ns
     {
-        return false;
+        count(counter::EVENTS_REPEATED);
+        return DROP;
     }
-    let _ = DROP_REPORTS.insert(&key, &now, 0);
-    true
+    if !take_event_token(ifindex) {
+        count(counter::EVENTS_SUPPRESSED);
+        return DROP;
+    }
+    if window_ns != 0 {
+        let _ = DROP_REPORTS.insert(&key, &now, 0);
+    }
+    write_event(ctx, ep, ifindex, dir, flow, why, verdict::DROP);
+    DROP
 }
 
 #[inline(always)]
@@ -1299,6 +1300,20 @@ fn emit(
         count(counter::EVENTS_SUPPRESSED);
         return;
     }
+    write_event(ctx, ep, ifindex, dir, flow, why, verdict);
+}
+
+/// Puts one event on the ring buffer (the limits are the caller's business).
+#[inline(always)]
+fn write_event(
+    ctx: &TcContext,
+    ep: &EndpointInfo,
+    ifindex: u32,
+    dir: u8,
+    flow: &Flow,
+    why: &Why,
+    verdict: u8,
+) {
     let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
         count(counter::EVENTS_LOST);
         return;
