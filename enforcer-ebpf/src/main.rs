@@ -1249,7 +1249,7 @@ fn drop_packet(
         count(counter::EVENTS_REPEATED);
         return DROP;
     }
-    if !take_event_token(ifindex) {
+    if !take_event_token(ifindex, &config) {
         count(counter::EVENTS_SUPPRESSED);
         return DROP;
     }
@@ -1293,10 +1293,11 @@ fn emit(
     why: &Why,
     verdict: u8,
 ) {
-    if config().flags & config_flags::EVENTS_OFF != 0 {
+    let config = config();
+    if config.flags & config_flags::EVENTS_OFF != 0 {
         return;
     }
-    if !take_event_token(ifindex) {
+    if !take_event_token(ifindex, &config) {
         count(counter::EVENTS_SUPPRESSED);
         return;
     }
@@ -1351,8 +1352,7 @@ fn write_event(
 /// `Config::event_rate_milli`) up to its burst. Updates race between CPUs; the limit is
 /// approximate by a few events, never unbounded.
 #[inline(always)]
-fn take_event_token(ifindex: u32) -> bool {
-    let config = config();
+fn take_event_token(ifindex: u32, config: &Config) -> bool {
     let (rate, burst) = match EVENT_LIMITS.get_ptr(&ifindex) {
         // SAFETY: a live map value, copied out.
         Some(l) => unsafe { ((*l).rate_milli, (*l).burst) },

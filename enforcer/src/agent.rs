@@ -263,11 +263,11 @@ fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
 
 /// What one read of a source gives.
 struct Read {
-    cluster: Cluster,
+    /// The whole cluster, when it changed since the last read (else `None`).
+    cluster: Option<Cluster>,
     errors: Vec<String>,
     /// Manifests: the `.generation` read; kube: the highest resourceVersion applied.
     generation: Option<u64>,
-    changed: bool,
     /// The source holds a complete view (kube: every kind listed once). Until then nothing is
     /// installed: an agent restarted under pinned maps keeps enforcing the last state instead of
     /// an empty one.
@@ -338,25 +338,32 @@ impl Source {
             Source::Manifests { dir, .. } => {
                 let snap = dir.read()?;
                 Ok(Read {
-                    cluster: snap.cluster,
+                    cluster: snap.changed.then_some(snap.cluster),
                     errors: snap.errors,
                     generation: snap.generation,
-                    changed: snap.changed,
                     complete: true,
                 })
             }
             Source::Kube { src, seen } => {
                 let store = src.store();
-                let changes = store.changes();
-                let changed = changes != *seen;
-                *seen = changes;
-                let (cluster, errors) = store.cluster();
                 let complete = store.synced();
+                let changes = store.changes();
+                // Until every kind has listed, nothing is taken (nor marked seen).
+                let changed = complete && changes != *seen;
+                if complete {
+                    *seen = changes;
+                }
+                // Copying the whole store out is the costly part: only when it changed.
+                let (cluster, errors) = if changed {
+                    let (c, e) = store.cluster();
+                    (Some(c), e)
+                } else {
+                    (None, store.errors())
+                };
                 Ok(Read {
                     cluster,
                     errors,
                     generation: complete.then(|| store.resource_version()),
-                    changed,
                     complete,
                 })
             }
@@ -420,6 +427,8 @@ struct Agent {
     held: BTreeSet<u32>,
     /// Pod-like interfaces no known pod claims (attached early, see `reconcile`).
     unclaimed: BTreeSet<u32>,
+    /// The last install failed: the next pass installs again.
+    install_failed: bool,
     /// The node's interfaces, routes, neighbours and bridge ports, as last read.
     tables: Option<discover::Tables>,
     /// Addresses recently solicited (neighbour resolution), and when.
@@ -454,9 +463,9 @@ impl Agent {
     fn reconcile(&mut self, force: bool, rediscover: bool) -> Result<()> {
         let snap = self.source.read()?;
         let errors = snap.errors.join("; ");
-        if snap.changed {
+        if let Some(c) = &snap.cluster {
             self.noticed.get_or_insert_with(Instant::now);
-            info!("cluster state: {}", summary(&snap.cluster));
+            info!("cluster state: {}", summary(c));
         }
         if !errors.is_empty() && Some(&errors) != self.last_error.as_ref() {
             error!("rejected objects (their last valid state keeps enforcing): {errors}");
@@ -466,7 +475,10 @@ impl Agent {
             // Not everything is known yet: keep enforcing what the maps hold.
             return Ok(());
         }
-        self.cluster = snap.cluster;
+        let changed = snap.cluster.is_some();
+        if let Some(c) = snap.cluster {
+            self.cluster = c;
+        }
 
         // The tables change only with links, addresses, routes and neighbours, which netlink
         // reports (and the periodic rescan re-reads); a source change alone reuses them.
@@ -520,14 +532,19 @@ impl Agent {
             BTreeSet::new()
         };
         self.attach_host_interfaces(&host_ifindexes, &interfaces);
-        if snap.changed
+        if changed
             || force
+            || self.install_failed
             || interfaces != self.interfaces
             || host_ips != self.host_ips
             || held != self.held
             || unclaimed != self.unclaimed
         {
+            // A failed install (the previous state keeps enforcing) is tried again next pass,
+            // even if nothing else changes.
+            self.install_failed = true;
             self.install(interfaces, host_ips, held, unclaimed)?;
+            self.install_failed = false;
         }
         // The generation is reported once its snapshot is installed (or rejected).
         self.generation = snap.generation.or(self.generation);
@@ -894,6 +911,7 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         host_ips: Vec::new(),
         held: BTreeSet::new(),
         unclaimed: BTreeSet::new(),
+        install_failed: false,
         tables: None,
         solicited: BTreeMap::new(),
         names,

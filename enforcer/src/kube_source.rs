@@ -204,14 +204,20 @@ impl Store {
     /// The cluster the valid objects make, and the rejections (kind, object, field, reason).
     pub fn cluster(&self) -> (Cluster, Vec<String>) {
         let mut c = Cluster::default();
-        let mut errors = Vec::new();
         for k in &self.kinds {
             for o in k.objects.values() {
                 c.insert(o.clone());
             }
-            errors.extend(k.invalid.values().cloned());
         }
-        (c, errors)
+        (c, self.errors())
+    }
+
+    /// The rejections alone (kind, object, field, reason).
+    pub fn errors(&self) -> Vec<String> {
+        self.kinds
+            .iter()
+            .flat_map(|k| k.invalid.values().cloned())
+            .collect()
     }
 }
 
