@@ -1019,9 +1019,12 @@ pub fn stop_run(r: &RunInfo) -> Vec<String> {
         unsafe {
             libc::kill(pid as i32, libc::SIGTERM);
         }
+        // Wait for the process itself, not its record: the owner removes the run folder (and
+        // the record with it) while tearing down, before it has exited.
         let started = Instant::now();
-        while runs::live_owner(&r.prefix).is_some() && started.elapsed() < Duration::from_secs(30) {
-            std::thread::sleep(Duration::from_millis(50));
+        while crate::agent::start_time(pid).is_some() && started.elapsed() < Duration::from_secs(30)
+        {
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
     runs::remove(&r.prefix)

@@ -210,7 +210,9 @@ fn up_probe_exec_apply_down() {
     assert!(d.status.success(), "{}", text(&d));
     assert!(
         enforcer_lab::agent::start_time(keeper).is_none(),
-        "keeper gone"
+        "keeper gone; /proc/{keeper}/stat: {:?}; down said: {}",
+        std::fs::read_to_string(format!("/proc/{keeper}/stat")),
+        text(&d)
     );
     common::assert_clean(&prefix);
     let p = lab(&["probe", &name, "x/client-1", "x/web-2", "8080/TCP"]);
