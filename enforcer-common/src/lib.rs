@@ -573,8 +573,24 @@ pub mod reason {
     /// The interface looks like a pod's but no known pod claims it yet; held fail-closed
     /// (`--default-deny-unknown`): an `ENDPOINT_DENY_ALL` endpoint with id 0.
     pub const ENDPOINT_UNKNOWN: u8 = 10;
+    /// A packet from an endpoint whose source address is not one of that endpoint's.
+    pub const SPOOFED: u8 = 11;
+    /// An address no real packet carries: an IPv4-mapped IPv6 address (`::ffff:0:0/96`) on the
+    /// wire, which would alias an IPv4 key.
+    pub const INVALID_ADDRESS: u8 = 12;
+    /// The endpoint's conntrack budget is spent: a new flow is refused rather than evicting
+    /// another endpoint's flows.
+    pub const CT_BUDGET: u8 = 13;
+    /// A flow to a Service address that cannot be bound to its translated flow (the endpoint's
+    /// deferrals are spent, or the backend is not one of the Service's).
+    pub const SERVICE_UNBOUND: u8 = 14;
+    /// The interface is claimed by two pods, or a pod's address shows up behind another pod's
+    /// interface: both are held fail-closed until it is resolved.
+    pub const ENDPOINT_CONFLICT: u8 = 15;
+    /// The endpoint's policy does not fit in the maps: held fail-closed.
+    pub const ENDPOINT_CAPACITY: u8 = 16;
     /// Slots reserved for reasons in the counters.
-    pub const COUNT: usize = 16;
+    pub const COUNT: usize = 24;
 
     pub const fn name(r: u8) -> &'static str {
         match r {
@@ -589,6 +605,12 @@ pub mod reason {
             POLICY_REVOKED => "policy-revoked",
             AUDIT_WOULD_DROP => "audit-would-drop",
             ENDPOINT_UNKNOWN => "endpoint-unknown",
+            SPOOFED => "spoofed-source",
+            INVALID_ADDRESS => "invalid-address",
+            CT_BUDGET => "conntrack-budget",
+            SERVICE_UNBOUND => "service-unbound",
+            ENDPOINT_CONFLICT => "endpoint-conflict",
+            ENDPOINT_CAPACITY => "endpoint-capacity",
             _ => "unknown",
         }
     }

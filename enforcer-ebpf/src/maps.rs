@@ -1,0 +1,100 @@
+//! Every map the datapath uses, and the configuration read once per packet.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+};
+use enforcer_common::*;
+
+use crate::parse::Packet;
+
+// --- Maps -------------------------------------------------------------------------------------
+
+#[map]
+pub(crate) static ENDPOINTS: HashMap<u32, EndpointValue> =
+    HashMap::with_max_entries(capacity::ENDPOINTS, 0);
+
+#[map]
+pub(crate) static IP_IDENTITY: HashMap<IpAddrKey, IdentitySlots> =
+    HashMap::with_max_entries(capacity::IP_IDENTITY, 0);
+
+#[map]
+pub(crate) static CIDR_IDENTITY: LpmTrie<IpAddrKey, IdentitySlots> =
+    LpmTrie::with_max_entries(capacity::CIDR_IDENTITY, 0);
+
+#[map]
+pub(crate) static POLICY: LpmTrie<PolicyKey, PolicyValue> =
+    LpmTrie::with_max_entries(capacity::POLICY, 0);
+
+#[map]
+pub(crate) static CONNTRACK: LruHashMap<CtKey, CtValue> =
+    LruHashMap::with_max_entries(capacity::CONNTRACK, 0);
+
+#[map]
+pub(crate) static FRAGMENTS: LruHashMap<FragKey, FragValue> =
+    LruHashMap::with_max_entries(capacity::FRAGMENTS, 0);
+
+#[map]
+pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(capacity::EVENTS_BYTES, 0);
+
+#[map]
+pub(crate) static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+
+/// Service (ClusterIP) addresses: egress to them is judged after the DNAT.
+#[map]
+pub(crate) static SERVICE_IPS: HashMap<IpAddrKey, u32> =
+    HashMap::with_max_entries(capacity::SERVICE_IPS, 0);
+
+/// New flows to a Service address waiting for their egress verdict (see `PendingKey`).
+#[map]
+pub(crate) static PENDING: LruHashMap<PendingKey, PendingValue> =
+    LruHashMap::with_max_entries(capacity::PENDING, 0);
+
+/// Per-endpoint event token buckets (see `Config::event_rate`).
+#[map]
+pub(crate) static EVENT_BUCKETS: LruHashMap<u32, EventBucket> =
+    LruHashMap::with_max_entries(capacity::ENDPOINTS, 0);
+
+/// What the agent's ids stand for (see `enforcer_common::name_kind`); for readers of the pins,
+/// never read here.
+#[map]
+pub(crate) static NAMES: HashMap<NameKey, NameValue> =
+    HashMap::with_max_entries(capacity::NAMES, 0);
+
+/// Per-CPU scratch space for the parsed packet: the 512-byte BPF stack cannot hold it beside
+/// the conntrack and policy keys.
+#[map]
+pub(crate) static SCRATCH: PerCpuArray<Packet> = PerCpuArray::with_max_entries(1, 0);
+
+#[map]
+pub(crate) static DROP_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::LEN, 0);
+
+/// Packets and bytes per admitting rule (see `RuleCounterKey`).
+#[map]
+pub(crate) static RULE_COUNTERS: PerCpuHashMap<RuleCounterKey, RuleCounter> =
+    PerCpuHashMap::with_max_entries(capacity::RULE_COUNTERS, 0);
+
+/// When each recently dropped flow was last reported (`Config::drop_report_window_ms`).
+#[map]
+pub(crate) static DROP_REPORTS: LruHashMap<CtKey, u64> =
+    LruHashMap::with_max_entries(capacity::DROP_REPORTS, 0);
+
+/// Per-endpoint event limits from policy annotations (key: ifindex); absent: `Config`'s.
+#[map]
+pub(crate) static EVENT_LIMITS: HashMap<u32, EventLimit> =
+    HashMap::with_max_entries(capacity::ENDPOINTS, 0);
+
+#[inline(always)]
+pub(crate) fn config() -> Config {
+    match CONFIG.get(0) {
+        Some(c) => *c,
+        None => Config {
+            revision: 0,
+            flags: 0,
+            generation: 0,
+            event_rate_milli: 0,
+            event_burst: 0,
+            drop_report_window_ms: 0,
+        },
+    }
+}

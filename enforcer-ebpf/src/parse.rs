@@ -1,0 +1,520 @@
+//! Parsing: one flat `Packet` from the wire, every read bounds-checked.
+
+use crate::maps::*;
+use aya_ebpf::programs::TcContext;
+use enforcer_common::*;
+
+// --- Packet constants -------------------------------------------------------------------------
+
+pub(crate) const ETH_HLEN: usize = 14;
+pub(crate) const ETH_P_IP: u16 = 0x0800;
+pub(crate) const ETH_P_IPV6: u16 = 0x86dd;
+pub(crate) const ETH_P_8021Q: u16 = 0x8100;
+pub(crate) const ETH_P_8021AD: u16 = 0x88a8;
+
+pub(crate) const IPPROTO_ICMP: u8 = 1;
+pub(crate) const IPPROTO_TCP: u8 = 6;
+pub(crate) const IPPROTO_UDP: u8 = 17;
+pub(crate) const IPPROTO_ICMPV6: u8 = 58;
+pub(crate) const IPPROTO_SCTP: u8 = 132;
+
+pub(crate) const IPV6_HOPOPTS: u8 = 0;
+pub(crate) const IPV6_ROUTING: u8 = 43;
+pub(crate) const IPV6_FRAGMENT: u8 = 44;
+pub(crate) const IPV6_AH: u8 = 51;
+pub(crate) const IPV6_DSTOPTS: u8 = 60;
+/// Extension headers walked before the packet counts as malformed. Real stacks send at most a
+/// few; an attacker sending more must not make the verifier's loop bound the policy.
+pub(crate) const MAX_EXT_HEADERS: usize = 6;
+/// Largest header offset we read at; keeps every offset visibly bounded for the verifier.
+pub(crate) const MAX_OFFSET: usize = 0x3fff;
+
+//
+// The parser fills one flat `Packet` and returns a status code: rich enums with payloads get
+// packed into registers in ways the verifier rejects (pointer shifts), flat structs do not.
+
+pub(crate) const PARSE_IP: u8 = 0;
+pub(crate) const PARSE_NOT_IP: u8 = 1;
+pub(crate) const PARSE_NEIGHBOR_DISCOVERY: u8 = 2;
+pub(crate) const PARSE_MALFORMED: u8 = 3;
+
+pub(crate) const KIND_PLAIN: u8 = 0;
+/// First fragment of a fragmented datagram: its ports are remembered when it passes.
+pub(crate) const KIND_FIRST_FRAGMENT: u8 = 1;
+/// Later fragment whose first fragment passed: ports filled in from `FRAGMENTS`.
+pub(crate) const KIND_LATER_FRAGMENT: u8 = 2;
+/// Later fragment with no remembered first fragment.
+pub(crate) const KIND_UNKNOWN_FRAGMENT: u8 = 3;
+/// ICMP error: `quoted` holds the packet it is about.
+pub(crate) const KIND_ICMP_ERROR: u8 = 4;
+
+/// An address as it sits in the packet (network order), held in 32-bit words: BPF has no
+/// unaligned loads, so a `[u8; 16]` would be copied byte by byte (through a byte-loop memcpy),
+/// while words move in four instructions. The memory layout is the same as `[u8; 16]`.
+pub(crate) type Addr = [u32; 4];
+
+/// `::ffff:0:0/96` in the first three words, as they sit in memory.
+pub(crate) const V4_MAPPED_WORD2: u32 = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
+
+#[inline(always)]
+pub(crate) fn v4_mapped(a: u32) -> Addr {
+    [0, 0, V4_MAPPED_WORD2, a]
+}
+
+#[inline(always)]
+pub(crate) fn addr_key(a: &Addr) -> IpAddrKey {
+    // SAFETY: IpAddrKey is 16 bytes of plain data, laid out as the words are.
+    unsafe { core::mem::transmute::<Addr, IpAddrKey>(*a) }
+}
+
+/// A conntrack key built word by word (see `Addr`); the layout is `CtKey`'s, asserted below.
+#[inline(always)]
+pub(crate) fn ct_key(
+    saddr: &Addr,
+    daddr: &Addr,
+    sport_be: u16,
+    dport_be: u16,
+    proto: u8,
+    dir: u8,
+    ifindex: u32,
+) -> CtKey {
+    let w: [u32; 11] = [
+        saddr[0],
+        saddr[1],
+        saddr[2],
+        saddr[3],
+        daddr[0],
+        daddr[1],
+        daddr[2],
+        daddr[3],
+        u32::from_ne_bytes(pair(sport_be, dport_be)),
+        u32::from_ne_bytes([proto, dir, 0, 0]),
+        ifindex,
+    ];
+    // SAFETY: CtKey is 44 bytes of plain data: saddr, daddr, sport_be, dport_be, proto,
+    // direction, _pad, ifindex, in this order (repr(C), no implicit padding).
+    unsafe { core::mem::transmute::<[u32; 11], CtKey>(w) }
+}
+const _: () = assert!(core::mem::size_of::<CtKey>() == 44);
+
+#[inline(always)]
+pub(crate) fn pair(a: u16, b: u16) -> [u8; 4] {
+    let a = a.to_ne_bytes();
+    let b = b.to_ne_bytes();
+    [a[0], a[1], b[0], b[1]]
+}
+
+/// The addresses, protocol and ports of a packet, as it travels.
+#[derive(Clone, Copy)]
+pub(crate) struct Flow {
+    pub(crate) saddr: Addr,
+    pub(crate) daddr: Addr,
+    /// TCP/UDP/SCTP ports; for ICMP echo the identifier (request: source, reply: destination).
+    pub(crate) sport_be: u16,
+    pub(crate) dport_be: u16,
+    pub(crate) proto: u8,
+    pub(crate) family: u8,
+    /// 1 when the protocol has ports (TCP, UDP, SCTP): policy matches them.
+    pub(crate) has_ports: u8,
+}
+
+impl Flow {
+    #[inline(always)]
+    pub(crate) fn ct_key(&self, ifindex: u32, dir: u8) -> CtKey {
+        ct_key(
+            &self.saddr,
+            &self.daddr,
+            self.sport_be,
+            self.dport_be,
+            self.proto,
+            dir,
+            ifindex,
+        )
+    }
+
+    /// The same flow seen from the other end.
+    #[inline(always)]
+    pub(crate) fn reversed(&self) -> Self {
+        Self {
+            saddr: self.daddr,
+            daddr: self.saddr,
+            sport_be: self.dport_be,
+            dport_be: self.sport_be,
+            ..*self
+        }
+    }
+}
+
+/// The original packet an ICMP error quotes.
+#[derive(Clone, Copy)]
+pub(crate) struct Quoted {
+    pub(crate) saddr: Addr,
+    pub(crate) daddr: Addr,
+    pub(crate) sport_be: u16,
+    pub(crate) dport_be: u16,
+    pub(crate) proto: u8,
+}
+
+impl Quoted {
+    /// The error travels against the quoted packet, so it belongs to the flow whose reply
+    /// direction is this one: the quoted tuple, reversed, in this direction.
+    #[inline(always)]
+    pub(crate) fn related_key(&self, ifindex: u32, dir: u8) -> CtKey {
+        ct_key(
+            &self.daddr,
+            &self.saddr,
+            self.dport_be,
+            self.sport_be,
+            self.proto,
+            dir,
+            ifindex,
+        )
+    }
+}
+
+pub(crate) struct Packet {
+    pub(crate) flow: Flow,
+    /// `KIND_*`.
+    pub(crate) kind: u8,
+    /// Set once the addresses were read from this packet.
+    pub(crate) have_addrs: u8,
+    /// Set when the packet is a fragment.
+    pub(crate) is_fragment: u8,
+    pub(crate) is_first_fragment: u8,
+    pub(crate) frag_id: u32,
+    l4_off: usize,
+    pub(crate) quoted: Quoted,
+    /// The flow in the direction it was opened (re-checks of replies).
+    pub(crate) opened: Flow,
+}
+
+impl Packet {
+    /// Clears what the parser sets only on some paths. Addresses are always written before they
+    /// are read, except on early malformed exits, which clear them themselves (clearing them
+    /// here would cost a memset call on every packet).
+    #[inline(always)]
+    pub(crate) fn reset(&mut self) {
+        // Volatile, so LLVM cannot merge the stores into a memset, which BPF lowers to a call
+        // of a byte loop.
+        use core::ptr::write_volatile as w;
+        // SAFETY: plain field writes through a valid &mut.
+        unsafe {
+            w(&mut self.flow.sport_be, 0);
+            w(&mut self.flow.dport_be, 0);
+            w(&mut self.flow.proto, 0);
+            w(&mut self.flow.family, 0);
+            w(&mut self.flow.has_ports, 0);
+            w(&mut self.kind, KIND_PLAIN);
+            w(&mut self.have_addrs, 0);
+            w(&mut self.is_fragment, 0);
+            w(&mut self.is_first_fragment, 0);
+            w(&mut self.frag_id, 0);
+            w(&mut self.l4_off, 0);
+        }
+    }
+
+    #[inline(always)]
+    pub(crate) fn clear_addrs(&mut self) {
+        self.flow.saddr = [0; 4];
+        self.flow.daddr = [0; 4];
+    }
+}
+
+/// Reads a `T` (an integer) at `off` bytes into the packet: straight from the linear data when
+/// it is there (the common case, and the fast one), else through the helper that also reaches
+/// paged data. Packet fields are not always aligned; the kernels we run on (x86-64, arm64) do
+/// unaligned loads, and the verifier only insists on alignment under BPF_F_STRICT_ALIGNMENT.
+#[inline(always)]
+pub(crate) fn read<T: Copy>(ctx: &TcContext, off: usize) -> Result<T, ()> {
+    if off > MAX_OFFSET {
+        return Err(());
+    }
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + off + core::mem::size_of::<T>() <= end {
+        // SAFETY: bounds checked against data_end just above; T is an integer (see above on
+        // alignment).
+        Ok(unsafe { *((start + off) as *const T) })
+    } else {
+        ctx.load::<T>(off).map_err(|_| ())
+    }
+}
+
+/// An IPv6 address at `off`.
+#[inline(always)]
+pub(crate) fn read_addr6(ctx: &TcContext, off: usize) -> Result<Addr, ()> {
+    Ok([
+        read::<u32>(ctx, off)?,
+        read::<u32>(ctx, off + 4)?,
+        read::<u32>(ctx, off + 8)?,
+        read::<u32>(ctx, off + 12)?,
+    ])
+}
+
+#[inline(always)]
+pub(crate) fn parse(ctx: &TcContext, pkt: &mut Packet) -> u8 {
+    let Ok(ethertype_be) = read::<u16>(ctx, 12) else {
+        return PARSE_NOT_IP;
+    };
+    let l3 = match u16::from_be(ethertype_be) {
+        ETH_P_IP => parse_ipv4(ctx, pkt),
+        ETH_P_IPV6 => parse_ipv6(ctx, pkt),
+        // A tagged frame would carry IP past the policy: an endpoint has no business sending one.
+        ETH_P_8021Q | ETH_P_8021AD => Err(()),
+        _ => return PARSE_NOT_IP,
+    };
+    if l3.is_err() {
+        if pkt.have_addrs == 0 {
+            // Cut short before the addresses: report zeros, not the last packet's.
+            pkt.clear_addrs();
+        }
+        return PARSE_MALFORMED;
+    }
+    parse_l4(ctx, pkt)
+}
+
+#[inline(always)]
+pub(crate) fn parse_ipv4(ctx: &TcContext, pkt: &mut Packet) -> Result<(), ()> {
+    pkt.flow.family = 4;
+    let version_ihl: u8 = read(ctx, ETH_HLEN)?;
+    let tot_len_be: u16 = read(ctx, ETH_HLEN + 2)?;
+    let id_be: u16 = read(ctx, ETH_HLEN + 4)?;
+    let frag_be: u16 = read(ctx, ETH_HLEN + 6)?;
+    pkt.flow.proto = read(ctx, ETH_HLEN + 9)?;
+    pkt.flow.saddr = v4_mapped(read(ctx, ETH_HLEN + 12)?);
+    pkt.flow.daddr = v4_mapped(read(ctx, ETH_HLEN + 16)?);
+    pkt.have_addrs = 1;
+    let ihl = ((version_ihl & 0x0f) as usize) * 4;
+    let tot_len = u16::from_be(tot_len_be) as usize;
+    if version_ihl >> 4 != 4 || ihl < 20 || tot_len < ihl || ETH_HLEN + tot_len > ctx.len() as usize
+    {
+        return Err(());
+    }
+    let frag = u16::from_be(frag_be);
+    let offset = frag & 0x1fff;
+    let more = frag & 0x2000 != 0;
+    if offset != 0 || more {
+        pkt.is_fragment = 1;
+        pkt.is_first_fragment = (offset == 0) as u8;
+        pkt.frag_id = u16::from_be(id_be) as u32;
+    }
+    pkt.l4_off = ETH_HLEN + ihl;
+    Ok(())
+}
+
+#[inline(always)]
+pub(crate) fn parse_ipv6(ctx: &TcContext, pkt: &mut Packet) -> Result<(), ()> {
+    pkt.flow.family = 6;
+    let version: u8 = read(ctx, ETH_HLEN)?;
+    let payload_len_be: u16 = read(ctx, ETH_HLEN + 4)?;
+    let next_header: u8 = read(ctx, ETH_HLEN + 6)?;
+    pkt.flow.saddr = read_addr6(ctx, ETH_HLEN + 8)?;
+    pkt.flow.daddr = read_addr6(ctx, ETH_HLEN + 24)?;
+    pkt.have_addrs = 1;
+    pkt.flow.proto = next_header;
+    if version >> 4 != 6
+        || ETH_HLEN + 40 + u16::from_be(payload_len_be) as usize > ctx.len() as usize
+    {
+        return Err(());
+    }
+    let mut next = next_header;
+    let mut off = ETH_HLEN + 40;
+    for _ in 0..MAX_EXT_HEADERS {
+        match next {
+            IPV6_HOPOPTS | IPV6_ROUTING | IPV6_DSTOPTS => {
+                let h: u16 = read(ctx, off)?;
+                let h = h.to_ne_bytes();
+                next = h[0];
+                off += (h[1] as usize + 1) * 8;
+            }
+            IPV6_AH => {
+                let h: u16 = read(ctx, off)?;
+                let h = h.to_ne_bytes();
+                next = h[0];
+                off += (h[1] as usize + 2) * 4;
+            }
+            IPV6_FRAGMENT => {
+                let h: u64 = read(ctx, off)?;
+                let h = h.to_ne_bytes();
+                next = h[0];
+                let frag = u16::from_be_bytes([h[2], h[3]]);
+                let offset = frag >> 3;
+                let more = frag & 1 != 0;
+                // An atomic fragment (offset 0, no more) is a whole datagram: no state needed.
+                if offset != 0 || more {
+                    pkt.is_fragment = 1;
+                    pkt.is_first_fragment = (offset == 0) as u8;
+                    pkt.frag_id = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
+                }
+                off += 8;
+            }
+            _ => {
+                pkt.flow.proto = next;
+                pkt.l4_off = off;
+                return Ok(());
+            }
+        }
+    }
+    // Still inside the extension headers after the walk: judge it unreadable.
+    pkt.flow.proto = next;
+    Err(())
+}
+
+#[inline(always)]
+pub(crate) fn parse_l4(ctx: &TcContext, pkt: &mut Packet) -> u8 {
+    if pkt.is_fragment != 0 && pkt.is_first_fragment == 0 {
+        // Later fragments carry no L4 header: take the first fragment's ports, if it passed.
+        let key = frag_key(&pkt.flow, pkt.frag_id);
+        match FRAGMENTS.get_ptr(&key) {
+            Some(v) => {
+                // SAFETY: copied at once; entries are written whole.
+                let v = unsafe { *v };
+                pkt.flow.sport_be = v.sport_be;
+                pkt.flow.dport_be = v.dport_be;
+                pkt.flow.has_ports = is_port_proto(pkt.flow.proto) as u8;
+                pkt.kind = KIND_LATER_FRAGMENT;
+            }
+            None => pkt.kind = KIND_UNKNOWN_FRAGMENT,
+        }
+        return PARSE_IP;
+    }
+    if pkt.is_fragment != 0 {
+        pkt.kind = KIND_FIRST_FRAGMENT;
+    }
+    let l4_off = pkt.l4_off;
+    let proto = pkt.flow.proto;
+    if is_port_proto(proto) {
+        // TCP needs its fixed header, UDP its 8 bytes, SCTP its common header (12 bytes).
+        let need = match proto {
+            IPPROTO_TCP => 20,
+            IPPROTO_UDP => 8,
+            _ => 12,
+        };
+        if l4_off + need > ctx.len() as usize {
+            return PARSE_MALFORMED;
+        }
+        let Ok(ports) = read::<u32>(ctx, l4_off) else {
+            return PARSE_MALFORMED;
+        };
+        let b = ports.to_ne_bytes();
+        pkt.flow.sport_be = u16::from_ne_bytes([b[0], b[1]]);
+        pkt.flow.dport_be = u16::from_ne_bytes([b[2], b[3]]);
+        pkt.flow.has_ports = 1;
+    } else if proto == IPPROTO_ICMP || proto == IPPROTO_ICMPV6 {
+        let Ok(h) = read::<u64>(ctx, l4_off) else {
+            return PARSE_MALFORMED;
+        };
+        let h = h.to_ne_bytes();
+        let v6 = proto == IPPROTO_ICMPV6;
+        let id_be = u16::from_ne_bytes([h[4], h[5]]);
+        match icmp_class(v6, h[0]) {
+            ICMP_ECHO_REQUEST => pkt.flow.sport_be = id_be,
+            ICMP_ECHO_REPLY => pkt.flow.dport_be = id_be,
+            ICMP_ERROR => {
+                if parse_quoted(ctx, l4_off + 8, v6, &mut pkt.quoted).is_err() {
+                    return PARSE_MALFORMED;
+                }
+                pkt.kind = KIND_ICMP_ERROR;
+            }
+            ICMP_NEIGHBOR_DISCOVERY => return PARSE_NEIGHBOR_DISCOVERY,
+            _ => {}
+        }
+    }
+    PARSE_IP
+}
+
+#[inline(always)]
+pub(crate) fn is_port_proto(proto: u8) -> bool {
+    proto == IPPROTO_TCP || proto == IPPROTO_UDP || proto == IPPROTO_SCTP
+}
+
+#[inline(always)]
+pub(crate) fn frag_key(flow: &Flow, id: u32) -> FragKey {
+    let w: [u32; 10] = [
+        flow.saddr[0],
+        flow.saddr[1],
+        flow.saddr[2],
+        flow.saddr[3],
+        flow.daddr[0],
+        flow.daddr[1],
+        flow.daddr[2],
+        flow.daddr[3],
+        id,
+        flow.proto as u32,
+    ];
+    // SAFETY: FragKey is saddr, daddr, id, proto and three padding bytes, repr(C), 40 bytes; on
+    // little-endian `proto as u32` puts proto first and zeroes the padding.
+    unsafe { core::mem::transmute::<[u32; 10], FragKey>(w) }
+}
+
+pub(crate) const ICMP_OTHER: u8 = 0;
+pub(crate) const ICMP_ECHO_REQUEST: u8 = 1;
+pub(crate) const ICMP_ECHO_REPLY: u8 = 2;
+pub(crate) const ICMP_ERROR: u8 = 3;
+pub(crate) const ICMP_NEIGHBOR_DISCOVERY: u8 = 4;
+
+#[inline(always)]
+pub(crate) fn icmp_class(v6: bool, ty: u8) -> u8 {
+    if v6 {
+        match ty {
+            128 => ICMP_ECHO_REQUEST,
+            129 => ICMP_ECHO_REPLY,
+            // Destination unreachable, packet too big, time exceeded, parameter problem.
+            1..=4 => ICMP_ERROR,
+            // Router/neighbour solicitation and advertisement, redirect; MLD queries and reports.
+            130..=137 | 143 => ICMP_NEIGHBOR_DISCOVERY,
+            _ => ICMP_OTHER,
+        }
+    } else {
+        match ty {
+            8 => ICMP_ECHO_REQUEST,
+            0 => ICMP_ECHO_REPLY,
+            // Destination unreachable, source quench, redirect, time exceeded, parameter problem.
+            3 | 4 | 5 | 11 | 12 => ICMP_ERROR,
+            _ => ICMP_OTHER,
+        }
+    }
+}
+
+/// The tuple of the packet an ICMP error quotes (its IP header and first 8 bytes of L4).
+#[inline(always)]
+pub(crate) fn parse_quoted(
+    ctx: &TcContext,
+    off: usize,
+    v6: bool,
+    q: &mut Quoted,
+) -> Result<(), ()> {
+    // Single bytes are read as part of a 16-bit word here: at a variable offset, the verifier
+    // cannot prove a 1-byte read in bounds from the comparison LLVM makes of it.
+    let l4_off;
+    if v6 {
+        q.proto = read::<u16>(ctx, off + 6)?.to_ne_bytes()[0];
+        q.saddr = read_addr6(ctx, off + 8)?;
+        q.daddr = read_addr6(ctx, off + 24)?;
+        l4_off = off + 40;
+    } else {
+        let version_ihl = read::<u16>(ctx, off)?.to_ne_bytes()[0];
+        let ihl = ((version_ihl & 0x0f) as usize) * 4;
+        if version_ihl >> 4 != 4 || ihl < 20 {
+            return Err(());
+        }
+        q.proto = read::<u16>(ctx, off + 8)?.to_ne_bytes()[1];
+        q.saddr = v4_mapped(read(ctx, off + 12)?);
+        q.daddr = v4_mapped(read(ctx, off + 16)?);
+        l4_off = off + ihl;
+    }
+    let h: u64 = read(ctx, l4_off)?;
+    let h = h.to_ne_bytes();
+    if is_port_proto(q.proto) {
+        q.sport_be = u16::from_ne_bytes([h[0], h[1]]);
+        q.dport_be = u16::from_ne_bytes([h[2], h[3]]);
+    } else if q.proto == IPPROTO_ICMP || q.proto == IPPROTO_ICMPV6 {
+        let id_be = u16::from_ne_bytes([h[4], h[5]]);
+        match icmp_class(v6, h[0]) {
+            ICMP_ECHO_REQUEST => q.sport_be = id_be,
+            ICMP_ECHO_REPLY => q.dport_be = id_be,
+            _ => {}
+        }
+    }
+    Ok(())
+}
