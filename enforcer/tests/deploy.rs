@@ -444,6 +444,21 @@ fn check_daemonset(ds: &DaemonSet) -> Vec<String> {
     if env_value(c, "ENFORCER_KEEP_PINS") != Some("true") {
         problem("ENFORCER_KEEP_PINS is not \"true\" (upgrades would break enforcement)".into());
     }
+    // Fail closed by default: an interface no known pod claims is held, not left open.
+    if args.iter().any(|a| a.starts_with("--default-deny-unknown")) {
+        problem(
+            "--default-deny-unknown is in args: set ENFORCER_DEFAULT_DENY_UNKNOWN instead, so \
+             the documented opt-out (set env ...=false) works"
+                .into(),
+        );
+    }
+    if env_value(c, "ENFORCER_DEFAULT_DENY_UNKNOWN") != Some("true") {
+        problem(
+            "ENFORCER_DEFAULT_DENY_UNKNOWN is not \"true\" (pod interfaces no known pod claims \
+             would pass traffic unenforced)"
+                .into(),
+        );
+    }
 
     // Health endpoints: the probes hit the port the agent listens on, on every address (the
     // kubelet probes the node's address).
@@ -937,6 +952,18 @@ fn the_content_checks_catch_a_weakened_bundle() {
                 v
             },
             "--keep-pins is in args",
+        ),
+        (
+            "unknown pod interfaces left open",
+            {
+                let mut v = good.clone();
+                v.pointer_mut(&format!("{c}/env"))
+                    .and_then(Value::as_array_mut)
+                    .expect("env")
+                    .retain(|e| e["name"] != "ENFORCER_DEFAULT_DENY_UNKNOWN");
+                v
+            },
+            "ENFORCER_DEFAULT_DENY_UNKNOWN",
         ),
         (
             "the readiness probe on another port",
