@@ -118,6 +118,22 @@ pub struct EndpointInfo {
 }
 const _: () = assert!(core::mem::size_of::<EndpointInfo>() == 16);
 
+impl EndpointInfo {
+    /// Why an endpoint in `DENY_ALL` is held, as reported. A `DENY_ALL` slot has no policy set,
+    /// so its `policy_set` carries the reason (a `reason::*`, e.g. `ENDPOINT_CAPACITY`); 0
+    /// means `ENDPOINT_UNKNOWN` for endpoint id 0 (an interface no known pod claims), else
+    /// `ENDPOINT_DENY_ALL`.
+    pub const fn held_reason(&self) -> u8 {
+        if self.policy_set != 0 && self.policy_set < reason::COUNT as u32 {
+            self.policy_set as u8
+        } else if self.endpoint_id == 0 {
+            reason::ENDPOINT_UNKNOWN
+        } else {
+            reason::ENDPOINT_DENY_ALL
+        }
+    }
+}
+
 /// One generation's settings of an endpoint.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -345,15 +361,26 @@ const _: () = assert!(core::mem::size_of::<CtValue>() == 24);
 // --- Configuration ----------------------------------------------------------------------------
 
 /// `CONFIG` array, index 0.
+///
+/// The revision and the generation are one word: the generation (which slot of
+/// `EndpointValue` and `IdentitySlots` is current) is the revision's lowest bit, see
+/// [`Config::generation`]. The agent rewrites the whole value in one map update, which the
+/// kernel copies into the array with `memcpy`, not atomically; a packet reading it at that
+/// moment could take some fields from the old value and some from the new. With the generation
+/// derived from the revision, whatever revision a packet acts on names its own generation: the
+/// new revision with the old generation (a flow judged by the old policy and stamped as current,
+/// so never re-checked) cannot be read. The datapath reads the value once per packet
+/// (`read_volatile`), so it never re-reads the revision mid-packet either.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Config {
-    /// Bumped by the agent on every applied policy change.
+    /// Bumped by the agent on every applied policy change; its lowest bit is the generation.
     pub revision: u32,
     /// `config_flags::*`.
     pub flags: u32,
-    /// Which slot (0 or 1) of `EndpointValue` and `IdentitySlots` is current.
-    pub generation: u32,
+    /// Unused (was a separate generation field, which a torn read could pair with the wrong
+    /// revision); kept so that the fields after it keep their offsets in pinned maps.
+    pub _reserved: u32,
     /// Events each endpoint may emit, in thousandths of an event per second (0: no limit); a
     /// token bucket per endpoint in the kernel, so a flood costs the event path nothing past
     /// the limit. `EVENT_LIMITS` overrides it per endpoint.
@@ -365,6 +392,14 @@ pub struct Config {
     pub drop_report_window_ms: u32,
 }
 const _: () = assert!(core::mem::size_of::<Config>() == 24);
+
+impl Config {
+    /// Which slot (0 or 1) of `EndpointValue` and `IdentitySlots` is current: the revision's
+    /// lowest bit (every install bumps the revision by one and switches the slot, in one write).
+    pub const fn generation(&self) -> u32 {
+        self.revision & 1
+    }
+}
 
 /// `EVENT_BUCKETS` value: one endpoint's event token bucket (key: ifindex).
 #[repr(C)]

@@ -37,7 +37,7 @@ pub(crate) fn recheck(
     let opened_mode = mode_of(&ep, opened_dir);
     let mut why = match opened_mode {
         mode::ENFORCE | mode::AUDIT => decide(&ep, opened_dir, &pkt.opened, config),
-        mode::DENY_ALL => Why::new(reason::ENDPOINT_DENY_ALL),
+        mode::DENY_ALL => Why::new(ep.held_reason()),
         _ => Why::new(reason::ALLOWED_NOT_ISOLATED),
     };
     // Audit mode keeps the flow (its first packet was reported already).

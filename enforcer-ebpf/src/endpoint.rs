@@ -35,7 +35,7 @@ pub(crate) fn unknown_endpoint(
 #[inline(always)]
 pub(crate) fn endpoint(ifindex: u32, config: &Config) -> Option<EndpointInfo> {
     let v = ENDPOINTS.get_ptr(&ifindex)?;
-    let slot = (config.generation & 1) as usize;
+    let slot = config.generation() as usize;
     // SAFETY: a live map value; the slot the current generation names is not written while it
     // is current (the agent writes only the other one).
     let (id, s) = unsafe { ((*v).endpoint_id, (*v).slots[slot]) };

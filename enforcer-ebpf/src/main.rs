@@ -166,12 +166,9 @@ fn try_new_flow(
         }
     }
     if ep_mode == mode::DENY_ALL {
-        // Endpoint id 0: an interface held until its pod is known (`--default-deny-unknown`).
-        let why = Why::new(if ep.endpoint_id == 0 {
-            reason::ENDPOINT_UNKNOWN
-        } else {
-            reason::ENDPOINT_DENY_ALL
-        });
+        // Endpoint id 0: an interface held until its pod is known (`--default-deny-unknown`);
+        // a pod's endpoint is held for the reason its slot carries (its policy does not fit).
+        let why = Why::new(ep.held_reason());
         return drop_packet(ctx, ep, ifindex, dir, &pkt.flow, &why);
     }
     if pkt.kind == KIND_UNKNOWN_FRAGMENT {

@@ -84,14 +84,19 @@ pub(crate) static DROP_REPORTS: LruHashMap<CtKey, u64> =
 pub(crate) static EVENT_LIMITS: HashMap<u32, EventLimit> =
     HashMap::with_max_entries(capacity::ENDPOINTS, 0);
 
+/// The configuration, read once per packet. Volatile, so the compiler cannot turn later uses
+/// into re-reads of the map value (which the agent may rewrite meanwhile): every decision of one
+/// packet uses one revision, and the generation is derived from that revision (see
+/// `enforcer_common::Config`), so the two always agree.
 #[inline(always)]
 pub(crate) fn config() -> Config {
-    match CONFIG.get(0) {
-        Some(c) => *c,
+    match CONFIG.get_ptr(0) {
+        // SAFETY: slot 0 of a one-slot array: a valid, aligned `Config` for the program's life.
+        Some(c) => unsafe { core::ptr::read_volatile(c) },
         None => Config {
             revision: 0,
             flags: 0,
-            generation: 0,
+            _reserved: 0,
             event_rate_milli: 0,
             event_burst: 0,
             drop_report_window_ms: 0,

@@ -47,7 +47,7 @@ impl Why {
 /// The new-flow decision of an isolated direction; `enforcer::lookup::decide` is its mirror.
 #[inline(always)]
 pub(crate) fn decide(ep: &EndpointInfo, dir: u8, flow: &Flow, config: &Config) -> Why {
-    let slot = (config.generation & 1) as usize;
+    let slot = config.generation() as usize;
     let peer = if dir == direction::EGRESS {
         flow.daddr
     } else {

@@ -585,7 +585,7 @@ impl Agent {
         for e in &done.cleanup_errors {
             warn!("cleaning up after the repair: {e}");
         }
-        self.revision += 1;
+        self.revision = done.revision;
         self.health
             .metrics
             .drift_repaired
@@ -730,7 +730,7 @@ impl Agent {
             for e in &done.cleanup_errors {
                 warn!("cleaning up after an install (the new state is in force): {e}");
             }
-            self.revision += 1;
+            self.revision = done.revision;
             self.installed = desired;
             self.health.metrics.syncs.inc();
         }

@@ -746,9 +746,63 @@ fn live_identities<'a>(
     s
 }
 
+/// An endpoint held closed because its policy set does not fit in the `POLICY` map.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CapacityHold {
+    pub endpoint_id: u32,
+    pub pod: ObjectRef,
+    pub ifindex: u32,
+    /// Entries its policy set needs.
+    pub entries: usize,
+}
+
+/// What [`plan_with`] decides: the desired state, and the endpoints held for lack of room.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Planned {
+    pub state: MapState,
+    pub held: Vec<CapacityHold>,
+}
+
 /// Places the compiled entries under `policy_set` ids, given what is installed, and returns the
-/// complete desired map state (diff it against `installed` for the writes).
+/// complete desired map state (diff it against `installed` for the writes). The `POLICY` map's
+/// real capacity; see [`plan_with`].
 pub fn plan(installed: &MapState, compiled: &Compiled, ids: &mut Ids) -> MapState {
+    plan_with(
+        installed,
+        compiled,
+        ids,
+        enforcer_common::capacity::POLICY as usize,
+    )
+    .state
+}
+
+/// The slot of an endpoint held closed for `why` (a `reason::*`): `DENY_ALL` both ways, with
+/// the reason the datapath reports in `policy_set` (a `DENY_ALL` slot has no policy set).
+pub fn held_endpoint(endpoint_id: u32, why: u8) -> EndpointInfo {
+    EndpointInfo {
+        endpoint_id,
+        policy_set: u32::from(why),
+        ingress_mode: mode::DENY_ALL,
+        egress_mode: mode::DENY_ALL,
+    }
+}
+
+/// As [`plan`], for a `POLICY` map of `capacity` entries.
+///
+/// Endpoints whose entries are identical share one `policy_set`. Each distinct set is placed,
+/// in order of preference: on an installed set that holds exactly these entries (no write); in
+/// place on the installed set its endpoints use, when nobody else uses it and the change is
+/// invisible to live traffic (see the module doc); else under a fresh id. During the install the
+/// map holds the installed sets and the new ones at once (the old are deleted after the flip),
+/// so a set that is written costs its entries on top of what is installed: the sets are placed
+/// oldest endpoint first while they fit, and the endpoints of a set that does not fit are held
+/// closed (`DENY_ALL`, reported as `ENDPOINT_CAPACITY`) while every other change installs.
+pub fn plan_with(
+    installed: &MapState,
+    compiled: &Compiled,
+    ids: &mut Ids,
+    capacity: usize,
+) -> Planned {
     let live_before = live_identities(
         installed.ip_identity.values(),
         installed.cidr_identity.values(),
@@ -757,7 +811,8 @@ pub fn plan(installed: &MapState, compiled: &Compiled, ids: &mut Ids) -> MapStat
         compiled.ip_identity.values(),
         compiled.cidr_identity.values(),
     );
-    let mut installed_sets: BTreeMap<u32, BTreeMap<Lpm<PolicyKey>, PolicyValue>> = BTreeMap::new();
+    type Entries = BTreeMap<Lpm<PolicyKey>, PolicyValue>;
+    let mut installed_sets: BTreeMap<u32, Entries> = BTreeMap::new();
     let mut max_set = 0;
     for (k, v) in &installed.policy {
         max_set = max_set.max(k.data.policy_set);
@@ -768,61 +823,138 @@ pub fn plan(installed: &MapState, compiled: &Compiled, ids: &mut Ids) -> MapStat
             .or_default()
             .insert(bare, *v);
     }
-    let installed_by_endpoint: BTreeMap<u32, &EndpointInfo> = installed
-        .endpoints
-        .values()
-        .map(|e| (e.endpoint_id, e))
-        .collect();
-    max_set = max_set.max(
-        installed
-            .endpoints
-            .values()
-            .map(|e| e.policy_set)
-            .max()
-            .unwrap_or(0),
-    );
+    // Which endpoints use each installed set (a held endpoint's slot names a reason, not a set).
+    let mut set_users: BTreeMap<u32, BTreeSet<u32>> = BTreeMap::new();
+    let mut installed_set_of: BTreeMap<u32, u32> = BTreeMap::new();
+    for e in installed.endpoints.values() {
+        if e.ingress_mode == mode::DENY_ALL && e.egress_mode == mode::DENY_ALL {
+            continue;
+        }
+        max_set = max_set.max(e.policy_set);
+        set_users
+            .entry(e.policy_set)
+            .or_default()
+            .insert(e.endpoint_id);
+        installed_set_of.insert(e.endpoint_id, e.policy_set);
+    }
+    let empty = Entries::new();
 
-    let mut out = MapState {
-        endpoints: BTreeMap::new(),
-        ip_identity: compiled.ip_identity.clone(),
-        cidr_identity: compiled.cidr_identity.clone(),
-        policy: BTreeMap::new(),
-        service_ips: compiled.service_ips.clone(),
-    };
-    let empty = BTreeMap::new();
-    for (endpoint_id, ep) in &compiled.endpoints {
-        let old = installed_by_endpoint.get(endpoint_id);
-        let reuse = old.and_then(|old| {
-            let old_entries = installed_sets.get(&old.policy_set).unwrap_or(&empty);
-            let invisible_adds = ep.entries.iter().all(|(k, v)| {
-                old_entries.get(k) == Some(v) || !live_before.contains(&k.data.identity)
+    // Endpoints grouped by their entries, each group in the order of its oldest endpoint.
+    let mut groups: BTreeMap<&Entries, Vec<u32>> = BTreeMap::new();
+    for (id, ep) in &compiled.endpoints {
+        groups.entry(&ep.entries).or_default().push(*id);
+    }
+    let mut groups: Vec<(&Entries, Vec<u32>)> = groups.into_iter().collect();
+    groups.sort_by_key(|(_, users)| users[0]);
+
+    let mut taken: BTreeSet<u32> = BTreeSet::new();
+    let mut chosen: Vec<Option<u32>> = vec![None; groups.len()];
+    // 1. Sets installed with exactly these entries: nothing to write.
+    for (i, (entries, users)) in groups.iter().enumerate() {
+        let same = |s: &u32| !taken.contains(s) && installed_sets.get(s).unwrap_or(&empty) == *entries;
+        let pick = users
+            .iter()
+            .filter_map(|u| installed_set_of.get(u))
+            .copied()
+            .find(|s| *s != 0 && same(s))
+            .or_else(|| {
+                installed_sets
+                    .keys()
+                    .copied()
+                    .find(|s| *s != 0 && same(s) && !entries.is_empty())
             });
-            let invisible_removes = old_entries
-                .keys()
-                .all(|k| ep.entries.contains_key(k) || !live_after.contains(&k.data.identity));
-            (old.policy_set != 0 && invisible_adds && invisible_removes).then_some(old.policy_set)
-        });
-        let set = reuse.unwrap_or_else(|| ids.fresh_set(max_set));
-        for (k, v) in &ep.entries {
+        if let Some(s) = pick {
+            taken.insert(s);
+            chosen[i] = Some(s);
+        }
+    }
+    // 2. and 3. In place where invisible, else fresh; while the map has room.
+    let mut room = capacity.saturating_sub(installed.policy.len());
+    let mut out = Planned {
+        state: MapState {
+            endpoints: BTreeMap::new(),
+            ip_identity: compiled.ip_identity.clone(),
+            cidr_identity: compiled.cidr_identity.clone(),
+            policy: BTreeMap::new(),
+            service_ips: compiled.service_ips.clone(),
+        },
+        held: Vec::new(),
+    };
+    for (i, (entries, users)) in groups.iter().enumerate() {
+        let set = match chosen[i] {
+            Some(s) => Some(s),
+            None => {
+                let in_place = users
+                    .iter()
+                    .filter_map(|u| installed_set_of.get(u))
+                    .copied()
+                    .find(|s| {
+                        let old = installed_sets.get(s).unwrap_or(&empty);
+                        *s != 0
+                            && !taken.contains(s)
+                            && set_users[s].iter().all(|u| users.contains(u))
+                            && entries.iter().all(|(k, v)| {
+                                old.get(k) == Some(v) || !live_before.contains(&k.data.identity)
+                            })
+                            && old.keys().all(|k| {
+                                entries.contains_key(k) || !live_after.contains(&k.data.identity)
+                            })
+                    });
+                let (set, cost) = match in_place {
+                    Some(s) => {
+                        let old = installed_sets.get(&s).unwrap_or(&empty);
+                        (Some(s), entries.keys().filter(|k| !old.contains_key(*k)).count())
+                    }
+                    None => (None, entries.len()),
+                };
+                if cost > room {
+                    None
+                } else {
+                    room -= cost;
+                    Some(set.unwrap_or_else(|| ids.fresh_set(max_set)))
+                }
+            }
+        };
+        let Some(set) = set else {
+            for id in users {
+                let ep = &compiled.endpoints[id];
+                out.held.push(CapacityHold {
+                    endpoint_id: *id,
+                    pod: ep.pod.clone(),
+                    ifindex: ep.ifindex,
+                    entries: entries.len(),
+                });
+                out.state.endpoints.insert(
+                    ep.ifindex,
+                    held_endpoint(*id, enforcer_common::reason::ENDPOINT_CAPACITY),
+                );
+            }
+            continue;
+        };
+        taken.insert(set);
+        for (k, v) in *entries {
             let mut key = *k;
             key.data.policy_set = set;
-            out.policy.insert(key, *v);
+            out.state.policy.insert(key, *v);
         }
-        out.endpoints.insert(
-            ep.ifindex,
-            EndpointInfo {
-                endpoint_id: *endpoint_id,
-                policy_set: set,
-                ingress_mode: ep.ingress_mode,
-                egress_mode: ep.egress_mode,
-            },
-        );
+        for id in users {
+            let ep = &compiled.endpoints[id];
+            out.state.endpoints.insert(
+                ep.ifindex,
+                EndpointInfo {
+                    endpoint_id: *id,
+                    policy_set: set,
+                    ingress_mode: ep.ingress_mode,
+                    egress_mode: ep.egress_mode,
+                },
+            );
+        }
     }
     // Held interfaces: endpoint id 0 in DENY_ALL, which the datapath reports as
     // `endpoint-unknown`; only IP traffic is refused (ARP and neighbour discovery pass, so the
     // pod's address can be learnt and the pod discovered).
     for ifindex in &compiled.held {
-        out.endpoints.entry(*ifindex).or_insert(EndpointInfo {
+        out.state.endpoints.entry(*ifindex).or_insert(EndpointInfo {
             endpoint_id: 0,
             policy_set: 0,
             ingress_mode: mode::DENY_ALL,

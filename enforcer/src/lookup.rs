@@ -111,11 +111,7 @@ pub fn decide(
         mode::ENFORCE | mode::AUDIT => {}
         mode::DENY_ALL => {
             d.allowed = false;
-            d.reason = if ep.endpoint_id == 0 {
-                reason::ENDPOINT_UNKNOWN
-            } else {
-                reason::ENDPOINT_DENY_ALL
-            };
+            d.reason = ep.held_reason();
             return d;
         }
         _ => return d,

@@ -159,6 +159,9 @@ pub struct Datapath {
 #[derive(Debug, Default)]
 pub struct Installed {
     pub writes: usize,
+    /// The revision now in `CONFIG` (the one asked for, or the next: its lowest bit is the
+    /// generation).
+    pub revision: u32,
     /// Clean-up writes that failed after the switch (the new state is in force regardless).
     pub cleanup_errors: Vec<String>,
 }
@@ -455,10 +458,17 @@ impl Datapath {
             }
             self.phys.apply(w);
         }
+        // The generation is the revision's lowest bit (see `Config`): the flip is the one write
+        // of a revision of the new generation's parity, at or above the one asked for.
+        let revision = if revision & 1 == u32::from(t.flip_to) {
+            revision
+        } else {
+            revision.wrapping_add(1)
+        };
         let config = Config {
             revision,
             flags,
-            generation: t.flip_to as u32,
+            _reserved: 0,
             event_rate_milli: self.event_limits.0,
             event_burst: self.event_limits.1,
             drop_report_window_ms: self.drop_report_window_ms,
@@ -490,6 +500,7 @@ impl Datapath {
         }
         Ok(Installed {
             writes: t.len(),
+            revision,
             cleanup_errors,
         })
     }
@@ -970,7 +981,7 @@ fn read_phys<'a>(map: impl Fn(&'static str) -> Result<&'a Map>) -> Result<PhysSt
     let c: Array<&MapData, Config> =
         Array::try_from(map(MAP_CONFIG)?).map_err(map_err(MAP_CONFIG))?;
     Ok(PhysState {
-        generation: (c.get(&0, 0).map_err(map_err(MAP_CONFIG))?.generation & 1) as u8,
+        generation: c.get(&0, 0).map_err(map_err(MAP_CONFIG))?.generation() as u8,
         endpoints: hash_entries(map(MAP_ENDPOINTS)?, MAP_ENDPOINTS)?
             .into_iter()
             .collect(),
