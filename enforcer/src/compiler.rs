@@ -156,6 +156,121 @@ impl Ids {
         self.next_set = self.next_set.max(floor).max(1) + 1;
         self.next_set
     }
+
+    /// How many ids are remembered (identities, CIDR identities, endpoints, policies).
+    pub fn len(&self) -> usize {
+        self.identities.len()
+            + self.cidr_identities.len()
+            + self.endpoints.len()
+            + self.policies.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Forgets the ids of what is gone: pods and policies no longer in `cluster`, identities
+    /// that neither `compiled` nor `installed` (what packets may still carry until the next
+    /// install) uses. Live ids keep their numbers, and no number is given out twice (the
+    /// counters never go back), so an id in a conntrack entry, a rule counter or an event
+    /// never comes to stand for something else. Run after every compile: a cluster with Jobs
+    /// creates pods (and label sets) forever.
+    pub fn retain_live(&mut self, cluster: &Cluster, compiled: &Compiled, installed: &MapState) {
+        let mut live: BTreeSet<u32> = compiled.identities.keys().copied().collect();
+        for v in installed
+            .ip_identity
+            .values()
+            .chain(installed.cidr_identity.values())
+        {
+            live.insert(v.identity);
+        }
+        self.identities.retain(|_, id| live.contains(id));
+        self.cidr_identities
+            .retain(|_, id| live.contains(&(identity::CIDR_FLAG | *id)));
+        let installed_endpoints: BTreeSet<u32> = installed
+            .endpoints
+            .values()
+            .map(|e| e.endpoint_id)
+            .collect();
+        self.endpoints
+            .retain(|pod, id| cluster.pods.contains_key(pod) || installed_endpoints.contains(id));
+        self.policies.retain(|policy, id| {
+            cluster.policies.contains_key(policy) || compiled.policies.contains_key(id)
+        });
+    }
+
+    /// Takes back the ids a previous agent gave out, from what its pins hold (`installed`:
+    /// addresses → identities and endpoint ids, interfaces → endpoint ids, CIDR prefixes →
+    /// CIDR identities; `policy_names`: the `NAMES` map's policy ids), so a restart renumbers
+    /// nothing: conntrack entries, rule counters and events keep naming the same objects. Ids
+    /// this agent already gave out win (they are in the maps too). Returns the interface each
+    /// local pod was bound to: the binding of a quiet pod (one a bridge CNI has no fresh
+    /// neighbour or forwarding entry for) is known only from there.
+    pub fn seed_from_pins(
+        &mut self,
+        cluster: &Cluster,
+        node: &str,
+        installed: &MapState,
+        policy_names: &BTreeMap<u32, ObjectRef>,
+    ) -> BTreeMap<ObjectRef, u32> {
+        fn take<K: Ord + Clone>(map: &mut BTreeMap<K, u32>, next: &mut u32, k: K, id: u32) {
+            // Linear in the map only when the key is new to this agent (a restart: once).
+            if !map.contains_key(&k) && !map.values().any(|v| *v == id) {
+                map.insert(k, id);
+            }
+            *next = (*next).max(id.saturating_add(1));
+        }
+        for (id, policy) in policy_names {
+            take(
+                &mut self.policies,
+                &mut self.next_policy,
+                policy.clone(),
+                *id,
+            );
+        }
+        let blocks = named_port_blocks(cluster);
+        let mut endpoint_pods: BTreeMap<u32, ObjectRef> = BTreeMap::new();
+        for pod in cluster.pods.values().filter(|p| !p.host_network) {
+            for ip in &pod.ips {
+                let Some(v) = installed.ip_identity.get(&ip_key(*ip)) else {
+                    continue;
+                };
+                if v.identity >= identity::FIRST_LABEL && v.identity & identity::CIDR_FLAG == 0 {
+                    let key = pod_identity_key(pod, *ip, &blocks);
+                    take(
+                        &mut self.identities,
+                        &mut self.next_identity,
+                        key,
+                        v.identity,
+                    );
+                }
+                if v.endpoint_id != 0 && pod.node.as_deref() == Some(node) {
+                    endpoint_pods.insert(v.endpoint_id, pod.key());
+                }
+            }
+        }
+        let mut bound = BTreeMap::new();
+        for (ifindex, e) in &installed.endpoints {
+            if let Some(pod) = endpoint_pods.get(&e.endpoint_id) {
+                take(
+                    &mut self.endpoints,
+                    &mut self.next_endpoint,
+                    pod.clone(),
+                    e.endpoint_id,
+                );
+                bound.insert(pod.clone(), *ifindex);
+            }
+        }
+        for (net, covering) in cidr_partition(cluster) {
+            if let Some(v) = installed.cidr_identity.get(&net_key(net))
+                && v.identity & identity::CIDR_FLAG != 0
+            {
+                let id = v.identity & !identity::CIDR_FLAG;
+                take(&mut self.cidr_identities, &mut self.next_cidr, covering, id);
+            }
+        }
+        bound
+    }
 }
 
 /// One local endpoint, before its entries are placed under a `policy_set`.
@@ -851,7 +966,8 @@ pub fn plan_with(
     let mut chosen: Vec<Option<u32>> = vec![None; groups.len()];
     // 1. Sets installed with exactly these entries: nothing to write.
     for (i, (entries, users)) in groups.iter().enumerate() {
-        let same = |s: &u32| !taken.contains(s) && installed_sets.get(s).unwrap_or(&empty) == *entries;
+        let same =
+            |s: &u32| !taken.contains(s) && installed_sets.get(s).unwrap_or(&empty) == *entries;
         let pick = users
             .iter()
             .filter_map(|u| installed_set_of.get(u))
@@ -903,7 +1019,10 @@ pub fn plan_with(
                 let (set, cost) = match in_place {
                     Some(s) => {
                         let old = installed_sets.get(&s).unwrap_or(&empty);
-                        (Some(s), entries.keys().filter(|k| !old.contains_key(*k)).count())
+                        (
+                            Some(s),
+                            entries.keys().filter(|k| !old.contains_key(*k)).count(),
+                        )
                     }
                     None => (None, entries.len()),
                 };
@@ -964,5 +1083,7 @@ pub fn plan_with(
     out
 }
 
+#[cfg(test)]
+mod fail_closed_tests;
 #[cfg(test)]
 mod tests;
