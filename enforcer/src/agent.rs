@@ -16,7 +16,9 @@ use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
 
 use crate::bpf::Datapath;
-use crate::compiler::{Cluster, Compiled, IdentityInfo, Ids, NodeInput, compile, plan};
+use crate::compiler::{
+    CapacityHold, Cluster, Compiled, IdentityInfo, Ids, NodeInput, compile, plan_with,
+};
 use crate::discover;
 use crate::kube_source::KubeSource;
 use crate::metrics::{self, Health, Metrics};
@@ -74,6 +76,17 @@ struct Status<'a> {
     revision: u32,
     endpoints: usize,
     node: &'a str,
+    /// Endpoints held closed, named.
+    held: Vec<HeldStatus>,
+}
+
+/// An endpoint held closed, as the status file names it.
+#[derive(Serialize)]
+struct HeldStatus {
+    pod: String,
+    reason: &'static str,
+    /// Policy entries it needs (`endpoint-capacity`).
+    entries: usize,
 }
 
 /// Names for the ids in events: who is who, as of the last compile.
@@ -437,6 +450,14 @@ struct Agent {
     health: Arc<Health>,
     /// When the first change not yet in the maps was noticed (for the programming latency).
     noticed: Option<Instant>,
+    /// Endpoints whose policy did not fit in the maps at the last install: held closed, and
+    /// tried again every pass.
+    capacity_held: Vec<CapacityHold>,
+    /// Policy ids of the agent before us (`NAMES`), until the first complete source seeds
+    /// `ids` (and the bindings) from the pins; then `None`.
+    pinned_policies: Option<BTreeMap<u32, ObjectRef>>,
+    /// Rule counter label sets on /metrics, so those of deleted policies can be removed.
+    rule_labels: BTreeSet<Vec<(&'static str, String)>>,
 }
 
 impl Agent {
@@ -451,6 +472,15 @@ impl Agent {
             revision: self.revision,
             endpoints: self.installed.endpoints.len(),
             node: &self.opts.node,
+            held: self
+                .capacity_held
+                .iter()
+                .map(|h| HeldStatus {
+                    pod: h.pod.to_string(),
+                    reason: reason::name(reason::ENDPOINT_CAPACITY),
+                    entries: h.entries,
+                })
+                .collect(),
         };
         let data = serde_json::to_vec(&status).expect("status serializes");
         if let Err(e) = write_atomic(path, &data) {
@@ -478,6 +508,17 @@ impl Agent {
         let changed = snap.cluster.is_some();
         if let Some(c) = snap.cluster {
             self.cluster = c;
+        }
+        if let Some(policies) = self.pinned_policies.take() {
+            // A restart: take back the ids and bindings the pins hold, so nothing is renumbered
+            // and a quiet bridge pod (no fresh neighbour or fdb entry) stays bound.
+            self.interfaces =
+                self.ids
+                    .seed_from_pins(&self.cluster, &self.opts.node, &self.installed, &policies);
+            info!(
+                bound = self.interfaces.len(),
+                "ids and interface bindings seeded from the pins"
+            );
         }
 
         // The tables change only with links, addresses, routes and neighbours, which netlink
@@ -539,6 +580,7 @@ impl Agent {
             || host_ips != self.host_ips
             || held != self.held
             || unclaimed != self.unclaimed
+            || !self.capacity_held.is_empty()
         {
             // A failed install (the previous state keeps enforcing) is tried again next pass,
             // even if nothing else changes.
@@ -610,11 +652,42 @@ impl Agent {
         f
     }
 
+    /// Reports the endpoints held because their policy does not fit (log, /metrics; the status
+    /// file and events name them too), when that changes.
+    fn report_capacity(&mut self, held: Vec<CapacityHold>) {
+        if held != self.capacity_held {
+            for h in &held {
+                error!(
+                    pod = %h.pod,
+                    ifindex = h.ifindex,
+                    entries = h.entries,
+                    "held closed: its policy does not fit in the {} map ({} entries); \
+                     every other endpoint keeps installing",
+                    enforcer_common::names::MAP_POLICY,
+                    enforcer_common::capacity::POLICY
+                );
+            }
+            if held.is_empty() && !self.capacity_held.is_empty() {
+                info!("every endpoint's policy fits again");
+            }
+        }
+        self.health
+            .metrics
+            .endpoints_held
+            .get_or_create(&vec![(
+                "reason",
+                reason::name(reason::ENDPOINT_CAPACITY).to_string(),
+            )])
+            .set(held.len() as i64);
+        self.capacity_held = held;
+    }
+
     /// Copies map sizes and the kernel's counters into the metrics.
-    fn export_metrics(&self) {
+    fn export_metrics(&mut self) {
         let m = &self.health.metrics;
         if let Ok(rules) = self.datapath.rule_counters() {
             let names = self.names.lock().expect("names lock");
+            let mut seen = BTreeSet::new();
             for (k, v) in rules {
                 let Some(policy) = names.policies.get(&k.policy_id) else {
                     continue;
@@ -633,8 +706,16 @@ impl Agent {
                     ),
                 ];
                 Metrics::set_counter(&m.rule_packets, labels.clone(), v.packets);
-                Metrics::set_counter(&m.rule_bytes, labels, v.bytes);
+                Metrics::set_counter(&m.rule_bytes, labels.clone(), v.bytes);
+                seen.insert(labels);
             }
+            // Label sets of deleted policies (their kernel counters are pruned) go too.
+            for gone in self.rule_labels.difference(&seen) {
+                m.rule_packets.remove(gone);
+                m.rule_bytes.remove(gone);
+            }
+            drop(names);
+            self.rule_labels = seen;
         }
         self.source.export(m);
         m.set_map_entries("endpoints", self.installed.endpoints.len());
@@ -703,7 +784,14 @@ impl Agent {
             allow_host_ingress: self.opts.allow_host_ingress,
         };
         let compiled = compile(&self.cluster, &node, &mut self.ids, &self.installed);
-        let desired = plan(&self.installed, &compiled, &mut self.ids);
+        let planned = plan_with(
+            &self.installed,
+            &compiled,
+            &mut self.ids,
+            enforcer_common::capacity::POLICY as usize,
+        );
+        let desired = planned.state;
+        self.report_capacity(planned.held);
         let diff = self.installed.diff(&desired);
         let compiled_us = started.elapsed().as_micros() as u64;
 
@@ -747,6 +835,9 @@ impl Agent {
         {
             warn!("writing per-policy event limits: {e:#}");
         }
+        // Forget the ids of what is gone (keeping what the maps may still hold).
+        self.ids
+            .retain_live(&self.cluster, &compiled, &self.installed);
         let live: BTreeSet<u32> = compiled.policies.keys().copied().collect();
         if let Err(e) = self.datapath.prune_rule_counters(|id| live.contains(&id)) {
             debug!("pruning rule counters: {e:#}");
@@ -885,6 +976,19 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         .context("reading the pinned configuration")?
         .revision;
     let names = Arc::new(Mutex::new(Names::default()));
+    // What the agent before us named its policy ids (for seeding ours; empty on a fresh node).
+    let pinned_policies: BTreeMap<u32, ObjectRef> = datapath
+        .names()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(k, _)| {
+            k.kind == enforcer_common::name_kind::POLICY && k.id >= crate::compiler::FIRST_POLICY_ID
+        })
+        .filter_map(|(k, v)| {
+            let (ns, name) = v.split_once('/')?;
+            Some((k.id, ObjectRef::new(ns, name)))
+        })
+        .collect();
 
     let (ev_tx, ev_rx) = mpsc::channel(4096);
     datapath.spawn_event_reader(ev_tx)?;
@@ -917,6 +1021,9 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         names,
         health: health.clone(),
         noticed: None,
+        capacity_held: Vec::new(),
+        pinned_policies: Some(pinned_policies),
+        rule_labels: BTreeSet::new(),
     };
     // Links, addresses, routes and neighbours as they change: a new pod interface is
     // programmed within milliseconds, not at the next rescan. Opened before the first scan so

@@ -47,6 +47,9 @@ pub struct Metrics {
     /// Packets and bytes of the flows each policy rule admitted, by policy, rule and direction.
     pub rule_packets: Family<Labels, Counter>,
     pub rule_bytes: Family<Labels, Counter>,
+    /// Endpoints held closed, by reason (`endpoint-capacity`: its policy does not fit in the
+    /// maps).
+    pub endpoints_held: Family<Labels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -106,7 +109,14 @@ impl Default for Metrics {
             "Bytes of the flows each policy rule admitted (both directions)",
             rule_bytes.clone(),
         );
+        let endpoints_held = Family::<Labels, Gauge>::default();
+        registry.register(
+            "endpoints_held",
+            "Endpoints held closed (nothing but ARP and neighbour discovery passes), by reason",
+            endpoints_held.clone(),
+        );
         Metrics {
+            endpoints_held,
             rule_packets,
             rule_bytes,
             registry,

@@ -161,3 +161,137 @@ fn a_torn_config_read_is_impossible() {
         TC_DROP
     );
 }
+
+// --- A full POLICY map ----------------------------------------------------------------------
+
+fn cluster(yaml: &str) -> enforcer::compiler::Cluster {
+    let mut c = enforcer::compiler::Cluster::default();
+    for obj in enforcer::source::parse_objects("test.yaml", yaml).expect("test yaml parses") {
+        c.insert(obj);
+    }
+    c
+}
+
+fn manifests(small_port: u16) -> String {
+    let pod = |name: &str, ip: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: x, labels: {{app: {name}}}}}\n\
+             spec: {{nodeName: node-1, containers: [{{name: c}}]}}\nstatus: {{podIP: {ip}}}\n---\n"
+        )
+    };
+    let policy = |name: &str, ports: &[u16]| {
+        let ports: Vec<String> = ports.iter().map(|p| format!("{{port: {p}}}")).collect();
+        format!(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: {name}, namespace: x}}\n\
+             spec: {{podSelector: {{matchLabels: {{app: {name}}}}}, policyTypes: [Ingress, Egress], \
+             ingress: [{{from: [{{podSelector: {{}}}}], ports: [{}]}}], egress: [{{ports: [{{port: 53, protocol: UDP}}]}}]}}\n---\n",
+            ports.join(", ")
+        )
+    };
+    let many: Vec<u16> = (1000..1040).collect();
+    format!(
+        "{}{}{}{}{}",
+        pod("big", POD),
+        pod("small", PEER_B),
+        pod("peer", PEER_A),
+        policy("big", &many),
+        policy("small", &[small_port]),
+    )
+}
+
+/// A pod whose policy needs more `POLICY` entries than the map has room for (a huge rule set,
+/// or a map filled by others) must not make the whole install fail: before, one `ENOSPC` rolled
+/// everything back, so no pod on the node got any change any more (and a new pod stayed
+/// unenforced). Now that pod alone is held closed, reported as `endpoint-capacity`, and every
+/// other endpoint keeps getting its changes. The kernel map here holds 16 entries.
+#[test]
+fn a_pod_whose_policy_does_not_fit_is_held_and_the_rest_keep_installing() {
+    use enforcer::compiler::{Ids, NodeInput, compile, plan_with};
+    require_root();
+    const ROOM: u32 = 16;
+    let mut dp = Datapath::load_unpinned_with(&[(enforcer_common::names::MAP_POLICY, ROOM)])
+        .expect("loading the datapath");
+    let mut ids = Ids::default();
+    let node = |c: &enforcer::compiler::Cluster| NodeInput {
+        node: "node-1".into(),
+        // big on ifindex 1, where BPF_PROG_TEST_RUN hands packets in.
+        interfaces: [("big", IFINDEX), ("small", 2), ("peer", 3)]
+            .into_iter()
+            .map(|(n, i)| (enforcer::model::ObjectRef::new("x", n), i))
+            .filter(|(k, _)| c.pods.contains_key(k))
+            .collect(),
+        host_ips: vec![addr("192.0.2.1")],
+        allow_host_ingress: true,
+        held: Default::default(),
+    };
+    let mut installed = dp.read_state().unwrap();
+    let mut revision = 1;
+    for (step, small_port) in [80u16, 81].into_iter().enumerate() {
+        let c = cluster(&manifests(small_port));
+        let compiled = compile(&c, &node(&c), &mut ids, &installed);
+        let planned = plan_with(&installed, &compiled, &mut ids, ROOM as usize);
+        let big = enforcer::model::ObjectRef::new("x", "big");
+        assert_eq!(
+            planned.held.iter().map(|h| &h.pod).collect::<Vec<_>>(),
+            [&big],
+            "step {step}: only big is held"
+        );
+        let done = dp
+            .install(&planned.state, revision + 1, 0)
+            .unwrap_or_else(|e| panic!("step {step}: the install must go through: {e}"));
+        revision = done.revision;
+        installed = dp.read_state().unwrap();
+        assert_eq!(
+            installed, planned.state,
+            "step {step}: the maps hold the plan"
+        );
+
+        // small has its current policy.
+        let small = installed.endpoints[&2];
+        assert_eq!(small.ingress_mode, mode::ENFORCE);
+        let ports: Vec<u16> = installed
+            .policy
+            .keys()
+            .filter(|k| k.data.policy_set == small.policy_set && k.data.proto == TCP)
+            .map(|k| u16::from_be(k.data.port_be))
+            .collect();
+        assert!(
+            ports.contains(&small_port) && ports.iter().all(|p| *p == small_port),
+            "step {step}: small's rules are {ports:?}"
+        );
+
+        // big passes nothing but ARP, both ways, reported as endpoint-capacity and named.
+        let big_id = installed.endpoints[&IFINDEX].endpoint_id;
+        assert_ne!(big_id, 0);
+        assert_eq!(
+            dp.test_run(
+                IN,
+                &ipv4(PEER_A, POD, TCP, &tcp(40000 + step as u16, 1000)),
+                1
+            )
+            .unwrap()
+            .verdict,
+            TC_DROP,
+            "step {step}: a rule it has would allow this, but it is held"
+        );
+        assert_eq!(
+            dp.test_run(Prog::FromEndpoint, &ipv4(POD, DNS, UDP, &udp(5353, 53)), 1)
+                .unwrap()
+                .verdict,
+            TC_DROP
+        );
+        assert_eq!(
+            dp.test_run(Prog::FromEndpoint, &arp(), 1).unwrap().verdict,
+            TC_PASS
+        );
+        let ev = dp.drain_events();
+        assert_eq!(ev.len(), 2, "{ev:?}");
+        assert!(
+            ev.iter().all(|e| e.verdict == verdict::DROP
+                && e.reason == reason::ENDPOINT_CAPACITY
+                && e.endpoint_id == big_id),
+            "{ev:?}"
+        );
+        assert_eq!(reason::name(reason::ENDPOINT_CAPACITY), "endpoint-capacity");
+    }
+}

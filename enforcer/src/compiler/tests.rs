@@ -743,10 +743,10 @@ spec:
         &mut ids,
     );
     let diff = installed.diff(&desired);
-    // One address, and one entry per isolated endpoint of namespace x (a and b) for the new
-    // identity; no set flips, no deletes.
+    // One address, and one entry for the new identity in the one policy set the isolated
+    // endpoints of namespace x (a and b, alike under allow-x) share; no set flips, no deletes.
     assert_eq!(diff.ip_identity.upserts.len(), 1);
-    assert_eq!(diff.policy.upserts.len(), 2);
+    assert_eq!(diff.policy.upserts.len(), 1);
     assert!(diff.endpoints.is_empty() && diff.policy.deletes.is_empty());
 }
 
