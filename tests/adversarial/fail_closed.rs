@@ -295,3 +295,257 @@ fn a_pod_whose_policy_does_not_fit_is_held_and_the_rest_keep_installing() {
         assert_eq!(reason::name(reason::ENDPOINT_CAPACITY), "endpoint-capacity");
     }
 }
+
+// --- A restarted agent ------------------------------------------------------------------------
+
+const EXE: &str = env!("CARGO_BIN_EXE_enforcer");
+
+fn sh(args: &[&str]) -> String {
+    let out = std::process::Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("running {args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A bridge node (flannel, K3s) in a namespace of its own, one quiet pod behind it, and agents
+/// run in it with pins on a private bpffs; everything is removed on drop.
+struct BridgeNode {
+    node_ns: String,
+    pod_ns: String,
+    dir: PathBuf,
+    bpffs: PathBuf,
+    agent: Option<std::process::Child>,
+    _fs: Bpffs,
+}
+
+impl BridgeNode {
+    fn new() -> BridgeNode {
+        let fs = Bpffs::new("restart");
+        let id = format!("enf-fc-{}", std::process::id());
+        let b = BridgeNode {
+            node_ns: format!("{id}-node"),
+            pod_ns: format!("{id}-pod"),
+            dir: std::env::temp_dir().join(format!("{id}-restart")),
+            bpffs: fs.path("enforcer"),
+            agent: None,
+            _fs: fs,
+        };
+        std::fs::create_dir_all(b.dir.join("manifests")).unwrap();
+        sh(&["ip", "netns", "add", &b.node_ns]);
+        sh(&["ip", "netns", "add", &b.pod_ns]);
+        b.node(&["link", "set", "lo", "up"]);
+        b.node(&["link", "add", "cni0", "type", "bridge"]);
+        b.node(&["addr", "add", "10.78.0.1/24", "dev", "cni0"]);
+        b.node(&["link", "set", "cni0", "up"]);
+        b.node(&[
+            "link", "add", "vethq", "type", "veth", "peer", "name", "eth0",
+        ]);
+        b.node(&["link", "set", "eth0", "netns", &b.pod_ns]);
+        b.node(&["link", "set", "vethq", "master", "cni0"]);
+        b.node(&["link", "set", "vethq", "up"]);
+        b.pod(&["link", "set", "lo", "up"]);
+        b.pod(&["addr", "add", "10.78.0.2/24", "dev", "eth0"]);
+        b.pod(&["link", "set", "eth0", "up"]);
+        b
+    }
+    fn node(&self, args: &[&str]) -> String {
+        let mut v = vec!["ip", "-n", self.node_ns.as_str()];
+        v.extend_from_slice(args);
+        sh(&v)
+    }
+    fn pod(&self, args: &[&str]) -> String {
+        let mut v = vec!["ip", "-n", self.pod_ns.as_str()];
+        v.extend_from_slice(args);
+        sh(&v)
+    }
+    fn write(&self, file: &str, text: &str) {
+        let tmp = self.dir.join(format!(".{file}.tmp"));
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(tmp, self.dir.join("manifests").join(file)).unwrap();
+    }
+    fn status(&self) -> Option<serde_json::Value> {
+        let text = std::fs::read_to_string(self.dir.join("status.json")).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+    fn start(&mut self, log: &str) {
+        let _ = std::fs::remove_file(self.dir.join("status.json"));
+        let child = std::process::Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.node_ns))
+            .arg(EXE)
+            .arg("run")
+            .arg("--manifests")
+            .arg(self.dir.join("manifests"))
+            .args(["--node", "node-1", "--rescan-ms", "100", "--keep-pins"])
+            .arg("--bpffs")
+            .arg(&self.bpffs)
+            .arg("--status-file")
+            .arg(self.dir.join("status.json"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(self.dir.join(log)).unwrap())
+            .spawn()
+            .expect("starting the agent");
+        self.agent = Some(child);
+    }
+    fn wait(&mut self, what: &str, ok: impl Fn(&serde_json::Value) -> bool) {
+        let start = std::time::Instant::now();
+        loop {
+            if self.status().is_some_and(|s| ok(&s)) {
+                return;
+            }
+            if let Some(Ok(Some(code))) = self.agent.as_mut().map(|a| a.try_wait()) {
+                panic!("the agent exited ({code}) waiting for {what}");
+            }
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(20),
+                "timed out waiting for {what}: {:?}",
+                self.status()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+    /// SIGTERM; the agent leaves its pins (--keep-pins).
+    fn stop(&mut self) {
+        let mut a = self.agent.take().expect("an agent runs");
+        unsafe { libc::kill(a.id() as i32, libc::SIGTERM) };
+        let status = a.wait().unwrap();
+        assert!(status.success(), "the agent exited with {status}");
+    }
+    fn pins(&self) -> enforcer::bpf::PinnedMaps {
+        enforcer::bpf::PinnedMaps::open(&self.bpffs).expect("the pins")
+    }
+}
+
+impl Drop for BridgeNode {
+    fn drop(&mut self) {
+        if let Some(mut a) = self.agent.take() {
+            let _ = a.kill();
+            let _ = a.wait();
+        }
+        // The agents kept their pins: take the links and maps away before the bpffs goes.
+        let _ = enforcer::bpf::remove_pins(&self.bpffs);
+        for ns in [&self.node_ns, &self.pod_ns] {
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "del", ns])
+                .status();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+const NS_X: &str = "apiVersion: v1\nkind: Namespace\nmetadata: {name: x}\n---\n";
+const POD_Q: &str = "apiVersion: v1\nkind: Pod\nmetadata: {name: q, namespace: x, labels: {app: q}}\n\
+    spec: {nodeName: node-1, containers: [{name: c}]}\nstatus: {podIP: 10.78.0.2}\n";
+const POD_A: &str = "apiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: x, labels: {app: a}}\n\
+    spec: {nodeName: node-2, containers: [{name: c}]}\nstatus: {podIP: 10.79.0.1}\n";
+
+fn deny_ingress(name: &str) -> String {
+    format!(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: {name}, namespace: x}}\n\
+         spec: {{podSelector: {{matchLabels: {{app: q}}}}, ingress: [{{from: [{{podSelector: {{matchLabels: {{app: a}}}}}}], ports: [{{port: 80}}]}}]}}\n"
+    )
+}
+
+/// What must survive a restart: the pod's binding (ifindex → endpoint id), the identities of
+/// addresses, and what each policy id names (rule counters, conntrack and events use them).
+fn ids_of(
+    p: &enforcer::bpf::PinnedMaps,
+) -> (
+    std::collections::BTreeMap<u32, (u32, u32, u32)>,
+    std::collections::BTreeMap<enforcer_common::IpAddrKey, u32>,
+    std::collections::BTreeMap<u32, String>,
+) {
+    let st = p.read_state().unwrap();
+    let endpoints = st
+        .endpoints
+        .iter()
+        .map(|(i, e)| (*i, (e.endpoint_id, e.ingress_mode, e.egress_mode)))
+        .collect();
+    let identities = st
+        .ip_identity
+        .iter()
+        .map(|(k, v)| (*k, v.identity))
+        .collect();
+    let policies = p
+        .names()
+        .unwrap()
+        .into_iter()
+        .filter(|(k, _)| k.kind == enforcer_common::name_kind::POLICY)
+        .map(|(k, v)| (k.id, v))
+        .collect();
+    (endpoints, identities, policies)
+}
+
+/// A restarted agent used to start from empty id tables and empty bindings: it numbered
+/// policies and identities again in name order (so ids in conntrack entries and rule counters
+/// changed meaning), and a quiet pod on a bridge CNI (no fresh neighbour or forwarding entry:
+/// it sent nothing since the restart) could not be found, so its endpoint was deleted and the
+/// pod left unenforced. The agent now seeds ids and bindings from its pins.
+#[test]
+fn a_restarted_agent_does_not_renumber_or_unbind_quiet_pods() {
+    require_root();
+    let mut n = BridgeNode::new();
+    // History: policy zz (and pod q's label set) first, then a and policy aa: the first agent
+    // numbers zz before aa, q before a. A fresh agent would number them in name order.
+    n.write("a-ns.yaml", NS_X);
+    n.write("q.yaml", POD_Q);
+    n.write("zz.yaml", &deny_ingress("zz"));
+    n.start("agent1.log");
+    n.wait("q bound", |s| s["endpoints"] == 1);
+    n.write("a.yaml", POD_A);
+    n.write("aa.yaml", &deny_ingress("aa"));
+    let start = std::time::Instant::now();
+    while !ids_of(&n.pins()).2.values().any(|v| v == "x/aa") {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(20),
+            "aa never installed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    n.stop();
+    let before = ids_of(&n.pins());
+    assert_eq!(before.0.len(), 1, "q bound: {:?}", before.0);
+    assert!(before.0.values().all(|(_, ing, _)| *ing == mode::ENFORCE));
+    let policy_ids = |p: &std::collections::BTreeMap<u32, String>| {
+        (
+            p.iter().find(|(_, v)| *v == "x/zz").map(|(k, _)| *k),
+            p.iter().find(|(_, v)| *v == "x/aa").map(|(k, _)| *k),
+        )
+    };
+    let (zz, aa) = policy_ids(&before.2);
+    assert!(zz < aa, "the first agent numbered zz first: {:?}", before.2);
+
+    // q goes quiet: it answers no ARP, and the node forgets its neighbour and fdb entries.
+    n.pod(&["link", "set", "eth0", "arp", "off"]);
+    n.node(&["neigh", "flush", "dev", "cni0"]);
+    let fdb = sh(&["bridge", "-n", &n.node_ns, "fdb", "show", "br", "cni0"]);
+    for line in fdb
+        .lines()
+        .filter(|l| l.contains("dev vethq") && !l.contains("permanent"))
+    {
+        let mac = line.split_whitespace().next().unwrap();
+        sh(&[
+            "bridge", "-n", &n.node_ns, "fdb", "del", mac, "dev", "vethq", "master",
+        ]);
+    }
+
+    n.start("agent2.log");
+    n.wait("the second agent synced", |s| {
+        s["endpoints"].as_u64().is_some()
+    });
+    // Give rescans time to (wrongly) unbind q.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    n.stop();
+    let after = ids_of(&n.pins());
+    assert_eq!(
+        after.0, before.0,
+        "q stays bound and enforced, under the same endpoint id"
+    );
+    assert_eq!(after.1, before.1, "no identity renumbered");
+    assert_eq!(after.2, before.2, "every policy id names the same policy");
+}
