@@ -453,13 +453,14 @@ fn deny_ingress(name: &str) -> String {
 
 /// What must survive a restart: the pod's binding (ifindex → endpoint id), the identities of
 /// addresses, and what each policy id names (rule counters, conntrack and events use them).
-fn ids_of(
-    p: &enforcer::bpf::PinnedMaps,
-) -> (
+/// ifindex → (endpoint id, modes); address → identity; policy id → name.
+type PinnedIds = (
     std::collections::BTreeMap<u32, (u32, u32, u32)>,
     std::collections::BTreeMap<enforcer_common::IpAddrKey, u32>,
     std::collections::BTreeMap<u32, String>,
-) {
+);
+
+fn ids_of(p: &enforcer::bpf::PinnedMaps) -> PinnedIds {
     let st = p.read_state().unwrap();
     let endpoints = st
         .endpoints
