@@ -585,7 +585,18 @@ impl Agent {
             // A failed install (the previous state keeps enforcing) is tried again next pass,
             // even if nothing else changes.
             self.install_failed = true;
-            self.install(interfaces, host_ips, held, unclaimed)?;
+            let held_before = self.capacity_held.clone();
+            self.install(
+                interfaces.clone(),
+                host_ips.clone(),
+                held.clone(),
+                unclaimed.clone(),
+            )?;
+            if !self.capacity_held.is_empty() && self.capacity_held != held_before {
+                // Endpoints newly held for room: the sets they used went with that install, so
+                // their new ones may fit now (an install needs the old and the new set at once).
+                self.install(interfaces, host_ips, held, unclaimed)?;
+            }
             self.install_failed = false;
         }
         // The generation is reported once its snapshot is installed (or rejected).
