@@ -51,6 +51,10 @@ struct EndpointRow {
     policy_set: u32,
     ingress: &'static str,
     egress: &'static str,
+    /// For an endpoint held closed (`deny-all`): why (`endpoint-capacity`, `endpoint-unknown`,
+    /// ...); its `policy_set` is that reason, not a set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    held_for: Option<&'static str>,
 }
 
 #[derive(Serialize)]
@@ -189,6 +193,7 @@ fn build(state: &MapState, conntrack_entries: usize, drops: &[u64], names: &Name
                 policy_set: e.policy_set,
                 ingress: mode_name(e.ingress_mode),
                 egress: mode_name(e.egress_mode),
+                held_for: (e.ingress_mode == mode::DENY_ALL).then(|| reason::name(e.held_reason())),
             })
             .collect(),
         identities: state
@@ -394,8 +399,15 @@ fn render_endpoints(s: &mut String, d: &Dump) {
     for e in &d.endpoints {
         let _ = writeln!(
             s,
-            "{:<8} {:<9} {:<6} {:<10} {:<10}",
-            e.ifindex, e.endpoint_id, e.policy_set, e.ingress, e.egress
+            "{:<8} {:<9} {:<6} {:<10} {:<10}{}",
+            e.ifindex,
+            e.endpoint_id,
+            e.policy_set,
+            e.ingress,
+            e.egress,
+            e.held_for
+                .map(|r| format!(" held: {r}"))
+                .unwrap_or_default()
         );
     }
     s.push('\n');
