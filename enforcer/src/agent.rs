@@ -458,6 +458,8 @@ struct Agent {
     pinned_policies: Option<BTreeMap<u32, ObjectRef>>,
     /// Rule counter label sets on /metrics, so those of deleted policies can be removed.
     rule_labels: BTreeSet<Vec<(&'static str, String)>>,
+    /// Entries the `POLICY` map holds (as the kernel says: pins keep their size).
+    policy_capacity: u32,
 }
 
 impl Agent {
@@ -675,7 +677,7 @@ impl Agent {
                     "held closed: its policy does not fit in the {} map ({} entries); \
                      every other endpoint keeps installing",
                     enforcer_common::names::MAP_POLICY,
-                    enforcer_common::capacity::POLICY
+                    self.policy_capacity
                 );
             }
             if held.is_empty() && !self.capacity_held.is_empty() {
@@ -799,7 +801,7 @@ impl Agent {
             &self.installed,
             &compiled,
             &mut self.ids,
-            enforcer_common::capacity::POLICY as usize,
+            self.policy_capacity as usize,
         );
         let desired = planned.state;
         self.report_capacity(planned.held);
@@ -986,6 +988,7 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         .config()
         .context("reading the pinned configuration")?
         .revision;
+    let policy_capacity = datapath.policy_capacity();
     let names = Arc::new(Mutex::new(Names::default()));
     // What the agent before us named its policy ids (for seeding ours; empty on a fresh node).
     let pinned_policies: BTreeMap<u32, ObjectRef> = datapath
@@ -1035,6 +1038,7 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         capacity_held: Vec::new(),
         pinned_policies: Some(pinned_policies),
         rule_labels: BTreeSet::new(),
+        policy_capacity,
     };
     // Links, addresses, routes and neighbours as they change: a new pod interface is
     // programmed within milliseconds, not at the next rescan. Opened before the first scan so

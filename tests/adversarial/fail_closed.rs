@@ -316,8 +316,10 @@ fn sh(args: &[&str]) -> String {
 /// A bridge node (flannel, K3s) in a namespace of its own, one quiet pod behind it, and agents
 /// run in it with pins on a private bpffs; everything is removed on drop.
 struct BridgeNode {
+    id: String,
     node_ns: String,
-    pod_ns: String,
+    /// Pod name → its namespace.
+    pods: Vec<(String, String)>,
     dir: PathBuf,
     bpffs: PathBuf,
     agent: Option<std::process::Child>,
@@ -325,42 +327,48 @@ struct BridgeNode {
 }
 
 impl BridgeNode {
-    fn new() -> BridgeNode {
-        let fs = Bpffs::new("restart");
-        let id = format!("enf-fc-{}", std::process::id());
+    fn new(tag: &str) -> BridgeNode {
+        let fs = Bpffs::new(tag);
+        let id = format!("enf-fc-{}-{tag}", std::process::id());
         let b = BridgeNode {
             node_ns: format!("{id}-node"),
-            pod_ns: format!("{id}-pod"),
-            dir: std::env::temp_dir().join(format!("{id}-restart")),
+            pods: Vec::new(),
+            dir: std::env::temp_dir().join(&id),
             bpffs: fs.path("enforcer"),
             agent: None,
             _fs: fs,
+            id,
         };
         std::fs::create_dir_all(b.dir.join("manifests")).unwrap();
         sh(&["ip", "netns", "add", &b.node_ns]);
-        sh(&["ip", "netns", "add", &b.pod_ns]);
         b.node(&["link", "set", "lo", "up"]);
         b.node(&["link", "add", "cni0", "type", "bridge"]);
         b.node(&["addr", "add", "10.78.0.1/24", "dev", "cni0"]);
         b.node(&["link", "set", "cni0", "up"]);
-        b.node(&[
-            "link", "add", "vethq", "type", "veth", "peer", "name", "eth0",
-        ]);
-        b.node(&["link", "set", "eth0", "netns", &b.pod_ns]);
-        b.node(&["link", "set", "vethq", "master", "cni0"]);
-        b.node(&["link", "set", "vethq", "up"]);
-        b.pod(&["link", "set", "lo", "up"]);
-        b.pod(&["addr", "add", "10.78.0.2/24", "dev", "eth0"]);
-        b.pod(&["link", "set", "eth0", "up"]);
         b
+    }
+    /// A pod behind the bridge: its own namespace, `eth0` with `ip`, host side `veth<name>`.
+    fn add_pod(&mut self, name: &str, ip: &str) {
+        let ns = format!("{}-{name}", self.id);
+        sh(&["ip", "netns", "add", &ns]);
+        self.pods.push((name.to_string(), ns.clone()));
+        let host = format!("veth{name}");
+        self.node(&["link", "add", &host, "type", "veth", "peer", "name", "eth0"]);
+        self.node(&["link", "set", "eth0", "netns", &ns]);
+        self.node(&["link", "set", &host, "master", "cni0"]);
+        self.node(&["link", "set", &host, "up"]);
+        self.pod(name, &["link", "set", "lo", "up"]);
+        self.pod(name, &["addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
+        self.pod(name, &["link", "set", "eth0", "up"]);
     }
     fn node(&self, args: &[&str]) -> String {
         let mut v = vec!["ip", "-n", self.node_ns.as_str()];
         v.extend_from_slice(args);
         sh(&v)
     }
-    fn pod(&self, args: &[&str]) -> String {
-        let mut v = vec!["ip", "-n", self.pod_ns.as_str()];
+    fn pod(&self, name: &str, args: &[&str]) -> String {
+        let ns = &self.pods.iter().find(|(n, _)| n == name).expect("a pod").1;
+        let mut v = vec!["ip", "-n", ns.as_str()];
         v.extend_from_slice(args);
         sh(&v)
     }
@@ -374,6 +382,9 @@ impl BridgeNode {
         serde_json::from_str(&text).ok()
     }
     fn start(&mut self, log: &str) {
+        self.start_with(log, &[]);
+    }
+    fn start_with(&mut self, log: &str, extra: &[&str]) {
         let _ = std::fs::remove_file(self.dir.join("status.json"));
         let child = std::process::Command::new("nsenter")
             .arg(format!("--net=/run/netns/{}", self.node_ns))
@@ -386,6 +397,7 @@ impl BridgeNode {
             .arg(&self.bpffs)
             .arg("--status-file")
             .arg(self.dir.join("status.json"))
+            .args(extra)
             .stdout(std::process::Stdio::null())
             .stderr(std::fs::File::create(self.dir.join(log)).unwrap())
             .spawn()
@@ -429,7 +441,8 @@ impl Drop for BridgeNode {
         }
         // The agents kept their pins: take the links and maps away before the bpffs goes.
         let _ = enforcer::bpf::remove_pins(&self.bpffs);
-        for ns in [&self.node_ns, &self.pod_ns] {
+        let pods = self.pods.iter().map(|(_, ns)| ns);
+        for ns in std::iter::once(&self.node_ns).chain(pods) {
             let _ = std::process::Command::new("ip")
                 .args(["netns", "del", ns])
                 .status();
@@ -490,7 +503,8 @@ fn ids_of(p: &enforcer::bpf::PinnedMaps) -> PinnedIds {
 #[test]
 fn a_restarted_agent_does_not_renumber_or_unbind_quiet_pods() {
     require_root();
-    let mut n = BridgeNode::new();
+    let mut n = BridgeNode::new("restart");
+    n.add_pod("q", "10.78.0.2");
     // History: policy zz (and pod q's label set) first, then a and policy aa: the first agent
     // numbers zz before aa, q before a. A fresh agent would number them in name order.
     n.write("a-ns.yaml", NS_X);
@@ -522,7 +536,7 @@ fn a_restarted_agent_does_not_renumber_or_unbind_quiet_pods() {
     assert!(zz < aa, "the first agent numbered zz first: {:?}", before.2);
 
     // q goes quiet: it answers no ARP, and the node forgets its neighbour and fdb entries.
-    n.pod(&["link", "set", "eth0", "arp", "off"]);
+    n.pod("q", &["link", "set", "eth0", "arp", "off"]);
     n.node(&["neigh", "flush", "dev", "cni0"]);
     let fdb = sh(&["bridge", "-n", &n.node_ns, "fdb", "show", "br", "cni0"]);
     for line in fdb
@@ -549,4 +563,157 @@ fn a_restarted_agent_does_not_renumber_or_unbind_quiet_pods() {
     );
     assert_eq!(after.1, before.1, "no identity renumbered");
     assert_eq!(after.2, before.2, "every policy id names the same policy");
+}
+
+/// The agent's side of a full map: on a node whose pinned `POLICY` map holds 24 entries (a map
+/// pinned by an earlier agent keeps its size), a pod whose policy needs 81 is held closed and
+/// named where an operator looks (status file, `/metrics`, the log, and the drop events), while
+/// the other pod's policy changes keep being installed.
+#[test]
+fn a_pod_held_for_room_is_named_in_the_status_file_metrics_log_and_events() {
+    require_root();
+    let mut n = BridgeNode::new("room");
+    n.add_pod("big", "10.78.0.2");
+    n.add_pod("small", "10.78.0.3");
+    std::fs::create_dir_all(&n.bpffs).unwrap();
+    let policy_pin = n.bpffs.join("POLICY");
+    sh(&[
+        "bpftool",
+        "map",
+        "create",
+        policy_pin.to_str().unwrap(),
+        "type",
+        "lpm_trie",
+        "key",
+        "16",
+        "value",
+        "8",
+        "entries",
+        "24",
+        "name",
+        "POLICY",
+        "flags",
+        "1",
+    ]);
+    let pod = |name: &str, ip: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: x, labels: {{app: {name}}}}}\n\
+             spec: {{nodeName: node-1, containers: [{{name: c}}]}}\nstatus: {{podIP: {ip}}}\n---\n"
+        )
+    };
+    let policy = |name: &str, ports: &[u16]| {
+        let ports: Vec<String> = ports.iter().map(|p| format!("{{port: {p}}}")).collect();
+        format!(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: {name}, namespace: x}}\n\
+             spec: {{podSelector: {{matchLabels: {{app: {name}}}}}, ingress: [{{from: [{{podSelector: {{}}}}], ports: [{}]}}]}}\n",
+            ports.join(", ")
+        )
+    };
+    let many: Vec<u16> = (1000..1040).collect();
+    n.write(
+        "pods.yaml",
+        &format!(
+            "{NS_X}{}{}",
+            pod("big", "10.78.0.2"),
+            pod("small", "10.78.0.3")
+        ),
+    );
+    n.write("big.yaml", &policy("big", &many));
+    n.write("small.yaml", &policy("small", &[80]));
+    let events = n.dir.join("events.jsonl");
+    n.start_with(
+        "agent.log",
+        &[
+            "--health-addr",
+            "127.0.0.1:19971",
+            "--events-file",
+            events.to_str().unwrap(),
+        ],
+    );
+    n.wait("big held, small installed", |s| {
+        s["endpoints"] == 2
+            && s["held"]
+                == serde_json::json!([{"pod": "x/big", "reason": "endpoint-capacity", "entries": 81}])
+    });
+    let metrics = sh(&[
+        "nsenter",
+        &format!("--net=/run/netns/{}", n.node_ns),
+        "curl",
+        "-s",
+        "-m",
+        "2",
+        "http://127.0.0.1:19971/metrics",
+    ]);
+    assert!(
+        metrics.contains("enforcer_endpoints_held{reason=\"endpoint-capacity\"} 1"),
+        "{metrics}"
+    );
+    let log = std::fs::read_to_string(n.dir.join("agent.log")).unwrap();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("x/big") && l.contains("does not fit")),
+        "the log names the pod:\n{log}"
+    );
+
+    // small's change installs; big stays held.
+    let port_of_small = |n: &BridgeNode| {
+        let st = n.pins().read_state().unwrap();
+        let small = st
+            .endpoints
+            .values()
+            .find(|e| e.ingress_mode == mode::ENFORCE)
+            .copied();
+        small.map(|e| {
+            st.policy
+                .keys()
+                .filter(|k| k.data.policy_set == e.policy_set && k.data.proto == TCP)
+                .map(|k| u16::from_be(k.data.port_be))
+                .collect::<Vec<_>>()
+        })
+    };
+    assert_eq!(port_of_small(&n), Some(vec![80, 80]));
+    n.write("small.yaml", &policy("small", &[81]));
+    let start = std::time::Instant::now();
+    while port_of_small(&n) != Some(vec![81, 81]) {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(20),
+            "small's change never installed: {:?}",
+            port_of_small(&n)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let st = n.pins().read_state().unwrap();
+    assert!(
+        st.endpoints
+            .values()
+            .any(|e| e.ingress_mode == mode::DENY_ALL
+                && e.held_reason() == reason::ENDPOINT_CAPACITY),
+        "{:?}",
+        st.endpoints
+    );
+
+    // Traffic into big is dropped and reported against big.
+    let start = std::time::Instant::now();
+    loop {
+        sh(&[
+            "nsenter",
+            &format!("--net=/run/netns/{}", n.node_ns),
+            "bash",
+            "-c",
+            "echo x > /dev/udp/10.78.0.2/9",
+        ]);
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let text = std::fs::read_to_string(&events).unwrap_or_default();
+        if text
+            .lines()
+            .any(|l| l.contains("\"endpoint-capacity\"") && l.contains("\"endpoint\":\"x/big\""))
+        {
+            break;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(10),
+            "no endpoint-capacity event naming x/big:\n{text}"
+        );
+    }
+    n.stop();
 }

@@ -263,6 +263,16 @@ impl Datapath {
             })
     }
 
+    /// How many entries `POLICY` holds: the kernel's word for the pinned map (a map pinned by
+    /// an earlier agent keeps the size it was created with), else the object's.
+    pub fn policy_capacity(&self) -> u32 {
+        self.bpffs
+            .as_ref()
+            .and_then(|b| aya::maps::MapInfo::from_pin(b.join(names::MAP_POLICY)).ok())
+            .map(|i| i.max_entries())
+            .unwrap_or(enforcer_common::capacity::POLICY)
+    }
+
     /// What the maps hold now, as the current generation sees it (agent restart, tests).
     pub fn read_state(&self) -> Result<MapState> {
         Ok(read_phys(|n| self.map(n))?.logical())
