@@ -239,6 +239,7 @@ fn measure(s: &Sizes, samples: usize, repeat: u32, established_only: bool) -> Re
     }
     let node = NodeInput {
         held: Default::default(),
+        conflicted: Default::default(),
         node: "node-1".into(),
         interfaces,
         host_ips: vec![IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1))],

@@ -440,6 +440,10 @@ struct Agent {
     held: BTreeSet<u32>,
     /// Pod-like interfaces no known pod claims (attached early, see `reconcile`).
     unclaimed: BTreeSet<u32>,
+    /// Interfaces held because their pod is ambiguous (`discover::Matched::conflicts`).
+    conflicted: BTreeSet<u32>,
+    /// The binding conflicts last reported (each is logged when it appears and when it goes).
+    conflicts: Vec<crate::binding::Conflict>,
     /// The last install failed: the next pass installs again.
     install_failed: bool,
     /// The node's interfaces, routes, neighbours and bridge ports, as last read.
@@ -537,11 +541,8 @@ impl Agent {
             .pods
             .values()
             .filter(|p| !p.host_network && p.node.as_deref() == Some(self.opts.node.as_str()));
-        let matched = discover::match_endpoints(
-            local.map(|p| (p.key(), &p.ips[..])),
-            tables,
-            &self.interfaces,
-        );
+        let matched = discover::match_endpoints(local.map(|p| (p.key(), &p.ips[..])), tables);
+        let conflicted = report_conflicts(&mut self.conflicts, &self.health, &matched.conflicts);
         let interfaces = matched.interfaces;
         // Pods behind a bridge whose address the node has not resolved yet: make the kernel
         // resolve it (at most every 2 s per address); the neighbour event brings us back.
@@ -570,7 +571,7 @@ impl Agent {
             .copied()
             .collect();
         let held = if self.opts.default_deny_unknown {
-            unclaimed.clone()
+            unclaimed.difference(&conflicted).copied().collect()
         } else {
             BTreeSet::new()
         };
@@ -583,6 +584,7 @@ impl Agent {
             || held != self.held
             || unclaimed != self.unclaimed
             || !self.capacity_held.is_empty()
+            || conflicted != self.conflicted
         {
             // A failed install (the previous state keeps enforcing) is tried again next pass,
             // even if nothing else changes.
@@ -593,11 +595,12 @@ impl Agent {
                 host_ips.clone(),
                 held.clone(),
                 unclaimed.clone(),
+                conflicted.clone(),
             )?;
             if !self.capacity_held.is_empty() && self.capacity_held != held_before {
                 // Endpoints newly held for room: the sets they used went with that install, so
                 // their new ones may fit now (an install needs the old and the new set at once).
-                self.install(interfaces, host_ips, held, unclaimed)?;
+                self.install(interfaces, host_ips, held, unclaimed, conflicted)?;
             }
             self.install_failed = false;
         }
@@ -787,10 +790,12 @@ impl Agent {
         host_ips: Vec<IpAddr>,
         held: BTreeSet<u32>,
         unclaimed: BTreeSet<u32>,
+        conflicted: BTreeSet<u32>,
     ) -> Result<()> {
         let started = Instant::now();
         let node = NodeInput {
             held: held.clone(),
+            conflicted: conflicted.clone(),
             node: self.opts.node.clone(),
             interfaces: interfaces.clone(),
             host_ips: host_ips.clone(),
@@ -811,7 +816,7 @@ impl Agent {
         // Attach before the endpoint entry exists: an attached program with no entry passes
         // traffic as unmanaged, exactly as before the attach.
         let wanted: BTreeSet<u32> = interfaces.values().chain(&unclaimed).copied().collect();
-        for ifindex in interfaces.values() {
+        for ifindex in interfaces.values().chain(&conflicted) {
             self.datapath
                 .attach(*ifindex)
                 .with_context(|| format!("attaching to ifindex {ifindex}"))?;
@@ -873,8 +878,52 @@ impl Agent {
         self.host_ips = host_ips;
         self.held = held;
         self.unclaimed = unclaimed;
+        self.conflicted = conflicted;
         Ok(())
     }
+}
+
+/// Logs binding conflicts as they appear and go, counts them on `/metrics`, and returns the
+/// interfaces to hold for them.
+fn report_conflicts(
+    last: &mut Vec<crate::binding::Conflict>,
+    health: &Health,
+    now: &[crate::binding::Conflict],
+) -> BTreeSet<u32> {
+    if now != last.as_slice() {
+        for c in now.iter().filter(|c| !last.contains(c)) {
+            let pods: Vec<String> = c.pods.iter().map(|p| p.to_string()).collect();
+            warn!(
+                pods = %pods.join(" "),
+                interfaces = ?c.ifindexes,
+                "endpoint conflict, held fail-closed (endpoint-conflict) until it is resolved: {c}"
+            );
+            health.metrics.endpoint_conflicts_total.inc();
+        }
+        for c in last.iter().filter(|c| !now.contains(c)) {
+            let pods: Vec<String> = c.pods.iter().map(|p| p.to_string()).collect();
+            info!(
+                pods = %pods.join(" "),
+                interfaces = ?c.ifindexes,
+                "endpoint conflict resolved: the interfaces are bound again"
+            );
+        }
+        *last = now.to_vec();
+    }
+    let held: BTreeSet<u32> = now
+        .iter()
+        .flat_map(|c| c.ifindexes.iter().copied())
+        .collect();
+    health.metrics.endpoint_conflicts.set(held.len() as i64);
+    health
+        .metrics
+        .endpoints_held
+        .get_or_create(&vec![(
+            "reason",
+            reason::name(reason::ENDPOINT_CONFLICT).to_string(),
+        )])
+        .set(held.len() as i64);
+    held
 }
 
 /// The events file: appended to, rotated to `<file>.1` by size so log shippers can follow it.
@@ -1032,6 +1081,8 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         install_failed: false,
         tables: None,
         solicited: BTreeMap::new(),
+        conflicted: BTreeSet::new(),
+        conflicts: Vec::new(),
         names,
         health: health.clone(),
         noticed: None,

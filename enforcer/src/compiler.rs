@@ -16,7 +16,7 @@ use std::net::IpAddr;
 
 use enforcer_common::{
     EndpointInfo, IdentityValue, IpAddrKey, POLICY_ACTION_ALLOW, PolicyKey, PolicyValue, direction,
-    identity, mode, policy_prefix,
+    identity, mode, policy_prefix, reason,
 };
 use ipnet::IpNet;
 
@@ -69,6 +69,10 @@ pub struct NodeInput {
     /// Interfaces that look like pods' but that no known pod claims (yet): held fail-closed
     /// (`--default-deny-unknown`). An interface that is also in `interfaces` is not held.
     pub held: BTreeSet<u32>,
+    /// Interfaces whose pod is ambiguous (two pods' addresses behind one, or one pod's behind
+    /// several: [`crate::binding::Conflict`]): held fail-closed, reported as
+    /// `ENDPOINT_CONFLICT`, whatever else is known about them.
+    pub conflicted: BTreeSet<u32>,
 }
 
 /// What makes two pods the same peer for policy: a pod identity.
@@ -306,6 +310,8 @@ pub struct Compiled {
     pub service_ips: BTreeMap<IpAddrKey, u32>,
     /// Interfaces held fail-closed (see [`NodeInput::held`]).
     pub held: BTreeSet<u32>,
+    /// Interfaces held for a binding conflict (see [`NodeInput::conflicted`]).
+    pub conflicted: BTreeSet<u32>,
     /// Event limits of endpoints selected by policies with limit annotations: the strictest
     /// rate and burst among them (ifindex → limit).
     pub event_limits: BTreeMap<u32, enforcer_common::EventLimit>,
@@ -848,6 +854,7 @@ pub fn compile(
     }
     let claimed: BTreeSet<u32> = node.interfaces.values().copied().collect();
     out.held = node.held.difference(&claimed).copied().collect();
+    out.conflicted = node.conflicted.clone();
     out
 }
 
@@ -1079,6 +1086,12 @@ pub fn plan_with(
             ingress_mode: mode::DENY_ALL,
             egress_mode: mode::DENY_ALL,
         });
+    }
+    // Interfaces whose pod is ambiguous (`binding`): held whatever else is known of them.
+    for ifindex in &compiled.conflicted {
+        out.state
+            .endpoints
+            .insert(*ifindex, held_endpoint(0, reason::ENDPOINT_CONFLICT));
     }
     out
 }

@@ -1,21 +1,21 @@
 //! Endpoint discovery: which interface leads to each local pod, and the node's own addresses.
 //!
-//! Two kinds of CNI are understood:
-//! - routed CNIs (Calico, Cilium-style ptp, the lab) install a host route (/32, /128) per pod
-//!   address through the pod's host-side veth; that route names the interface;
-//! - bridge CNIs (flannel's `cni0`, the K3s default, the reference `bridge` plugin) have one
-//!   connected route (`10.42.0.0/24 dev cni0`) and every pod's host-side veth is a port of the
-//!   bridge. The pod's interface is the bridge port that learned the pod's MAC: the neighbour
-//!   table gives address → MAC on the bridge, the bridge's forwarding database MAC → port.
+//! A pod is bound to the pod-like interface (a veth or netkit whose peer is in another network
+//! namespace) whose peer holds one of the pod's addresses: the CNI configured it there, in the
+//! pod's namespace, and no other pod can write it ([`crate::peers`] reads it, [`crate::binding`]
+//! decides, conflicts included). This works alike for routed CNIs (Calico, Cilium-style ptp,
+//! the lab: a host route per pod through its veth) and bridge CNIs (flannel's `cni0`, K3s, the
+//! reference `bridge` plugin: every pod's veth a port of one bridge), and a quiet pod stays
+//! bound for as long as its address is configured.
 //!
-//! Everything is read once per pass (not once per pod) with `ip -json` / `bridge -json`
-//! ([`read_tables`]); the matching itself ([`match_endpoints`]) is a pure function.
+//! Routes, neighbour entries and bridge forwarding databases are hints only: their changes
+//! (netlink events) make the agent look again, and an unbound pod behind a bridge is
+//! [`solicit`]ed so its neighbour entry brings the agent back; none of them binds anything. A
+//! pod forges neighbour and forwarding entries with a gratuitous ARP or an unsolicited
+//! neighbour advertisement, and a route can be stale.
 //!
-//! A bridge CNI pod that has not talked yet has no neighbour entry, and its forwarding database
-//! entry ages out after the bridge's ageing time (300 s by default) when it is quiet. The first
-//! is fixed by [`solicit`] (the caller sends it the [`Matched::unresolved`] addresses, rate
-//! limited); the second by keeping a pod's previous port while it still exists and nothing
-//! points elsewhere (the `previous` argument of [`match_endpoints`]).
+//! Links and routes are read once per pass with `ip -json`, the peers' addresses over
+//! rtnetlink ([`read_tables`]); the matching itself ([`match_endpoints`]) is a pure function.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -51,9 +51,13 @@ struct Link {
     ifindex: u32,
     ifname: String,
     master: Option<String>,
-    /// Present when the link's peer (a veth's other end) lives in another network namespace.
+    /// Present when the link's peer (a veth's other end) lives in another network namespace:
+    /// the id this namespace gave that one.
     #[serde(default)]
     link_netnsid: Option<i64>,
+    /// `IFLA_LINK`: the peer's ifindex (in the peer's namespace when `link_netnsid` is set).
+    #[serde(default)]
+    link_index: Option<u32>,
     linkinfo: Option<LinkInfo>,
     #[serde(default)]
     addr_info: Vec<AddrInfo>,
@@ -231,6 +235,9 @@ pub struct Links {
     /// Interfaces whose peer lives in another network namespace (a pod's veth, seen from the
     /// node).
     pub peer_elsewhere: BTreeSet<String>,
+    /// ifindex → (the peer's namespace id, the peer's ifindex there), for the interfaces of
+    /// `peer_elsewhere` that name their peer.
+    pub peers: BTreeMap<u32, (i32, u32)>,
 }
 
 impl Links {
@@ -256,20 +263,6 @@ impl Links {
     pub fn is_bridge(&self, name: &str) -> bool {
         self.kinds.get(name).is_some_and(|k| k == "bridge")
     }
-
-    /// Whether the interface can be a pod's host side behind a bridge: a port of that bridge,
-    /// of a pod kind ([`POD_PORT_KINDS`]), holding no node address.
-    fn is_pod_port(&self, name: &str, bridge: &str) -> bool {
-        self.masters.get(name).is_some_and(|m| m == bridge)
-            && self
-                .kinds
-                .get(name)
-                .is_some_and(|k| POD_PORT_KINDS.contains(&k.as_str()))
-            && self
-                .names
-                .get(name)
-                .is_some_and(|i| !self.host_ifindexes.contains(i))
-    }
 }
 
 /// Parses `ip -details -json address show`.
@@ -284,8 +277,11 @@ pub fn parse_links(raw: &[u8]) -> Result<Links> {
         if let Some(master) = l.master {
             out.masters.insert(l.ifname.clone(), master);
         }
-        if l.link_netnsid.is_some() {
+        if let Some(nsid) = l.link_netnsid {
             out.peer_elsewhere.insert(l.ifname.clone());
+            if let (Ok(nsid), Some(peer)) = (i32::try_from(nsid), l.link_index) {
+                out.peers.insert(l.ifindex, (nsid, peer));
+            }
         }
         for a in l.addr_info {
             if let Some(ip) = a.local.and_then(|s| s.parse::<IpAddr>().ok())
@@ -392,41 +388,50 @@ pub fn fdb() -> Result<Vec<FdbEntry>> {
 pub struct Tables {
     pub links: Links,
     pub routes: Routes,
-    pub neighbours: Vec<Neighbour>,
-    pub fdb: Vec<FdbEntry>,
+    /// Pod-like interface (ifindex, [`Links::pod_like`]) → the addresses its peer holds in the
+    /// pod's namespace ([`crate::peers`]): what binds a pod to its interface.
+    pub peer_addrs: BTreeMap<u32, Vec<IpAddr>>,
 }
 
-/// Reads links, routes, and (only where the node has a bridge) neighbours and forwarding
-/// databases.
+/// Reads links, routes, and the addresses of every pod-like interface's peer.
+///
+/// Neighbour entries and bridge forwarding databases are not read: a pod can write both
+/// (gratuitous ARP, unsolicited neighbour advertisements), so they bind nothing; their changes
+/// (netlink events) only make the agent look again.
 pub fn read_tables() -> Result<Tables> {
-    // The five commands run at once: a pass costs one process's time, not five (this is on
+    // The three commands run at once: a pass costs one process's time, not three (this is on
     // the path from a new interface to its endpoint being enforced).
-    let (links, v4, v6, neigh, fdb_raw) = std::thread::scope(|s| {
+    let (links, v4, v6) = std::thread::scope(|s| {
         let links = s.spawn(|| ip_json(&["-details", "address", "show"]));
         let v4 = s.spawn(|| ip_json(&["-4", "route", "show", "table", "main"]));
         let v6 = s.spawn(|| ip_json(&["-6", "route", "show", "table", "main"]));
-        let neigh = s.spawn(|| ip_json(&["neigh", "show"]));
-        let fdb = s.spawn(|| run_json("bridge", &["fdb", "show"]));
         let join = |h: std::thread::ScopedJoinHandle<'_, Result<Vec<u8>>>| {
             h.join()
                 .unwrap_or_else(|_| Err(anyhow::anyhow!("a discovery thread panicked")))
         };
-        (join(links), join(v4), join(v6), join(neigh), join(fdb))
+        (join(links), join(v4), join(v6))
     });
     let links = parse_links(&links?)?;
     let mut routes = Routes::default();
     parse_routes(&v4?, &mut routes)?;
     parse_routes(&v6?, &mut routes)?;
-    let (neighbours, fdb) = if links.kinds.values().any(|k| k == "bridge") {
-        (parse_neighbours(&neigh?)?, parse_fdb(&fdb_raw?)?)
-    } else {
-        (Vec::new(), Vec::new())
-    };
+    let pod_like = links.pod_like();
+    let peers: BTreeMap<u32, (i32, u32)> = links
+        .peers
+        .iter()
+        .filter(|(i, _)| pod_like.contains(i))
+        .map(|(i, p)| (*i, *p))
+        .collect();
+    let (peer_addrs, errors) =
+        crate::peers::read(&peers).context("opening a netlink socket for the peers' addresses")?;
+    for e in errors {
+        // A pod deleted between the two reads; its interfaces bind nothing this pass.
+        tracing::debug!("{e}");
+    }
     Ok(Tables {
         links,
         routes,
-        neighbours,
-        fdb,
+        peer_addrs,
     })
 }
 
@@ -435,115 +440,51 @@ pub fn read_tables() -> Result<Tables> {
 pub struct Matched {
     /// Local pod → the ifindex of its host-side interface.
     pub interfaces: BTreeMap<ObjectRef, u32>,
-    /// Addresses of unmatched pods that a bridge's connected route covers, whose bridge port is
-    /// not known yet (no neighbour entry, or its MAC not in the forwarding database): what to
-    /// [`solicit`].
+    /// Pods and interfaces whose addresses name no single owner: the interfaces are held
+    /// fail-closed, the pods bound nowhere ([`crate::binding`]).
+    pub conflicts: Vec<crate::binding::Conflict>,
+    /// Addresses of unbound pods that a bridge's connected route covers: what to [`solicit`]
+    /// (the neighbour event it brings makes the agent look again, a hint, never a binding).
     pub unresolved: Vec<IpAddr>,
 }
 
-/// Matches local pods to interfaces. For each pod, in order:
-/// 1. the host route of any of its addresses through an interface that is not a bridge
-///    (routed CNI);
-/// 2. a neighbour entry of any of its addresses on a bridge, and the port of that bridge whose
-///    forwarding database holds the neighbour's MAC (bridge CNI), if the port is of a pod kind
-///    ([`POD_PORT_KINDS`]) and holds no node address;
-/// 3. its interface in `previous` (the last pass's answer), if that is still a pod port of a
-///    bridge and no pod matched it above: a quiet pod's forwarding database entry ages out, its
-///    port stays.
-///
-/// Pods matched by none are left out; their addresses covered by a bridge's connected route are
-/// listed in [`Matched::unresolved`].
+/// Matches local pods to interfaces: the pod-like interface whose peer holds one of the pod's
+/// addresses ([`crate::binding::bind`]); routes, neighbours and forwarding databases are not
+/// evidence. Pods bound nowhere are left out; their addresses covered by a bridge's connected
+/// route are listed in [`Matched::unresolved`].
 pub fn match_endpoints<'a>(
     pods: impl IntoIterator<Item = (ObjectRef, &'a [IpAddr])>,
     tables: &Tables,
-    previous: &BTreeMap<ObjectRef, u32>,
 ) -> Matched {
+    let pods: Vec<(ObjectRef, &[IpAddr])> = pods.into_iter().collect();
+    let bound = crate::binding::bind(
+        pods.iter().map(|(p, ips)| (p.clone(), *ips)),
+        &tables.peer_addrs,
+    );
     let links = &tables.links;
-    let mut neigh: BTreeMap<IpAddr, Vec<&Neighbour>> = BTreeMap::new();
-    for n in &tables.neighbours {
-        if links.is_bridge(&n.dev) {
-            neigh.entry(n.ip).or_default().push(n);
-        }
-    }
-    let mut ports: BTreeMap<(&str, Mac), u32> = BTreeMap::new();
-    for e in &tables.fdb {
-        if links.is_pod_port(&e.port, &e.bridge)
-            && let Some(ifindex) = links.names.get(&e.port)
-        {
-            ports.insert((e.bridge.as_str(), e.mac), *ifindex);
-        }
-    }
-    let by_ifindex: BTreeMap<u32, &str> =
-        links.names.iter().map(|(n, i)| (*i, n.as_str())).collect();
-
-    let mut out = Matched::default();
-    let mut rest = Vec::new();
-    for (pod, ips) in pods {
-        let routed = ips
-            .iter()
-            .filter_map(|ip| tables.routes.host.get(ip))
-            .filter(|dev| !links.is_bridge(dev))
-            .find_map(|dev| links.names.get(dev));
-        let bridged = || {
-            ips.iter()
-                .flat_map(|ip| neigh.get(ip).into_iter().flatten())
-                .find_map(|n| ports.get(&(n.dev.as_str(), n.mac)))
-        };
-        match routed.or_else(bridged) {
-            Some(ifindex) => {
-                out.interfaces.insert(pod, *ifindex);
-            }
-            None => rest.push((pod, ips)),
-        }
-    }
-
-    let claimed: BTreeSet<u32> = out.interfaces.values().copied().collect();
-    for (pod, ips) in rest {
-        let kept = previous.get(&pod).filter(|i| {
-            !claimed.contains(i)
-                && by_ifindex.get(i).is_some_and(|name| {
-                    links
-                        .masters
-                        .get(*name)
-                        .is_some_and(|m| links.is_bridge(m) && links.is_pod_port(name, m))
-                })
-        });
-        if let Some(ifindex) = kept {
-            out.interfaces.insert(pod, *ifindex);
+    let in_conflict: BTreeSet<&ObjectRef> =
+        bound.conflicts.iter().flat_map(|c| c.pods.iter()).collect();
+    let mut unresolved = Vec::new();
+    for (pod, ips) in &pods {
+        if bound.interfaces.contains_key(pod) || in_conflict.contains(pod) {
             continue;
         }
-        for ip in ips {
+        for ip in *ips {
             let behind_bridge = tables
                 .routes
                 .connected
                 .iter()
                 .any(|(net, dev)| net.contains(ip) && links.is_bridge(dev));
-            if behind_bridge && !out.unresolved.contains(ip) {
-                out.unresolved.push(*ip);
+            if behind_bridge && !unresolved.contains(ip) {
+                unresolved.push(*ip);
             }
         }
     }
-    out
-}
-
-/// Matches local pods to interfaces by host routes only (routed CNIs); see [`match_endpoints`]
-/// for bridge CNIs too.
-pub fn match_pods<'a>(
-    pods: impl Iterator<Item = (ObjectRef, &'a [IpAddr])>,
-    routes: &BTreeMap<IpAddr, String>,
-    names: &BTreeMap<String, u32>,
-) -> BTreeMap<ObjectRef, u32> {
-    let mut out = BTreeMap::new();
-    for (pod, ips) in pods {
-        if let Some(ifindex) = ips
-            .iter()
-            .filter_map(|ip| routes.get(ip))
-            .find_map(|dev| names.get(dev))
-        {
-            out.insert(pod, *ifindex);
-        }
+    Matched {
+        interfaces: bound.interfaces,
+        conflicts: bound.conflicts,
+        unresolved,
     }
-    out
 }
 
 /// Makes the kernel resolve these addresses (ARP for IPv4, neighbour solicitation for IPv6) by
@@ -613,250 +554,87 @@ mod tests {
         assert_eq!(l.pod_like(), BTreeSet::from([3, 4]));
     }
 
-    #[test]
-    fn pods_match_their_host_route() {
-        let routes: BTreeMap<IpAddr, String> = [
-            ("10.0.0.1".parse().unwrap(), "lxc1".to_string()),
-            ("fd00::2".parse().unwrap(), "lxc2".to_string()),
-        ]
-        .into();
-        let names: BTreeMap<String, u32> = [("lxc1".into(), 7), ("lxc2".into(), 8)].into();
-        let a = vec!["10.0.0.1".parse().unwrap()];
-        let b = vec!["10.0.0.9".parse().unwrap(), "fd00::2".parse().unwrap()];
-        let c = vec!["10.0.0.3".parse().unwrap()];
-        let pods = vec![
-            (ObjectRef::new("x", "a"), a.as_slice()),
-            (ObjectRef::new("x", "b"), b.as_slice()),
-            (ObjectRef::new("x", "c"), c.as_slice()),
-        ];
-        let m = match_pods(pods.into_iter(), &routes, &names);
-        assert_eq!(m.len(), 2);
-        assert_eq!(m[&ObjectRef::new("x", "b")], 8);
-    }
-
-    /// A node with bridge `cni0` (ports vethA 3, vethB 4, the uplink eth1 5), a second bridge
-    /// `br1` (port vethC 6), a routed veth `lxc1` 7, and `eth0` 2 holding the node address.
-    fn node() -> Tables {
-        let mut links = Links::default();
-        for (name, ifindex, kind, master) in [
-            ("eth0", 2, None, None),
-            ("cni0", 10, Some("bridge"), None),
-            ("vethA", 3, Some("veth"), Some("cni0")),
-            ("vethB", 4, Some("veth"), Some("cni0")),
-            ("eth1", 5, None, Some("cni0")),
-            ("br1", 11, Some("bridge"), None),
-            ("vethC", 6, Some("veth"), Some("br1")),
-            ("lxc1", 7, Some("veth"), None),
-        ] {
-            links.names.insert(name.into(), ifindex);
-            if let Some(k) = kind {
-                links.kinds.insert(name.into(), k.into());
-            }
-            if let Some(m) = master {
-                links.masters.insert(name.into(), m.into());
-            }
-        }
-        links.host_ips = vec![ip("192.168.1.5"), ip("10.42.0.1")];
-        links.host_ifindexes = vec![2, 10];
-        let routes = Routes {
-            host: [(ip("10.1.0.7"), "lxc1".to_string())].into(),
-            connected: vec![
-                ("10.42.0.0/24".parse().unwrap(), "cni0".into()),
-                ("fd42::/64".parse().unwrap(), "cni0".into()),
-                ("10.43.0.0/24".parse().unwrap(), "br1".into()),
-                ("192.168.1.0/24".parse().unwrap(), "eth0".into()),
-            ],
-        };
-        let neighbours = vec![
-            Neighbour {
-                ip: ip("10.42.0.10"),
-                mac: mac("02:00:00:00:00:0a"),
-                dev: "cni0".into(),
-            },
-            Neighbour {
-                ip: ip("fd42::11"),
-                mac: mac("02:00:00:00:00:0b"),
-                dev: "cni0".into(),
-            },
-        ];
-        let fdb = vec![
-            FdbEntry {
-                bridge: "cni0".into(),
-                mac: mac("02:00:00:00:00:0a"),
-                port: "vethA".into(),
-            },
-            FdbEntry {
-                bridge: "cni0".into(),
-                mac: mac("02:00:00:00:00:0b"),
-                port: "vethB".into(),
-            },
-        ];
-        Tables {
-            links,
-            routes,
-            neighbours,
-            fdb,
-        }
-    }
-
-    fn run(
-        t: &Tables,
-        pods: &[(&str, Vec<IpAddr>)],
-        previous: &BTreeMap<ObjectRef, u32>,
-    ) -> Matched {
-        match_endpoints(
-            pods.iter()
-                .map(|(name, ips)| (ObjectRef::new("ns", *name), ips.as_slice())),
-            t,
-            previous,
-        )
-    }
-
     fn pod(name: &str) -> ObjectRef {
         ObjectRef::new("ns", name)
     }
 
-    #[test]
-    fn bridge_port_found_by_neighbour_and_fdb() {
-        let t = node();
-        let m = run(
-            &t,
-            &[("a", vec![ip("10.42.0.10")]), ("b", vec![ip("fd42::11")])],
-            &BTreeMap::new(),
-        );
-        assert_eq!(m.interfaces, [(pod("a"), 3), (pod("b"), 4)].into());
-        assert!(m.unresolved.is_empty());
+    /// A bridge node: `cni0` 10.42.0.0/24 with pod ports vethA 3 and vethB 4, a routed veth
+    /// lxc1 7; the peers' addresses as the pods' namespaces hold them.
+    fn node() -> Tables {
+        let mut links = Links::default();
+        for (name, ifindex) in [
+            ("eth0", 2),
+            ("cni0", 10),
+            ("vethA", 3),
+            ("vethB", 4),
+            ("lxc1", 7),
+        ] {
+            links.names.insert(name.into(), ifindex);
+        }
+        links.kinds.insert("cni0".into(), "bridge".into());
+        links.host_ips = vec![ip("192.168.1.5"), ip("10.42.0.1")];
+        links.host_ifindexes = vec![2, 10];
+        Tables {
+            links,
+            routes: Routes {
+                // A stale host route: 10.42.0.10 is vethA's pod, not lxc1's.
+                host: [
+                    (ip("10.42.0.10"), "lxc1".to_string()),
+                    (ip("10.1.0.7"), "lxc1".to_string()),
+                ]
+                .into(),
+                connected: vec![
+                    ("10.42.0.0/24".parse().unwrap(), "cni0".into()),
+                    ("192.168.1.0/24".parse().unwrap(), "eth0".into()),
+                ],
+            },
+            peer_addrs: [
+                (3, vec![ip("10.42.0.10"), ip("fd42::10")]),
+                (4, vec![ip("10.42.0.11")]),
+                (7, vec![ip("10.1.0.7")]),
+            ]
+            .into(),
+        }
+    }
+
+    fn run(t: &Tables, pods: &[(&str, Vec<IpAddr>)]) -> Matched {
+        match_endpoints(pods.iter().map(|(n, ips)| (pod(n), ips.as_slice())), t)
     }
 
     #[test]
-    fn ipv6_neighbour_of_a_dual_stack_pod() {
-        let t = node();
-        // No IPv4 neighbour for .11, but the IPv6 one resolves.
-        let m = run(
-            &t,
-            &[("b", vec![ip("10.42.0.11"), ip("fd42::11")])],
-            &BTreeMap::new(),
-        );
-        assert_eq!(m.interfaces, [(pod("b"), 4)].into());
-    }
-
-    #[test]
-    fn routed_wins_over_bridge() {
-        let mut t = node();
-        // The pod's address also has a neighbour on cni0 (say, a leftover): the route wins.
-        t.neighbours.push(Neighbour {
-            ip: ip("10.1.0.7"),
-            mac: mac("02:00:00:00:00:0a"),
-            dev: "cni0".into(),
-        });
-        let m = run(&t, &[("r", vec![ip("10.1.0.7")])], &BTreeMap::new());
-        assert_eq!(m.interfaces, [(pod("r"), 7)].into());
-    }
-
-    #[test]
-    fn host_route_through_a_bridge_is_not_the_pods_interface() {
-        let mut t = node();
-        t.routes.host.insert(ip("10.42.0.10"), "cni0".into());
-        let m = run(&t, &[("a", vec![ip("10.42.0.10")])], &BTreeMap::new());
-        assert_eq!(m.interfaces, [(pod("a"), 3)].into());
-    }
-
-    #[test]
-    fn mac_learned_on_another_bridge_is_ignored() {
-        let mut t = node();
-        // The neighbour is on cni0, but its MAC is only in br1's database.
-        t.fdb.retain(|e| e.mac != mac("02:00:00:00:00:0a"));
-        t.fdb.push(FdbEntry {
-            bridge: "br1".into(),
-            mac: mac("02:00:00:00:00:0a"),
-            port: "vethC".into(),
-        });
-        let m = run(&t, &[("a", vec![ip("10.42.0.10")])], &BTreeMap::new());
-        assert!(m.interfaces.is_empty(), "{m:?}");
-        assert_eq!(m.unresolved, vec![ip("10.42.0.10")]);
-    }
-
-    #[test]
-    fn uplinks_and_node_interfaces_are_never_pod_ports() {
-        let mut t = node();
-        t.fdb = vec![FdbEntry {
-            bridge: "cni0".into(),
-            mac: mac("02:00:00:00:00:0a"),
-            port: "eth1".into(), // a physical port: no kind
-        }];
-        let m = run(&t, &[("a", vec![ip("10.42.0.10")])], &BTreeMap::new());
-        assert!(m.interfaces.is_empty(), "{m:?}");
-
-        t.fdb[0].port = "vethA".into();
-        t.links.host_ifindexes.push(3); // vethA holds a node address
-        let m = run(&t, &[("a", vec![ip("10.42.0.10")])], &BTreeMap::new());
-        assert!(m.interfaces.is_empty(), "{m:?}");
-    }
-
-    #[test]
-    fn missing_neighbour_is_unmatched_and_unresolved() {
+    fn pods_are_bound_by_their_peers_addresses_not_by_routes() {
         let t = node();
         let m = run(
             &t,
             &[
-                ("c", vec![ip("10.42.0.12"), ip("fd42::12")]),
-                // Not behind a bridge: never solicited (it would leave the node).
-                ("far", vec![ip("10.99.0.1")]),
-                ("lan", vec![ip("192.168.1.77")]),
-            ],
-            &BTreeMap::new(),
-        );
-        assert!(m.interfaces.is_empty(), "{m:?}");
-        assert_eq!(m.unresolved, vec![ip("10.42.0.12"), ip("fd42::12")]);
-    }
-
-    #[test]
-    fn neighbour_without_fdb_entry_is_unresolved() {
-        let mut t = node();
-        t.fdb.clear(); // aged out
-        let m = run(&t, &[("a", vec![ip("10.42.0.10")])], &BTreeMap::new());
-        assert!(m.interfaces.is_empty());
-        assert_eq!(m.unresolved, vec![ip("10.42.0.10")]);
-    }
-
-    #[test]
-    fn previous_port_is_kept_while_it_exists() {
-        let mut t = node();
-        t.fdb.clear();
-        t.neighbours.clear();
-        let previous: BTreeMap<ObjectRef, u32> = [(pod("a"), 3), (pod("r"), 7)].into();
-        let m = run(
-            &t,
-            &[("a", vec![ip("10.42.0.10")]), ("r", vec![ip("10.1.0.99")])],
-            &previous,
-        );
-        // a keeps its bridge port; r's previous interface is not a bridge port: gone.
-        assert_eq!(m.interfaces, [(pod("a"), 3)].into());
-        assert!(m.unresolved.is_empty(), "{m:?}");
-
-        // The port is gone: unmatched, solicited.
-        t.links.names.remove("vethA");
-        let m = run(&t, &[("a", vec![ip("10.42.0.10")])], &previous);
-        assert!(m.interfaces.is_empty());
-        assert_eq!(m.unresolved, vec![ip("10.42.0.10")]);
-    }
-
-    #[test]
-    fn previous_port_yields_to_current_evidence() {
-        let t = node();
-        // a used to be on vethB (4); b now resolves there, and a resolves to vethA.
-        let previous: BTreeMap<ObjectRef, u32> = [(pod("a"), 4), (pod("c"), 4)].into();
-        let m = run(
-            &t,
-            &[
-                ("a", vec![ip("10.42.0.10")]),
-                ("b", vec![ip("fd42::11")]),
+                ("a", vec![ip("10.42.0.10"), ip("fd42::10")]),
+                ("b", vec![ip("10.42.0.11")]),
+                ("r", vec![ip("10.1.0.7")]),
                 ("c", vec![ip("10.42.0.12")]),
+                ("far", vec![ip("10.99.0.1")]),
             ],
-            &previous,
         );
-        assert_eq!(m.interfaces, [(pod("a"), 3), (pod("b"), 4)].into());
+        assert_eq!(
+            m.interfaces,
+            [(pod("a"), 3), (pod("b"), 4), (pod("r"), 7)].into()
+        );
+        assert!(m.conflicts.is_empty());
+        // Unbound and behind the bridge: solicited; elsewhere: never (it would leave the node).
         assert_eq!(m.unresolved, vec![ip("10.42.0.12")]);
+    }
+
+    #[test]
+    fn conflicting_pods_are_bound_nowhere_and_not_solicited() {
+        let mut t = node();
+        t.peer_addrs.get_mut(&4).unwrap().push(ip("10.42.0.10"));
+        let m = run(
+            &t,
+            &[("a", vec![ip("10.42.0.10")]), ("b", vec![ip("10.42.0.11")])],
+        );
+        assert!(m.interfaces.is_empty(), "{m:?}");
+        assert_eq!(m.conflicts.len(), 1);
+        assert_eq!(m.conflicts[0].ifindexes, vec![3, 4]);
+        assert!(m.unresolved.is_empty());
     }
 
     #[test]
@@ -941,8 +719,9 @@ mod tests {
         assert_eq!(l.masters, [("vethA".into(), "cni0".into())].into());
         assert_eq!(l.host_ips, vec![ip("10.42.0.1"), ip("fd42::1")]);
         assert_eq!(l.host_ifindexes, vec![2]);
-        assert!(l.is_pod_port("vethA", "cni0"));
-        assert!(!l.is_pod_port("vethR", "cni0"));
+        // Each veth names its peer: (the peer's namespace id, its ifindex there).
+        assert_eq!(l.peers, [(3, (0, 2)), (4, (1, 2))].into());
+        assert_eq!(l.pod_like(), [3, 4].into());
 
         let mut r = Routes::default();
         parse_routes(ROUTE4.as_bytes(), &mut r).unwrap();
@@ -972,8 +751,12 @@ mod tests {
         let t = Tables {
             links: parse_links(ADDR.as_bytes()).unwrap(),
             routes,
-            neighbours: parse_neighbours(NEIGH.as_bytes()).unwrap(),
-            fdb: parse_fdb(FDB.as_bytes()).unwrap(),
+            // What the pods' namespaces hold (the neighbour and fdb captures above bind nothing).
+            peer_addrs: [
+                (3, vec![ip("10.42.0.10"), ip("fd42::10")]),
+                (4, vec![ip("10.43.0.5")]),
+            ]
+            .into(),
         };
         let m = run(
             &t,
@@ -982,7 +765,6 @@ mod tests {
                 ("r", vec![ip("10.43.0.5")]),
                 ("gone", vec![ip("10.42.0.77")]),
             ],
-            &BTreeMap::new(),
         );
         assert_eq!(m.interfaces, [(pod("p"), 3), (pod("r"), 4)].into());
         assert_eq!(m.unresolved, vec![ip("10.42.0.77")]);

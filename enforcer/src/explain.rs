@@ -106,6 +106,7 @@ pub fn explain(
 ) -> Result<Explanation> {
     let node = NodeInput {
         held: Default::default(),
+        conflicted: Default::default(),
         node: "explain".into(),
         interfaces: cluster
             .pods
@@ -374,6 +375,7 @@ spec:
         // (a change not installed yet) is reported as disagreeing.
         let node = NodeInput {
             held: Default::default(),
+            conflicted: Default::default(),
             node: "n".into(),
             interfaces: [(ObjectRef::new("x", "b"), 7)].into(),
             host_ips: Vec::new(),

@@ -9,11 +9,13 @@
 //! - [`lookup`]: the datapath's decision evaluated over a map state (pure);
 //! - [`reference`]: the spec read literally, to test the compiler against (pure);
 //! - [`bpf`]: the kernel edge: load, pin, attach, install diffs, read events;
-//! - [`discover`]: local pod interfaces and node addresses;
+//! - [`discover`]: local pod interfaces and node addresses; [`binding`]: which interface is a
+//!   pod's (pure), from the addresses its peer holds ([`peers`]);
 //! - [`agent`]: `enforcer run`; [`dump`]: `enforcer maps dump`; [`explain`]: `enforcer explain`;
 //!   [`events`]: `enforcer events`.
 
 pub mod agent;
+pub mod binding;
 pub mod bpf;
 pub mod compiler;
 pub mod discover;
@@ -25,6 +27,7 @@ pub mod lookup;
 pub mod metrics;
 pub mod model;
 pub mod netlink;
+pub mod peers;
 pub mod reference;
 pub mod source;
 pub mod state;

@@ -50,6 +50,11 @@ pub struct Metrics {
     /// Endpoints held closed, by reason (`endpoint-capacity`: its policy does not fit in the
     /// maps).
     pub endpoints_held: Family<Labels, Gauge>,
+    /// Pod interfaces held fail-closed right now because their pod is ambiguous (two pods'
+    /// addresses behind one interface, or one pod's behind several).
+    pub endpoint_conflicts: Gauge,
+    /// Binding conflicts detected (each logged with the pods it involves).
+    pub endpoint_conflicts_total: Counter,
 }
 
 impl Default for Metrics {
@@ -115,7 +120,21 @@ impl Default for Metrics {
             "Endpoints held closed (nothing but ARP and neighbour discovery passes), by reason",
             endpoints_held.clone(),
         );
+        let endpoint_conflicts = Gauge::default();
+        registry.register(
+            "endpoint_conflict_interfaces",
+            "Pod interfaces held fail-closed because their pod is ambiguous (endpoint-conflict)",
+            endpoint_conflicts.clone(),
+        );
+        let endpoint_conflicts_total = Counter::default();
+        registry.register(
+            "endpoint_conflicts",
+            "Binding conflicts detected: pods whose addresses share interfaces",
+            endpoint_conflicts_total.clone(),
+        );
         Metrics {
+            endpoint_conflicts,
+            endpoint_conflicts_total,
             endpoints_held,
             rule_packets,
             rule_bytes,

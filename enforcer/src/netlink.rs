@@ -5,7 +5,10 @@
 //! [`Subscription`] is a raw `AF_NETLINK`/`NETLINK_ROUTE` socket joined to the link, IPv4/IPv6
 //! address, IPv4/IPv6 route and neighbour groups, non-blocking, driven by tokio's reactor. It
 //! sees the network namespace of the thread that opened it. Each message becomes a [`Change`]
-//! ([`parse`], pure); only links are described in detail, the rest says "look again".
+//! ([`parse`], pure); only links are described in detail, the rest says "look again". A second
+//! socket joins only the address groups with `NETLINK_LISTEN_ALL_NSID`: address changes inside
+//! the pods' namespaces (a pod's address configured, or another pod's address added to a pod's
+//! interface) are what binds pods to interfaces, and the node sees them as they happen.
 //!
 //! The kernel drops notifications when the socket's receive queue is full and then fails the
 //! next read with `ENOBUFS`: that, like anything unreadable, is reported as [`Change::Resync`],
@@ -232,7 +235,60 @@ fn push(batch: &mut Vec<Change>, change: Change) {
 /// An open rtnetlink subscription (see the module documentation).
 pub struct Subscription {
     fd: AsyncFd<OwnedFd>,
+    /// Address changes in the pods' namespaces (those this namespace has an id for, as every
+    /// veth peer's has): what binds a pod to its interface (`crate::peers`). Reported as
+    /// [`Change::Address`]. `None` where the kernel refuses `NETLINK_LISTEN_ALL_NSID`; the
+    /// periodic rescan then catches them.
+    peers: Option<AsyncFd<OwnedFd>>,
     buf: Vec<u8>,
+}
+
+/// `NETLINK_LISTEN_ALL_NSID` (<linux/netlink.h>): also receive the joined groups' notifications
+/// from every namespace that has an id in this one.
+const NETLINK_LISTEN_ALL_NSID: libc::c_int = 8;
+const SOL_NETLINK: libc::c_int = 270;
+
+/// A non-blocking rtnetlink socket bound to `groups`, with a `bytes` receive queue; `all_nsid`
+/// also listens to the other namespaces that have an id here.
+fn open_socket(bytes: usize, groups: u32, all_nsid: bool) -> io::Result<OwnedFd> {
+    // SAFETY: plain socket(2); the result is checked and owned right away.
+    let raw = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            libc::NETLINK_ROUTE,
+        )
+    };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `raw` is a fresh descriptor nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+
+    let size = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    if setsockopt_int(&fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, size).is_err() {
+        setsockopt_int(&fd, libc::SOL_SOCKET, libc::SO_RCVBUF, size)?;
+    }
+    if all_nsid {
+        setsockopt_int(&fd, SOL_NETLINK, NETLINK_LISTEN_ALL_NSID, 1)?;
+    }
+
+    // SAFETY: sockaddr_nl is plain data; all zero is a valid value.
+    let mut addr: libc::sockaddr_nl = unsafe { mem::zeroed() };
+    addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+    addr.nl_groups = groups;
+    // SAFETY: `addr` is a valid sockaddr_nl of the length passed.
+    let rc = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&raw const addr).cast(),
+            mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(fd)
 }
 
 impl Subscription {
@@ -247,50 +303,33 @@ impl Subscription {
     /// to test).
     pub fn with_receive_buffer(bytes: usize) -> io::Result<Self> {
         tokio::runtime::Handle::try_current().map_err(io::Error::other)?;
-        // SAFETY: plain socket(2); the result is checked and owned right away.
-        let raw = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-                libc::NETLINK_ROUTE,
-            )
-        };
-        if raw < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `raw` is a fresh descriptor nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-
-        let size = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
-        if setsockopt_int(&fd, libc::SO_RCVBUFFORCE, size).is_err() {
-            setsockopt_int(&fd, libc::SO_RCVBUF, size)?;
-        }
-
-        // SAFETY: sockaddr_nl is plain data; all zero is a valid value.
-        let mut addr: libc::sockaddr_nl = unsafe { mem::zeroed() };
-        addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-        addr.nl_groups = (libc::RTMGRP_LINK
+        let groups = (libc::RTMGRP_LINK
             | libc::RTMGRP_IPV4_IFADDR
             | libc::RTMGRP_IPV6_IFADDR
             | libc::RTMGRP_IPV4_ROUTE
             | libc::RTMGRP_IPV6_ROUTE
             | libc::RTMGRP_NEIGH) as u32;
-        // SAFETY: `addr` is a valid sockaddr_nl of the length passed.
-        let rc = unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                (&raw const addr).cast(),
-                mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-            )
+        let fd = open_socket(bytes, groups, false)?;
+        let addresses = (libc::RTMGRP_IPV4_IFADDR | libc::RTMGRP_IPV6_IFADDR) as u32;
+        let peers = match open_socket(bytes, addresses, true) {
+            // SAFETY: as below.
+            Ok(p) => {
+                Some(unsafe { AsyncFd::register_with_interest(p, tokio::io::Interest::READABLE) }?)
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "no address notifications from the pods' namespaces ({e}); the periodic \
+                     rescan finds them"
+                );
+                None
+            }
         };
-        if rc < 0 {
-            return Err(io::Error::last_os_error());
-        }
         // SAFETY: the OwnedFd keeps the descriptor open, and always the same one, for as long
         // as the AsyncFd owns it; it is never handed out mutably.
         let fd = unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }?;
         Ok(Subscription {
             fd,
+            peers,
             buf: vec![0; 64 << 10],
         })
     }
@@ -319,47 +358,22 @@ impl Subscription {
     /// queued (at most a few thousand datagrams' worth). "Look again" changes are reported at
     /// most once per batch; link changes in the order they happened. Never empty.
     pub async fn next_batch(&mut self) -> io::Result<Vec<Change>> {
-        let Subscription { fd, buf } = self;
+        let Subscription { fd, peers, buf } = self;
         let mut batch = Vec::new();
         let mut datagrams = 0;
         loop {
-            let mut guard = fd.readable().await?;
-            loop {
-                if datagrams >= MAX_DATAGRAMS_PER_BATCH {
-                    break;
+            let peers_readable = async {
+                match peers {
+                    Some(p) => p.readable().await,
+                    None => std::future::pending().await,
                 }
-                match recv(guard.get_inner(), buf) {
-                    Ok((n, pid)) => {
-                        datagrams += 1;
-                        if pid != 0 {
-                            continue; // not from the kernel
-                        }
-                        let Some(data) = buf.get(..n) else {
-                            // MSG_TRUNC: the datagram was larger than the buffer.
-                            push(&mut batch, Change::Resync);
-                            continue;
-                        };
-                        match parse(data) {
-                            Ok(changes) => {
-                                for c in changes {
-                                    push(&mut batch, c);
-                                }
-                            }
-                            Err(e) => {
-                                tracing::warn!("unreadable netlink notification: {e}");
-                                push(&mut batch, Change::Resync);
-                            }
-                        }
-                    }
-                    Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
-                        push(&mut batch, Change::Resync);
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        guard.clear_ready();
-                        break;
-                    }
-                    Err(e) => return Err(e),
+            };
+            tokio::select! {
+                guard = fd.readable() => {
+                    drain(guard?, buf, &mut datagrams, &mut batch, false)?;
+                }
+                guard = peers_readable => {
+                    drain(guard?, buf, &mut datagrams, &mut batch, true)?;
                 }
             }
             if !batch.is_empty() {
@@ -369,12 +383,69 @@ impl Subscription {
     }
 }
 
-fn setsockopt_int(fd: &OwnedFd, opt: libc::c_int, value: libc::c_int) -> io::Result<()> {
+/// Reads what a socket has queued into `batch` (at most [`MAX_DATAGRAMS_PER_BATCH`] datagrams
+/// per batch in all). `peers`: the pods' namespaces' address socket, whose every notification is
+/// a [`Change::Address`] (only address groups are joined; its link and route numbering is not
+/// this namespace's, so nothing else is parsed).
+fn drain(
+    mut guard: tokio::io::unix::AsyncFdReadyGuard<'_, OwnedFd>,
+    buf: &mut [u8],
+    datagrams: &mut usize,
+    batch: &mut Vec<Change>,
+    peers: bool,
+) -> io::Result<()> {
+    loop {
+        if *datagrams >= MAX_DATAGRAMS_PER_BATCH {
+            return Ok(());
+        }
+        match recv(guard.get_inner(), buf) {
+            Ok((n, pid)) => {
+                *datagrams += 1;
+                if pid != 0 {
+                    continue; // not from the kernel
+                }
+                let Some(data) = buf.get(..n) else {
+                    // MSG_TRUNC: the datagram was larger than the buffer.
+                    push(batch, Change::Resync);
+                    continue;
+                };
+                match parse(data) {
+                    Ok(_) if peers => push(batch, Change::Address),
+                    Ok(changes) => {
+                        for c in changes {
+                            push(batch, c);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!("unreadable netlink notification: {e}");
+                        push(batch, Change::Resync);
+                    }
+                }
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+                push(batch, Change::Resync);
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                guard.clear_ready();
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn setsockopt_int(
+    fd: &OwnedFd,
+    level: libc::c_int,
+    opt: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
     // SAFETY: `value` is a valid c_int for the length passed.
     let rc = unsafe {
         libc::setsockopt(
             fd.as_raw_fd(),
-            libc::SOL_SOCKET,
+            level,
             opt,
             (&raw const value).cast(),
             mem::size_of::<libc::c_int>() as libc::socklen_t,

@@ -223,6 +223,7 @@ fn a_pod_whose_policy_does_not_fit_is_held_and_the_rest_keep_installing() {
         host_ips: vec![addr("192.0.2.1")],
         allow_host_ingress: true,
         held: Default::default(),
+        conflicted: Default::default(),
     };
     let mut installed = dp.read_state().unwrap();
     let mut revision = 1;

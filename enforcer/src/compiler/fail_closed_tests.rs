@@ -48,6 +48,7 @@ fn node(c: &Cluster) -> NodeInput {
         host_ips: vec!["172.31.255.1".parse().unwrap()],
         allow_host_ingress: true,
         held: Default::default(),
+        conflicted: Default::default(),
     }
 }
 

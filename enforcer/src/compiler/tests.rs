@@ -27,6 +27,7 @@ fn cluster_from_yaml(yaml: &str) -> Cluster {
 fn node_all_local(c: &Cluster) -> NodeInput {
     NodeInput {
         held: Default::default(),
+        conflicted: Default::default(),
         node: "node-1".into(),
         interfaces: c
             .pods
@@ -850,4 +851,36 @@ spec:
     assert!(!egress("10.0.6.1", 8080), "e is its twin outside the block");
     assert!(egress("10.0.0.2", 81), "b's IPv4 address is in the block");
     assert!(!egress("fd00::2", 81), "b's IPv6 address is not");
+}
+
+#[test]
+fn conflicted_interfaces_are_held_with_the_conflict_reason() {
+    let c = cluster_from_yaml(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: x, labels: {app: a}}\n\
+         spec: {nodeName: node-1, containers: [{name: c, image: i}]}\n\
+         status: {podIPs: [{ip: 10.0.0.1}]}\n",
+    );
+    let mut node = node_all_local(&c);
+    node.interfaces.clear(); // the pod is in the conflict: bound nowhere
+    node.held = [7, 8].into();
+    node.conflicted = [7].into();
+    let mut ids = Ids::default();
+    let installed = MapState::default();
+    let compiled = compile(&c, &node, &mut ids, &installed);
+    let state = plan(&installed, &compiled, &mut ids);
+    let conflict = state.endpoints[&7];
+    assert_eq!(
+        (conflict.ingress_mode, conflict.egress_mode),
+        (mode::DENY_ALL, mode::DENY_ALL)
+    );
+    assert_eq!(conflict.policy_set, u32::from(reason::ENDPOINT_CONFLICT));
+    let peer: IpAddr = "10.0.0.9".parse().unwrap();
+    let d = decide(&state, 7, direction::INGRESS, peer, TCP, 80);
+    assert!(!d.allowed);
+    assert_eq!(d.reason, reason::ENDPOINT_CONFLICT);
+    // Held for an unknown pod: as before.
+    let d = decide(&state, 8, direction::EGRESS, peer, TCP, 80);
+    assert_eq!((d.allowed, d.reason), (false, reason::ENDPOINT_UNKNOWN));
+    // The pod's address keeps its identity (others' policies still name it).
+    assert!(!state.ip_identity.is_empty());
 }
