@@ -541,7 +541,11 @@ impl Agent {
             .pods
             .values()
             .filter(|p| !p.host_network && p.node.as_deref() == Some(self.opts.node.as_str()));
-        let matched = discover::match_endpoints(local.map(|p| (p.key(), &p.ips[..])), tables);
+        let matched = discover::match_endpoints(
+            local.map(|p| (p.key(), &p.ips[..])),
+            tables,
+            &self.interfaces,
+        );
         let conflicted = report_conflicts(&mut self.conflicts, &self.health, &matched.conflicts);
         let interfaces = matched.interfaces;
         // Pods behind a bridge whose address the node has not resolved yet: make the kernel

@@ -13,7 +13,14 @@
 //! fail-closed and its pods are bound nowhere, until the addresses are unambiguous again. No
 //! order (ids, names, age) picks a winner.
 //!
-//! Pure: [`bind`] reads the pods' addresses and the peers' addresses, nothing else.
+//! A pod with `NET_ADMIN` could also remove its own address to leave its interface unbound (and
+//! so unmanaged, without `--default-deny-unknown`). So a binding, once made, stays while its
+//! pod and its interface exist and nothing points elsewhere: a pod whose addresses are behind no
+//! interface keeps its previous one, unless that interface is now bound to another pod or in a
+//! conflict.
+//!
+//! Pure: [`bind`] reads the pods' addresses, the peers' addresses and the previous bindings,
+//! nothing else.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -70,10 +77,13 @@ impl Bound {
 
 /// Binds pods to interfaces. `peers`: host-side pod interface (ifindex) → the addresses its
 /// peer holds (only interfaces that look like a pod's belong here). A pod none of whose
-/// addresses any peer holds is left out (not configured yet, or not on this node).
+/// addresses any peer holds keeps its interface in `previous` (the last pass's bindings) if that
+/// is still a pod interface and nothing else claims it; else it is left out (not configured
+/// yet, or not on this node).
 pub fn bind<'a>(
     pods: impl IntoIterator<Item = (ObjectRef, &'a [IpAddr])>,
     peers: &BTreeMap<u32, Vec<IpAddr>>,
+    previous: &BTreeMap<ObjectRef, u32>,
 ) -> Bound {
     let mut behind: BTreeMap<IpAddr, Vec<u32>> = BTreeMap::new();
     for (ifindex, ips) in peers {
@@ -85,7 +95,12 @@ pub fn bind<'a>(
     let mut pod_edges: BTreeMap<ObjectRef, BTreeSet<u32>> = BTreeMap::new();
     let mut if_edges: BTreeMap<u32, BTreeSet<ObjectRef>> = BTreeMap::new();
     let mut evidence: Vec<(u32, IpAddr, ObjectRef)> = Vec::new();
+    let mut quiet = Vec::new();
     for (pod, ips) in pods {
+        if !ips.iter().any(|ip| behind.contains_key(ip)) {
+            quiet.push(pod);
+            continue;
+        }
         for ip in ips {
             for ifindex in behind.get(ip).into_iter().flatten() {
                 pod_edges.entry(pod.clone()).or_default().insert(*ifindex);
@@ -136,6 +151,23 @@ pub fn bind<'a>(
         });
     }
     out.conflicts.sort();
+
+    // Pods with no evidence keep their previous interface while it is theirs alone.
+    let taken: BTreeSet<u32> = out
+        .interfaces
+        .values()
+        .copied()
+        .chain(out.conflicted())
+        .collect();
+    for pod in quiet {
+        if let Some(ifindex) = previous.get(&pod)
+            && peers.contains_key(ifindex)
+            && !taken.contains(ifindex)
+            && !out.interfaces.values().any(|i| i == ifindex)
+        {
+            out.interfaces.insert(pod, *ifindex);
+        }
+    }
     out
 }
 
@@ -153,7 +185,11 @@ mod tests {
 
     fn run(pods: &[(&str, Vec<IpAddr>)], peers: &[(u32, Vec<IpAddr>)]) -> Bound {
         let peers: BTreeMap<u32, Vec<IpAddr>> = peers.iter().cloned().collect();
-        bind(pods.iter().map(|(n, ips)| (pod(n), ips.as_slice())), &peers)
+        bind(
+            pods.iter().map(|(n, ips)| (pod(n), ips.as_slice())),
+            &peers,
+            &BTreeMap::new(),
+        )
     }
 
     #[test]
@@ -254,5 +290,60 @@ mod tests {
         assert!(b.interfaces.is_empty());
         assert_eq!(b.conflicts.len(), 1);
         assert_eq!(b.conflicts[0].ifindexes, vec![3, 4, 5]);
+    }
+
+    #[test]
+    fn a_pod_removing_its_own_address_keeps_its_binding_while_nothing_else_claims_it() {
+        let pods = [
+            (pod("a"), vec![ip("10.0.0.1")]),
+            (pod("b"), vec![ip("10.0.0.2")]),
+            (pod("c"), vec![ip("10.0.0.3")]),
+            (pod("gone"), vec![ip("10.0.0.4")]),
+        ];
+        let previous: BTreeMap<ObjectRef, u32> = [
+            (pod("a"), 3),
+            (pod("b"), 4),
+            (pod("c"), 5),
+            (pod("gone"), 9),
+        ]
+        .into();
+        // a's peer holds nothing now (a removed its address); 4, b's, now holds d's address;
+        // 5, c's, holds e's, and c's address is behind 6; 9 is gone.
+        let peers: BTreeMap<u32, Vec<IpAddr>> = [
+            (3, vec![]),
+            (4, vec![ip("10.0.0.5")]),
+            (5, vec![ip("10.0.0.6")]),
+            (6, vec![ip("10.0.0.3")]),
+        ]
+        .into();
+        let with_d = [
+            pods.to_vec(),
+            vec![
+                (pod("d"), vec![ip("10.0.0.5")]),
+                (pod("e"), vec![ip("10.0.0.6")]),
+            ],
+        ]
+        .concat();
+        let b = bind(
+            with_d.iter().map(|(p, ips)| (p.clone(), ips.as_slice())),
+            &peers,
+            &previous,
+        );
+        // a keeps 3 (nothing else there); b's 4 is d's now; c is found on 6 by its address;
+        // 5 is e's; gone's interface is gone.
+        assert_eq!(
+            b.interfaces,
+            [(pod("a"), 3), (pod("c"), 6), (pod("d"), 4), (pod("e"), 5)].into()
+        );
+        // A previous interface in a conflict is not kept either.
+        let peers: BTreeMap<u32, Vec<IpAddr>> =
+            [(3, vec![ip("10.0.0.2")]), (4, vec![ip("10.0.0.2")])].into();
+        let b = bind(
+            pods.iter().map(|(p, ips)| (p.clone(), ips.as_slice())),
+            &peers,
+            &previous,
+        );
+        assert!(b.interfaces.is_empty(), "{b:?}");
+        assert_eq!(b.conflicted(), [3, 4].into());
     }
 }

@@ -449,17 +449,20 @@ pub struct Matched {
 }
 
 /// Matches local pods to interfaces: the pod-like interface whose peer holds one of the pod's
-/// addresses ([`crate::binding::bind`]); routes, neighbours and forwarding databases are not
-/// evidence. Pods bound nowhere are left out; their addresses covered by a bridge's connected
-/// route are listed in [`Matched::unresolved`].
+/// addresses, or (no such interface) its interface in `previous` while that is still its alone
+/// ([`crate::binding::bind`]); routes, neighbours and forwarding databases are not evidence.
+/// Pods bound nowhere are left out; their addresses covered by a bridge's connected route are
+/// listed in [`Matched::unresolved`].
 pub fn match_endpoints<'a>(
     pods: impl IntoIterator<Item = (ObjectRef, &'a [IpAddr])>,
     tables: &Tables,
+    previous: &BTreeMap<ObjectRef, u32>,
 ) -> Matched {
     let pods: Vec<(ObjectRef, &[IpAddr])> = pods.into_iter().collect();
     let bound = crate::binding::bind(
         pods.iter().map(|(p, ips)| (p.clone(), *ips)),
         &tables.peer_addrs,
+        previous,
     );
     let links = &tables.links;
     let in_conflict: BTreeSet<&ObjectRef> =
@@ -598,7 +601,11 @@ mod tests {
     }
 
     fn run(t: &Tables, pods: &[(&str, Vec<IpAddr>)]) -> Matched {
-        match_endpoints(pods.iter().map(|(n, ips)| (pod(n), ips.as_slice())), t)
+        match_endpoints(
+            pods.iter().map(|(n, ips)| (pod(n), ips.as_slice())),
+            t,
+            &BTreeMap::new(),
+        )
     }
 
     #[test]

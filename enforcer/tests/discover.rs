@@ -102,6 +102,7 @@ fn discover(pods: &[(&str, Vec<IpAddr>)]) -> Matched {
         pods.iter()
             .map(|(name, ips)| (ObjectRef::new("default", *name), ips.as_slice())),
         &tables,
+        &Default::default(),
     )
 }
 

@@ -758,6 +758,14 @@ fn a_pod_adding_another_pods_address_to_its_own_interface_holds_both_until_it_is
         !node.delivered("client", "attacker", ATTACKER.v4),
         "attacker: isolated again"
     );
+
+    // Nor can the attacker unbind itself (and so leave its interface unmanaged) by removing
+    // its own addresses: a binding stays while nothing else claims the interface.
+    node.p(
+        "attacker",
+        &["addr", "flush", "dev", "eth0", "scope", "global"],
+    );
+    bindings_hold(&node, &ids, &pods, Duration::from_secs(1));
 }
 
 #[test]
