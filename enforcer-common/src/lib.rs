@@ -214,15 +214,17 @@ pub struct IdentityValue {
 }
 const _: () = assert!(core::mem::size_of::<IdentityValue>() == 8);
 
-/// Kernel value of `IP_IDENTITY` and `CIDR_IDENTITY`: one identity per generation (see
-/// `EndpointValue`). Identity 0 stands for "no entry in this generation" (an address: WORLD;
-/// a CIDR prefix: no ipBlock covers it).
+/// Kernel value of `IP_IDENTITY` and `CIDR_IDENTITY`: one identity and one owning endpoint per
+/// generation (see `EndpointValue`). Identity 0 stands for "no entry in this generation" (an
+/// address: WORLD; a CIDR prefix: no ipBlock covers it). `endpoint_id` is the local endpoint
+/// that owns the address in that generation (0: none): `from_endpoint` lets a packet out only
+/// with a source its endpoint owns, so an address moving between endpoints moves at the flip,
+/// like everything else.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct IdentitySlots {
     pub identity: [u32; 2],
-    pub endpoint_id: u32,
-    pub _pad: u32,
+    pub endpoint_id: [u32; 2],
 }
 const _: () = assert!(core::mem::size_of::<IdentitySlots>() == 16);
 
@@ -559,6 +561,8 @@ pub struct FragKey {
     pub daddr: [u8; 16],
     /// IPv4 identification (16 bits, zero-extended) or IPv6 fragment identification.
     pub id: u32,
+    /// IPv4: the protocol; IPv6: the fragment header's next header (what every fragment of the
+    /// datagram carries alike).
     pub proto: u8,
     pub _pad: [u8; 3],
 }
@@ -569,7 +573,10 @@ const _: () = assert!(core::mem::size_of::<FragKey>() == 40);
 pub struct FragValue {
     pub sport_be: u16,
     pub dport_be: u16,
-    pub _pad: u32,
+    /// The first fragment's transport protocol: for IPv6 the key holds the fragment header's
+    /// next header, which differs when more extension headers follow it.
+    pub proto: u8,
+    pub _pad: [u8; 3],
 }
 const _: () = assert!(core::mem::size_of::<FragValue>() == 8);
 

@@ -1,16 +1,21 @@
 //! Conntrack: admitting a new flow, re-checking one of an older policy revision, counting
 //! packets per admitting rule.
 
-use crate::{PASS, endpoint::*, events::*, maps::*, parse::*, policy::*};
+use crate::{PASS, endpoint::*, events::*, maps::*, parse::*, policy::*, source::*};
 use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::TcContext};
 use enforcer_common::*;
 
+/// A conntrack hit admitted under an older policy revision: the flow (`flow`: the packet's own,
+/// or for an ICMP error the flow it quotes, as seen in this direction) is judged again, once,
+/// under the current policy, in the direction it was opened.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn recheck(
     ctx: &TcContext,
     ifindex: u32,
     dir: u8,
     pkt: &mut Packet,
+    flow: &Flow,
     ct_key: &CtKey,
     ct: *mut CtValue,
     config: &Config,
@@ -19,6 +24,17 @@ pub(crate) fn recheck(
         // No longer an endpoint: nothing to enforce here.
         return PASS;
     };
+    let slot = config.generation() as usize;
+    if dir == direction::EGRESS && !is_absent(&ep) {
+        // The source was checked when the flow was admitted; the address may have moved to
+        // another endpoint since (or the entry predates the check).
+        let r = forged(&ep, PARSE_IP, pkt, slot);
+        if r != 0 {
+            let _ = CONNTRACK.remove(ct_key);
+            let _ = CONNTRACK.remove(&ct_key.reversed());
+            return drop_packet(ctx, &ep, ifindex, dir, &pkt.flow, &Why::new(r));
+        }
+    }
     // SAFETY: a live LRU value, read whole.
     let flags = unsafe { (*ct).flags };
     if flags & ct_flags::SERVICE != 0 {
@@ -28,15 +44,18 @@ pub(crate) fn recheck(
         return PASS;
     }
     let opened_dir = if flags & ct_flags::REPLY != 0 {
-        pkt.opened = pkt.flow.reversed();
+        pkt.opened = flow.reversed();
         dir ^ 1
     } else {
-        pkt.opened = pkt.flow;
+        pkt.opened = *flow;
         dir
     };
+    // A flow the node opened into the endpoint stays the node's: only a packet in the opening
+    // direction can show where it entered (replies enter from the pod).
+    let host_ok = opened_dir == direction::EGRESS || dir == direction::EGRESS || from_the_node(ctx);
     let opened_mode = mode_of(&ep, opened_dir);
     let mut why = match opened_mode {
-        mode::ENFORCE | mode::AUDIT => decide(&ep, opened_dir, &pkt.opened, config),
+        mode::ENFORCE | mode::AUDIT => decide(&ep, opened_dir, &pkt.opened, config, host_ok),
         mode::DENY_ALL => Why::new(ep.held_reason()),
         _ => Why::new(reason::ALLOWED_NOT_ISOLATED),
     };
@@ -69,7 +88,7 @@ pub(crate) fn recheck(
     drop_packet(ctx, &ep, ifindex, dir, &pkt.flow, &why)
 }
 
-/// Lets a new flow in: conntrack both ways, remember a first fragment's ports, maybe report.
+/// Lets a new flow in: conntrack both ways, maybe report.
 #[inline(always)]
 pub(crate) fn admit(
     ctx: &TcContext,
@@ -91,15 +110,6 @@ pub(crate) fn admit(
         if config.flags & config_flags::RULE_COUNTERS_OFF == 0 {
             count_rule(ctx, &value, dir);
         }
-    }
-    if pkt.kind == KIND_FIRST_FRAGMENT {
-        let id = pkt.frag_id;
-        let v = FragValue {
-            sport_be: pkt.flow.sport_be,
-            dport_be: pkt.flow.dport_be,
-            _pad: 0,
-        };
-        let _ = FRAGMENTS.insert(&frag_key(&pkt.flow, id), &v, 0);
     }
     if config.flags & config_flags::EVENTS_ON_ALLOW != 0 {
         emit(ctx, ep, ifindex, dir, &pkt.flow, why, verdict::ALLOW);
@@ -157,4 +167,17 @@ pub(crate) fn insert_ct_pair(key: &CtKey, why: &Why, config: &Config, flags: u32
     value.flags = flags | ct_flags::REPLY;
     let _ = CONNTRACK.insert(&key.reversed(), &value, 0);
     opened
+}
+
+/// Remembers the ports (and, for IPv6, the transport protocol) of a first fragment that passed,
+/// for the later fragments of its datagram, which carry neither.
+#[inline(always)]
+pub(crate) fn remember_fragment(pkt: &Packet) {
+    let v = FragValue {
+        sport_be: pkt.flow.sport_be,
+        dport_be: pkt.flow.dport_be,
+        proto: pkt.flow.proto,
+        _pad: [0; 3],
+    };
+    let _ = FRAGMENTS.insert(&frag_key(&pkt.flow, pkt.frag_id, pkt.frag_proto), &v, 0);
 }

@@ -1,9 +1,22 @@
 //! The endpoint an interface stands for, in the current generation.
 
-use crate::{PASS, events::*, maps::*, parse::*, policy::*};
+use crate::{PASS, events::*, maps::*, parse::*, policy::*, source::*};
 use aya_ebpf::programs::TcContext;
 use enforcer_common::*;
 
+/// What events name when no endpoint is there: an interface held before its pod is known
+/// (`DENY_UNKNOWN`), or the node's own interface (`to_network`).
+pub(crate) const NO_ENDPOINT: EndpointInfo = EndpointInfo {
+    endpoint_id: 0,
+    policy_set: 0,
+    ingress_mode: mode::DENY_ALL,
+    egress_mode: mode::DENY_ALL,
+};
+
+/// An attached interface no endpoint entry names: the agent attached to it when it appeared,
+/// before any pod claimed it. Untouched by default; with `DENY_UNKNOWN` it is held: nothing
+/// passes but ARP and genuine neighbour discovery, and those only with no address that a known
+/// endpoint or the node owns.
 #[inline(always)]
 pub(crate) fn unknown_endpoint(
     ctx: &TcContext,
@@ -13,22 +26,31 @@ pub(crate) fn unknown_endpoint(
     pkt: &Packet,
     config: &Config,
 ) -> i32 {
-    if config.flags & config_flags::DENY_UNKNOWN == 0 || parsed != PARSE_IP {
+    let reason = if parsed == PARSE_INVALID_ADDRESS {
+        reason::INVALID_ADDRESS
+    } else if config.flags & config_flags::DENY_UNKNOWN == 0 {
         return PASS;
-    }
-    let held = EndpointInfo {
-        endpoint_id: 0,
-        policy_set: 0,
-        ingress_mode: mode::DENY_ALL,
-        egress_mode: mode::DENY_ALL,
+    } else {
+        let slot = config.generation() as usize;
+        let forged = if dir == direction::EGRESS {
+            forged(&NO_ENDPOINT, parsed, pkt, slot)
+        } else {
+            0
+        };
+        match parsed {
+            _ if forged != 0 => forged,
+            PARSE_ARP => return PASS,
+            PARSE_NEIGHBOR_DISCOVERY if genuine_nd(dir, pkt, slot) => return PASS,
+            _ => reason::ENDPOINT_UNKNOWN,
+        }
     };
     drop_packet(
         ctx,
-        &held,
+        &NO_ENDPOINT,
         ifindex,
         dir,
         &pkt.flow,
-        &Why::new(reason::ENDPOINT_UNKNOWN),
+        &Why::new(reason),
     )
 }
 

@@ -27,6 +27,7 @@ mod maps;
 mod parse;
 mod policy;
 mod service;
+mod source;
 
 use aya_ebpf::{
     bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC},
@@ -36,13 +37,14 @@ use aya_ebpf::{
 use enforcer_common::{Config, EndpointInfo, config_flags, direction, mode, reason, verdict};
 
 use crate::{
-    conntrack::{admit, count_rule, recheck},
-    endpoint::{endpoint, mode_of, unknown_endpoint},
+    conntrack::{admit, count_rule, recheck, remember_fragment},
+    endpoint::{NO_ENDPOINT, endpoint, mode_of, unknown_endpoint},
     events::{count, drop_packet, emit},
     maps::{CONNTRACK, SCRATCH, SERVICE_IPS, config},
     parse::*,
     policy::{Why, audit, decide},
     service::{defer_to_service, service_egress},
+    source::{error_matches, forged, from_the_node, genuine_nd, is_absent},
 };
 
 // --- Verdicts ---------------------------------------------------------------------------------
@@ -74,7 +76,20 @@ pub fn to_network(ctx: TcContext) -> i32 {
     // SAFETY: as in endpoint_program.
     let pkt = unsafe { &mut *pkt };
     pkt.reset();
-    if parse(&ctx, pkt) != PARSE_IP {
+    let parsed = parse(&ctx, pkt);
+    if parsed == PARSE_INVALID_ADDRESS {
+        let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+        let why = Why::new(reason::INVALID_ADDRESS);
+        return drop_packet(
+            &ctx,
+            &NO_ENDPOINT,
+            ifindex,
+            direction::EGRESS,
+            &pkt.flow,
+            &why,
+        );
+    }
+    if parsed != PARSE_IP {
         return PASS;
     }
     let config = config();
@@ -92,7 +107,6 @@ pub fn empty(_ctx: TcContext) -> i32 {
 
 #[inline(always)]
 fn endpoint_program(ctx: &TcContext, dir: u8) -> i32 {
-    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     let Some(pkt) = SCRATCH.get_ptr_mut(0) else {
         // Cannot happen (a one-slot array always has slot 0); failing closed is still right.
         return DROP;
@@ -102,25 +116,44 @@ fn endpoint_program(ctx: &TcContext, dir: u8) -> i32 {
     let pkt = unsafe { &mut *pkt };
     pkt.reset();
     let parsed = parse(ctx, pkt);
+    let verdict = judge(ctx, dir, parsed, pkt);
+    // Every first fragment that passes, whatever let it pass (conntrack, a Service deferral, an
+    // endpoint not isolated), leaves its ports for the later fragments of its datagram.
+    if verdict == PASS && pkt.kind == KIND_FIRST_FRAGMENT && parsed == PARSE_IP {
+        remember_fragment(pkt);
+    }
+    verdict
+}
+
+#[inline(always)]
+fn judge(ctx: &TcContext, dir: u8, parsed: u8, pkt: &mut Packet) -> i32 {
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     let config = config();
+    let slot = config.generation() as usize;
 
     // Conntrack first, before even the endpoint lookup: an established flow, a reply, or an ICMP
     // error about one, admitted under the current policy revision, costs this one lookup.
     if parsed == PARSE_IP {
-        let ct_key = if pkt.kind == KIND_ICMP_ERROR {
-            pkt.quoted.related_key(ifindex, dir)
-        } else {
-            pkt.flow.ct_key(ifindex, dir)
-        };
-        if let Some(ct) = CONNTRACK.get_ptr_mut(&ct_key) {
-            // SAFETY: a live LRU value; fields are read and written whole.
-            if unsafe { (*ct).revision } == config.revision || pkt.kind == KIND_ICMP_ERROR {
-                if config.flags & config_flags::RULE_COUNTERS_OFF == 0 {
-                    count_rule(ctx, unsafe { &*ct }, dir);
+        let related = pkt.kind == KIND_ICMP_ERROR;
+        // An error that does not travel between the ends of the flow it quotes is not about
+        // that flow: it is judged as an ICMP packet of its own.
+        if !related || error_matches(dir, pkt, slot) {
+            let flow = if related {
+                pkt.quoted.related_flow(pkt.flow.family)
+            } else {
+                pkt.flow
+            };
+            let ct_key = flow.ct_key(ifindex, dir);
+            if let Some(ct) = CONNTRACK.get_ptr_mut(&ct_key) {
+                // SAFETY: a live LRU value; fields are read and written whole.
+                if unsafe { (*ct).revision } == config.revision {
+                    if config.flags & config_flags::RULE_COUNTERS_OFF == 0 {
+                        count_rule(ctx, unsafe { &*ct }, dir);
+                    }
+                    return PASS;
                 }
-                return PASS;
+                return recheck(ctx, ifindex, dir, pkt, &flow, &ct_key, ct, &config);
             }
-            return recheck(ctx, ifindex, dir, pkt, &ct_key, ct, &config);
         }
     }
 
@@ -134,6 +167,24 @@ fn endpoint_program(ctx: &TcContext, dir: u8) -> i32 {
     let Some(ep) = endpoint(ifindex, &config) else {
         return unknown_endpoint(ctx, ifindex, dir, parsed, pkt, &config);
     };
+    if parsed == PARSE_INVALID_ADDRESS {
+        return drop_packet(
+            ctx,
+            &ep,
+            ifindex,
+            dir,
+            &pkt.flow,
+            &Why::new(reason::INVALID_ADDRESS),
+        );
+    }
+    // What a pod sends carries its own source, whatever its egress policy: a pod with none must
+    // not borrow the address another pod's ingress admits.
+    if dir == direction::EGRESS && !is_absent(&ep) {
+        let r = forged(&ep, parsed, pkt, slot);
+        if r != 0 {
+            return drop_packet(ctx, &ep, ifindex, dir, &pkt.flow, &Why::new(r));
+        }
+    }
     let ep_mode = mode_of(&ep, dir);
     if ep_mode == mode::UNMANAGED {
         return PASS;
@@ -141,8 +192,8 @@ fn endpoint_program(ctx: &TcContext, dir: u8) -> i32 {
     try_new_flow(ctx, &ep, ifindex, ep_mode, dir, parsed, pkt, &config)
 }
 
-/// An attached interface no endpoint entry names: the agent attached to it when it appeared,
-
+/// A packet conntrack did not admit, at an endpoint that manages this direction: held
+/// interfaces, fragments, Service deferral, then the policy decision.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn try_new_flow(
@@ -155,11 +206,18 @@ fn try_new_flow(
     pkt: &mut Packet,
     config: &Config,
 ) -> i32 {
+    let slot = config.generation() as usize;
     match parsed {
         PARSE_IP => {}
-        // Non-IP (ARP above all) is not NetworkPolicy's business; neighbour discovery is to IPv6
-        // what ARP is to IPv4: no pod works without either.
-        PARSE_NOT_IP | PARSE_NEIGHBOR_DISCOVERY => return PASS,
+        // ARP is not NetworkPolicy's business, and neighbour discovery is to IPv6 what ARP is to
+        // IPv4: no pod works without either, held or not. Only genuine neighbour discovery
+        // passes so; the rest is judged as the ICMPv6 it is.
+        PARSE_ARP => return PASS,
+        PARSE_NEIGHBOR_DISCOVERY if genuine_nd(dir, pkt, slot) => return PASS,
+        PARSE_NEIGHBOR_DISCOVERY => {}
+        // Other non-IP passes, except through a held interface.
+        PARSE_NOT_IP if ep_mode != mode::DENY_ALL => return PASS,
+        PARSE_NOT_IP => {}
         _ => {
             let why = Why::new(reason::MALFORMED);
             return drop_packet(ctx, ep, ifindex, dir, &pkt.flow, &why);
@@ -186,7 +244,13 @@ fn try_new_flow(
         return PASS;
     }
     let mut why = if isolated {
-        decide(ep, dir, &pkt.flow, config)
+        decide(
+            ep,
+            dir,
+            &pkt.flow,
+            config,
+            dir == direction::EGRESS || from_the_node(ctx),
+        )
     } else {
         Why::new(reason::ALLOWED_NOT_ISOLATED)
     };
@@ -201,8 +265,6 @@ fn try_new_flow(
     admit(ctx, ep, ifindex, dir, pkt, &why, config);
     PASS
 }
-
-/// In audit mode a flow no rule allows passes, as `AUDIT_WOULD_DROP`; returns whether that
 
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {

@@ -9,6 +9,7 @@ use enforcer_common::*;
 pub(crate) const ETH_HLEN: usize = 14;
 pub(crate) const ETH_P_IP: u16 = 0x0800;
 pub(crate) const ETH_P_IPV6: u16 = 0x86dd;
+pub(crate) const ETH_P_ARP: u16 = 0x0806;
 pub(crate) const ETH_P_8021Q: u16 = 0x8100;
 pub(crate) const ETH_P_8021AD: u16 = 0x88a8;
 
@@ -37,6 +38,12 @@ pub(crate) const PARSE_IP: u8 = 0;
 pub(crate) const PARSE_NOT_IP: u8 = 1;
 pub(crate) const PARSE_NEIGHBOR_DISCOVERY: u8 = 2;
 pub(crate) const PARSE_MALFORMED: u8 = 3;
+/// An IPv6 packet with an IPv4-mapped address (`::ffff:0:0/96`): no real stack sends one, and
+/// it would alias the IPv4 keys (stored IPv4-mapped) of conntrack and identities.
+pub(crate) const PARSE_INVALID_ADDRESS: u8 = 4;
+/// An ARP packet for IPv4 over Ethernet: sender address in `flow.saddr`, target in
+/// `flow.daddr`.
+pub(crate) const PARSE_ARP: u8 = 5;
 
 pub(crate) const KIND_PLAIN: u8 = 0;
 /// First fragment of a fragmented datagram: its ports are remembered when it passes.
@@ -55,6 +62,12 @@ pub(crate) type Addr = [u32; 4];
 
 /// `::ffff:0:0/96` in the first three words, as they sit in memory.
 pub(crate) const V4_MAPPED_WORD2: u32 = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
+
+/// Whether an address read from an IPv6 header lies in `::ffff:0:0/96`.
+#[inline(always)]
+pub(crate) fn is_v4_mapped(a: &Addr) -> bool {
+    a[0] == 0 && a[1] == 0 && a[2] == V4_MAPPED_WORD2
+}
 
 #[inline(always)]
 pub(crate) fn v4_mapped(a: u32) -> Addr {
@@ -157,18 +170,18 @@ pub(crate) struct Quoted {
 
 impl Quoted {
     /// The error travels against the quoted packet, so it belongs to the flow whose reply
-    /// direction is this one: the quoted tuple, reversed, in this direction.
+    /// direction is this one: the quoted tuple, reversed, seen in this direction.
     #[inline(always)]
-    pub(crate) fn related_key(&self, ifindex: u32, dir: u8) -> CtKey {
-        ct_key(
-            &self.daddr,
-            &self.saddr,
-            self.dport_be,
-            self.sport_be,
-            self.proto,
-            dir,
-            ifindex,
-        )
+    pub(crate) fn related_flow(&self, family: u8) -> Flow {
+        Flow {
+            saddr: self.daddr,
+            daddr: self.saddr,
+            sport_be: self.dport_be,
+            dport_be: self.sport_be,
+            proto: self.proto,
+            family,
+            has_ports: is_port_proto(self.proto) as u8,
+        }
     }
 }
 
@@ -182,6 +195,15 @@ pub(crate) struct Packet {
     pub(crate) is_fragment: u8,
     pub(crate) is_first_fragment: u8,
     pub(crate) frag_id: u32,
+    /// What `FRAGMENTS` is keyed by: the IPv4 protocol, or the IPv6 fragment header's next
+    /// header (every fragment of a datagram carries it alike).
+    pub(crate) frag_proto: u8,
+    /// IPv6 hop limit (neighbour discovery must arrive with 255, MLD with 1).
+    pub(crate) hop_limit: u8,
+    /// ICMPv6 type of a neighbour discovery or MLD message.
+    pub(crate) icmp_type: u8,
+    /// Target address of a neighbour solicitation or advertisement.
+    pub(crate) nd_target: Addr,
     l4_off: usize,
     pub(crate) quoted: Quoted,
     /// The flow in the direction it was opened (re-checks of replies).
@@ -209,6 +231,9 @@ impl Packet {
             w(&mut self.is_fragment, 0);
             w(&mut self.is_first_fragment, 0);
             w(&mut self.frag_id, 0);
+            w(&mut self.frag_proto, 0);
+            w(&mut self.hop_limit, 0);
+            w(&mut self.icmp_type, 0);
             w(&mut self.l4_off, 0);
         }
     }
@@ -258,9 +283,18 @@ pub(crate) fn parse(ctx: &TcContext, pkt: &mut Packet) -> u8 {
     };
     let l3 = match u16::from_be(ethertype_be) {
         ETH_P_IP => parse_ipv4(ctx, pkt),
-        ETH_P_IPV6 => parse_ipv6(ctx, pkt),
+        ETH_P_IPV6 => {
+            let l3 = parse_ipv6(ctx, pkt);
+            if pkt.have_addrs != 0
+                && (is_v4_mapped(&pkt.flow.saddr) || is_v4_mapped(&pkt.flow.daddr))
+            {
+                return PARSE_INVALID_ADDRESS;
+            }
+            l3
+        }
         // A tagged frame would carry IP past the policy: an endpoint has no business sending one.
         ETH_P_8021Q | ETH_P_8021AD => Err(()),
+        ETH_P_ARP => return parse_arp(ctx, pkt),
         _ => return PARSE_NOT_IP,
     };
     if l3.is_err() {
@@ -285,7 +319,12 @@ pub(crate) fn parse_ipv4(ctx: &TcContext, pkt: &mut Packet) -> Result<(), ()> {
     pkt.flow.daddr = v4_mapped(read(ctx, ETH_HLEN + 16)?);
     pkt.have_addrs = 1;
     let ihl = ((version_ihl & 0x0f) as usize) * 4;
-    let tot_len = u16::from_be(tot_len_be) as usize;
+    let mut tot_len = u16::from_be(tot_len_be) as usize;
+    if tot_len == 0 && pkt.flow.proto == IPPROTO_TCP && gso_size(ctx) != 0 {
+        // IPv4 BIG TCP: a GSO packet past 64 KiB carries total length 0 and its real length
+        // in the skb (the kernel's `iph_totlen`).
+        tot_len = (ctx.len() as usize).saturating_sub(ETH_HLEN);
+    }
     if version_ihl >> 4 != 4 || ihl < 20 || tot_len < ihl || ETH_HLEN + tot_len > ctx.len() as usize
     {
         return Err(());
@@ -297,6 +336,7 @@ pub(crate) fn parse_ipv4(ctx: &TcContext, pkt: &mut Packet) -> Result<(), ()> {
         pkt.is_fragment = 1;
         pkt.is_first_fragment = (offset == 0) as u8;
         pkt.frag_id = u16::from_be(id_be) as u32;
+        pkt.frag_proto = pkt.flow.proto;
     }
     pkt.l4_off = ETH_HLEN + ihl;
     Ok(())
@@ -307,7 +347,9 @@ pub(crate) fn parse_ipv6(ctx: &TcContext, pkt: &mut Packet) -> Result<(), ()> {
     pkt.flow.family = 6;
     let version: u8 = read(ctx, ETH_HLEN)?;
     let payload_len_be: u16 = read(ctx, ETH_HLEN + 4)?;
-    let next_header: u8 = read(ctx, ETH_HLEN + 6)?;
+    let nh_hops = read::<u16>(ctx, ETH_HLEN + 6)?.to_ne_bytes();
+    let next_header = nh_hops[0];
+    pkt.hop_limit = nh_hops[1];
     pkt.flow.saddr = read_addr6(ctx, ETH_HLEN + 8)?;
     pkt.flow.daddr = read_addr6(ctx, ETH_HLEN + 24)?;
     pkt.have_addrs = 1;
@@ -345,8 +387,16 @@ pub(crate) fn parse_ipv6(ctx: &TcContext, pkt: &mut Packet) -> Result<(), ()> {
                     pkt.is_fragment = 1;
                     pkt.is_first_fragment = (offset == 0) as u8;
                     pkt.frag_id = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
+                    pkt.frag_proto = next;
                 }
                 off += 8;
+                if offset != 0 {
+                    // A later fragment is payload from here on (any further headers were in the
+                    // first fragment): it is keyed by this next header, as its first fragment.
+                    pkt.flow.proto = next;
+                    pkt.l4_off = off;
+                    return Ok(());
+                }
             }
             _ => {
                 pkt.flow.proto = next;
@@ -364,14 +414,15 @@ pub(crate) fn parse_ipv6(ctx: &TcContext, pkt: &mut Packet) -> Result<(), ()> {
 pub(crate) fn parse_l4(ctx: &TcContext, pkt: &mut Packet) -> u8 {
     if pkt.is_fragment != 0 && pkt.is_first_fragment == 0 {
         // Later fragments carry no L4 header: take the first fragment's ports, if it passed.
-        let key = frag_key(&pkt.flow, pkt.frag_id);
+        let key = frag_key(&pkt.flow, pkt.frag_id, pkt.frag_proto);
         match FRAGMENTS.get_ptr(&key) {
             Some(v) => {
                 // SAFETY: copied at once; entries are written whole.
                 let v = unsafe { *v };
                 pkt.flow.sport_be = v.sport_be;
                 pkt.flow.dport_be = v.dport_be;
-                pkt.flow.has_ports = is_port_proto(pkt.flow.proto) as u8;
+                pkt.flow.proto = v.proto;
+                pkt.flow.has_ports = is_port_proto(v.proto) as u8;
                 pkt.kind = KIND_LATER_FRAGMENT;
             }
             None => pkt.kind = KIND_UNKNOWN_FRAGMENT,
@@ -416,7 +467,18 @@ pub(crate) fn parse_l4(ctx: &TcContext, pkt: &mut Packet) -> u8 {
                 }
                 pkt.kind = KIND_ICMP_ERROR;
             }
-            ICMP_NEIGHBOR_DISCOVERY => return PARSE_NEIGHBOR_DISCOVERY,
+            // Fragmented neighbour discovery is refused by every stack (RFC 6980): plain ICMPv6.
+            ICMP_NEIGHBOR_DISCOVERY if pkt.is_fragment == 0 => {
+                pkt.icmp_type = h[0];
+                if h[0] == ND_NEIGHBOR_SOLICIT || h[0] == ND_NEIGHBOR_ADVERT {
+                    match read_addr6(ctx, l4_off + 8) {
+                        Ok(t) => pkt.nd_target = t,
+                        // No target: not what it claims to be; policy judges it.
+                        Err(()) => return PARSE_IP,
+                    }
+                }
+                return PARSE_NEIGHBOR_DISCOVERY;
+            }
             _ => {}
         }
     }
@@ -429,7 +491,7 @@ pub(crate) fn is_port_proto(proto: u8) -> bool {
 }
 
 #[inline(always)]
-pub(crate) fn frag_key(flow: &Flow, id: u32) -> FragKey {
+pub(crate) fn frag_key(flow: &Flow, id: u32, proto: u8) -> FragKey {
     let w: [u32; 10] = [
         flow.saddr[0],
         flow.saddr[1],
@@ -440,7 +502,7 @@ pub(crate) fn frag_key(flow: &Flow, id: u32) -> FragKey {
         flow.daddr[2],
         flow.daddr[3],
         id,
-        flow.proto as u32,
+        proto as u32,
     ];
     // SAFETY: FragKey is saddr, daddr, id, proto and three padding bytes, repr(C), 40 bytes; on
     // little-endian `proto as u32` puts proto first and zeroes the padding.
@@ -452,6 +514,15 @@ pub(crate) const ICMP_ECHO_REQUEST: u8 = 1;
 pub(crate) const ICMP_ECHO_REPLY: u8 = 2;
 pub(crate) const ICMP_ERROR: u8 = 3;
 pub(crate) const ICMP_NEIGHBOR_DISCOVERY: u8 = 4;
+
+pub(crate) const MLD_QUERY: u8 = 130;
+pub(crate) const MLD_REPORT: u8 = 131;
+pub(crate) const MLD_DONE: u8 = 132;
+pub(crate) const MLD2_REPORT: u8 = 143;
+pub(crate) const ND_ROUTER_ADVERT: u8 = 134;
+pub(crate) const ND_REDIRECT: u8 = 137;
+pub(crate) const ND_NEIGHBOR_SOLICIT: u8 = 135;
+pub(crate) const ND_NEIGHBOR_ADVERT: u8 = 136;
 
 #[inline(always)]
 pub(crate) fn icmp_class(v6: bool, ty: u8) -> u8 {
@@ -491,6 +562,9 @@ pub(crate) fn parse_quoted(
         q.proto = read::<u16>(ctx, off + 6)?.to_ne_bytes()[0];
         q.saddr = read_addr6(ctx, off + 8)?;
         q.daddr = read_addr6(ctx, off + 24)?;
+        if is_v4_mapped(&q.saddr) || is_v4_mapped(&q.daddr) {
+            return Err(());
+        }
         l4_off = off + 40;
     } else {
         let version_ihl = read::<u16>(ctx, off)?.to_ne_bytes()[0];
@@ -517,4 +591,37 @@ pub(crate) fn parse_quoted(
         }
     }
     Ok(())
+}
+
+/// `__sk_buff.gso_size`: non-zero on a GSO packet.
+#[inline(always)]
+fn gso_size(ctx: &TcContext) -> u32 {
+    // SAFETY: a field of the context the program was handed.
+    unsafe { (*ctx.skb.skb).gso_size }
+}
+
+/// ARP for IPv4 over Ethernet (what the kernel's neighbour table learns from); other ARP is
+/// not IP's business.
+#[inline(always)]
+pub(crate) fn parse_arp(ctx: &TcContext, pkt: &mut Packet) -> u8 {
+    // htype 1, ptype 0x0800, hlen 6, plen 4, in one word as it sits in memory.
+    const ETHER_IPV4: u64 = u64::from_ne_bytes([0, 1, 8, 0, 6, 4, 0, 0]);
+    const MASK: u64 = u64::from_ne_bytes([0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0]);
+    let Ok(h) = read::<u64>(ctx, ETH_HLEN) else {
+        return PARSE_NOT_IP;
+    };
+    if h & MASK != ETHER_IPV4 {
+        return PARSE_NOT_IP;
+    }
+    let Ok(spa) = read::<u32>(ctx, ETH_HLEN + 14) else {
+        return PARSE_NOT_IP;
+    };
+    let Ok(tpa) = read::<u32>(ctx, ETH_HLEN + 24) else {
+        return PARSE_NOT_IP;
+    };
+    pkt.flow.family = 4;
+    pkt.flow.saddr = v4_mapped(spa);
+    pkt.flow.daddr = v4_mapped(tpa);
+    pkt.have_addrs = 1;
+    PARSE_ARP
 }

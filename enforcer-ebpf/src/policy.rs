@@ -14,9 +14,6 @@ pub(crate) fn audit(why: &mut Why, ep_mode: u32) -> bool {
     false
 }
 
-/// A conntrack hit admitted under an older policy revision: judge the flow again, once, under
-/// the current policy (in the direction it was opened), so a revoked policy cuts established
-
 /// A verdict and what it rests on, for the event and the counters.
 pub(crate) struct Why {
     pub(crate) allowed: bool,
@@ -44,9 +41,17 @@ impl Why {
     }
 }
 
-/// The new-flow decision of an isolated direction; `enforcer::lookup::decide` is its mirror.
+/// The new-flow decision of an isolated direction; `enforcer::lookup::decide_from` is its
+/// mirror. `host_ok`: a peer with the node's address counts as the node (HOST) only when the
+/// packet really comes from it (see `source::from_the_node`); otherwise it is WORLD.
 #[inline(always)]
-pub(crate) fn decide(ep: &EndpointInfo, dir: u8, flow: &Flow, config: &Config) -> Why {
+pub(crate) fn decide(
+    ep: &EndpointInfo,
+    dir: u8,
+    flow: &Flow,
+    config: &Config,
+    host_ok: bool,
+) -> Why {
     let slot = config.generation() as usize;
     let peer = if dir == direction::EGRESS {
         flow.daddr
@@ -56,6 +61,7 @@ pub(crate) fn decide(ep: &EndpointInfo, dir: u8, flow: &Flow, config: &Config) -
     let peer_key = addr_key(&peer);
     // Identity 0 in the current slot means "no entry in this generation".
     let peer_identity = match unsafe { IP_IDENTITY.get(&peer_key) } {
+        Some(v) if v.identity[slot] == identity::HOST && !host_ok => identity::WORLD,
         Some(v) if v.identity[slot] != 0 => v.identity[slot],
         _ => identity::WORLD,
     };

@@ -25,7 +25,7 @@ pub(crate) fn service_egress(ctx: &TcContext, pkt: &mut Packet, config: &Config)
     if ep.egress_mode != mode::ENFORCE && ep.egress_mode != mode::AUDIT {
         return CONTINUE;
     }
-    let mut why = decide(&ep, direction::EGRESS, &pkt.flow, config);
+    let mut why = decide(&ep, direction::EGRESS, &pkt.flow, config, true);
     let audited = audit(&mut why, ep.egress_mode);
     count(why.reason as u32);
     if audited {

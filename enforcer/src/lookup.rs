@@ -81,8 +81,20 @@ pub fn policy_lookup(state: &MapState, key: PolicyKey) -> Option<PolicyValue> {
         .copied()
 }
 
+/// Where a packet into an endpoint entered the node, which decides whether a peer address of
+/// the node's own counts as the node (the datapath reads `skb_iif`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arrival {
+    /// Sent by its source: a node address is the node (HOST).
+    FromSource,
+    /// Entered through an interface (a pod's, the network): a node address in its source is
+    /// forged or masqueraded, and is judged as WORLD plus its CIDR identity.
+    Forwarded,
+}
+
 /// The decision for a new flow at the endpoint on `ifindex`, in `dir`, with `peer` the remote
-/// address, `proto` the IP protocol and `port` the destination port (0 for ICMP).
+/// address, `proto` the IP protocol and `port` the destination port (0 for ICMP), for a packet
+/// sent by the peer itself (`Arrival::FromSource`).
 pub fn decide(
     state: &MapState,
     ifindex: u32,
@@ -90,6 +102,19 @@ pub fn decide(
     peer: IpAddr,
     proto: u8,
     port: u16,
+) -> Decision {
+    decide_from(state, ifindex, dir, peer, proto, port, Arrival::FromSource)
+}
+
+/// [`decide`] for a packet that arrived as `arrival` says.
+pub fn decide_from(
+    state: &MapState,
+    ifindex: u32,
+    dir: u8,
+    peer: IpAddr,
+    proto: u8,
+    port: u16,
+    arrival: Arrival,
 ) -> Decision {
     let mut d = Decision {
         allowed: true,
@@ -122,6 +147,12 @@ pub fn decide(
         .get(&addr)
         .map(|v| v.identity)
         .unwrap_or(identity::WORLD);
+    if d.peer_identity == identity::HOST
+        && dir == enforcer_common::direction::INGRESS
+        && arrival == Arrival::Forwarded
+    {
+        d.peer_identity = identity::WORLD;
+    }
     d.peer_cidr_identity = cidr_lookup(state, addr).map(|v| v.identity).unwrap_or(0);
     let mut ids = vec![d.peer_identity];
     if d.peer_cidr_identity != 0 {
@@ -162,4 +193,58 @@ pub fn decide(
         d.reason = reason::NO_RULE;
     }
     d
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use enforcer_common::{EndpointInfo, direction};
+
+    #[test]
+    fn the_nodes_address_is_the_node_only_when_the_node_sent_it() {
+        let mut st = MapState::default();
+        st.endpoints.insert(
+            5,
+            EndpointInfo {
+                endpoint_id: 1,
+                policy_set: 2,
+                ingress_mode: mode::ENFORCE,
+                egress_mode: mode::ENFORCE,
+            },
+        );
+        let node: IpAddr = "10.0.0.1".parse().unwrap();
+        st.ip_identity.insert(
+            ip_key(node),
+            IdentityValue {
+                identity: identity::HOST,
+                endpoint_id: 0,
+            },
+        );
+        let host_rule = Lpm {
+            prefix_len: policy_prefix::ANY_PROTO,
+            data: PolicyKey {
+                policy_set: 2,
+                identity: identity::HOST,
+                direction: direction::INGRESS,
+                proto: 0,
+                port_be: 0,
+            },
+        };
+        st.policy.insert(
+            host_rule,
+            PolicyValue {
+                policy_id: 1,
+                rule_index: 0,
+                action: POLICY_ACTION_ALLOW,
+                flags: 0,
+            },
+        );
+        let sent = decide_from(&st, 5, direction::INGRESS, node, 6, 80, Arrival::FromSource);
+        assert!(sent.allowed);
+        assert_eq!(sent.reason, reason::ALLOWED_HOST);
+        let forged = decide_from(&st, 5, direction::INGRESS, node, 6, 80, Arrival::Forwarded);
+        assert!(!forged.allowed);
+        assert_eq!(forged.reason, reason::NO_RULE);
+        assert_eq!(forged.peer_identity, identity::WORLD);
+    }
 }

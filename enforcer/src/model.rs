@@ -589,6 +589,9 @@ fn ipblock_from_api(ctx: &Ctx<'_>, field: &str, b: &IPBlock) -> Result<IpBlock, 
         )
     })?;
     let cidr = cidr.trunc();
+    if is_v4_mapped_net(&cidr) {
+        return Err(ctx.err(format!("{field}.cidr"), v4_mapped_reason(&cidr)));
+    }
     let mut except = Vec::new();
     for (i, e) in b.except.iter().flatten().enumerate() {
         let f = format!("{field}.except[{i}]");
@@ -596,6 +599,9 @@ fn ipblock_from_api(ctx: &Ctx<'_>, field: &str, b: &IPBlock) -> Result<IpBlock, 
             .parse()
             .map_err(|_| ctx.err(&f, format!("{e:?} is not a CIDR")))?;
         let net = net.trunc();
+        if is_v4_mapped_net(&net) {
+            return Err(ctx.err(&f, v4_mapped_reason(&net)));
+        }
         if !cidr.contains(&net) || net == cidr {
             return Err(ctx.err(
                 &f,
@@ -605,6 +611,28 @@ fn ipblock_from_api(ctx: &Ctx<'_>, field: &str, b: &IPBlock) -> Result<IpBlock, 
         except.push(net);
     }
     Ok(IpBlock { cidr, except })
+}
+
+/// A prefix inside `::ffff:0:0/96`: IPv4 addresses are keyed IPv4-mapped in the maps, so such a
+/// block would silently match IPv4 peers (and no IPv6 packet carries one: the datapath drops
+/// them). Blocks that merely contain the range (`::/0`) are fine: IPv4 is partitioned apart.
+fn is_v4_mapped_net(net: &IpNet) -> bool {
+    match net {
+        IpNet::V6(n) => {
+            let mapped =
+                ipnet::Ipv6Net::new(std::net::Ipv6Addr::new(0, 0, 0, 0, 0, 0xffff, 0, 0), 96)
+                    .expect("a valid prefix");
+            mapped.contains(n)
+        }
+        IpNet::V4(_) => false,
+    }
+}
+
+fn v4_mapped_reason(net: &IpNet) -> String {
+    format!(
+        "{net} is an IPv4-mapped IPv6 block (::ffff:0:0/96), which would alias IPv4 addresses; \
+         write the IPv4 block instead"
+    )
 }
 
 fn peer_from_api(ctx: &Ctx<'_>, field: &str, p: &NetworkPolicyPeer) -> Result<Peer, InvalidObject> {
@@ -931,6 +959,28 @@ mod tests {
             e.to_string()
                 .starts_with("NetworkPolicy x/a: spec.ingress[0]")
         );
+    }
+
+    #[test]
+    fn an_ipv4_mapped_ipblock_is_rejected_by_name() {
+        let e = policy(
+            "metadata: {name: a, namespace: x}\nspec:\n  egress:\n  - to: [{ipBlock: {cidr: '::ffff:10.0.0.0/104'}}]",
+        )
+        .unwrap_err();
+        assert_eq!(e.object, "x/a");
+        assert_eq!(e.field, "spec.egress[0].to[0].ipBlock.cidr");
+        assert!(e.reason.contains("IPv4-mapped"), "{e}");
+        let e = policy(
+            "metadata: {name: a, namespace: x}\nspec:\n  ingress:\n  - from: [{ipBlock: {cidr: '::/0', except: ['::ffff:0:0/96']}}]",
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "spec.ingress[0].from[0].ipBlock.except[0]");
+        assert!(e.reason.contains("IPv4-mapped"), "{e}");
+        // A block that only contains the range stays valid.
+        policy(
+            "metadata: {name: a, namespace: x}\nspec:\n  ingress:\n  - from: [{ipBlock: {cidr: '::/0', except: ['fd00::/8']}}]",
+        )
+        .unwrap();
     }
 
     #[test]

@@ -310,7 +310,7 @@ impl PhysState {
                         *k,
                         IdentityValue {
                             identity: v.identity[g],
-                            endpoint_id: v.endpoint_id,
+                            endpoint_id: v.endpoint_id[g],
                         },
                     )
                 })
@@ -323,7 +323,7 @@ impl PhysState {
                         *k,
                         IdentityValue {
                             identity: v.identity[g],
-                            endpoint_id: v.endpoint_id,
+                            endpoint_id: v.endpoint_id[g],
                         },
                     )
                 })
@@ -462,16 +462,14 @@ impl PhysState {
             let mut identity = [0; 2];
             identity[g] = old.ip_identity.get(k).map(|v| v.identity).unwrap_or(0);
             identity[n] = new.ip_identity.get(k).map(|v| v.identity).unwrap_or(0);
-            let endpoint_id = new
-                .ip_identity
-                .get(k)
-                .or(old.ip_identity.get(k))
-                .map(|v| v.endpoint_id)
-                .unwrap_or(0);
+            // The owning endpoint moves with the generation too: before the flip the old owner
+            // may send from the address, from the flip on only the new one.
+            let mut endpoint_id = [0; 2];
+            endpoint_id[g] = old.ip_identity.get(k).map(|v| v.endpoint_id).unwrap_or(0);
+            endpoint_id[n] = new.ip_identity.get(k).map(|v| v.endpoint_id).unwrap_or(0);
             let want = IdentitySlots {
                 identity,
                 endpoint_id,
-                _pad: 0,
             };
             if self.ip_identity.get(k) != Some(&want) {
                 t.prepare.push(PhysWrite::IpUpsert(*k, want));
@@ -489,8 +487,7 @@ impl PhysState {
             identity[n] = resolve(&new.cidr_identity, k);
             let want = IdentitySlots {
                 identity,
-                endpoint_id: 0,
-                _pad: 0,
+                endpoint_id: [0; 2],
             };
             if self.cidr_identity.get(k) != Some(&want) {
                 t.prepare.push(PhysWrite::CidrUpsert(*k, want));
@@ -522,8 +519,7 @@ impl PhysState {
                 Some(e) => {
                     let want = IdentitySlots {
                         identity: [e.identity; 2],
-                        endpoint_id: e.endpoint_id,
-                        _pad: 0,
+                        endpoint_id: [e.endpoint_id; 2],
                     };
                     if *v != want {
                         t.cleanup.push(PhysWrite::IpUpsert(*k, want));
@@ -537,8 +533,7 @@ impl PhysState {
                 Some(e) => {
                     let want = IdentitySlots {
                         identity: [e.identity; 2],
-                        endpoint_id: 0,
-                        _pad: 0,
+                        endpoint_id: [0; 2],
                     };
                     if *v != want {
                         t.cleanup.push(PhysWrite::CidrUpsert(*k, want));
@@ -629,8 +624,7 @@ mod phys_tests {
             k,
             IdentitySlots {
                 identity,
-                endpoint_id: 0,
-                _pad: 0
+                endpoint_id: [0; 2],
             }
         )));
         for w in t.writes() {
@@ -646,5 +640,37 @@ mod phys_tests {
             phys.transition(&new).prepare.is_empty(),
             "nothing left to do"
         );
+    }
+
+    #[test]
+    fn an_address_changes_owner_at_the_flip() {
+        let ip = crate::compiler::ip_key("10.0.0.5".parse().unwrap());
+        let owned_by = |endpoint_id| {
+            let mut m = MapState::default();
+            m.ip_identity.insert(
+                ip,
+                IdentityValue {
+                    identity: 300,
+                    endpoint_id,
+                },
+            );
+            m
+        };
+        let mut phys = PhysState::default();
+        for w in phys.transition(&owned_by(1)).writes() {
+            phys.apply(&w);
+        }
+        let t = phys.transition(&owned_by(2));
+        for w in &t.prepare {
+            phys.apply(w);
+            // Before the flip the current generation still names the old owner.
+            assert_eq!(phys.view(phys.generation).ip_identity[&ip].endpoint_id, 1);
+        }
+        phys.apply(&PhysWrite::Flip(t.flip_to));
+        assert_eq!(phys.view(phys.generation).ip_identity[&ip].endpoint_id, 2);
+        for w in &t.cleanup {
+            phys.apply(w);
+        }
+        assert_eq!(phys.ip_identity[&ip].endpoint_id, [2, 2]);
     }
 }

@@ -296,14 +296,21 @@ fn ipv6_and_extension_headers() {
             row(
                 "neighbour solicitation",
                 IN,
-                ipv6("fe80::1", "ff02::1:ff00:7", 58, &[135, 0, 0, 0, 0, 0, 0, 0]),
+                nd("fe80::1", "ff02::1:ff00:7", 135, Some(POD6), 255),
                 true,
                 0,
             ),
             row(
+                "neighbour solicitation a router forwarded: policy judges it",
+                IN,
+                nd("fe80::1", "ff02::1:ff00:7", 135, Some(POD6), 64),
+                false,
+                reason::NO_RULE,
+            ),
+            row(
                 "neighbour advertisement out",
                 OUT,
-                ipv6("fe80::7", "fe80::1", 58, &[136, 0, 0, 0, 0x60, 0, 0, 0]),
+                nd("fe80::7", "fe80::1", 136, Some("fe80::7"), 255),
                 true,
                 0,
             ),
@@ -600,7 +607,7 @@ fn endpoint_modes() {
             row(
                 "held fail-closed: ND still works",
                 OUT,
-                ipv6("fe80::7", "fe80::1", 58, &[135, 0, 0, 0, 0, 0, 0, 0]),
+                nd("fe80::7", "fe80::1", 135, Some("fe80::1"), 255),
                 true,
                 0,
             ),

@@ -134,6 +134,36 @@ pub struct RunResult {
     pub duration: Duration,
 }
 
+/// The `__sk_buff` fields `BPF_PROG_TEST_RUN` takes from a test (the kernel's
+/// `convert___skb_to_skb`; every other field must be zero).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TestSkb {
+    /// `skb_iif`: the interface the packet entered the node through; 0 for a packet the node
+    /// sent itself.
+    pub ingress_ifindex: u32,
+    /// GSO segment size and count: non-zero make a GSO packet (e.g. IPv4 BIG TCP).
+    pub gso_size: u32,
+    pub gso_segs: u32,
+}
+
+impl TestSkb {
+    /// `struct __sk_buff` (uapi/linux/bpf.h), 192 bytes, with the settable fields filled in.
+    fn to_ctx(self) -> [u8; 192] {
+        const INGRESS_IFINDEX: usize = 36;
+        const IFINDEX: usize = 40;
+        const GSO_SEGS: usize = 164;
+        const GSO_SIZE: usize = 176;
+        let mut c = [0u8; 192];
+        let mut put = |off: usize, v: u32| c[off..off + 4].copy_from_slice(&v.to_ne_bytes());
+        put(INGRESS_IFINDEX, self.ingress_ifindex);
+        // The device the packet is handed in on: loopback, as without a context.
+        put(IFINDEX, 1);
+        put(GSO_SEGS, self.gso_segs);
+        put(GSO_SIZE, self.gso_size);
+        c
+    }
+}
+
 /// TC_ACT_UNSPEC: the datapath's "pass".
 pub const TC_PASS: i32 = -1;
 /// TC_ACT_SHOT.
@@ -780,13 +810,27 @@ impl Datapath {
     }
 
     /// Runs a program once per `repeat` over `packet` with `BPF_PROG_TEST_RUN`. The packet enters
-    /// with ifindex 1 (loopback), so tests key their endpoint on ifindex 1.
+    /// with ifindex 1 (loopback), so tests key their endpoint on ifindex 1, and as if the node
+    /// sent it (no ingress interface).
     pub fn test_run(&mut self, prog: Prog, packet: &[u8], repeat: u32) -> Result<RunResult> {
+        self.test_run_skb(prog, packet, repeat, &TestSkb::default())
+    }
+
+    /// [`Datapath::test_run`] with the skb fields the kernel lets a test set (see [`TestSkb`]).
+    pub fn test_run_skb(
+        &mut self,
+        prog: Prog,
+        packet: &[u8],
+        repeat: u32,
+        skb: &TestSkb,
+    ) -> Result<RunResult> {
+        let ctx = skb.to_ctx();
         let p = self.program(prog)?;
         let mut out = vec![0u8; packet.len() + 256];
         let opts = TestRunOptions {
             data_in: Some(packet),
             data_out: Some(&mut out),
+            ctx_in: (*skb != TestSkb::default()).then_some(&ctx[..]),
             repeat: repeat.max(1),
             ..Default::default()
         };

@@ -163,6 +163,33 @@ pub fn arp() -> Vec<u8> {
     p
 }
 
+/// ICMPv6 neighbour discovery (or MLD) message `ty` with hop limit `hops`; NS/NA carry
+/// `target` after their 4 reserved/flag bytes.
+pub fn nd(src: &str, dst: &str, ty: u8, target: Option<&str>, hops: u8) -> Vec<u8> {
+    let mut icmp = vec![ty, 0, 0, 0, 0, 0, 0, 0];
+    if ty == 136 {
+        icmp[4] = 0x60; // solicited, override
+    }
+    if let Some(t) = target {
+        icmp.extend_from_slice(&v6(t));
+    }
+    let mut p = ipv6(src, dst, 58, &icmp);
+    p[21] = hops;
+    p
+}
+
+/// ARP over Ethernet for IPv4: `op` 1 request, 2 reply; sender and target protocol addresses.
+pub fn arp_from(op: u16, sender: &str, target: &str) -> Vec<u8> {
+    let mut p = eth(0x0806);
+    p.extend_from_slice(&[0, 1, 8, 0, 6, 4]);
+    p.extend_from_slice(&op.to_be_bytes());
+    p.extend_from_slice(&[0x02, 0, 0, 0, 0, 2]);
+    p.extend_from_slice(&v4(sender));
+    p.extend_from_slice(&[0; 6]);
+    p.extend_from_slice(&v4(target));
+    p
+}
+
 // --- Fixture ------------------------------------------------------------------------------------
 
 pub fn require_root() {
