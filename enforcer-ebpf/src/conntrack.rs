@@ -5,8 +5,8 @@ use crate::{PASS, endpoint::*, events::*, maps::*, parse::*, policy::*, source::
 use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::TcContext};
 use enforcer_common::*;
 
-/// A conntrack hit admitted under an older policy revision: the flow (`flow`: the packet's own,
-/// or for an ICMP error the flow it quotes, as seen in this direction) is judged again, once,
+/// A conntrack hit admitted under an older policy revision: the flow (the packet's own, or, when
+/// `related`, the flow the ICMP error quotes, as seen in this direction) is judged again, once,
 /// under the current policy, in the direction it was opened.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
@@ -15,7 +15,7 @@ pub(crate) fn recheck(
     ifindex: u32,
     dir: u8,
     pkt: &mut Packet,
-    flow: &Flow,
+    related: bool,
     ct_key: &CtKey,
     ct: *mut CtValue,
     config: &Config,
@@ -43,11 +43,16 @@ pub(crate) fn recheck(
         unsafe { (*ct).revision = config.revision };
         return PASS;
     }
+    let flow = if related {
+        pkt.quoted.related_flow(pkt.flow.family)
+    } else {
+        pkt.flow
+    };
     let opened_dir = if flags & ct_flags::REPLY != 0 {
         pkt.opened = flow.reversed();
         dir ^ 1
     } else {
-        pkt.opened = *flow;
+        pkt.opened = flow;
         dir
     };
     // A flow the node opened into the endpoint stays the node's: only a packet in the opening

@@ -10,11 +10,15 @@
 //!    every read bounds-checked; non-IP passes, a malformed packet in a managed direction drops;
 //! 3. conntrack: one lookup; an established flow or a reply passes (ICMP errors are judged by the
 //!    flow they quote);
-//! 4. policy: for a new flow in an isolated direction, the peer's label identity, then the
+//! 4. source (what the endpoint sends, on a conntrack miss, in every mode): its source address,
+//!    ARP sender and neighbour advertisement target must be its own, or it drops as `SPOOFED`;
+//!    neighbour discovery passes without policy only when genuine;
+//! 5. policy: for a new flow in an isolated direction, the peer's label identity, then the
 //!    ipBlock partition cell it falls in, then "any peer", each one longest-prefix lookup over
 //!    (protocol, port); the first entry found decides. An allowed flow gets two conntrack entries
 //!    (its own tuple and the reversed one) so every later packet, either way, costs one lookup;
-//! 5. every drop is counted and emitted on the `EVENTS` ring buffer.
+//! 6. every drop is counted and emitted on the `EVENTS` ring buffer; every first fragment that
+//!    passes leaves its ports for the later fragments.
 //!
 //! The lookup order is written once, in `enforcer_common::PolicyKey`, and mirrored for userspace
 //! in `enforcer::lookup`; the two must stay in step.
@@ -138,12 +142,13 @@ fn judge(ctx: &TcContext, dir: u8, parsed: u8, pkt: &mut Packet) -> i32 {
         // An error that does not travel between the ends of the flow it quotes is not about
         // that flow: it is judged as an ICMP packet of its own.
         if !related || error_matches(dir, pkt, slot) {
-            let flow = if related {
-                pkt.quoted.related_flow(pkt.flow.family)
+            let ct_key = if related {
+                pkt.quoted
+                    .related_flow(pkt.flow.family)
+                    .ct_key(ifindex, dir)
             } else {
-                pkt.flow
+                pkt.flow.ct_key(ifindex, dir)
             };
-            let ct_key = flow.ct_key(ifindex, dir);
             if let Some(ct) = CONNTRACK.get_ptr_mut(&ct_key) {
                 // SAFETY: a live LRU value; fields are read and written whole.
                 if unsafe { (*ct).revision } == config.revision {
@@ -152,7 +157,7 @@ fn judge(ctx: &TcContext, dir: u8, parsed: u8, pkt: &mut Packet) -> i32 {
                     }
                     return PASS;
                 }
-                return recheck(ctx, ifindex, dir, pkt, &flow, &ct_key, ct, &config);
+                return recheck(ctx, ifindex, dir, pkt, related, &ct_key, ct, &config);
             }
         }
     }

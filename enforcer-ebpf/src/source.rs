@@ -166,13 +166,16 @@ pub(crate) fn genuine_nd(dir: u8, pkt: &Packet, slot: usize) -> bool {
 }
 
 /// Whether a peer address that resolves to HOST may count as the node: only a packet the node
-/// itself sent, which has no ingress interface (`skb_iif` 0). A packet that entered from a pod
-/// interface (routed, or bridged from another port) or from the network keeps that interface's
-/// index, and is judged as WORLD plus its CIDR identity.
+/// itself sent, which has no ingress interface (`skb_iif` 0), or one that entered from this
+/// very endpoint's interface (the pod reaching itself through a Service, masqueraded to the
+/// node's address on the way back: hairpin; the pod's own from_endpoint checked its source). A
+/// packet that entered from another pod's interface (routed, or bridged from its port) or from
+/// the network keeps that interface's index, and is judged as WORLD plus its CIDR identity.
 #[inline(always)]
 pub(crate) fn from_the_node(ctx: &TcContext) -> bool {
-    // SAFETY: a field of the context the program was handed.
-    unsafe { (*ctx.skb.skb).ingress_ifindex == 0 }
+    // SAFETY: fields of the context the program was handed.
+    let (iif, ifindex) = unsafe { ((*ctx.skb.skb).ingress_ifindex, (*ctx.skb.skb).ifindex) };
+    iif == 0 || iif == ifindex
 }
 
 /// An ICMP error belongs to the flow it quotes only when it travels between that flow's ends:

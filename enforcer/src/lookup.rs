@@ -85,10 +85,11 @@ pub fn policy_lookup(state: &MapState, key: PolicyKey) -> Option<PolicyValue> {
 /// the node's own counts as the node (the datapath reads `skb_iif`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Arrival {
-    /// Sent by its source: a node address is the node (HOST).
+    /// Sent by its source: a node address is the node (HOST). Also a pod's own packet back to
+    /// itself through a Service, masqueraded to a node address (hairpin).
     FromSource,
-    /// Entered through an interface (a pod's, the network): a node address in its source is
-    /// forged or masqueraded, and is judged as WORLD plus its CIDR identity.
+    /// Entered through another interface (another pod's, the network): a node address in its
+    /// source is forged or masqueraded, and is judged as WORLD plus its CIDR identity.
     Forwarded,
 }
 

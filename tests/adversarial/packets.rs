@@ -373,6 +373,19 @@ fn the_nodes_address_arriving_from_a_pod_interface_is_not_the_host() {
             ),
             (
                 row(
+                    "the pod back to itself through a Service, masqueraded (hairpin)",
+                    IN,
+                    probe(43005),
+                    true,
+                    0,
+                ),
+                TestSkb {
+                    ingress_ifindex: IFINDEX,
+                    ..TestSkb::default()
+                },
+            ),
+            (
+                row(
                     "the node's address from a pod interface",
                     IN,
                     probe(43001),
@@ -414,7 +427,7 @@ fn the_nodes_address_arriving_from_a_pod_interface_is_not_the_host() {
         ],
     );
     let c = f.dp.counters().unwrap();
-    assert_eq!(c[reason::ALLOWED_HOST as usize], 1, "{c:?}");
+    assert_eq!(c[reason::ALLOWED_HOST as usize], 2, "{c:?}");
 }
 
 // --- ARP and neighbour discovery --------------------------------------------------------------
