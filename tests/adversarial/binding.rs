@@ -622,8 +622,32 @@ fn a_pod_poisoning_the_nodes_neighbour_entry_cannot_move_the_victims_binding() {
         ));
     }
     send_frames(node.pod_ns("attacker"), frames);
+    // Anti-spoofing stops the forged frames at the attacker's interface (`spoofed-source`): the
+    // node's entries stay the victim's.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        (
+            node.neighbour_mac(VICTIM.v4),
+            node.neighbour_mac(VICTIM.v6.unwrap())
+        ),
+        (Some(VICTIM.mac.to_string()), Some(VICTIM.mac.to_string())),
+        "the forged ARP reply and neighbour advertisement reached the node"
+    );
+    // The binding must not follow neighbour state however it got poisoned: poison it as the
+    // forged frames would have.
+    for ip in [VICTIM.v4, VICTIM.v6.unwrap()] {
+        node.n(&[
+            "neigh",
+            "replace",
+            ip,
+            "lladdr",
+            ATTACKER.mac,
+            "dev",
+            "cni0",
+        ]);
+    }
     wait_for(
-        "the node's neighbour entries poisoned (the attack itself worked)",
+        "the node's neighbour entries poisoned",
         Duration::from_secs(5),
         || {
             node.neighbour_mac(VICTIM.v4).as_deref() == Some(ATTACKER.mac)

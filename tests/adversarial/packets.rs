@@ -654,7 +654,10 @@ fn a_held_interface_passes_nothing_but_arp_and_genuine_neighbour_discovery() {
     };
     // Held by the agent: endpoint id 0, deny-all.
     let mut st = state(mode::DENY_ALL, mode::DENY_ALL);
-    st.endpoints.get_mut(&IFINDEX).unwrap().endpoint_id = 0;
+    let ep = st.endpoints.get_mut(&IFINDEX).unwrap();
+    ep.endpoint_id = 0;
+    // A held endpoint's policy set carries why it is held; 0: nobody claims it.
+    ep.policy_set = 0;
     let mut f = Fixture::new(&st);
     check(&mut f, held(reason::ENDPOINT_UNKNOWN));
     // Attached, no entry yet, with --default-deny-unknown.
