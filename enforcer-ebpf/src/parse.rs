@@ -213,7 +213,9 @@ pub(crate) struct Packet {
 impl Packet {
     /// Clears what the parser sets only on some paths. Addresses are always written before they
     /// are read, except on early malformed exits, which clear them themselves (clearing them
-    /// here would cost a memset call on every packet).
+    /// here would cost a memset call on every packet); so are `frag_proto` (set with
+    /// `is_fragment`), `hop_limit` (every IPv6 packet) and `icmp_type`/`nd_target` (neighbour
+    /// discovery), which only their own kind of packet reads.
     #[inline(always)]
     pub(crate) fn reset(&mut self) {
         // Volatile, so LLVM cannot merge the stores into a memset, which BPF lowers to a call
@@ -231,9 +233,6 @@ impl Packet {
             w(&mut self.is_fragment, 0);
             w(&mut self.is_first_fragment, 0);
             w(&mut self.frag_id, 0);
-            w(&mut self.frag_proto, 0);
-            w(&mut self.hop_limit, 0);
-            w(&mut self.icmp_type, 0);
             w(&mut self.l4_off, 0);
         }
     }
