@@ -117,13 +117,19 @@ pub(crate) fn forged(ep: &EndpointInfo, parsed: u8, pkt: &Packet, slot: usize) -
     }
 }
 
-/// Neighbour discovery from an endpoint: its source is its own, link-local, or unspecified for
-/// duplicate-address detection and the MLD reports sent meanwhile; an advertisement names only
-/// an address of its own (or a link-local one) as its target.
+/// Neighbour discovery from an endpoint: never a router's messages; its source is its own,
+/// link-local, or unspecified for duplicate-address detection and the MLD reports sent
+/// meanwhile; an advertisement names only an address of its own (or a link-local one) as its
+/// target.
 #[inline(always)]
 fn forged_nd(ep: &EndpointInfo, pkt: &Packet, slot: usize) -> u8 {
     let s = &pkt.flow.saddr;
     let t = pkt.icmp_type;
+    // A pod is no router: its router advertisements and redirects would take over the routes
+    // of the pods beside it on a bridge.
+    if t == ND_ROUTER_ADVERT || t == ND_REDIRECT {
+        return reason::SPOOFED;
+    }
     let source_ok = is_link_local6(s)
         || (is_unspecified(s) && (t == ND_NEIGHBOR_SOLICIT || t == MLD_REPORT || t == MLD2_REPORT))
         || is_mine(ep, s, slot);

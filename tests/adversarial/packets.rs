@@ -589,7 +589,14 @@ fn neighbour_discovery_that_does_not_look_genuine_goes_through_policy() {
                 OUT,
                 nd("fe80::7", "ff02::1", 134, None, 255),
                 false,
-                reason::NO_RULE,
+                reason::SPOOFED,
+            ),
+            row(
+                "redirect from the pod",
+                OUT,
+                nd("fe80::7", "fe80::1", 137, None, 255),
+                false,
+                reason::SPOOFED,
             ),
             row(
                 "router advertisement from the node",
