@@ -31,13 +31,16 @@
 //!   `spec.clusterIP` filled in) beside the rest; the lab itself translates them on every node
 //!   with nftables, as kube-proxy does (see [`services`]).
 //!
-//! Every pod's address has a host route in the node namespace through the pod's host-side veth
-//! (`lxc…`), which is how the agent finds its endpoints. With several nodes, or hosts outside
+//! On a routed node (the default) every pod's address has a host route in the node namespace
+//! through the pod's host-side veth (`lxc…`), which is how the agent finds its endpoints; on a
+//! bridge node (`cni: bridge`) the host-side veths are ports of the bridge `cni0`, and the agent
+//! finds its pods as on a flannel or K3s node. With several nodes, or hosts outside
 //! the cluster, nodes and hosts share a bridge in a fabric namespace and route each other's
 //! addresses individually (see [`netns`]).
 
 pub mod agent;
 pub mod api;
+pub mod forge;
 pub mod lab;
 pub mod live;
 pub mod manifests;

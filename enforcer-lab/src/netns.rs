@@ -9,6 +9,18 @@
 //!   ARP answer is needed from a node that (by the lab's safety rule) has no default route;
 //!   routes via the gateway go only to the lab's own addresses. No namespace has a default
 //!   route, so no lab packet can reach a real network.
+//! - bridge nodes (`cni: bridge`, as flannel and K3s do it): the node's pods' host-side veths
+//!   are ports of one bridge `cni0`, which holds the first address of the node's pod CIDR (and
+//!   of an IPv6 prefix when the lab uses IPv6); a pod's address in that prefix has the prefix's
+//!   length, so the pods of a node reach each other on-link through the bridge (no routing
+//!   between them, as on flannel); everything else goes via `cni0`'s address, resolved by ARP
+//!   and neighbour discovery. Each pod says hello to its gateway once (see
+//!   [`announce_bridge_pods`]) so the node's neighbour table and the bridge's forwarding
+//!   database know it before the agent starts, as they do once a real pod has made its first
+//!   DNS query.
+//! - `rp_filter` is off on every interface of every lab namespace, and nodes accept packets
+//!   with a local source address (`accept_local`): the kernel's own source checks would hide a
+//!   hole in the enforcer's (the enforcer must drop a forged source by itself).
 //! - with several nodes or any host: a fabric namespace with a bridge joining every node and
 //!   host (see [`build`]); nodes use 198.18.0.0/15 (RFC 2544) addresses on it (without a
 //!   fabric, a node keeps its address on `svc0`); pods route the nodes' addresses too.
@@ -26,7 +38,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use tokio::io::AsyncWriteExt;
 
-use crate::plan::Plan;
+use crate::plan::{NodePlan, Plan, PodPlan};
+use crate::scenario::Cidr;
 use crate::services::SVC_IF;
 
 /// The gateway every pod routes through.
@@ -145,6 +158,13 @@ fn host_prefix(ip: &IpAddr) -> String {
 /// The interface of a node on the fabric bridge.
 pub const NODE_FABRIC_IF: &str = "fabric0";
 
+/// The bridge of a bridge node (flannel's and K3s's name).
+pub const BRIDGE_IF: &str = "cni0";
+
+fn prefix_of(ip: &IpAddr, c: &Cidr) -> String {
+    format!("{ip}/{}", c.len)
+}
+
 fn v4(ips: &[IpAddr]) -> bool {
     ips.iter().any(IpAddr::is_ipv4)
 }
@@ -189,9 +209,16 @@ pub async fn build(plan: &Plan, created: &mut Vec<String>) -> Result<()> {
         root.push(format!("netns add {ns}"));
     }
     for p in &plan.pods {
+        let node = &plan.nodes[p.node];
+        // Routed: every host side has Calico's MAC; a bridge's ports keep their own.
+        let mac = if node.is_bridge() {
+            String::new()
+        } else {
+            format!(" address {HOST_MAC}")
+        };
         root.push(format!(
-            "link add {} address {HOST_MAC} netns {} type veth peer name eth0 netns {}",
-            p.host_if, plan.nodes[p.node].netns, p.netns
+            "link add {}{mac} netns {} type veth peer name eth0 netns {}",
+            p.host_if, node.netns, p.netns
         ));
     }
     if let Some(fab) = fabric {
@@ -229,6 +256,9 @@ pub async fn build(plan: &Plan, created: &mut Vec<String>) -> Result<()> {
             // checks (inherited from the machine) add nothing here.
             sysctl("net.ipv4.conf.all.rp_filter", "0")?;
             sysctl("net.ipv4.conf.default.rp_filter", "0")?;
+            // A pod forging the node's own address must meet the enforcer, not the kernel's
+            // martian-source check.
+            sysctl("net.ipv4.conf.all.accept_local", "1")?;
             Ok(())
         })?;
     }
@@ -279,24 +309,10 @@ pub async fn build(plan: &Plan, created: &mut Vec<String>) -> Result<()> {
         }
         lines.push(format!("link set {SVC_IF} up"));
         lines.extend(node_service_routes(&svc_routes, "add"));
-        for p in plan.pods_on(ni) {
-            if any6 {
-                lines.push(format!("link set {} addrgenmode none", p.host_if));
-            }
-            lines.push(format!("link set {} up", p.host_if));
-            if any6 {
-                lines.push(format!(
-                    "address add {GATEWAY_V6}/64 dev {} nodad",
-                    p.host_if
-                ));
-            }
-            for ip in &p.ips {
-                lines.push(format!(
-                    "route add {} dev {} scope link",
-                    host_prefix(ip),
-                    p.host_if
-                ));
-            }
+        if n.is_bridge() {
+            bridge_node_lines(plan, ni, any6, &mut lines);
+        } else {
+            routed_node_lines(plan, ni, any6, &mut lines);
         }
         if fabric.is_none() {
             // No fabric: the node's address lives on svc0 (its own connections need one).
@@ -365,33 +381,40 @@ pub async fn build(plan: &Plan, created: &mut Vec<String>) -> Result<()> {
     // 6. Pods: their addresses, the gateway, routes to every other lab address.
     let all = plan.lab_addresses();
     for p in &plan.pods {
+        let node = &plan.nodes[p.node];
         let mut lines = vec!["link set lo up".to_string(), "link set eth0 up".to_string()];
         let (has4, has6) = (v4(&p.ips), v6(&p.ips));
-        own_addresses(&p.ips, "eth0", &mut lines);
-        if has4 {
-            lines.push(format!(
-                "neigh replace {GATEWAY_V4} lladdr {HOST_MAC} dev eth0 nud permanent"
-            ));
-            lines.push(format!("route add {GATEWAY_V4}/32 dev eth0 scope link"));
+        if node.is_bridge() {
+            bridge_pod_addresses(node, p, &mut lines);
+        } else {
+            own_addresses(&p.ips, "eth0", &mut lines);
+            if has4 {
+                lines.push(format!(
+                    "neigh replace {GATEWAY_V4} lladdr {HOST_MAC} dev eth0 nud permanent"
+                ));
+                lines.push(format!("route add {GATEWAY_V4}/32 dev eth0 scope link"));
+            }
+            if has6 {
+                lines.push(format!(
+                    "neigh replace {GATEWAY_V6} lladdr {HOST_MAC} dev eth0 nud permanent"
+                ));
+            }
         }
-        if has6 {
-            lines.push(format!(
-                "neigh replace {GATEWAY_V6} lladdr {HOST_MAC} dev eth0 nud permanent"
-            ));
-        }
-        lines.extend(pod_service_routes(&p.ips, &svc_routes, "add"));
+        lines.extend(pod_service_routes(plan, p, &svc_routes, "add"));
+        let neighbours: Vec<IpAddr> = if node.is_bridge() {
+            plan.pods_on(p.node)
+                .flat_map(|o| o.ips.iter().copied())
+                .collect()
+        } else {
+            Vec::new()
+        };
         let nodes = plan.nodes.iter().flat_map(|n| n.fabric_ips.iter());
         for ip in all.iter().chain(nodes).filter(|ip| !p.ips.contains(ip)) {
-            match ip {
-                IpAddr::V4(_) if has4 => lines.push(format!(
-                    "route add {} via {GATEWAY_V4} dev eth0",
-                    host_prefix(ip)
-                )),
-                IpAddr::V6(_) if has6 => lines.push(format!(
-                    "route add {} via {GATEWAY_V6} dev eth0",
-                    host_prefix(ip)
-                )),
-                _ => {}
+            if neighbours.contains(ip) {
+                // Another pod on this bridge: on-link, through the bridge.
+                lines.push(format!("route add {} dev eth0 scope link", host_prefix(ip)));
+            } else if let Some(gw) = pod_gateway(plan, p, ip) {
+                lines.push(format!("route add {} via {gw} dev eth0", host_prefix(ip)));
             }
         }
         batches.push((p.netns.clone(), lines));
@@ -405,8 +428,151 @@ pub async fn build(plan: &Plan, created: &mut Vec<String>) -> Result<()> {
         r.context("setup task")??;
     }
 
-    // 7. Wait until the links carry traffic (see [`wait_links_ready`]).
-    wait_links_ready(plan, LINKS_READY_TIMEOUT).await
+    // 7. No reverse-path filter anywhere, now that every interface exists (an interface's
+    // own setting counts too: the kernel uses the stricter of `all` and the interface's).
+    let every_ns = fabric
+        .into_iter()
+        .chain(plan.nodes.iter().map(|n| n.netns.as_str()))
+        .chain(plan.hosts.iter().map(|h| h.netns.as_str()))
+        .chain(plan.pods.iter().map(|p| p.netns.as_str()));
+    for ns in every_ns {
+        Netns::open(ns)?.run(rp_filter_off)?;
+    }
+
+    // 8. Wait until the links carry traffic (see [`wait_links_ready`]).
+    wait_links_ready(plan, LINKS_READY_TIMEOUT).await?;
+    announce_bridge_pods(plan)
+}
+
+/// Turns the reverse-path filter off on every interface of the calling thread's namespace.
+fn rp_filter_off() -> Result<()> {
+    let dir = Path::new("/proc/sys/net/ipv4/conf");
+    for e in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let path = e?.path().join("rp_filter");
+        std::fs::write(&path, "0").with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// The node side of a routed node: each pod's own veth, Calico's gateway on it, one host route
+/// per pod address through it.
+fn routed_node_lines(plan: &Plan, ni: usize, any6: bool, lines: &mut Vec<String>) {
+    for p in plan.pods_on(ni) {
+        if any6 {
+            lines.push(format!("link set {} addrgenmode none", p.host_if));
+        }
+        lines.push(format!("link set {} up", p.host_if));
+        if any6 {
+            lines.push(format!(
+                "address add {GATEWAY_V6}/64 dev {} nodad",
+                p.host_if
+            ));
+        }
+        for ip in &p.ips {
+            lines.push(format!(
+                "route add {} dev {} scope link",
+                host_prefix(ip),
+                p.host_if
+            ));
+        }
+    }
+}
+
+/// The node side of a bridge node: `cni0` with the gateways' addresses (their prefixes are its
+/// connected routes, as flannel's), every pod's veth a port of it; a pod address outside those
+/// prefixes (a scenario's own `ips`) gets a host route on `cni0`.
+fn bridge_node_lines(plan: &Plan, ni: usize, any6: bool, lines: &mut Vec<String>) {
+    let n = &plan.nodes[ni];
+    lines.push(format!("link add {BRIDGE_IF} type bridge"));
+    for c in &n.bridge_ips {
+        let gw = c.nth(1).expect("a bridge prefix has a first address");
+        let nodad = if gw.is_ipv6() { " nodad" } else { "" };
+        lines.push(format!(
+            "address add {} dev {BRIDGE_IF}{nodad}",
+            prefix_of(&gw, c)
+        ));
+    }
+    lines.push(format!("link set {BRIDGE_IF} up"));
+    for p in plan.pods_on(ni) {
+        if any6 {
+            lines.push(format!("link set {} addrgenmode none", p.host_if));
+        }
+        lines.push(format!("link set {} master {BRIDGE_IF}", p.host_if));
+        lines.push(format!("link set {} up", p.host_if));
+        for ip in p.ips.iter().filter(|ip| !n.bridge_covers(ip)) {
+            lines.push(format!(
+                "route add {} dev {BRIDGE_IF} scope link",
+                host_prefix(ip)
+            ));
+        }
+    }
+}
+
+/// A bridge pod's addresses: with its bridge prefix's length when inside it (the connected
+/// route makes the node's other pods on-link), else a host prefix and an on-link route to the
+/// gateway of that family.
+fn bridge_pod_addresses(node: &NodePlan, p: &PodPlan, lines: &mut Vec<String>) {
+    for ip in &p.ips {
+        let nodad = if ip.is_ipv6() { " nodad" } else { "" };
+        match node.bridge_ips.iter().find(|c| c.contains(ip)) {
+            Some(c) => lines.push(format!("address add {} dev eth0{nodad}", prefix_of(ip, c))),
+            None => {
+                lines.push(format!("address add {} dev eth0{nodad}", host_prefix(ip)));
+                if let Some(gw) = node.bridge_ip_for(ip) {
+                    lines.push(format!(
+                        "route add {} dev eth0 scope link",
+                        host_prefix(&gw)
+                    ));
+                }
+            }
+        }
+    }
+}
+
+/// Where a pod sends what goes to `dst` (off its node, or to a node): its gateway of that
+/// family, if it has an address of that family.
+pub fn pod_gateway(plan: &Plan, p: &PodPlan, dst: &IpAddr) -> Option<IpAddr> {
+    if !p.ips.iter().any(|a| a.is_ipv4() == dst.is_ipv4()) {
+        return None;
+    }
+    let node = &plan.nodes[p.node];
+    if node.is_bridge() {
+        return node.bridge_ip_for(dst);
+    }
+    Some(if dst.is_ipv4() {
+        GATEWAY_V4.parse().expect("a literal address")
+    } else {
+        GATEWAY_V6.parse().expect("a literal address")
+    })
+}
+
+/// Makes every bridge pod send one empty datagram to its gateway's discard port, per family:
+/// the pod resolves the gateway (ARP, neighbour solicitation), so the node's neighbour table
+/// holds the pod's address at its MAC and the bridge learns that MAC on the pod's port. On a
+/// real node the first DNS query does the same; the agent binds a quiet pod that never talked
+/// by soliciting it only if its address is in the bridge's prefix.
+pub fn announce_bridge_pods(plan: &Plan) -> Result<()> {
+    for p in &plan.pods {
+        let node = &plan.nodes[p.node];
+        if !node.is_bridge() {
+            continue;
+        }
+        let pairs: Vec<(IpAddr, IpAddr)> = p
+            .ips
+            .iter()
+            .filter_map(|ip| node.bridge_ip_for(ip).map(|gw| (*ip, gw)))
+            .collect();
+        Netns::open(&p.netns)?.run(move || {
+            for (src, gw) in pairs {
+                let sock = std::net::UdpSocket::bind((src, 0))
+                    .with_context(|| format!("binding {src}"))?;
+                sock.send_to(&[], (gw, 9))
+                    .with_context(|| format!("saying hello to the gateway {gw}"))?;
+            }
+            Ok(())
+        })?;
+    }
+    Ok(())
 }
 
 /// How long a new lab's links may take to come up (the kernel takes at most about a second).
@@ -446,7 +612,13 @@ pub fn links_to_check(plan: &Plan) -> Vec<(String, Vec<LinkCheck>)> {
         out.push((fab.clone(), ports));
     }
     for (ni, n) in plan.nodes.iter().enumerate() {
-        let mut checks: Vec<LinkCheck> = plan.pods_on(ni).map(|p| link(&p.host_if)).collect();
+        let mut checks: Vec<LinkCheck> = plan
+            .pods_on(ni)
+            .map(|p| LinkCheck {
+                bridge_port: n.is_bridge(),
+                ..link(&p.host_if)
+            })
+            .collect();
         if plan.fabric.is_some() {
             checks.push(LinkCheck {
                 link_local6: plan.uses_ipv6(),
@@ -593,20 +765,20 @@ fn node_service_routes(routes: &[(IpAddr, u8)], verb: &str) -> Vec<String> {
 }
 
 /// A pod's routes of cluster IPs (of the families it has): through its gateway, to its node.
-fn pod_service_routes(ips: &[IpAddr], routes: &[(IpAddr, u8)], verb: &str) -> Vec<String> {
-    let (has4, has6) = (v4(ips), v6(ips));
+fn pod_service_routes(
+    plan: &Plan,
+    p: &PodPlan,
+    routes: &[(IpAddr, u8)],
+    verb: &str,
+) -> Vec<String> {
     routes
         .iter()
-        .filter_map(|(ip, len)| match ip {
-            IpAddr::V4(_) if has4 => Some(format!(
-                "route {verb} {} via {GATEWAY_V4} dev eth0",
+        .filter_map(|(ip, len)| {
+            let gw = pod_gateway(plan, p, ip)?;
+            Some(format!(
+                "route {verb} {} via {gw} dev eth0",
                 prefix_text(ip, *len)
-            )),
-            IpAddr::V6(_) if has6 => Some(format!(
-                "route {verb} {} via {GATEWAY_V6} dev eth0",
-                prefix_text(ip, *len)
-            )),
-            _ => None,
+            ))
         })
         .collect()
 }
@@ -622,7 +794,7 @@ pub async fn add_service_routes(plan: &Plan, routes: &[(IpAddr, u8)]) -> Result<
     for p in &plan.pods {
         ip_batch(
             Some(&p.netns),
-            &pod_service_routes(&p.ips, routes, "replace"),
+            &pod_service_routes(plan, p, routes, "replace"),
         )
         .await?;
     }

@@ -6,8 +6,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::scenario::{
-    Endpoint, Family, Labels, Object, ObjectKey, PortRef, PortSpec, ProbeSpec, Relabel, Scenario,
-    ScenarioError, Target,
+    Cidr, Cni, Endpoint, Family, Labels, Object, ObjectKey, PortRef, PortSpec, ProbeSpec, Relabel,
+    Scenario, ScenarioError, Target,
 };
 use crate::services::{ClusterIps, ServicePlan};
 
@@ -23,6 +23,32 @@ pub struct NodePlan {
     /// there is one, else on `svc0`. Pods route them, so the node's own connections (to pods,
     /// or through a Service) get their replies.
     pub fabric_ips: Vec<IpAddr>,
+    pub cni: Cni,
+    /// Where this node's pods take their addresses when they give none.
+    pub pod_cidr: Cidr,
+    /// On a bridge node: the addresses of its bridge `cni0` (each the first address of a pod
+    /// prefix: podCIDR's, and one of the other family where the lab uses it), which are its
+    /// pods' gateways. Empty on a routed node.
+    pub bridge_ips: Vec<Cidr>,
+}
+
+impl NodePlan {
+    pub fn is_bridge(&self) -> bool {
+        self.cni == Cni::Bridge
+    }
+
+    /// The bridge's address of `ip`'s family (a bridge node's pods route through it).
+    pub fn bridge_ip_for(&self, ip: &IpAddr) -> Option<IpAddr> {
+        self.bridge_ips
+            .iter()
+            .map(|c| c.nth(1).expect("a bridge prefix has a first address"))
+            .find(|g| g.is_ipv4() == ip.is_ipv4())
+    }
+
+    /// Whether `ip` is on one of the bridge's subnets (its connected routes).
+    pub fn bridge_covers(&self, ip: &IpAddr) -> bool {
+        self.bridge_ips.iter().any(|c| c.contains(ip))
+    }
 }
 
 /// An endpoint outside the cluster, on the fabric.
@@ -308,6 +334,55 @@ pub fn node_pod_cidr_v4(node: usize) -> (Ipv4Addr, u8) {
     (Ipv4Addr::new(10, 42, (node + 1).min(255) as u8, 0), 24)
 }
 
+/// The IPv6 pod prefix of a bridge node with this index, when its podCIDR is IPv4 and the lab
+/// uses IPv6: fd00:10:42:<i+1>::/64.
+pub fn node_pod_cidr_v6(node: usize) -> Cidr {
+    Cidr {
+        addr: IpAddr::V6(Ipv6Addr::new(
+            0xfd00,
+            0x10,
+            0x42,
+            (node + 1) as u16,
+            0,
+            0,
+            0,
+            0,
+        )),
+        len: 64,
+    }
+}
+
+/// A node's addresses on the fabric: those the scenario gives, completed with the default
+/// address of each family the lab uses that they lack (a node routes every family its pods
+/// have).
+fn node_ips(given: Option<&Vec<IpAddr>>, node: usize, ipv6: bool) -> Vec<IpAddr> {
+    let Some(given) = given else {
+        return node_fabric_ips(node, ipv6);
+    };
+    let mut out = given.clone();
+    for d in node_fabric_ips(node, ipv6) {
+        if !out.iter().any(|a| a.is_ipv4() == d.is_ipv4()) {
+            out.push(d);
+        }
+    }
+    out
+}
+
+/// A bridge node's bridge prefixes: podCIDR, and one of the other family if the lab uses it.
+fn bridge_prefixes(pod_cidr: Cidr, node: usize, ipv6: bool) -> Vec<Cidr> {
+    let mut out = vec![pod_cidr];
+    if pod_cidr.addr.is_ipv6() {
+        let (base, len) = node_pod_cidr_v4(node);
+        out.push(Cidr {
+            addr: IpAddr::V4(base),
+            len,
+        });
+    } else if ipv6 {
+        out.push(node_pod_cidr_v6(node));
+    }
+    out
+}
+
 /// Builds the plan. `prefix` names everything this run creates (`enf-1a2b3c-`).
 pub fn plan(s: &Scenario, prefix: &str) -> Result<Plan, ScenarioError> {
     let node_names = s.node_names();
@@ -323,13 +398,29 @@ pub fn plan(s: &Scenario, prefix: &str) -> Result<Plan, ScenarioError> {
     let mut taken_netns = BTreeSet::new();
     let fabric = (node_names.len() > 1 || !s.hosts.is_empty())
         .then(|| netns_name(prefix, "fabric", &mut taken_netns));
-    let nodes: Vec<NodePlan> = node_names
+    let nodes: Vec<NodePlan> = s
+        .node_specs()
         .iter()
         .enumerate()
-        .map(|(i, n)| NodePlan {
-            name: n.clone(),
-            netns: netns_name(prefix, n, &mut taken_netns),
-            fabric_ips: node_fabric_ips(i, ipv6),
+        .map(|(i, n)| {
+            let pod_cidr = n.pod_cidr.unwrap_or_else(|| {
+                let (base, len) = node_pod_cidr_v4(i);
+                Cidr {
+                    addr: IpAddr::V4(base),
+                    len,
+                }
+            });
+            NodePlan {
+                name: n.name.clone(),
+                netns: netns_name(prefix, &n.name, &mut taken_netns),
+                fabric_ips: node_ips(n.ips.as_ref(), i, ipv6),
+                cni: n.cni,
+                pod_cidr,
+                bridge_ips: match n.cni {
+                    Cni::Bridge => bridge_prefixes(pod_cidr, i, ipv6),
+                    Cni::Routed => Vec::new(),
+                },
+            }
         })
         .collect();
 
@@ -348,9 +439,23 @@ pub fn plan(s: &Scenario, prefix: &str) -> Result<Plan, ScenarioError> {
 
     // The fabric's and the explicit addresses first, so that assigned ones avoid them.
     let mut used: BTreeMap<IpAddr, String> = BTreeMap::new();
-    for n in &nodes {
+    for (i, n) in nodes.iter().enumerate() {
         for ip in &n.fabric_ips {
-            used.insert(*ip, format!("node {} on the lab's fabric", n.name));
+            if let Some(other) = used.insert(*ip, format!("node {} on the lab's fabric", n.name)) {
+                return err(
+                    &format!("nodes[{i}].ips"),
+                    format!("{ip} is already the address of {other}"),
+                );
+            }
+        }
+        for c in &n.bridge_ips {
+            let gw = c.nth(1).expect("a bridge prefix has a first address");
+            if let Some(other) = used.insert(gw, format!("node {}'s bridge cni0", n.name)) {
+                return err(
+                    &format!("nodes[{i}].podCIDR"),
+                    format!("{gw} (the bridge's address) is already the address of {other}"),
+                );
+            }
         }
     }
     let mut hosts = Vec::new();
@@ -384,7 +489,11 @@ pub fn plan(s: &Scenario, prefix: &str) -> Result<Plan, ScenarioError> {
     }
 
     let mut taken_if = BTreeSet::new();
-    let mut next_host: Vec<u32> = vec![10; nodes.len()];
+    // Assigned addresses start at the 10th of the pod CIDR (the 2nd in a tiny one).
+    let mut next_host: Vec<u128> = nodes
+        .iter()
+        .map(|n| if n.pod_cidr.nth(16).is_some() { 10 } else { 2 })
+        .collect();
     let mut pods = Vec::new();
     for (i, p) in s.pods.iter().enumerate() {
         let path = format!("pods[{i}]");
@@ -403,21 +512,21 @@ pub fn plan(s: &Scenario, prefix: &str) -> Result<Plan, ScenarioError> {
         let ips = match &p.ips {
             Some(ips) => ips.clone(),
             None => {
-                let (base, _) = node_pod_cidr_v4(node);
+                let cidr = nodes[node].pod_cidr;
                 let ip = loop {
                     let h = next_host[node];
-                    if h > 254 {
+                    // The last address of an IPv4 prefix is its broadcast address.
+                    let last = cidr.addr.is_ipv4() && cidr.nth(h + 1).is_none();
+                    let Some(ip) = cidr.nth(h).filter(|_| !last && h < 65_536) else {
                         return err(
                             &path,
                             format!(
-                                "node {} has no free address left in {base}/24",
+                                "node {} has no free address left in {cidr}",
                                 nodes[node].name
                             ),
                         );
-                    }
+                    };
                     next_host[node] += 1;
-                    let o = base.octets();
-                    let ip = IpAddr::V4(Ipv4Addr::new(o[0], o[1], o[2], h as u8));
                     if !used.contains_key(&ip) {
                         break ip;
                     }
@@ -962,6 +1071,48 @@ probes:
         assert_eq!(
             plan_of("pods: [{namespace: x, name: a}]").unwrap().fabric,
             None
+        );
+    }
+
+    #[test]
+    fn bridge_nodes_take_pod_addresses_from_their_pod_cidr() {
+        let text = "
+nodes:
+  - {name: n1, cni: bridge, podCIDR: 10.42.0.0/24}
+  - {name: n2, cni: bridge, ips: [172.18.0.12]}
+  - n3
+pods:
+  - {namespace: x, name: a, node: n1}
+  - {namespace: x, name: b, node: n2}
+  - {namespace: x, name: c, node: n3, ips: ['fd00::c']}
+";
+        let p = plan_of(text).unwrap();
+        assert!(p.nodes[0].is_bridge() && !p.nodes[2].is_bridge());
+        assert_eq!(p.pods[0].ips, vec![ip("10.42.0.10")]);
+        assert_eq!(p.pods[1].ips, vec![ip("10.42.2.10")]);
+        assert_eq!(
+            p.nodes[0].bridge_ip_for(&ip("10.42.0.10")),
+            Some(ip("10.42.0.1"))
+        );
+        assert_eq!(
+            p.nodes[1].bridge_ip_for(&ip("fd00::c")),
+            Some(ip("fd00:10:42:2::1"))
+        );
+        assert_eq!(
+            p.nodes[1].fabric_ips,
+            vec![ip("172.18.0.12"), ip("fd00:198:18::2")]
+        );
+        assert!(p.nodes[2].bridge_ips.is_empty());
+        let e = plan_of(
+            "nodes: [{name: n1, cni: bridge}]\npods: [{namespace: x, name: a, ips: [10.42.1.1]}]",
+        )
+        .unwrap_err();
+        assert!(e.reason.contains("bridge cni0"), "{e}");
+        let e = plan_of("nodes: [{name: n1, podCIDR: 10.42.0.0/30}]\npods: [{namespace: x, name: a}, {namespace: x, name: b}]")
+            .unwrap_err();
+        assert!(
+            e.reason.contains("no free address left in 10.42.0.0/30"),
+            "{e}"
         );
     }
 

@@ -98,6 +98,106 @@ pub struct PodSpec {
     pub ports: Vec<PortSpec>,
 }
 
+/// How a node connects its pods (the scenario's `cni`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Cni {
+    /// Each pod has its own routed veth, as Calico and Cilium do.
+    #[default]
+    Routed,
+    /// The node's pods share a Linux bridge (`cni0`) holding the pod CIDR's first address, as
+    /// flannel and K3s do.
+    Bridge,
+}
+
+/// An address prefix with no host bits set (`10.42.2.0/24`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Cidr {
+    pub addr: IpAddr,
+    pub len: u8,
+}
+
+impl Cidr {
+    pub fn contains(&self, ip: &IpAddr) -> bool {
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(a)) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(self.len)).unwrap_or(0);
+                u32::from(*a) & mask == u32::from(net)
+            }
+            (IpAddr::V6(net), IpAddr::V6(a)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.len))
+                    .unwrap_or(0);
+                u128::from(*a) & mask == u128::from(net)
+            }
+            _ => false,
+        }
+    }
+
+    /// The `n`th address of the prefix (0 is the network address); `None` past its end.
+    pub fn nth(&self, n: u128) -> Option<IpAddr> {
+        match self.addr {
+            IpAddr::V4(net) => {
+                let size = 1u128 << (32 - u32::from(self.len));
+                (n < size).then(|| IpAddr::V4((u32::from(net) + n as u32).into()))
+            }
+            IpAddr::V6(net) => {
+                let bits = 128 - u32::from(self.len);
+                (bits >= 127 || n < (1u128 << bits))
+                    .then(|| IpAddr::V6((u128::from(net) + n).into()))
+            }
+        }
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.len)
+    }
+}
+
+impl std::str::FromStr for Cidr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Cidr, String> {
+        let bad = || format!("{s:?} is not a CIDR like 10.42.2.0/24");
+        let (a, l) = s.split_once('/').ok_or_else(bad)?;
+        let addr: IpAddr = a.parse().map_err(|_| bad())?;
+        let len: u8 = l.parse().map_err(|_| bad())?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        if len > max {
+            return Err(bad());
+        }
+        let c = Cidr { addr, len };
+        let truncated = match addr {
+            IpAddr::V4(a) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
+                IpAddr::V4((u32::from(a) & mask).into())
+            }
+            IpAddr::V6(a) => {
+                let mask = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
+                IpAddr::V6((u128::from(a) & mask).into())
+            }
+        };
+        if truncated != addr {
+            return Err(format!(
+                "{s:?} has host bits set (the prefix is {truncated}/{len})"
+            ));
+        }
+        Ok(c)
+    }
+}
+
+/// A lab node (an entry of `nodes`: a name, or an object).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeSpec {
+    pub name: String,
+    /// The node's own addresses on the fabric (default: assigned).
+    pub ips: Option<Vec<IpAddr>>,
+    /// Where the node's pods take their addresses when they give none (default: assigned).
+    pub pod_cidr: Option<Cidr>,
+    pub cni: Cni,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostSpec {
     pub name: String,
@@ -259,8 +359,8 @@ pub struct StepSpec {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Scenario {
-    /// `None` when the file does not list nodes (one node named `node-1`).
-    pub nodes: Option<Vec<String>>,
+    /// `None` when the file does not list nodes (one routed node named `node-1`).
+    pub nodes: Option<Vec<NodeSpec>>,
     pub namespaces: Vec<NamespaceSpec>,
     pub pods: Vec<PodSpec>,
     pub hosts: Vec<HostSpec>,
@@ -272,7 +372,19 @@ pub struct Scenario {
 
 impl Scenario {
     pub fn node_names(&self) -> Vec<String> {
-        self.nodes.clone().unwrap_or_else(|| vec!["node-1".into()])
+        self.node_specs().into_iter().map(|n| n.name).collect()
+    }
+
+    /// The nodes, with the default (one routed node named `node-1`) when none are listed.
+    pub fn node_specs(&self) -> Vec<NodeSpec> {
+        self.nodes.clone().unwrap_or_else(|| {
+            vec![NodeSpec {
+                name: "node-1".into(),
+                ips: None,
+                pod_cidr: None,
+                cni: Cni::Routed,
+            }]
+        })
     }
 }
 
@@ -980,6 +1092,71 @@ pub fn parse_probe(
     Ok(p)
 }
 
+/// Keys of a node object that a later version of the lab implements: given, they are an error
+/// (never silently ignored).
+const NODE_KEYS_NOT_YET: &[&str] = &["labels", "ports"];
+
+/// An entry of `nodes`: a name, or `{name, labels, ips, podCIDR, cni, ports}`.
+fn node(v: &Value, path: &str) -> Result<NodeSpec, ScenarioError> {
+    if let Value::String(_) = v {
+        let name = string(v, path)?;
+        dns_label(&name, path)?;
+        return Ok(NodeSpec {
+            name,
+            ips: None,
+            pod_cidr: None,
+            cni: Cni::Routed,
+        });
+    }
+    let nm = mapping(
+        v,
+        path,
+        &["name", "labels", "ips", "podCIDR", "cni", "ports"],
+    )?;
+    for key in NODE_KEYS_NOT_YET {
+        if field(nm, key).is_some() {
+            return err(
+                &join(path, key),
+                "not supported yet by this lab (node labels and host processes come later)",
+            );
+        }
+    }
+    let name = name_field(nm, path, "name")?;
+    let ips = ips(nm, path)?;
+    let pod_cidr = match field(nm, "podCIDR") {
+        None => None,
+        Some(v) => {
+            let p = join(path, "podCIDR");
+            let c: Cidr = string(v, &p)?.parse().or_else(|e: String| err(&p, e))?;
+            let max = if c.addr.is_ipv4() { 32 } else { 128 };
+            if max - c.len < 2 {
+                return err(
+                    &p,
+                    format!("{c} is too small (the bridge takes its first address)"),
+                );
+            }
+            Some(c)
+        }
+    };
+    let cni = match field(nm, "cni") {
+        None => Cni::Routed,
+        Some(v) => {
+            let p = join(path, "cni");
+            match string(v, &p)?.as_str() {
+                "routed" => Cni::Routed,
+                "bridge" => Cni::Bridge,
+                other => return err(&p, format!("{other:?}: expected routed or bridge")),
+            }
+        }
+    };
+    Ok(NodeSpec {
+        name,
+        ips,
+        pod_cidr,
+        cni,
+    })
+}
+
 /// Parses a scenario file's text.
 pub fn parse(text: &str) -> Result<Scenario, ScenarioError> {
     let root: Value =
@@ -1005,14 +1182,13 @@ pub fn parse(text: &str) -> Result<Scenario, ScenarioError> {
     let nodes = match field(m, "nodes") {
         None => None,
         Some(_) => {
-            let mut out: Vec<String> = Vec::new();
+            let mut out: Vec<NodeSpec> = Vec::new();
             for (p, v) in items(m, "", "nodes")? {
-                let s = string(v, &p)?;
-                dns_label(&s, &p)?;
-                if out.contains(&s) {
-                    return err(&p, format!("node {s:?} is listed twice"));
+                let n = node(v, &p)?;
+                if out.iter().any(|o| o.name == n.name) {
+                    return err(&p, format!("node {:?} is listed twice", n.name));
                 }
-                out.push(s);
+                out.push(n);
             }
             if out.is_empty() {
                 return err("nodes", "must list at least one node");
@@ -1344,6 +1520,43 @@ steps:
                 "exactly one",
             ),
             ("nodes: []", "nodes", "at least one"),
+            (
+                "nodes: [{name: n, cni: calico}]",
+                "nodes[0].cni",
+                "routed or bridge",
+            ),
+            (
+                "nodes: [{name: n, podCIDR: 10.42.1.1/24}]",
+                "nodes[0].podCIDR",
+                "host bits",
+            ),
+            (
+                "nodes: [{name: n, podCIDR: 10.42.1.0}]",
+                "nodes[0].podCIDR",
+                "not a CIDR",
+            ),
+            (
+                "nodes: [{name: n, podCIDR: 10.42.1.0/31}]",
+                "nodes[0].podCIDR",
+                "too small",
+            ),
+            (
+                "nodes: [{name: n, mtu: 1400}]",
+                "nodes[0].mtu",
+                "unknown key",
+            ),
+            (
+                "nodes: [{name: n, labels: {zone: a}}]",
+                "nodes[0].labels",
+                "not supported yet",
+            ),
+            (
+                "nodes: [{name: n, ports: [{port: 22}]}]",
+                "nodes[0].ports",
+                "not supported yet",
+            ),
+            ("nodes: [{cni: bridge}]", "nodes[0].name", "required"),
+            ("nodes: [n, {name: n}]", "nodes[1]", "listed twice"),
             ("pods: {a: b}", "pods", "expected a list"),
         ];
         for (text, path, why) in cases {
@@ -1354,6 +1567,27 @@ steps:
         assert!(error_of("").reason.contains("empty"));
         assert!(error_of("a: [").reason.contains("not valid YAML"));
         assert!(error_of("- 1").reason.contains("expected a mapping"));
+    }
+
+    #[test]
+    fn nodes_are_names_or_objects() {
+        let s = parse(
+            "nodes:\n  - node-1\n  - {name: node-2, cni: bridge, podCIDR: 10.42.2.0/24, ips: [172.18.0.12]}\n  - {name: node-3, cni: routed}",
+        )
+        .unwrap();
+        let n = s.node_specs();
+        assert_eq!(n[0].cni, Cni::Routed);
+        assert_eq!(n[1].cni, Cni::Bridge);
+        assert_eq!(n[1].pod_cidr, Some("10.42.2.0/24".parse().unwrap()));
+        assert_eq!(n[1].ips, Some(vec!["172.18.0.12".parse().unwrap()]));
+        assert_eq!(n[2].pod_cidr, None);
+        let c: Cidr = "fd00:42:2::/64".parse().unwrap();
+        assert!(c.contains(&"fd00:42:2::5".parse().unwrap()));
+        assert!(!c.contains(&"fd00:42:3::5".parse().unwrap()));
+        assert_eq!(c.nth(1), Some("fd00:42:2::1".parse().unwrap()));
+        let c: Cidr = "10.42.2.0/24".parse().unwrap();
+        assert_eq!(c.nth(255), Some("10.42.2.255".parse().unwrap()));
+        assert_eq!(c.nth(256), None);
     }
 
     #[test]

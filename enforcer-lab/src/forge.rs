@@ -1,0 +1,465 @@
+//! Forged packets, as a hostile pod makes them: a TCP SYN, a UDP datagram or an ICMP echo
+//! request with any source address, built byte by byte and sent from a raw socket inside the
+//! pod's network namespace (IPv4 with `IP_HDRINCL`, IPv6 with `IPV6_HDRINCL`: the kernel sends
+//! the header as written and resolves the next hop itself). A pod needs no privilege beyond the
+//! default container capabilities for this (`CAP_NET_RAW`).
+//!
+//! [`Sniffer`] watches an interface of another namespace (the target pod's `eth0`) with a
+//! packet socket, below the IP layer: what it sees has reached the target, whether or not the
+//! target's kernel would then accept it (a TCP SYN to a closed port, a v4-mapped source).
+//!
+//! Building packets ([`packet`]) is pure and tested here; sending and sniffing are thin edges.
+
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use crate::netns::Netns;
+
+/// What a forged packet carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    /// A TCP SYN to `dst_port`.
+    TcpSyn,
+    /// A UDP datagram to `dst_port`.
+    Udp,
+    /// An ICMP (ICMPv6) echo request; `dst_port` is unused.
+    Echo,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 3] = [Kind::TcpSyn, Kind::Udp, Kind::Echo];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::TcpSyn => "TCP",
+            Kind::Udp => "UDP",
+            Kind::Echo => "ICMP",
+        }
+    }
+
+    fn ip_proto(self, v6: bool) -> u8 {
+        match (self, v6) {
+            (Kind::TcpSyn, _) => 6,
+            (Kind::Udp, _) => 17,
+            (Kind::Echo, false) => 1,
+            (Kind::Echo, true) => 58,
+        }
+    }
+}
+
+/// A forged packet: any source, the target's address, and `tag` (the source port, or the echo
+/// identifier) that tells this packet apart from every other one the target sees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Forged {
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    pub kind: Kind,
+    pub dst_port: u16,
+    pub tag: u16,
+}
+
+/// The payload every forged UDP datagram and echo request carries.
+pub const PAYLOAD: &[u8] = b"enforcer-lab forged";
+
+/// Whether two addresses go in one header: both IPv4, or both IPv6 (a v4-mapped IPv6 source
+/// is IPv6).
+fn same_header_family(a: &IpAddr, b: &IpAddr) -> bool {
+    a.is_ipv4() == b.is_ipv4()
+}
+
+/// The IPv4-mapped IPv6 form (`::ffff:a.b.c.d`) of an IPv4 address.
+pub fn v4_mapped(ip: &IpAddr) -> Option<IpAddr> {
+    match ip {
+        IpAddr::V4(a) => Some(IpAddr::V6(a.to_ipv6_mapped())),
+        IpAddr::V6(_) => None,
+    }
+}
+
+/// The one's-complement sum of 16-bit words (RFC 1071), folded, not inverted.
+fn sum16(data: &[u8], mut acc: u32) -> u32 {
+    let mut chunks = data.chunks_exact(2);
+    for c in &mut chunks {
+        acc += u32::from(u16::from_be_bytes([c[0], c[1]]));
+    }
+    if let [last] = chunks.remainder() {
+        acc += u32::from(*last) << 8;
+    }
+    while acc > 0xffff {
+        acc = (acc & 0xffff) + (acc >> 16);
+    }
+    acc
+}
+
+fn checksum(parts: &[&[u8]]) -> u16 {
+    let mut acc = 0u32;
+    // Every part but the last has an even length here (headers), so summing part by part
+    // keeps the words aligned.
+    for p in parts {
+        acc = sum16(p, acc);
+    }
+    !(acc as u16)
+}
+
+fn octets(ip: &IpAddr) -> Vec<u8> {
+    match ip {
+        IpAddr::V4(a) => a.octets().to_vec(),
+        IpAddr::V6(a) => a.octets().to_vec(),
+    }
+}
+
+/// The transport header and payload of `f`, with its checksum (over the pseudo-header for TCP,
+/// UDP and ICMPv6; over itself for ICMP).
+fn transport(f: &Forged) -> Vec<u8> {
+    let v6 = f.dst.is_ipv6();
+    let proto = f.kind.ip_proto(v6);
+    let mut l4 = match f.kind {
+        Kind::TcpSyn => {
+            let mut h = vec![0u8; 20];
+            h[0..2].copy_from_slice(&f.tag.to_be_bytes());
+            h[2..4].copy_from_slice(&f.dst_port.to_be_bytes());
+            h[4..8].copy_from_slice(&(u32::from(f.tag) << 16 | 0x5eed).to_be_bytes());
+            h[12] = 5 << 4; // data offset: 5 words
+            h[13] = 0x02; // SYN
+            h[14..16].copy_from_slice(&64240u16.to_be_bytes());
+            h
+        }
+        Kind::Udp => {
+            let mut h = vec![0u8; 8];
+            h[0..2].copy_from_slice(&f.tag.to_be_bytes());
+            h[2..4].copy_from_slice(&f.dst_port.to_be_bytes());
+            h[4..6].copy_from_slice(&((8 + PAYLOAD.len()) as u16).to_be_bytes());
+            h.extend_from_slice(PAYLOAD);
+            h
+        }
+        Kind::Echo => {
+            let mut h = vec![0u8; 8];
+            h[0] = if v6 { 128 } else { 8 };
+            h[4..6].copy_from_slice(&f.tag.to_be_bytes());
+            h[6..8].copy_from_slice(&1u16.to_be_bytes());
+            h.extend_from_slice(PAYLOAD);
+            h
+        }
+    };
+    let len = l4.len() as u32;
+    let csum = if f.kind == Kind::Echo && !v6 {
+        checksum(&[&l4])
+    } else {
+        let mut pseudo = octets(&f.src);
+        pseudo.extend(octets(&f.dst));
+        if v6 {
+            pseudo.extend(len.to_be_bytes());
+            pseudo.extend([0, 0, 0, proto]);
+        } else {
+            pseudo.extend([0, proto]);
+            pseudo.extend((len as u16).to_be_bytes());
+        }
+        let c = checksum(&[&pseudo, &l4]);
+        // UDP sends a computed zero as all ones (zero means "no checksum").
+        if f.kind == Kind::Udp && c == 0 {
+            0xffff
+        } else {
+            c
+        }
+    };
+    let at = match f.kind {
+        Kind::TcpSyn => 16,
+        Kind::Udp => 6,
+        Kind::Echo => 2,
+    };
+    l4[at..at + 2].copy_from_slice(&csum.to_be_bytes());
+    l4
+}
+
+/// The whole IP packet of `f`: an IPv4 header (no options, TTL 64, DF) or an IPv6 header (hop
+/// limit 64), then the transport header and payload.
+pub fn packet(f: &Forged) -> Result<Vec<u8>> {
+    if !same_header_family(&f.src, &f.dst) {
+        bail!(
+            "{} and {} are not of one family (write an IPv4 source as ::ffff:a.b.c.d to forge it into IPv6)",
+            f.src,
+            f.dst
+        );
+    }
+    let l4 = transport(f);
+    let v6 = f.dst.is_ipv6();
+    let proto = f.kind.ip_proto(v6);
+    let mut out = if v6 {
+        let mut h = vec![0u8; 40];
+        h[0] = 0x60;
+        h[4..6].copy_from_slice(&(l4.len() as u16).to_be_bytes());
+        h[6] = proto;
+        h[7] = 64;
+        h[8..24].copy_from_slice(&octets(&f.src));
+        h[24..40].copy_from_slice(&octets(&f.dst));
+        h
+    } else {
+        let mut h = vec![0u8; 20];
+        h[0] = 0x45;
+        h[2..4].copy_from_slice(&((20 + l4.len()) as u16).to_be_bytes());
+        h[4..6].copy_from_slice(&f.tag.to_be_bytes());
+        h[6] = 0x40; // DF
+        h[8] = 64;
+        h[9] = proto;
+        h[12..16].copy_from_slice(&octets(&f.src));
+        h[16..20].copy_from_slice(&octets(&f.dst));
+        let c = checksum(&[&h]);
+        h[10..12].copy_from_slice(&c.to_be_bytes());
+        h
+    };
+    out.extend(l4);
+    Ok(out)
+}
+
+/// Whether an IP packet (from its first byte) is `f`: same addresses, protocol, tag and port.
+pub fn matches(pkt: &[u8], f: &Forged) -> bool {
+    let v6 = f.dst.is_ipv6();
+    let (src, dst, proto, l4) = match pkt.first().map(|b| b >> 4) {
+        Some(4) if !v6 && pkt.len() >= 20 => {
+            let ihl = usize::from(pkt[0] & 0x0f) * 4;
+            let src = IpAddr::from(<[u8; 4]>::try_from(&pkt[12..16]).expect("4 bytes"));
+            let dst = IpAddr::from(<[u8; 4]>::try_from(&pkt[16..20]).expect("4 bytes"));
+            (src, dst, pkt[9], pkt.get(ihl..).unwrap_or_default())
+        }
+        Some(6) if v6 && pkt.len() >= 40 => {
+            let src = IpAddr::from(<[u8; 16]>::try_from(&pkt[8..24]).expect("16 bytes"));
+            let dst = IpAddr::from(<[u8; 16]>::try_from(&pkt[24..40]).expect("16 bytes"));
+            (src, dst, pkt[6], &pkt[40..])
+        }
+        _ => return false,
+    };
+    if src != f.src || dst != f.dst || proto != f.kind.ip_proto(v6) || l4.len() < 8 {
+        return false;
+    }
+    let word = |i: usize| u16::from_be_bytes([l4[i], l4[i + 1]]);
+    match f.kind {
+        Kind::TcpSyn | Kind::Udp => word(0) == f.tag && word(2) == f.dst_port,
+        Kind::Echo => l4[0] == if v6 { 128 } else { 8 } && word(4) == f.tag,
+    }
+}
+
+fn last_error(what: &str) -> anyhow::Error {
+    anyhow::Error::new(std::io::Error::last_os_error()).context(what.to_string())
+}
+
+fn socket(domain: i32, ty: i32, proto: i32) -> Result<OwnedFd> {
+    // SAFETY: a plain syscall; the descriptor is owned at once.
+    let fd = unsafe { libc::socket(domain, ty | libc::SOCK_CLOEXEC, proto) };
+    if fd < 0 {
+        return Err(last_error("opening a raw socket (needs CAP_NET_RAW)"));
+    }
+    // SAFETY: fd is a new descriptor nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn sockaddr(ip: IpAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    let sa: socket2::SockAddr = SocketAddr::new(ip, 0).into();
+    // SAFETY: SockAddr holds a valid sockaddr_storage of `len` bytes.
+    (unsafe { std::ptr::read(sa.as_ptr().cast()) }, sa.len())
+}
+
+/// Sends `f` from inside `ns`, from a raw socket that writes its own IP header.
+pub fn send(ns: &Netns, f: &Forged) -> Result<()> {
+    let pkt = packet(f)?;
+    let dst = f.dst;
+    ns.run(move || {
+        let (domain, level, opt) = if dst.is_ipv6() {
+            (libc::AF_INET6, libc::IPPROTO_IPV6, IPV6_HDRINCL)
+        } else {
+            (libc::AF_INET, libc::IPPROTO_IP, libc::IP_HDRINCL)
+        };
+        let fd = socket(domain, libc::SOCK_RAW, libc::IPPROTO_RAW)?;
+        let one: libc::c_int = 1;
+        // SAFETY: setsockopt reads an int we own.
+        let r = unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                level,
+                opt,
+                (&one as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if r != 0 {
+            return Err(last_error("asking to write the IP header (HDRINCL)"));
+        }
+        let (sa, len) = sockaddr(dst);
+        // SAFETY: the buffer and the address are valid for the lengths given.
+        let n = unsafe {
+            libc::sendto(
+                fd.as_raw_fd(),
+                pkt.as_ptr().cast(),
+                pkt.len(),
+                0,
+                (&sa as *const libc::sockaddr_storage).cast(),
+                len,
+            )
+        };
+        if n < 0 {
+            return Err(last_error(&format!("sending a forged packet to {dst}")));
+        }
+        Ok(())
+    })
+}
+
+/// `IPV6_HDRINCL` (linux/in6.h; not in every libc crate).
+const IPV6_HDRINCL: i32 = 36;
+
+/// A packet socket on one interface of a namespace: every IP packet that reaches it, from the
+/// moment it is opened.
+pub struct Sniffer {
+    fd: OwnedFd,
+    /// Packets read so far (the IP packet, from its first byte).
+    seen: Vec<Vec<u8>>,
+}
+
+impl Sniffer {
+    /// Watches `dev` (e.g. `eth0`) in `ns`.
+    pub fn open(ns: &Netns, dev: &str) -> Result<Sniffer> {
+        let dev = std::ffi::CString::new(dev).context("interface name")?;
+        let fd = ns.run(move || {
+            // SAFETY: if_nametoindex reads a NUL-terminated string we own.
+            let ifindex = unsafe { libc::if_nametoindex(dev.as_ptr()) };
+            if ifindex == 0 {
+                return Err(last_error(&format!("no interface {dev:?}")));
+            }
+            let proto = (libc::ETH_P_ALL as u16).to_be();
+            let fd = socket(
+                libc::AF_PACKET,
+                libc::SOCK_DGRAM | libc::SOCK_NONBLOCK,
+                i32::from(proto),
+            )?;
+            // SAFETY: an all-zero sockaddr_ll is valid; we fill what bind reads.
+            let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+            sll.sll_family = libc::AF_PACKET as u16;
+            sll.sll_protocol = proto;
+            sll.sll_ifindex = ifindex as i32;
+            // SAFETY: bind reads a sockaddr_ll we own.
+            let r = unsafe {
+                libc::bind(
+                    fd.as_raw_fd(),
+                    (&sll as *const libc::sockaddr_ll).cast(),
+                    std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+                )
+            };
+            if r != 0 {
+                return Err(last_error("binding a packet socket"));
+            }
+            Ok(fd)
+        })?;
+        Ok(Sniffer {
+            fd,
+            seen: Vec::new(),
+        })
+    }
+
+    /// Reads what has arrived (without waiting) into `seen`.
+    fn drain(&mut self) -> Result<()> {
+        let mut buf = vec![0u8; 65_536];
+        loop {
+            // SAFETY: recv writes at most buf.len() bytes into buf.
+            let n = unsafe {
+                libc::recv(
+                    self.fd.as_raw_fd(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if n < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.kind() == std::io::ErrorKind::WouldBlock {
+                    return Ok(());
+                }
+                return Err(anyhow::Error::new(e).context("reading a packet socket"));
+            }
+            self.seen.push(buf[..n as usize].to_vec());
+        }
+    }
+
+    /// Whether `f` arrives within `wait` (returns as soon as it has).
+    pub fn saw(&mut self, f: &Forged, wait: Duration) -> Result<bool> {
+        let deadline = Instant::now() + wait;
+        loop {
+            self.drain()?;
+            if self.seen.iter().any(|p| matches(p, f)) {
+                return Ok(true);
+            }
+            if Instant::now() >= deadline {
+                return Ok(false);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn packets_carry_valid_checksums_and_match_themselves() {
+        for kind in Kind::ALL {
+            for (src, dst) in [
+                ("10.42.1.12", "10.42.1.11"),
+                ("fd00::c", "fd00::b"),
+                ("::ffff:10.42.1.12", "fd00::b"),
+            ] {
+                let f = Forged {
+                    src: ip(src),
+                    dst: ip(dst),
+                    kind,
+                    dst_port: 80,
+                    tag: 40_001,
+                };
+                let p = packet(&f).unwrap();
+                assert!(matches(&p, &f), "{f:?}");
+                assert!(!matches(&p, &Forged { tag: 40_002, ..f }));
+                assert!(!matches(&p, &Forged { src: ip(dst), ..f }));
+                let (hdr, l4) = if f.dst.is_ipv4() {
+                    assert_eq!(checksum(&[&p[..20]]), 0, "IPv4 header checksum");
+                    (20, &p[20..])
+                } else {
+                    (40, &p[40..])
+                };
+                assert_eq!(p.len(), hdr + l4.len());
+                // Verifying over the pseudo-header (or ICMP alone) gives zero.
+                let v = if kind == Kind::Echo && f.dst.is_ipv4() {
+                    checksum(&[l4])
+                } else {
+                    let mut pseudo = octets(&f.src);
+                    pseudo.extend(octets(&f.dst));
+                    let proto = kind.ip_proto(f.dst.is_ipv6());
+                    if f.dst.is_ipv6() {
+                        pseudo.extend((l4.len() as u32).to_be_bytes());
+                        pseudo.extend([0, 0, 0, proto]);
+                    } else {
+                        pseudo.extend([0, proto]);
+                        pseudo.extend((l4.len() as u16).to_be_bytes());
+                    }
+                    checksum(&[&pseudo, l4])
+                };
+                assert_eq!(v, 0, "{f:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn families_must_agree() {
+        let f = Forged {
+            src: ip("10.0.0.1"),
+            dst: ip("fd00::1"),
+            kind: Kind::Udp,
+            dst_port: 53,
+            tag: 1,
+        };
+        assert!(packet(&f).is_err());
+        assert_eq!(v4_mapped(&ip("10.0.0.1")), Some(ip("::ffff:10.0.0.1")));
+    }
+}
