@@ -395,6 +395,30 @@ impl Sniffer {
     }
 }
 
+/// Parses what `lab forge` sends: `80/TCP`, `53/UDP`, `ICMP` (an echo request).
+pub fn parse_what(s: &str) -> Result<(Kind, u16)> {
+    let up = s.to_ascii_uppercase();
+    if up == "ICMP" || up == "ICMPV6" {
+        return Ok((Kind::Echo, 0));
+    }
+    let (port, proto) = up.split_once('/').unwrap_or((up.as_str(), "TCP"));
+    let kind = match proto {
+        "TCP" => Kind::TcpSyn,
+        "UDP" => Kind::Udp,
+        other => bail!("{other:?}: forge sends TCP, UDP or ICMP"),
+    };
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => Ok((kind, p)),
+        _ => bail!("{s:?}: expected PORT/TCP, PORT/UDP or ICMP"),
+    }
+}
+
+/// The address of `ips` a forged source of `src`'s family goes to (a v4-mapped source is
+/// IPv6).
+pub fn target_for(src: &IpAddr, ips: &[IpAddr]) -> Option<IpAddr> {
+    ips.iter().copied().find(|a| same_header_family(a, src))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -448,6 +472,22 @@ mod tests {
                 assert_eq!(v, 0, "{f:?}");
             }
         }
+    }
+
+    #[test]
+    fn what_to_forge_parses() {
+        assert_eq!(parse_what("80/tcp").unwrap(), (Kind::TcpSyn, 80));
+        assert_eq!(parse_what("53/UDP").unwrap(), (Kind::Udp, 53));
+        assert_eq!(parse_what("icmp").unwrap(), (Kind::Echo, 0));
+        assert_eq!(parse_what("8080").unwrap(), (Kind::TcpSyn, 8080));
+        assert!(parse_what("80/SCTP").is_err());
+        assert!(parse_what("0/TCP").is_err());
+        let ips = [ip("10.0.0.2"), ip("fd00::2")];
+        assert_eq!(
+            target_for(&ip("::ffff:10.0.0.3"), &ips),
+            Some(ip("fd00::2"))
+        );
+        assert_eq!(target_for(&ip("10.0.0.3"), &ips[1..]), None);
     }
 
     #[test]

@@ -174,6 +174,32 @@ pub enum LabCommand {
         #[arg(long, value_enum, default_value = "table")]
         output: Output,
     },
+    /// Send one hand-built packet with a forged source from a pod (or host) of a lab left
+    /// running, and say whether the target's interface saw it (and the drop event, if any):
+    /// what a hostile pod with a raw socket can do.
+    #[command(
+        after_help = "WHAT: PORT/TCP (a SYN), PORT/UDP (a datagram) or ICMP (an echo request). \
+                      The target address is TO's of the forged source's family (a v4-mapped \
+                      source, ::ffff:a.b.c.d, goes to its IPv6 address).\n\
+                      Exit status 0 when the packet was sent (received or not), 2 when it \
+                      could not be.\n\nExample:\n  enforcer lab forge demo sample2/curl \
+                      sample1/nginx 80/TCP --source 10.42.0.11"
+    )]
+    Forge {
+        /// The lab (its name, or its run prefix).
+        name: String,
+        from: String,
+        to: String,
+        what: String,
+        /// The source address to write into the packet.
+        #[arg(long)]
+        source: std::net::IpAddr,
+        /// How long to watch the target's interface.
+        #[arg(long, default_value = "1s", value_parser = parse_duration)]
+        timeout: Duration,
+        #[arg(long, value_enum, default_value = "table")]
+        output: Output,
+    },
     /// Run the enforcer with these arguments inside a node of a lab left running, with
     /// ENFORCER_NODE, ENFORCER_BPFFS, ENFORCER_MANIFESTS and ENFORCER_EVENTS_FILE set for that
     /// node; exits with its exit status.
@@ -384,6 +410,15 @@ pub fn main(cmd: LabCommand, enforcer_exe: &Path) -> i32 {
             timeout,
             output,
         } => live::probe(&name, &from, &to, &port, family, timeout, output),
+        LabCommand::Forge {
+            name,
+            from,
+            to,
+            what,
+            source,
+            timeout,
+            output,
+        } => live::forge(&name, &from, &to, &what, source, timeout, output),
         LabCommand::Exec { name, node, args } => live::exec(&name, &node, &args, enforcer_exe),
         LabCommand::Apply {
             name,

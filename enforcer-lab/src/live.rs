@@ -491,6 +491,7 @@ fn usage(name: &str, plan: &Plan, dir: &Path) -> String {
         "NETNS".into(),
         "BPFFS".into(),
         "FABRIC".into(),
+        "CNI".into(),
     ]];
     for n in &plan.nodes {
         rows.push(vec![
@@ -504,6 +505,16 @@ fn usage(name: &str, plan: &Plan, dir: &Path) -> String {
                 ips_text(&n.fabric_ips)
             } else {
                 "-".into()
+            },
+            if n.is_bridge() {
+                let ips: Vec<String> = n
+                    .bridge_ips
+                    .iter()
+                    .filter_map(|c| c.nth(1).map(|gw| format!("{gw}/{}", c.len)))
+                    .collect();
+                format!("bridge cni0 {}", ips.join(","))
+            } else {
+                "routed".into()
             },
         ]);
     }
@@ -590,6 +601,25 @@ fn usage(name: &str, plan: &Plan, dir: &Path) -> String {
             p.port,
             p.protocol
         );
+    }
+    // A forged source: the example's target pretending to be a third pod (or the node).
+    if let Some((from, to, _)) = &example {
+        let src_ep = plan.endpoints().find(|ep| &plan.name_of(*ep) == from);
+        let forged = plan
+            .pods
+            .iter()
+            .filter(|p| &p.key() != from && &p.key() != to)
+            .flat_map(|p| p.ips.iter())
+            .chain(plan.nodes[0].fabric_ips.iter())
+            .find(|ip| {
+                src_ep.is_some_and(|e| plan.ips_of(e).iter().any(|a| a.is_ipv4() == ip.is_ipv4()))
+            });
+        if let Some(ip) = forged {
+            let _ = writeln!(
+                out,
+                "  {cmd} forge {name} {from} {to} 80/UDP --source {ip}     (a forged source)"
+            );
+        }
     }
     let _ = writeln!(out, "  {cmd} exec {name} {node} -- maps dump");
     if let Some((from, to, port)) = &example {
@@ -783,6 +813,111 @@ fn probe_inner(
         outcome,
         wrong_backend,
     })
+}
+
+/// `lab forge NAME FROM TO WHAT --source IP`.
+pub fn forge(
+    name: &str,
+    from: &str,
+    to: &str,
+    what: &str,
+    source: std::net::IpAddr,
+    timeout: Duration,
+    output: Output,
+) -> i32 {
+    match forge_inner(name, from, to, what, source, timeout) {
+        Ok(v) => {
+            match output {
+                Output::Json => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&v).expect("a forge result is JSON")
+                ),
+                Output::Table => {
+                    println!("{}", v["summary"].as_str().unwrap_or(""));
+                    for e in v["events"].as_array().into_iter().flatten() {
+                        println!(
+                            "  {} {} at {}: {}",
+                            e["verdict"].as_str().unwrap_or("?"),
+                            e["direction"].as_str().unwrap_or("?"),
+                            e["endpoint"].as_str().unwrap_or("?"),
+                            e["reason"].as_str().unwrap_or("?")
+                        );
+                    }
+                }
+            }
+            0
+        }
+        Err(e) => {
+            eprintln!("enforcer lab: error: {e:#}");
+            2
+        }
+    }
+}
+
+fn forge_inner(
+    name: &str,
+    from: &str,
+    to: &str,
+    what: &str,
+    source: std::net::IpAddr,
+    timeout: Duration,
+) -> Result<serde_json::Value> {
+    use crate::forge::{self, Forged, Sniffer};
+    let (kind, dst_port) = forge::parse_what(what)?;
+    need_root("`lab forge`")?;
+    let live = Live::open(name)?;
+    let plan = &live.plan;
+    let find = |s: &str| {
+        plan.endpoints()
+            .find(|ep| plan.name_of(*ep) == s)
+            .ok_or_else(|| anyhow!("lab {name} has no pod or host {s:?}"))
+    };
+    let (src_ep, dst_ep) = (find(from)?, find(to)?);
+    let Some(dst) = forge::target_for(&source, plan.ips_of(dst_ep)) else {
+        bail!("{to} has no address of the family of {source}");
+    };
+    let f = Forged {
+        src: source,
+        dst,
+        kind,
+        dst_port,
+        tag: 40_000 + (std::process::id() % 20_000) as u16,
+    };
+    let files: Vec<PathBuf> = plan
+        .nodes
+        .iter()
+        .map(|n| live.node_dir(&n.name).join("events.jsonl"))
+        .collect();
+    let offsets: Vec<u64> = files
+        .iter()
+        .map(|f| std::fs::metadata(f).map_or(0, |m| m.len()))
+        .collect();
+    let mut sniffer = Sniffer::open(&Netns::open(plan.netns_of(dst_ep))?, "eth0")?;
+    forge::send(&Netns::open(plan.netns_of(src_ep))?, &f)?;
+    let received = sniffer.saw(&f, timeout)?;
+    std::thread::sleep(Duration::from_millis(150));
+    let mut events = Vec::new();
+    for (file, off) in files.iter().zip(offsets) {
+        events.extend(read_from(file, off).into_iter().filter(|e| {
+            e["src"].as_str().and_then(|s| s.parse().ok()) == Some(f.src)
+                && e["dst"].as_str().and_then(|s| s.parse().ok()) == Some(f.dst)
+        }));
+    }
+    let port = if kind == forge::Kind::Echo {
+        String::new()
+    } else {
+        format!(":{dst_port}")
+    };
+    let summary = format!(
+        "{from} forged {} {source} > {dst}{port}: {} by {to}",
+        kind.name(),
+        if received { "RECEIVED" } else { "not received" }
+    );
+    Ok(serde_json::json!({
+        "from": from, "to": to, "protocol": kind.name(), "src": source.to_string(),
+        "dst": dst.to_string(), "dst_port": dst_port, "received": received,
+        "summary": summary, "events": events,
+    }))
 }
 
 /// The JSON lines of a file after `offset`.
