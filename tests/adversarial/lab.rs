@@ -168,8 +168,10 @@ fn drop_reason(events: &[Value], from: &str, f: &Forged) -> Option<String> {
                 && e["dst"].as_str().and_then(|s| s.parse::<IpAddr>().ok()) == Some(f.dst)
                 && e["endpoint"].as_str() == Some(from)
                 && e["protocol"] == protocol
-                // (An echo's identifier is not a port: same addresses and protocol suffice.)
-                && (f.kind == Kind::Echo || e["src_port"].as_u64() == Some(u64::from(f.tag)))
+                // An echo's identifier is not a port, and a packet refused for its address
+                // is not parsed to its ports (0): addresses and protocol tell those apart.
+                && (f.kind == Kind::Echo
+                    || [0, u64::from(f.tag)].contains(&e["src_port"].as_u64().unwrap_or(1)))
         })
         .map(|e| e["reason"].as_str().unwrap_or("?").to_string())
         .next()
