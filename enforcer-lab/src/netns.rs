@@ -14,10 +14,8 @@
 //!   of an IPv6 prefix when the lab uses IPv6); a pod's address in that prefix has the prefix's
 //!   length, so the pods of a node reach each other on-link through the bridge (no routing
 //!   between them, as on flannel); everything else goes via `cni0`'s address, resolved by ARP
-//!   and neighbour discovery. Each pod says hello to its gateway once (see
-//!   [`announce_bridge_pods`]) so the node's neighbour table and the bridge's forwarding
-//!   database know it before the agent starts, as they do once a real pod has made its first
-//!   DNS query.
+//!   and neighbour discovery. Nothing primes the node's neighbour table or the bridge's
+//!   forwarding database: the agent must find a quiet pod by itself.
 //! - `rp_filter` is off on every interface of every lab namespace, and nodes accept packets
 //!   with a local source address (`accept_local`): the kernel's own source checks would hide a
 //!   hole in the enforcer's (the enforcer must drop a forged source by itself).
@@ -440,8 +438,7 @@ pub async fn build(plan: &Plan, created: &mut Vec<String>) -> Result<()> {
     }
 
     // 8. Wait until the links carry traffic (see [`wait_links_ready`]).
-    wait_links_ready(plan, LINKS_READY_TIMEOUT).await?;
-    announce_bridge_pods(plan)
+    wait_links_ready(plan, LINKS_READY_TIMEOUT).await
 }
 
 /// Turns the reverse-path filter off on every interface of the calling thread's namespace.
@@ -544,35 +541,6 @@ pub fn pod_gateway(plan: &Plan, p: &PodPlan, dst: &IpAddr) -> Option<IpAddr> {
     } else {
         GATEWAY_V6.parse().expect("a literal address")
     })
-}
-
-/// Makes every bridge pod send one empty datagram to its gateway's discard port, per family:
-/// the pod resolves the gateway (ARP, neighbour solicitation), so the node's neighbour table
-/// holds the pod's address at its MAC and the bridge learns that MAC on the pod's port. On a
-/// real node the first DNS query does the same; the agent binds a quiet pod that never talked
-/// by soliciting it only if its address is in the bridge's prefix.
-pub fn announce_bridge_pods(plan: &Plan) -> Result<()> {
-    for p in &plan.pods {
-        let node = &plan.nodes[p.node];
-        if !node.is_bridge() {
-            continue;
-        }
-        let pairs: Vec<(IpAddr, IpAddr)> = p
-            .ips
-            .iter()
-            .filter_map(|ip| node.bridge_ip_for(ip).map(|gw| (*ip, gw)))
-            .collect();
-        Netns::open(&p.netns)?.run(move || {
-            for (src, gw) in pairs {
-                let sock = std::net::UdpSocket::bind((src, 0))
-                    .with_context(|| format!("binding {src}"))?;
-                sock.send_to(&[], (gw, 9))
-                    .with_context(|| format!("saying hello to the gateway {gw}"))?;
-            }
-            Ok(())
-        })?;
-    }
-    Ok(())
 }
 
 /// How long a new lab's links may take to come up (the kernel takes at most about a second).
