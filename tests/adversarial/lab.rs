@@ -177,6 +177,29 @@ fn drop_reason(events: &[Value], from: &str, f: &Forged) -> Option<String> {
         .next()
 }
 
+/// The kernel's reverse-path filter must not hide a hole in the enforcer: off on every
+/// interface of the nodes and the pods.
+fn assert_rp_filter_off(run: &Run) {
+    let nodes = run.plan.nodes.iter().map(|n| n.netns.clone());
+    let pods = run.plan.pods.iter().map(|p| p.netns.clone());
+    for ns in nodes.chain(pods) {
+        let on = enforcer_lab::netns::Netns::open(&ns)
+            .unwrap()
+            .run(|| {
+                let mut on = Vec::new();
+                for e in std::fs::read_dir("/proc/sys/net/ipv4/conf")? {
+                    let path = e?.path().join("rp_filter");
+                    if std::fs::read_to_string(&path)?.trim() != "0" {
+                        on.push(path.display().to_string());
+                    }
+                }
+                Ok(on)
+            })
+            .unwrap();
+        assert!(on.is_empty(), "{ns}: rp_filter on in {on:?}");
+    }
+}
+
 /// Sends every forgery from each attacker, and genuine packets from x/c and x/d; checks what
 /// b's eth0 saw and what node-1's agent reported.
 fn forged_sources_never_reach_b(cni: &str, attackers: &[&str]) {
@@ -184,6 +207,7 @@ fn forged_sources_never_reach_b(cni: &str, attackers: &[&str]) {
     require_root("the adversarial lab tests");
     let bridge = cni == "bridge";
     let mut run = Run::start(&scenario(cni), Source::Manifests);
+    assert_rp_filter_off(&run);
     let b_ns = run.ns("b");
     let mut sniffer = Sniffer::open(&b_ns, "eth0").expect("sniffing b's eth0");
     run.res.agents[0].mark_events();
