@@ -495,6 +495,12 @@ fn bridge_node_lines(plan: &Plan, ni: usize, any6: bool, lines: &mut Vec<String>
             lines.push(format!("link set {} addrgenmode none", p.host_if));
         }
         lines.push(format!("link set {} master {BRIDGE_IF}", p.host_if));
+        // Flannel's `hairpinMode: true`: a pod reaching itself through its Service gets the
+        // answer back through the port it came in by.
+        lines.push(format!(
+            "link set {} type bridge_slave hairpin on",
+            p.host_if
+        ));
         lines.push(format!("link set {} up", p.host_if));
         for ip in p.ips.iter().filter(|ip| !n.bridge_covers(ip)) {
             lines.push(format!(
