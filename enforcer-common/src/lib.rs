@@ -20,7 +20,17 @@ pub mod names {
     pub const MAP_IP_IDENTITY: &str = "IP_IDENTITY";
     pub const MAP_CIDR_IDENTITY: &str = "CIDR_IDENTITY";
     pub const MAP_POLICY: &str = "POLICY";
+    /// Unreplied and closing flows (LRU); the old single table's name and layout, so an
+    /// upgraded agent keeps the flows its predecessor tracked.
     pub const MAP_CONNTRACK: &str = "CONNTRACK";
+    /// Flows that have seen a reply: a plain hash, never evicted, per-endpoint budget.
+    pub const MAP_CT_ESTABLISHED: &str = "CT_ESTABLISHED";
+    /// Per interface: entries the datapath put into `CT_ESTABLISHED` (net of its own removals).
+    pub const MAP_CT_USED: &str = "CT_USED";
+    /// Per interface: entries the agent's garbage collector deleted from `CT_ESTABLISHED`.
+    pub const MAP_CT_FREED: &str = "CT_FREED";
+    /// `CtSettings`: the per-endpoint budget.
+    pub const MAP_CT_SETTINGS: &str = "CT_SETTINGS";
     pub const MAP_EVENTS: &str = "EVENTS";
     pub const MAP_CONFIG: &str = "CONFIG";
     pub const MAP_DROP_COUNTERS: &str = "DROP_COUNTERS";
@@ -33,12 +43,16 @@ pub mod names {
     pub const MAP_EVENT_LIMITS: &str = "EVENT_LIMITS";
     pub const MAP_DROP_REPORTS: &str = "DROP_REPORTS";
     /// Every map the agent pins, in a stable order.
-    pub const ALL_MAPS: [&str; 16] = [
+    pub const ALL_MAPS: [&str; 20] = [
         MAP_ENDPOINTS,
         MAP_IP_IDENTITY,
         MAP_CIDR_IDENTITY,
         MAP_POLICY,
         MAP_CONNTRACK,
+        MAP_CT_ESTABLISHED,
+        MAP_CT_USED,
+        MAP_CT_FREED,
+        MAP_CT_SETTINGS,
         MAP_EVENTS,
         MAP_CONFIG,
         MAP_DROP_COUNTERS,
@@ -59,7 +73,14 @@ pub mod capacity {
     pub const IP_IDENTITY: u32 = 262_144;
     pub const CIDR_IDENTITY: u32 = 65_536;
     pub const POLICY: u32 = 1_048_576;
+    /// Unreplied and closing flows (LRU: a flood of new flows evicts only these).
     pub const CONNTRACK: u32 = 262_144;
+    /// Flows that have seen a reply (never evicted; the garbage collector frees them).
+    pub const CT_ESTABLISHED: u32 = 262_144;
+    /// Interfaces with entries in `CT_ESTABLISHED` (per-endpoint accounting).
+    pub const CT_ENDPOINTS: u32 = 16_384;
+    /// Default per-endpoint budget of `CT_ESTABLISHED` entries (two per flow).
+    pub const CT_ENDPOINT_BUDGET: u32 = 65_536;
     pub const FRAGMENTS: u32 = 8192;
     pub const SERVICE_IPS: u32 = 65_536;
     pub const NAMES: u32 = 65_536;
@@ -336,29 +357,86 @@ impl CtKey {
 
 pub mod ct_flags {
     /// This entry is the reply side of the flow (the endpoint did not open it in this direction).
-    pub const REPLY: u32 = 1;
+    pub const REPLY: u16 = 1;
     /// Admitted only because of audit mode.
-    pub const AUDIT: u32 = 2;
+    pub const AUDIT: u16 = 2;
     /// A flow to a Service address, judged on the translated destination: a re-check cannot
     /// see that destination, so it keeps the flow (see docs/architecture.md).
-    pub const SERVICE: u32 = 4;
+    pub const SERVICE: u16 = 4;
+    /// TCP: a FIN was seen in this entry's direction (both directions: the flow is closing).
+    pub const FIN: u16 = 8;
 }
 
+/// Where a flow is in its life; both entries of a flow carry the same state. The lifetime the
+/// garbage collector gives an idle entry depends on it (and on TCP or not).
+pub mod ct_state {
+    /// Written by an agent before states existed (value 0 in the old `flags: u32`): treated as
+    /// established, promoted at its next reply.
+    pub const LEGACY: u8 = 0;
+    /// No reply seen yet (TCP: the SYN lifetime). Lives in the LRU.
+    pub const NEW: u8 = 1;
+    /// A reply was seen (TCP: handshake answered). Lives in `CT_ESTABLISHED`, or in the LRU
+    /// when the endpoint was at its budget.
+    pub const ESTABLISHED: u8 = 2;
+    /// TCP: RST seen, or FIN both ways. Moved back to the LRU (closing lifetime).
+    pub const CLOSING: u8 = 3;
+
+    pub const fn name(s: u8) -> &'static str {
+        match s {
+            LEGACY => "legacy",
+            NEW => "new",
+            ESTABLISHED => "established",
+            CLOSING => "closing",
+            _ => "unknown",
+        }
+    }
+}
+
+/// Value of `CONNTRACK` and `CT_ESTABLISHED`. The layout is the one the single-table datapath
+/// wrote (`created_ns`, `revision`, `flags: u32`, ...), with the high bytes of `flags` now
+/// holding `state` and `seen` (both 0 in old entries), so the pinned LRU is shared across an
+/// upgrade.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct CtValue {
-    /// bpf_ktime_get_ns() of creation.
-    pub created_ns: u64,
+    /// bpf_ktime_get_ns() (CLOCK_MONOTONIC) when the entry was created or changed state, or
+    /// when the garbage collector last found it `seen`: the entry is idle since about then.
+    pub last_ns: u64,
     /// Policy revision (`Config::revision`) the flow was last judged under; a packet that finds
     /// an older one has the flow judged again under the current policy.
     pub revision: u32,
     /// `ct_flags::*`.
-    pub flags: u32,
+    pub flags: u16,
+    /// `ct_state::*`.
+    pub state: u8,
+    /// Set by the datapath when a packet uses the entry, cleared by the garbage collector
+    /// (which then moves `last_ns` forward): a per-packet timestamp would dirty the entry's
+    /// cache line on every packet; this writes it once per collector pass at most.
+    pub seen: u8,
     /// The policy entry that admitted the flow (0 when not admitted by a rule).
     pub policy_id: u32,
     pub rule_index: u32,
 }
 const _: () = assert!(core::mem::size_of::<CtValue>() == 24);
+
+/// `CT_SETTINGS` array, index 0.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CtSettings {
+    /// `CT_ESTABLISHED` entries one interface may hold (0: `capacity::CT_ENDPOINT_BUDGET`); a
+    /// flow past it stays in the LRU.
+    pub endpoint_budget: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<CtSettings>() == 8);
+
+/// TCP header flags the datapath tracks.
+pub mod tcp_flags {
+    pub const FIN: u8 = 0x01;
+    pub const SYN: u8 = 0x02;
+    pub const RST: u8 = 0x04;
+    pub const ACK: u8 = 0x10;
+}
 
 // --- Configuration ----------------------------------------------------------------------------
 
@@ -472,8 +550,42 @@ pub mod counter {
     /// Drops not reported because the same flow's drop was reported within
     /// `Config::drop_report_window_ms` (a SYN retransmitted, a datagram resent).
     pub const EVENTS_REPEATED: u32 = super::reason::COUNT as u32 + 2;
+    /// Conntrack entries the datapath inserted into the `CONNTRACK` LRU (new flows, two each;
+    /// closing flows moved back from `CT_ESTABLISHED`).
+    pub const CT_INSERTED: u32 = super::reason::COUNT as u32 + 3;
+    /// Entries moved from the LRU to `CT_ESTABLISHED` when their flow saw a reply.
+    pub const CT_PROMOTED: u32 = super::reason::COUNT as u32 + 4;
+    /// Flows that saw a reply but stayed in the LRU: their endpoint was at its budget, or
+    /// `CT_ESTABLISHED` was full.
+    pub const CT_OVER_BUDGET: u32 = super::reason::COUNT as u32 + 5;
+    /// Entries of closing flows moved from `CT_ESTABLISHED` back to the LRU.
+    pub const CT_DEMOTED: u32 = super::reason::COUNT as u32 + 6;
+    /// Entries the datapath deleted (flows revoked by a policy change).
+    pub const CT_REVOKED: u32 = super::reason::COUNT as u32 + 7;
+    /// Expired entries the agent's garbage collector deleted from the LRU (written by the
+    /// agent, in CPU 0's slot).
+    pub const CT_GC_DELETED: u32 = super::reason::COUNT as u32 + 8;
+    /// Expired entries the garbage collector deleted from `CT_ESTABLISHED` (agent, CPU 0).
+    pub const CT_GC_DELETED_ESTABLISHED: u32 = super::reason::COUNT as u32 + 9;
     /// Number of slots.
-    pub const LEN: u32 = super::reason::COUNT as u32 + 3;
+    pub const LEN: u32 = super::reason::COUNT as u32 + 10;
+
+    /// The name of a slot after the reasons (`/metrics`, `maps dump`).
+    pub const fn name(i: u32) -> &'static str {
+        match i {
+            EVENTS_LOST => "events-lost",
+            EVENTS_SUPPRESSED => "events-suppressed",
+            EVENTS_REPEATED => "events-repeated",
+            CT_INSERTED => "ct-inserted",
+            CT_PROMOTED => "ct-promoted",
+            CT_OVER_BUDGET => "ct-over-budget",
+            CT_DEMOTED => "ct-demoted",
+            CT_REVOKED => "ct-revoked",
+            CT_GC_DELETED => "ct-gc-deleted",
+            CT_GC_DELETED_ESTABLISHED => "ct-gc-deleted-established",
+            _ => "unknown",
+        }
+    }
 }
 
 // --- Services ---------------------------------------------------------------------------------
@@ -705,6 +817,7 @@ mod user {
     unsafe impl aya::Pod for PolicyValue {}
     unsafe impl aya::Pod for CtKey {}
     unsafe impl aya::Pod for CtValue {}
+    unsafe impl aya::Pod for CtSettings {}
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for Event {}
     unsafe impl aya::Pod for FragKey {}

@@ -24,6 +24,8 @@
 //! in `enforcer::lookup`; the two must stay in step.
 #![no_std]
 #![no_main]
+// BPF inline assembly: the atomic add of conntrack accounting (see conntrack::atomic_add).
+#![feature(asm_experimental_arch)]
 mod conntrack;
 mod endpoint;
 mod events;
@@ -38,13 +40,13 @@ use aya_ebpf::{
     macros::classifier,
     programs::TcContext,
 };
-use enforcer_common::{Config, EndpointInfo, config_flags, direction, mode, reason, verdict};
+use enforcer_common::{Config, EndpointInfo, direction, mode, reason, verdict};
 
 use crate::{
-    conntrack::{admit, count_rule, recheck, remember_fragment},
+    conntrack::{MISS, admit, remember_fragment, track},
     endpoint::{NO_ENDPOINT, endpoint, mode_of, unknown_endpoint},
     events::{count, drop_packet, emit},
-    maps::{CONNTRACK, SCRATCH, SERVICE_IPS, config},
+    maps::{SCRATCH, SERVICE_IPS, config},
     parse::*,
     policy::{Why, audit, decide},
     service::{defer_to_service, service_egress},
@@ -136,28 +138,15 @@ fn judge(ctx: &TcContext, dir: u8, parsed: u8, pkt: &mut Packet) -> i32 {
     let slot = config.generation() as usize;
 
     // Conntrack first, before even the endpoint lookup: an established flow, a reply, or an ICMP
-    // error about one, admitted under the current policy revision, costs this one lookup.
+    // error about one, admitted under the current policy revision, costs one lookup.
     if parsed == PARSE_IP {
         let related = pkt.kind == KIND_ICMP_ERROR;
         // An error that does not travel between the ends of the flow it quotes is not about
         // that flow: it is judged as an ICMP packet of its own.
         if !related || error_matches(dir, pkt, slot) {
-            let ct_key = if related {
-                pkt.quoted
-                    .related_flow(pkt.flow.family)
-                    .ct_key(ifindex, dir)
-            } else {
-                pkt.flow.ct_key(ifindex, dir)
-            };
-            if let Some(ct) = CONNTRACK.get_ptr_mut(&ct_key) {
-                // SAFETY: a live LRU value; fields are read and written whole.
-                if unsafe { (*ct).revision } == config.revision {
-                    if config.flags & config_flags::RULE_COUNTERS_OFF == 0 {
-                        count_rule(ctx, unsafe { &*ct }, dir);
-                    }
-                    return PASS;
-                }
-                return recheck(ctx, ifindex, dir, pkt, related, &ct_key, ct, &config);
+            let v = track(ctx, ifindex, dir, pkt, related, &config);
+            if v != MISS {
+                return v;
             }
         }
     }
@@ -267,8 +256,7 @@ fn try_new_flow(
     if audited {
         emit(ctx, ep, ifindex, dir, &pkt.flow, &why, verdict::AUDIT);
     }
-    admit(ctx, ep, ifindex, dir, pkt, &why, config);
-    PASS
+    admit(ctx, ep, ifindex, dir, pkt, &why, config)
 }
 
 #[panic_handler]

@@ -26,9 +26,30 @@ pub(crate) static CIDR_IDENTITY: LpmTrie<IpAddrKey, IdentitySlots> =
 pub(crate) static POLICY: LpmTrie<PolicyKey, PolicyValue> =
     LpmTrie::with_max_entries(capacity::POLICY, 0);
 
+/// Flows without a reply yet, and closing flows: a flood of new flows evicts only these.
 #[map]
 pub(crate) static CONNTRACK: LruHashMap<CtKey, CtValue> =
     LruHashMap::with_max_entries(capacity::CONNTRACK, 0);
+
+/// Flows that have seen a reply: a plain hash (never evicted, and a cheaper lookup than the
+/// LRU's), emptied by the agent's garbage collector; each interface holds at most its budget.
+#[map]
+pub(crate) static CT_ESTABLISHED: HashMap<CtKey, CtValue> =
+    HashMap::with_max_entries(capacity::CT_ESTABLISHED, 0);
+
+/// Per interface: `CT_ESTABLISHED` entries the datapath added, net of those it removed itself
+/// (atomic adds; the datapath is the only writer).
+#[map]
+pub(crate) static CT_USED: HashMap<u32, u64> = HashMap::with_max_entries(capacity::CT_ENDPOINTS, 0);
+
+/// Per interface: `CT_ESTABLISHED` entries the agent's garbage collector deleted (the agent is
+/// the only writer). In use = `CT_USED` - `CT_FREED`.
+#[map]
+pub(crate) static CT_FREED: HashMap<u32, u64> =
+    HashMap::with_max_entries(capacity::CT_ENDPOINTS, 0);
+
+#[map]
+pub(crate) static CT_SETTINGS: Array<CtSettings> = Array::with_max_entries(1, 0);
 
 #[map]
 pub(crate) static FRAGMENTS: LruHashMap<FragKey, FragValue> =

@@ -204,6 +204,8 @@ pub(crate) struct Packet {
     pub(crate) icmp_type: u8,
     /// Target address of a neighbour solicitation or advertisement.
     pub(crate) nd_target: Addr,
+    /// TCP header flags (`tcp_flags::*`), 0 for other protocols and later fragments.
+    pub(crate) tcp_flags: u8,
     l4_off: usize,
     pub(crate) quoted: Quoted,
     /// The flow in the direction it was opened (re-checks of replies).
@@ -233,6 +235,8 @@ impl Packet {
             w(&mut self.is_fragment, 0);
             w(&mut self.is_first_fragment, 0);
             w(&mut self.frag_id, 0);
+            // Read for every packet by conntrack (TCP or not).
+            w(&mut self.tcp_flags, 0);
             w(&mut self.l4_off, 0);
         }
     }
@@ -450,6 +454,13 @@ pub(crate) fn parse_l4(ctx: &TcContext, pkt: &mut Packet) -> u8 {
         pkt.flow.sport_be = u16::from_ne_bytes([b[0], b[1]]);
         pkt.flow.dport_be = u16::from_ne_bytes([b[2], b[3]]);
         pkt.flow.has_ports = 1;
+        if proto == IPPROTO_TCP {
+            // Data offset, then the flags byte: conntrack follows SYN, FIN and RST.
+            let Ok(f) = read::<u16>(ctx, l4_off + 12) else {
+                return PARSE_MALFORMED;
+            };
+            pkt.tcp_flags = f.to_ne_bytes()[1];
+        }
     } else if proto == IPPROTO_ICMP || proto == IPPROTO_ICMPV6 {
         let Ok(h) = read::<u64>(ctx, l4_off) else {
             return PARSE_MALFORMED;
