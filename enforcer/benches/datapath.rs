@@ -5,8 +5,8 @@
 //! compiler for one node with 110 local endpoints, installs it with the real kernel edge, and
 //! measures, on one endpoint's ingress program:
 //! - `empty`: the baseline program that only returns;
-//! - `established`: a packet of a flow already in conntrack (one parse, one lookup, and the
-//!   per-rule packet and byte counter); `est-nc`: the same with per-rule counters off;
+//! - `established`: a packet (an ACK) of a flow that has been answered (one parse, one lookup,
+//!   and the per-rule packet and byte counter); `est-nc`: the same with per-rule counters off;
 //! - `new allowed`: the first packet of a new flow that a rule allows (parse, conntrack miss,
 //!   identity + CIDR + policy lookups, two conntrack inserts);
 //! - `new denied`: the first packet of a flow no rule allows (lookups, counter, drop event).
@@ -111,14 +111,17 @@ fn cluster(s: &Sizes) -> Result<Cluster> {
     Ok(c)
 }
 
-fn tcp_packet(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16) -> Vec<u8> {
+const SYN: u8 = 0x02;
+const ACK: u8 = 0x10;
+
+fn tcp_packet(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, flags: u8) -> Vec<u8> {
     let mut p = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2, 0x08, 0x00];
     p.extend_from_slice(&[0x45, 0, 0, 40, 0, 1, 0x40, 0, 64, 6, 0, 0]);
     p.extend_from_slice(&src.octets());
     p.extend_from_slice(&dst.octets());
     p.extend_from_slice(&sport.to_be_bytes());
     p.extend_from_slice(&dport.to_be_bytes());
-    p.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0]);
+    p.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
     p
 }
 
@@ -259,11 +262,18 @@ fn measure(s: &Sizes, samples: usize, repeat: u32, established_only: bool) -> Re
     let ((peer, port), denied_peer) = pick_flows(&state, ep.policy_set)?;
     let me = pod_ip(0);
 
-    let base = tcp_packet(peer, me, 40000, port);
+    // An established flow: its SYN, the answer (which moves it to the established table),
+    // then its packets, ACKs.
+    let syn = tcp_packet(peer, me, 40000, port, SYN);
+    let base = tcp_packet(peer, me, 40000, port, ACK);
     let empty_ns = repeated(&mut dp, Prog::Empty, &base, repeat, 5)?;
-    let first = dp.test_run(Prog::ToEndpoint, &base, 1)?;
+    let first = dp.test_run(Prog::ToEndpoint, &syn, 1)?;
     if first.verdict != TC_PASS {
         bail!("the allowed flow was dropped");
+    }
+    let answer = tcp_packet(me, peer, port, 40000, SYN | ACK);
+    if dp.test_run(Prog::FromEndpoint, &answer, 1)?.verdict != TC_PASS {
+        bail!("the allowed flow's answer was dropped");
     }
     let established_ns = repeated(&mut dp, Prog::ToEndpoint, &base, repeat, 5)?;
     let mut config = dp.config()?;
@@ -283,13 +293,13 @@ fn measure(s: &Sizes, samples: usize, repeat: u32, established_only: bool) -> Re
         &mut dp,
         Prog::ToEndpoint,
         // Distinct source ports across all rounds: every packet is a new flow.
-        (0..samples).map(|i| tcp_packet(peer, me, 1024 + (i % 60000) as u16, port)),
+        (0..samples).map(|i| tcp_packet(peer, me, 1024 + (i % 60000) as u16, port, SYN)),
         TC_PASS,
     )?;
     let new_denied_ns = singles(
         &mut dp,
         Prog::ToEndpoint,
-        (0..samples).map(|i| tcp_packet(denied_peer, me, 1024 + (i % 60000) as u16, port)),
+        (0..samples).map(|i| tcp_packet(denied_peer, me, 1024 + (i % 60000) as u16, port, SYN)),
         TC_DROP,
     )?;
     Ok(Row {

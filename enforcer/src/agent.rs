@@ -65,6 +65,12 @@ pub struct AgentOptions {
     pub health_addr: Option<std::net::SocketAddr>,
     /// Hold pod interfaces whose pod is not known yet fail-closed.
     pub default_deny_unknown: bool,
+    /// Idle lifetimes of conntrack entries, by state.
+    pub ct_lifetimes: crate::conntrack::Lifetimes,
+    /// How often the conntrack garbage collector runs (its own thread).
+    pub ct_gc_interval: Duration,
+    /// `CT_ESTABLISHED` entries each interface may hold.
+    pub ct_endpoint_budget: u32,
 }
 
 /// What the agent reports in `--status-file` after every reconcile.
@@ -747,14 +753,8 @@ impl Agent {
             for (i, n) in counters.iter().enumerate() {
                 let name = if i < reason::COUNT {
                     reason::name(i as u8)
-                } else if i as u32 == enforcer_common::counter::EVENTS_LOST {
-                    "events-lost"
-                } else if i as u32 == enforcer_common::counter::EVENTS_SUPPRESSED {
-                    "events-suppressed"
-                } else if i as u32 == enforcer_common::counter::EVENTS_REPEATED {
-                    "events-repeated"
                 } else {
-                    continue;
+                    enforcer_common::counter::name(i as u32)
                 };
                 if name == "unknown" {
                     continue;
@@ -1035,6 +1035,22 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
     datapath
         .set_drop_report_window(opts.drop_report_window)
         .context("writing the drop report window")?;
+    datapath
+        .set_ct_settings(enforcer_common::CtSettings {
+            endpoint_budget: opts.ct_endpoint_budget,
+            _pad: 0,
+        })
+        .context("writing the conntrack settings")?;
+    // The garbage collector walks the conntrack tables on a thread of its own, with its own
+    // handles: the reconcile loop never waits for a walk.
+    let collector = crate::conntrack::Collector {
+        tables: datapath
+            .ct_tables()
+            .context("opening the conntrack tables")?,
+        lifetimes: opts.ct_lifetimes,
+    };
+    crate::conntrack::spawn(collector, opts.ct_gc_interval, health.clone())
+        .context("starting the conntrack garbage collector")?;
     // Continue the revision of the agent before us (pinned), so that conntrack entries it
     // admitted are re-checked under our first install rather than mistaken for current.
     let revision = datapath
@@ -1156,10 +1172,6 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
                 if let Err(e) = agent.repair_drift() {
                     error!("resync: {e:#}");
                     agent.health.metrics.error("resync");
-                }
-                // Counting conntrack walks the whole LRU (a syscall per entry): only this often.
-                if let Ok(n) = agent.datapath.conntrack_len() {
-                    agent.health.metrics.set_map_entries("conntrack", n);
                 }
             }
         }

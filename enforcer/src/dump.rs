@@ -9,6 +9,7 @@ use enforcer_common::{NameKey, direction, identity, mode, name_kind, policy_pref
 use serde::Serialize;
 
 use crate::agent::{addr_from_bytes, protocol_name};
+use crate::bpf::ct::CtSummary;
 use crate::compiler::{Compiled, IdentityInfo};
 use crate::state::MapState;
 
@@ -93,7 +94,7 @@ struct Dump {
     identities: Vec<IdentityRow>,
     cidrs: Vec<CidrRow>,
     policy: Vec<PolicyRow>,
-    conntrack_entries: usize,
+    conntrack: CtSummary,
     /// New-flow verdicts by reason (drops and allows), and events lost to a full ring buffer.
     verdicts: Vec<(String, u64)>,
     /// Packets and bytes of the flows each rule admitted (both directions of each flow).
@@ -182,7 +183,7 @@ fn name(names: &Names, kind: u32, id: u32) -> Option<String> {
     names.get(&NameKey { kind, id }).cloned()
 }
 
-fn build(state: &MapState, conntrack_entries: usize, drops: &[u64], names: &Names) -> Dump {
+fn build(state: &MapState, conntrack: &CtSummary, drops: &[u64], names: &Names) -> Dump {
     Dump {
         endpoints: state
             .endpoints
@@ -257,18 +258,17 @@ fn build(state: &MapState, conntrack_entries: usize, drops: &[u64], names: &Name
                 }
             })
             .collect(),
-        conntrack_entries,
+        conntrack: conntrack.clone(),
         rules: Vec::new(),
         verdicts: drops
             .iter()
             .enumerate()
             .filter(|(_, n)| **n > 0)
             .map(|(r, n)| {
-                let name = match r as u32 {
-                    enforcer_common::counter::EVENTS_LOST => "events-lost".to_string(),
-                    enforcer_common::counter::EVENTS_SUPPRESSED => "events-suppressed".to_string(),
-                    enforcer_common::counter::EVENTS_REPEATED => "events-repeated".to_string(),
-                    _ => reason::name(r as u8).to_string(),
+                let name = if r < reason::COUNT {
+                    reason::name(r as u8).to_string()
+                } else {
+                    enforcer_common::counter::name(r as u32).to_string()
                 };
                 (name, *n)
             })
@@ -291,13 +291,13 @@ pub enum Section {
 /// section.
 pub fn render(
     state: &MapState,
-    conntrack_entries: usize,
+    conntrack: &CtSummary,
     counters: &Counters,
     names: &Names,
     format: Format,
     only: Option<Section>,
 ) -> String {
-    let mut d = build(state, conntrack_entries, &counters.verdicts, names);
+    let mut d = build(state, conntrack, &counters.verdicts, names);
     d.rules = counters
         .rules
         .iter()
@@ -325,7 +325,7 @@ pub fn render(
                     Section::Identities => "identities",
                     Section::Cidrs => "cidrs",
                     Section::Policy => "policy",
-                    Section::Conntrack => "conntrack_entries",
+                    Section::Conntrack => "conntrack",
                     Section::Counters => {
                         return serde_json::to_string_pretty(&serde_json::json!({
                             "verdicts": v["verdicts"], "rules": v["rules"],
@@ -367,7 +367,7 @@ pub fn render(
         render_policy(&mut s, &d);
     }
     if want(Section::Conntrack) {
-        let _ = writeln!(s, "CONNTRACK ENTRIES {}\n", d.conntrack_entries);
+        render_conntrack(&mut s, &d.conntrack);
     }
     if want(Section::Counters) {
         let _ = writeln!(s, "VERDICTS (new flows, by reason)");
@@ -388,6 +388,39 @@ pub fn render(
         }
     }
     s.trim_end().to_string() + "\n"
+}
+
+fn render_conntrack(s: &mut String, c: &CtSummary) {
+    let _ = writeln!(
+        s,
+        "CONNTRACK ENTRIES {}\n  unreplied/closing (LRU)  {}\n  established (no eviction) {}",
+        c.total(),
+        c.lru_entries,
+        c.established_entries
+    );
+    for (state, n) in &c.by_state {
+        let _ = writeln!(s, "  state {state:<19} {n}");
+    }
+    let _ = writeln!(
+        s,
+        "  inserted {}  promoted {}  over-budget {}  demoted {}  revoked {}\n  \
+         gc-deleted {} (established {})  evicted {}",
+        c.inserted,
+        c.promoted,
+        c.over_budget,
+        c.demoted,
+        c.revoked,
+        c.gc_deleted,
+        c.gc_deleted_established,
+        c.evicted
+    );
+    if !c.in_use.is_empty() {
+        let _ = writeln!(s, "  {:<8} ESTABLISHED ENTRIES IN USE", "IFINDEX");
+        for (ifindex, n) in &c.in_use {
+            let _ = writeln!(s, "  {ifindex:<8} {n}");
+        }
+    }
+    s.push('\n');
 }
 
 fn render_endpoints(s: &mut String, d: &Dump) {
@@ -461,13 +494,13 @@ pub fn dump(bpffs: &Path, format: Format, only: Option<Section>) -> Result<Strin
         )
     })?;
     let state = pinned.read_state()?;
-    let ct = pinned.conntrack_len()?;
+    let ct = pinned.conntrack()?;
     let counters = Counters {
         verdicts: pinned.counters()?,
         rules: pinned.rule_counters()?,
     };
     let names = pinned.names()?;
-    Ok(render(&state, ct, &counters, &names, format, only))
+    Ok(render(&state, &ct, &counters, &names, format, only))
 }
 
 #[cfg(test)]
@@ -528,7 +561,12 @@ mod tests {
                 endpoint_id: 1,
             },
         );
-        let all = render(&st, 5, &counters, &names, Format::Table, None);
+        let ct = CtSummary {
+            lru_entries: 3,
+            established_entries: 2,
+            ..Default::default()
+        };
+        let all = render(&st, &ct, &counters, &names, Format::Table, None);
         assert!(all.contains("x {pod=a}"), "identities are named:\n{all}");
         for head in [
             "ENDPOINTS",
@@ -536,6 +574,7 @@ mod tests {
             "CIDR PARTITION",
             "POLICY ENTRIES",
             "CONNTRACK ENTRIES 5",
+            "established (no eviction) 2",
             "no-rule-allows       3",
             "ingress  1     12           3400         x/allow-web",
         ] {
@@ -543,7 +582,7 @@ mod tests {
         }
         let ep = render(
             &st,
-            5,
+            &ct,
             &counters,
             &names,
             Format::Table,
@@ -555,7 +594,7 @@ mod tests {
         );
         let json = render(
             &st,
-            5,
+            &ct,
             &counters,
             &names,
             Format::Json,

@@ -9,6 +9,7 @@
 //! - [`lookup`]: the datapath's decision evaluated over a map state (pure);
 //! - [`reference`]: the spec read literally, to test the compiler against (pure);
 //! - [`bpf`]: the kernel edge: load, pin, attach, install diffs, read events;
+//! - [`conntrack`]: the conntrack garbage collector (its own thread);
 //! - [`discover`]: local pod interfaces and node addresses; [`binding`]: which interface is a
 //!   pod's (pure), from the addresses its peer holds ([`peers`]);
 //! - [`agent`]: `enforcer run`; [`dump`]: `enforcer maps dump`; [`explain`]: `enforcer explain`;
@@ -18,6 +19,7 @@ pub mod agent;
 pub mod binding;
 pub mod bpf;
 pub mod compiler;
+pub mod conntrack;
 pub mod discover;
 pub mod dump;
 pub mod events;

@@ -127,6 +127,26 @@ struct RunArgs {
     /// Emit no events at all; verdicts are still counted (`maps dump counters`, /metrics).
     #[arg(long, conflicts_with = "events_on_allow")]
     no_events: bool,
+    /// Conntrack: how long an idle established TCP flow is kept (e.g. 21600s, 6h).
+    #[arg(long, default_value = "6h", value_parser = parse_lifetime)]
+    ct_tcp_established_timeout: Duration,
+    /// Conntrack: how long a TCP flow whose SYN was not answered is kept.
+    #[arg(long, default_value = "60s", value_parser = parse_lifetime)]
+    ct_tcp_syn_timeout: Duration,
+    /// Conntrack: how long a closing TCP flow (RST, or FIN both ways) is kept.
+    #[arg(long, default_value = "10s", value_parser = parse_lifetime)]
+    ct_tcp_close_timeout: Duration,
+    /// Conntrack: how long an idle non-TCP flow (UDP, SCTP, ICMP) is kept.
+    #[arg(long, default_value = "60s", value_parser = parse_lifetime)]
+    ct_other_timeout: Duration,
+    /// How often the conntrack garbage collector walks the tables (on its own thread).
+    #[arg(long, default_value = "10s", value_parser = parse_lifetime)]
+    ct_gc_interval: Duration,
+    /// Conntrack entries (two per flow) each pod interface may hold among the flows that have
+    /// seen a reply, which a flood of new flows cannot evict; past it a flow is tracked in the
+    /// LRU with the unreplied ones.
+    #[arg(long, default_value_t = enforcer_common::capacity::CT_ENDPOINT_BUDGET)]
+    ct_endpoint_budget: u32,
     /// How often to re-read interfaces, routes and neighbours regardless of netlink events,
     /// in milliseconds (a safety net: netlink reports changes as they happen).
     #[arg(long, default_value_t = 2000)]
@@ -292,6 +312,14 @@ fn main() -> ExitCode {
                 event_rate: a.event_rate,
                 event_burst: a.event_burst,
                 rescan: Duration::from_millis(a.rescan_ms.max(50)),
+                ct_lifetimes: enforcer::conntrack::Lifetimes {
+                    tcp_established: a.ct_tcp_established_timeout,
+                    tcp_syn: a.ct_tcp_syn_timeout,
+                    tcp_close: a.ct_tcp_close_timeout,
+                    other: a.ct_other_timeout,
+                },
+                ct_gc_interval: a.ct_gc_interval,
+                ct_endpoint_budget: a.ct_endpoint_budget,
             };
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
@@ -342,5 +370,25 @@ fn print_or_fail(r: anyhow::Result<String>) -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// A conntrack lifetime or interval: `500ms`, `60s`, `10m`, `6h`, or plain seconds.
+fn parse_lifetime(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let (num, scale) = if let Some(n) = t.strip_suffix("ms") {
+        (n, 0.001)
+    } else if let Some(n) = t.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = t.strip_suffix('m') {
+        (n, 60.0)
+    } else if let Some(n) = t.strip_suffix('h') {
+        (n, 3600.0)
+    } else {
+        (t, 1.0)
+    };
+    match num.trim().parse::<f64>() {
+        Ok(v) if v > 0.0 && v.is_finite() => Ok(Duration::from_secs_f64(v * scale)),
+        _ => Err(format!("{s:?} is not a duration like 10s, 5m or 6h")),
     }
 }

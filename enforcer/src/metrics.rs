@@ -35,6 +35,8 @@ pub struct Metrics {
     /// Entries per map (logical: endpoints, identities, CIDR cells, policy entries) and
     /// conntrack.
     pub map_entries: Family<Labels, Gauge>,
+    /// Conntrack entries by state, both tables (the garbage collector's count, each pass).
+    pub conntrack_entries: Family<Labels, Gauge>,
     /// From noticing a change (an API event, a manifest write, an interface) to the maps
     /// holding it.
     pub programming_seconds: Histogram,
@@ -76,6 +78,12 @@ impl Default for Metrics {
         );
         let map_entries = Family::<Labels, Gauge>::default();
         registry.register("map_entries", "Entries per map", map_entries.clone());
+        let conntrack_entries = Family::<Labels, Gauge>::default();
+        registry.register(
+            "conntrack_entries",
+            "Conntrack entries by state (new, established, closing), counted by the garbage collector",
+            conntrack_entries.clone(),
+        );
         let programming_seconds = Histogram::new([
             0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0,
         ]);
@@ -143,6 +151,7 @@ impl Default for Metrics {
             errors,
             source_events,
             map_entries,
+            conntrack_entries,
             programming_seconds,
             drift_repaired,
             datapath,

@@ -20,8 +20,9 @@ use aya::programs::tc::{SchedClassifierLink, TcAttachOptions};
 use aya::programs::{LinkOrder, SchedClassifier, TcAttachType, TestRun, TestRunOptions};
 use aya::{Ebpf, EbpfLoader, Pod};
 use enforcer_common::{
-    Config, CtKey, CtValue, EndpointValue, Event, EventBucket, EventLimit, IdentitySlots,
-    IpAddrKey, NameKey, NameValue, PolicyValue, RuleCounter, RuleCounterKey, counter, names,
+    Config, CtKey, CtSettings, CtValue, EndpointValue, Event, EventBucket, EventLimit,
+    IdentitySlots, IpAddrKey, NameKey, NameValue, PolicyValue, RuleCounter, RuleCounterKey,
+    counter, names,
 };
 use thiserror::Error;
 use tokio::io::unix::AsyncFd;
@@ -29,6 +30,8 @@ use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 use crate::state::{Lpm, MapState, PhysState, PhysWrite};
+
+pub mod ct;
 
 /// The eBPF object, built by `cargo xtask build-ebpf` and embedded by build.rs.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("ENFORCER_BPF_OBJECT_PATH"));
@@ -209,6 +212,7 @@ impl Datapath {
             .iter()
             .map(|n| (*n, bpffs.join(n)))
             .collect();
+        replace_incompatible_pins(&paths);
         let mut loader = EbpfLoader::new();
         for (n, p) in &paths {
             loader.map_pin_path(n, p.as_path());
@@ -217,6 +221,16 @@ impl Datapath {
             .load(OBJECT)
             .map_err(|e| BpfError::Load(Box::new(e)))?;
         Self::finish(ebpf, Some(bpffs.to_path_buf()))
+    }
+
+    /// Writes the conntrack settings the datapath reads (the per-endpoint budget).
+    pub fn set_ct_settings(&mut self, s: CtSettings) -> Result<()> {
+        ct::set_settings(self.map_mut(names::MAP_CT_SETTINGS)?, s)
+    }
+
+    /// Own handles on the conntrack tables, for the garbage collector's thread.
+    pub fn ct_tables(&self) -> Result<ct::CtTables> {
+        ct::CtTables::open(|n| self.map(n))
     }
 
     /// Loads the embedded object without pins: private maps, for tests and benchmarks.
@@ -730,24 +744,31 @@ impl Datapath {
         a.get(&0, 0).map_err(map_err(names::MAP_CONFIG))
     }
 
-    /// Number of conntrack entries.
+    /// Number of conntrack entries, both tables (a walk: tests and dumps).
     pub fn conntrack_len(&self) -> Result<usize> {
-        conntrack_len(self.map(names::MAP_CONNTRACK)?)
+        Ok(self.conntrack()?.len())
     }
 
-    /// Conntrack entries (tests, dumps).
+    /// Conntrack entries, both tables: `CT_ESTABLISHED`'s, then the LRU's (tests, dumps).
     pub fn conntrack(&self) -> Result<Vec<(CtKey, CtValue)>> {
-        hash_entries(self.map(names::MAP_CONNTRACK)?, names::MAP_CONNTRACK)
+        let t = self.ct_tables()?;
+        let mut v = t.entries(ct::Table::Established)?;
+        v.extend(t.entries(ct::Table::Lru)?);
+        Ok(v)
     }
 
-    /// Empties conntrack (tests and benchmarks that need the next packet to be a new flow).
+    /// Empties conntrack and its accounting (tests and benchmarks that need the next packet
+    /// to be a new flow).
     pub fn clear_conntrack(&mut self) -> Result<()> {
-        let keys: Vec<CtKey> = self.conntrack()?.into_iter().map(|(k, _)| k).collect();
-        let mut m: BpfHashMap<&mut MapData, CtKey, CtValue> =
-            BpfHashMap::try_from(self.map_mut(names::MAP_CONNTRACK)?)
-                .map_err(map_err(names::MAP_CONNTRACK))?;
-        for k in keys {
-            ignore_missing(m.remove(&k)).map_err(map_err(names::MAP_CONNTRACK))?;
+        let mut t = self.ct_tables()?;
+        for table in [ct::Table::Established, ct::Table::Lru] {
+            for (k, _) in t.entries(table)? {
+                t.delete(table, &k)?;
+            }
+        }
+        let (used, freed) = t.accounting()?;
+        for ifindex in used.keys().chain(freed.keys()) {
+            t.forget(*ifindex)?;
         }
         Ok(())
     }
@@ -1054,12 +1075,6 @@ fn read_phys<'a>(map: impl Fn(&'static str) -> Result<&'a Map>) -> Result<PhysSt
     })
 }
 
-fn conntrack_len(m: &Map) -> Result<usize> {
-    let m: BpfHashMap<&MapData, CtKey, CtValue> =
-        BpfHashMap::try_from(m).map_err(map_err(names::MAP_CONNTRACK))?;
-    Ok(m.keys().filter(|k| k.is_ok()).count())
-}
-
 fn counters(m: &Map) -> Result<Vec<u64>> {
     let a: PerCpuArray<&MapData, u64> =
         PerCpuArray::try_from(m).map_err(map_err(names::MAP_DROP_COUNTERS))?;
@@ -1070,6 +1085,48 @@ fn counters(m: &Map) -> Result<Vec<u64>> {
                 .map_err(map_err(names::MAP_DROP_COUNTERS))
         })
         .collect()
+}
+
+/// Removes the pins of maps whose layout (key, value, capacity) is not this object's, so the
+/// loader creates them anew rather than handing the programs a map they cannot use: an upgrade
+/// that changes a map replaces its pin (the old map lives on, for the old programs, until the
+/// links are swapped). Maps whose layout is unchanged keep their pins and their entries.
+fn replace_incompatible_pins(paths: &[(&'static str, PathBuf)]) {
+    let obj = match aya_obj::Object::parse(OBJECT) {
+        Ok(o) => o,
+        Err(e) => {
+            warn!("reading the map definitions of the eBPF object: {e}");
+            return;
+        }
+    };
+    for (name, path) in paths {
+        let Some(want) = obj.maps.get(*name) else {
+            continue;
+        };
+        let Ok(pinned) = MapData::from_pin(path) else {
+            continue;
+        };
+        let Ok(info) = pinned.info() else {
+            continue;
+        };
+        let same = info.key_size() == want.key_size()
+            && info.value_size() == want.value_size()
+            && info.max_entries() == want.max_entries();
+        if !same {
+            warn!(
+                map = name,
+                "the pinned map's layout (key {} B, value {} B, {} entries) is not this version's \
+                 (key {} B, value {} B, {} entries): replacing the pin",
+                info.key_size(),
+                info.value_size(),
+                info.max_entries(),
+                want.key_size(),
+                want.value_size(),
+                want.max_entries()
+            );
+            let _ = std::fs::remove_file(path);
+        }
+    }
 }
 
 fn rule_counters(m: &Map) -> Result<BTreeMap<RuleCounterKey, RuleCounter>> {
@@ -1103,6 +1160,9 @@ impl PinnedMaps {
             names::MAP_CIDR_IDENTITY,
             names::MAP_POLICY,
             names::MAP_CONNTRACK,
+            names::MAP_CT_ESTABLISHED,
+            names::MAP_CT_USED,
+            names::MAP_CT_FREED,
             names::MAP_DROP_COUNTERS,
             names::MAP_SERVICE_IPS,
             names::MAP_CONFIG,
@@ -1124,8 +1184,9 @@ impl PinnedMaps {
         Ok(read_phys(|n| self.map(n))?.logical())
     }
 
-    pub fn conntrack_len(&self) -> Result<usize> {
-        conntrack_len(self.map(names::MAP_CONNTRACK)?)
+    /// What the conntrack tables hold, and their counters (walks both tables).
+    pub fn conntrack(&self) -> Result<ct::CtSummary> {
+        ct::CtSummary::read(&ct::CtTables::open(|n| self.map(n))?)
     }
 
     /// Counters by `reason::*` (then the datapath's own), summed over CPUs.
