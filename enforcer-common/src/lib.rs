@@ -14,6 +14,8 @@ pub mod names {
     pub const PROG_TO_ENDPOINT: &str = "to_endpoint";
     /// TC egress of the node's own interfaces: judges deferred Service egress on its way out.
     pub const PROG_TO_NETWORK: &str = "to_network";
+    /// `to_network` for L3 devices, whose packets have no link-layer header (tunl0, WireGuard).
+    pub const PROG_TO_NETWORK_L3: &str = "to_network_l3";
     /// A program that only returns "pass": the baseline of the datapath benchmark.
     pub const PROG_EMPTY: &str = "empty";
     pub const MAP_ENDPOINTS: &str = "ENDPOINTS";
@@ -42,8 +44,12 @@ pub mod names {
     pub const MAP_RULE_COUNTERS: &str = "RULE_COUNTERS";
     pub const MAP_EVENT_LIMITS: &str = "EVENT_LIMITS";
     pub const MAP_DROP_REPORTS: &str = "DROP_REPORTS";
+    pub const MAP_SERVICE_BACKENDS: &str = "SERVICE_BACKENDS";
+    pub const MAP_SERVICE_FLOWS: &str = "SERVICE_FLOWS";
+    pub const MAP_SERVICE_DEFERRALS: &str = "SERVICE_DEFERRALS";
+    pub const MAP_SERVICE_CONFIG: &str = "SERVICE_CONFIG";
     /// Every map the agent pins, in a stable order.
-    pub const ALL_MAPS: [&str; 20] = [
+    pub const ALL_MAPS: [&str; 24] = [
         MAP_ENDPOINTS,
         MAP_IP_IDENTITY,
         MAP_CIDR_IDENTITY,
@@ -64,6 +70,10 @@ pub mod names {
         MAP_RULE_COUNTERS,
         MAP_EVENT_LIMITS,
         MAP_DROP_REPORTS,
+        MAP_SERVICE_BACKENDS,
+        MAP_SERVICE_FLOWS,
+        MAP_SERVICE_DEFERRALS,
+        MAP_SERVICE_CONFIG,
     ];
 }
 
@@ -84,7 +94,17 @@ pub mod capacity {
     pub const FRAGMENTS: u32 = 8192;
     pub const SERVICE_IPS: u32 = 65_536;
     pub const NAMES: u32 = 65_536;
-    pub const PENDING: u32 = 65_536;
+    /// Outstanding Service deferrals: room for every endpoint's budget twice over (a budget
+    /// window can start while the last one's deferrals are still live), so no endpoint's
+    /// deferrals are ever evicted by another's (see `ServiceConfig`).
+    pub const PENDING: u32 = ENDPOINTS * 2 * SERVICE_DEFER_BUDGET_MAX;
+    /// The most outstanding Service deferrals an endpoint may be given per window.
+    pub const SERVICE_DEFER_BUDGET_MAX: u32 = 16;
+    /// (Service address, port, protocol, backend address, port) of Services whose verdict is
+    /// deferred for some endpoint.
+    pub const SERVICE_BACKENDS: u32 = 65_536;
+    /// Service flows admitted after the DNAT: the backend each was judged on.
+    pub const SERVICE_FLOWS: u32 = 65_536;
     /// Flows whose last drop was reported (see `Config::drop_report_window_ms`).
     pub const DROP_REPORTS: u32 = 65_536;
     /// (policy, rule, direction) triples with traffic counted.
@@ -194,6 +214,10 @@ pub mod identity {
     pub const FIRST_LABEL: u32 = 256;
     /// First CIDR identity; CIDR identities have this bit set.
     pub const CIDR_FLAG: u32 = 1 << 24;
+    /// Service identities (one per Service address, the value of `SERVICE_IPS`) have this bit
+    /// set. They are never an address's identity: only the Service lookup of a new flow to a
+    /// Service address uses them (see `POLICY_ACTION_DEFER`).
+    pub const SERVICE_FLAG: u32 = 1 << 25;
 }
 
 /// A 16-byte address; IPv4 is IPv4-mapped. Key of `IP_IDENTITY` and data of `CIDR_IDENTITY`.
@@ -295,6 +319,15 @@ pub mod policy_prefix {
 
 pub const POLICY_ACTION_ALLOW: u8 = 1;
 pub const POLICY_ACTION_DENY: u8 = 2;
+/// Under a Service identity only: the endpoint's egress allows some of the Service port's
+/// backends and not others, so the verdict waits for the translated packet (`PENDING`).
+/// (`POLICY_ACTION_ALLOW` there means every backend is allowed; no entry, none is.)
+pub const POLICY_ACTION_DEFER: u8 = 3;
+/// Under a Service identity only: the verdict depends on the backend, and a backend the
+/// endpoint may not reach is one no program meets once translated (the node's own address:
+/// a host-networked backend), or the backends are unknown (a Service without a selector): the
+/// flow is dropped as `SERVICE_UNBOUND` rather than passed unjudged.
+pub const POLICY_ACTION_UNBOUND: u8 = 4;
 
 /// Value of a `POLICY` entry: the verdict, and the policy and rule that produced it.
 #[repr(C)]
@@ -360,8 +393,8 @@ pub mod ct_flags {
     pub const REPLY: u16 = 1;
     /// Admitted only because of audit mode.
     pub const AUDIT: u16 = 2;
-    /// A flow to a Service address, judged on the translated destination: a re-check cannot
-    /// see that destination, so it keeps the flow (see docs/architecture.md).
+    /// A flow to a Service address (the tuple the endpoint sent): a re-check judges it as
+    /// the Service lookup does (every backend, or the backend in `SERVICE_FLOWS`).
     pub const SERVICE: u16 = 4;
     /// TCP: a FIN was seen in this entry's direction (both directions: the flow is closing).
     pub const FIN: u16 = 8;
@@ -590,9 +623,10 @@ pub mod counter {
 
 // --- Services ---------------------------------------------------------------------------------
 
-/// `PENDING` LRU key: a new flow from a local endpoint to a Service address, whose egress is
-/// judged after kube-proxy's DNAT, where the real destination is known. DNAT keeps the source
-/// address, port and protocol, so they find the flow again on the far side of netfilter.
+/// `PENDING` LRU key: a new flow from a local endpoint to a Service port whose backends its
+/// egress policy partly allows (`POLICY_ACTION_DEFER`): judged after kube-proxy's DNAT, where
+/// the backend is known. DNAT keeps the source address, port and protocol, so they find the
+/// flow again on the far side of netfilter.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PendingKey {
@@ -603,9 +637,14 @@ pub struct PendingKey {
 }
 const _: () = assert!(core::mem::size_of::<PendingKey>() == 20);
 
+/// A deferral: only a packet to one of the Service port's backends (`SERVICE_BACKENDS`) that
+/// the endpoint did not send there itself (no conntrack entry at the sender) may claim it, and
+/// only within `ServiceConfig::defer_ms` of `created_ns`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PendingValue {
+    /// bpf_ktime_get_ns() of the deferral.
+    pub created_ns: u64,
     /// The Service address and port the endpoint sent to.
     pub daddr: [u8; 16],
     pub dport_be: u16,
@@ -613,7 +652,62 @@ pub struct PendingValue {
     /// Interface of the sending endpoint.
     pub ifindex: u32,
 }
-const _: () = assert!(core::mem::size_of::<PendingValue>() == 24);
+const _: () = assert!(core::mem::size_of::<PendingValue>() == 32);
+
+/// `SERVICE_BACKENDS` hash key: one backend of one Service port (value: 1). Written by the
+/// agent for the Service ports some local endpoint has a deferred verdict for.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceBackendKey {
+    pub service_addr: [u8; 16],
+    pub backend_addr: [u8; 16],
+    pub service_port_be: u16,
+    pub backend_port_be: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(core::mem::size_of::<ServiceBackendKey>() == 40);
+
+/// `SERVICE_FLOWS` LRU value (key: the `CtKey` the endpoint sent, at its interface): the
+/// backend a deferred Service flow was judged on, so a policy change judges it again.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceFlowValue {
+    pub backend_addr: [u8; 16],
+    pub backend_port_be: u16,
+    pub _pad: u16,
+}
+const _: () = assert!(core::mem::size_of::<ServiceFlowValue>() == 20);
+
+/// `SERVICE_DEFERRALS` LRU value (key: ifindex): an endpoint's deferral budget. At most
+/// `ServiceConfig::budget` deferrals outstanding per window of `defer_ms` (a claim gives its
+/// place back); past it the endpoint's new deferred flows drop as `SERVICE_UNBOUND`, and no
+/// other endpoint's deferral is touched.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DeferralBudget {
+    pub window_start_ns: u64,
+    pub outstanding: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<DeferralBudget>() == 16);
+
+/// `SERVICE_CONFIG` array, index 0 (0 in a field: its default).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceConfig {
+    /// How long a deferral waits for its translated packet (default 1000 ms).
+    pub defer_ms: u32,
+    /// Deferrals an endpoint may have outstanding per window (default and at most
+    /// `capacity::SERVICE_DEFER_BUDGET_MAX`).
+    pub budget: u32,
+}
+const _: () = assert!(core::mem::size_of::<ServiceConfig>() == 8);
+
+pub mod service_defaults {
+    pub const DEFER_MS: u32 = 1000;
+    pub const BUDGET: u32 = super::capacity::SERVICE_DEFER_BUDGET_MAX;
+}
 
 // --- Names ------------------------------------------------------------------------------------
 
@@ -827,6 +921,10 @@ mod user {
     unsafe impl aya::Pod for NameKey {}
     unsafe impl aya::Pod for NameValue {}
     unsafe impl aya::Pod for PendingValue {}
+    unsafe impl aya::Pod for ServiceBackendKey {}
+    unsafe impl aya::Pod for ServiceFlowValue {}
+    unsafe impl aya::Pod for DeferralBudget {}
+    unsafe impl aya::Pod for ServiceConfig {}
     unsafe impl aya::Pod for EventLimit {}
     unsafe impl aya::Pod for RuleCounterKey {}
     unsafe impl aya::Pod for RuleCounter {}

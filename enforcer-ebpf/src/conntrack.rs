@@ -11,7 +11,9 @@
 //! The established path is one lookup in the plain hash, a byte test (`seen`) and a flags test;
 //! everything that changes a flow's state runs only on the packets that change it.
 
-use crate::{PASS, endpoint::*, events::*, maps::*, parse::*, policy::*, source::*};
+use crate::{
+    PASS, endpoint::*, events::*, maps::*, parse::*, policy::*, service::service_rejudge, source::*,
+};
 use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns, programs::TcContext};
 use enforcer_common::*;
 
@@ -382,12 +384,6 @@ fn recheck(
     }
     // SAFETY: a live map value, read whole.
     let flags = unsafe { (*ct).flags };
-    if flags & ct_flags::SERVICE != 0 {
-        // Judged on a destination this tuple does not show; keep it (a known gap).
-        // SAFETY: as above.
-        unsafe { (*ct).revision = config.revision };
-        return PASS;
-    }
     let flow = if related {
         pkt.quoted.related_flow(pkt.flow.family)
     } else {
@@ -404,10 +400,19 @@ fn recheck(
     // direction can show where it entered (replies enter from the pod).
     let host_ok = opened_dir == direction::EGRESS || dir == direction::EGRESS || from_the_node(ctx);
     let opened_mode = mode_of(&ep, opened_dir);
-    let mut why = match opened_mode {
-        mode::ENFORCE | mode::AUDIT => decide(&ep, opened_dir, &pkt.opened, config, host_ok),
-        mode::DENY_ALL => Why::new(ep.held_reason()),
-        _ => Why::new(reason::ALLOWED_NOT_ISOLATED),
+    let mut why = if flags & ct_flags::SERVICE != 0 {
+        let opened_key = if flags & ct_flags::REPLY != 0 {
+            ct_key.reversed()
+        } else {
+            *ct_key
+        };
+        service_rejudge(&ep, opened_mode, &pkt.opened, &opened_key, config)
+    } else {
+        match opened_mode {
+            mode::ENFORCE | mode::AUDIT => decide(&ep, opened_dir, &pkt.opened, config, host_ok),
+            mode::DENY_ALL => Why::new(ep.held_reason()),
+            _ => Why::new(reason::ALLOWED_NOT_ISOLATED),
+        }
     };
     // Audit mode keeps the flow (its first packet was reported already).
     audit(&mut why, opened_mode);

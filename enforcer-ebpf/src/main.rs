@@ -49,7 +49,7 @@ use crate::{
     maps::{SCRATCH, SERVICE_IPS, config},
     parse::*,
     policy::{Why, audit, decide},
-    service::{defer_to_service, service_egress},
+    service::{service_egress, service_new_flow},
     source::{error_matches, forged, from_the_node, genuine_nd, is_absent},
 };
 
@@ -76,18 +76,29 @@ pub fn to_endpoint(ctx: TcContext) -> i32 {
 /// Service address are judged here, now that the DNAT has named the real destination.
 #[classifier]
 pub fn to_network(ctx: TcContext) -> i32 {
+    network_program::<ETH_HLEN>(&ctx)
+}
+
+/// `to_network` on an L3 device (tunl0, WireGuard): its packets have no Ethernet header.
+#[classifier]
+pub fn to_network_l3(ctx: TcContext) -> i32 {
+    network_program::<0>(&ctx)
+}
+
+#[inline(always)]
+fn network_program<const L2: usize>(ctx: &TcContext) -> i32 {
     let Some(pkt) = SCRATCH.get_ptr_mut(0) else {
         return PASS;
     };
     // SAFETY: as in endpoint_program.
     let pkt = unsafe { &mut *pkt };
     pkt.reset();
-    let parsed = parse(&ctx, pkt);
+    let parsed = parse_at::<L2>(ctx, pkt);
     if parsed == PARSE_INVALID_ADDRESS {
         let ifindex = unsafe { (*ctx.skb.skb).ifindex };
         let why = Why::new(reason::INVALID_ADDRESS);
         return drop_packet(
-            &ctx,
+            ctx,
             &NO_ENDPOINT,
             ifindex,
             direction::EGRESS,
@@ -99,7 +110,7 @@ pub fn to_network(ctx: TcContext) -> i32 {
         return PASS;
     }
     let config = config();
-    match service_egress(&ctx, pkt, &config) {
+    match service_egress(ctx, pkt, &config) {
         DROP => DROP,
         _ => PASS,
     }
@@ -231,11 +242,13 @@ fn try_new_flow(
     if isolated
         && dir == direction::EGRESS
         && pkt.kind != KIND_ICMP_ERROR
-        && SERVICE_IPS.get_ptr(&addr_key(&pkt.flow.daddr)).is_some()
+        && let Some(service_id) = SERVICE_IPS.get_ptr(&addr_key(&pkt.flow.daddr))
     {
-        // The real destination is known only after kube-proxy's DNAT: judge it there.
-        defer_to_service(pkt, ifindex);
-        return PASS;
+        // The backend is chosen by kube-proxy's DNAT, after this program: judged against the
+        // Service's backends (see service.rs).
+        // SAFETY: a live map value, read whole.
+        let service_id = unsafe { *service_id };
+        return service_new_flow(ctx, ep, ifindex, ep_mode, service_id, pkt, config);
     }
     let mut why = if isolated {
         decide(

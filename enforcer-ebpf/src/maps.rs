@@ -61,15 +61,35 @@ pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(capacity::EVENTS_BYT
 #[map]
 pub(crate) static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 
-/// Service (ClusterIP) addresses: egress to them is judged after the DNAT.
+/// Service (ClusterIP) addresses → their Service identity (see `identity::SERVICE_FLAG`).
 #[map]
 pub(crate) static SERVICE_IPS: HashMap<IpAddrKey, u32> =
     HashMap::with_max_entries(capacity::SERVICE_IPS, 0);
 
-/// New flows to a Service address waiting for their egress verdict (see `PendingKey`).
+/// New flows to a Service port with mixed backends, waiting for the translated packet (see
+/// `PendingKey`). Each endpoint's share is bounded by `SERVICE_DEFERRALS`.
 #[map]
 pub(crate) static PENDING: LruHashMap<PendingKey, PendingValue> =
     LruHashMap::with_max_entries(capacity::PENDING, 0);
+
+/// The backends a deferral may be claimed by (see `ServiceBackendKey`).
+#[map]
+pub(crate) static SERVICE_BACKENDS: HashMap<ServiceBackendKey, u32> =
+    HashMap::with_max_entries(capacity::SERVICE_BACKENDS, 0);
+
+/// The backend each deferred Service flow was admitted for (key: the tuple sent).
+#[map]
+pub(crate) static SERVICE_FLOWS: LruHashMap<CtKey, ServiceFlowValue> =
+    LruHashMap::with_max_entries(capacity::SERVICE_FLOWS, 0);
+
+/// Per-endpoint deferral budgets (key: ifindex).
+#[map]
+pub(crate) static SERVICE_DEFERRALS: LruHashMap<u32, DeferralBudget> =
+    LruHashMap::with_max_entries(capacity::ENDPOINTS, 0);
+
+/// Deferral lifetime and budget (index 0).
+#[map]
+pub(crate) static SERVICE_CONFIG: Array<ServiceConfig> = Array::with_max_entries(1, 0);
 
 /// Per-endpoint event token buckets (see `Config::event_rate`).
 #[map]

@@ -279,15 +279,38 @@ pub(crate) fn read_addr6(ctx: &TcContext, off: usize) -> Result<Addr, ()> {
     ])
 }
 
+/// Parses a frame with an Ethernet header (every endpoint, most node interfaces).
 #[inline(always)]
 pub(crate) fn parse(ctx: &TcContext, pkt: &mut Packet) -> u8 {
-    let Ok(ethertype_be) = read::<u16>(ctx, 12) else {
-        return PARSE_NOT_IP;
+    parse_at::<ETH_HLEN>(ctx, pkt)
+}
+
+/// Parses a packet whose IP header starts `L2` bytes in: `ETH_HLEN`, or 0 on an L3 device
+/// (tunl0, WireGuard), where the packet has no link-layer header and its first nibble says
+/// which IP it is.
+#[inline(always)]
+pub(crate) fn parse_at<const L2: usize>(ctx: &TcContext, pkt: &mut Packet) -> u8 {
+    let ethertype = if L2 == 0 {
+        // Through the helper: a direct 1-byte read at offset 0 compiles to a bounds check the
+        // verifier cannot follow (data < data_end).
+        let Ok(version) = ctx.load::<u8>(0) else {
+            return PARSE_NOT_IP;
+        };
+        match version >> 4 {
+            4 => ETH_P_IP,
+            6 => ETH_P_IPV6,
+            _ => return PARSE_NOT_IP,
+        }
+    } else {
+        let Ok(ethertype_be) = read::<u16>(ctx, 12) else {
+            return PARSE_NOT_IP;
+        };
+        u16::from_be(ethertype_be)
     };
-    let l3 = match u16::from_be(ethertype_be) {
-        ETH_P_IP => parse_ipv4(ctx, pkt),
+    let l3 = match ethertype {
+        ETH_P_IP => parse_ipv4::<L2>(ctx, pkt),
         ETH_P_IPV6 => {
-            let l3 = parse_ipv6(ctx, pkt);
+            let l3 = parse_ipv6::<L2>(ctx, pkt);
             if pkt.have_addrs != 0
                 && (is_v4_mapped(&pkt.flow.saddr) || is_v4_mapped(&pkt.flow.daddr))
             {
@@ -311,25 +334,26 @@ pub(crate) fn parse(ctx: &TcContext, pkt: &mut Packet) -> u8 {
 }
 
 #[inline(always)]
-pub(crate) fn parse_ipv4(ctx: &TcContext, pkt: &mut Packet) -> Result<(), ()> {
+pub(crate) fn parse_ipv4<const L2: usize>(ctx: &TcContext, pkt: &mut Packet) -> Result<(), ()> {
     pkt.flow.family = 4;
-    let version_ihl: u8 = read(ctx, ETH_HLEN)?;
-    let tot_len_be: u16 = read(ctx, ETH_HLEN + 2)?;
-    let id_be: u16 = read(ctx, ETH_HLEN + 4)?;
-    let frag_be: u16 = read(ctx, ETH_HLEN + 6)?;
-    pkt.flow.proto = read(ctx, ETH_HLEN + 9)?;
-    pkt.flow.saddr = v4_mapped(read(ctx, ETH_HLEN + 12)?);
-    pkt.flow.daddr = v4_mapped(read(ctx, ETH_HLEN + 16)?);
+    // As a 16-bit word: at offset 0 (L3 devices) a 1-byte read compiles to a bounds check the
+    // verifier cannot follow.
+    let version_ihl: u8 = read::<u16>(ctx, L2)?.to_ne_bytes()[0];
+    let tot_len_be: u16 = read(ctx, L2 + 2)?;
+    let id_be: u16 = read(ctx, L2 + 4)?;
+    let frag_be: u16 = read(ctx, L2 + 6)?;
+    pkt.flow.proto = read(ctx, L2 + 9)?;
+    pkt.flow.saddr = v4_mapped(read(ctx, L2 + 12)?);
+    pkt.flow.daddr = v4_mapped(read(ctx, L2 + 16)?);
     pkt.have_addrs = 1;
     let ihl = ((version_ihl & 0x0f) as usize) * 4;
     let mut tot_len = u16::from_be(tot_len_be) as usize;
     if tot_len == 0 && pkt.flow.proto == IPPROTO_TCP && gso_size(ctx) != 0 {
         // IPv4 BIG TCP: a GSO packet past 64 KiB carries total length 0 and its real length
         // in the skb (the kernel's `iph_totlen`).
-        tot_len = (ctx.len() as usize).saturating_sub(ETH_HLEN);
+        tot_len = (ctx.len() as usize).saturating_sub(L2);
     }
-    if version_ihl >> 4 != 4 || ihl < 20 || tot_len < ihl || ETH_HLEN + tot_len > ctx.len() as usize
-    {
+    if version_ihl >> 4 != 4 || ihl < 20 || tot_len < ihl || L2 + tot_len > ctx.len() as usize {
         return Err(());
     }
     let frag = u16::from_be(frag_be);
@@ -341,29 +365,27 @@ pub(crate) fn parse_ipv4(ctx: &TcContext, pkt: &mut Packet) -> Result<(), ()> {
         pkt.frag_id = u16::from_be(id_be) as u32;
         pkt.frag_proto = pkt.flow.proto;
     }
-    pkt.l4_off = ETH_HLEN + ihl;
+    pkt.l4_off = L2 + ihl;
     Ok(())
 }
 
 #[inline(always)]
-pub(crate) fn parse_ipv6(ctx: &TcContext, pkt: &mut Packet) -> Result<(), ()> {
+pub(crate) fn parse_ipv6<const L2: usize>(ctx: &TcContext, pkt: &mut Packet) -> Result<(), ()> {
     pkt.flow.family = 6;
-    let version: u8 = read(ctx, ETH_HLEN)?;
-    let payload_len_be: u16 = read(ctx, ETH_HLEN + 4)?;
-    let nh_hops = read::<u16>(ctx, ETH_HLEN + 6)?.to_ne_bytes();
+    let version: u8 = read::<u16>(ctx, L2)?.to_ne_bytes()[0];
+    let payload_len_be: u16 = read(ctx, L2 + 4)?;
+    let nh_hops = read::<u16>(ctx, L2 + 6)?.to_ne_bytes();
     let next_header = nh_hops[0];
     pkt.hop_limit = nh_hops[1];
-    pkt.flow.saddr = read_addr6(ctx, ETH_HLEN + 8)?;
-    pkt.flow.daddr = read_addr6(ctx, ETH_HLEN + 24)?;
+    pkt.flow.saddr = read_addr6(ctx, L2 + 8)?;
+    pkt.flow.daddr = read_addr6(ctx, L2 + 24)?;
     pkt.have_addrs = 1;
     pkt.flow.proto = next_header;
-    if version >> 4 != 6
-        || ETH_HLEN + 40 + u16::from_be(payload_len_be) as usize > ctx.len() as usize
-    {
+    if version >> 4 != 6 || L2 + 40 + u16::from_be(payload_len_be) as usize > ctx.len() as usize {
         return Err(());
     }
     let mut next = next_header;
-    let mut off = ETH_HLEN + 40;
+    let mut off = L2 + 40;
     for _ in 0..MAX_EXT_HEADERS {
         match next {
             IPV6_HOPOPTS | IPV6_ROUTING | IPV6_DSTOPTS => {

@@ -54,6 +54,10 @@ pub struct AgentOptions {
     pub no_rule_counters: bool,
     /// A flow's drops are reported once per this window.
     pub drop_report_window: Duration,
+    /// How long a deferred Service verdict waits for its translated packet.
+    pub service_defer: Duration,
+    /// Deferred Service verdicts an endpoint may have outstanding per `service_defer`.
+    pub service_defer_budget: u32,
     /// Events per second each endpoint may emit after `event_burst` (0: no limit).
     pub event_rate: u32,
     pub event_burst: u32,
@@ -1041,6 +1045,9 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
             _pad: 0,
         })
         .context("writing the conntrack settings")?;
+    datapath
+        .set_service_deferral(opts.service_defer, opts.service_defer_budget)
+        .context("writing the Service deferral settings")?;
     // The garbage collector walks the conntrack tables on a thread of its own, with its own
     // handles: the reconcile loop never waits for a walk.
     let collector = crate::conntrack::Collector {

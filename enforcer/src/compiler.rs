@@ -15,8 +15,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use enforcer_common::{
-    EndpointInfo, IdentityValue, IpAddrKey, POLICY_ACTION_ALLOW, PolicyKey, PolicyValue, direction,
-    identity, mode, policy_prefix, reason,
+    EndpointInfo, IdentityValue, IpAddrKey, POLICY_ACTION_ALLOW, PolicyKey, PolicyValue,
+    ServiceBackendKey, direction, identity, mode, policy_prefix, reason,
 };
 use ipnet::IpNet;
 
@@ -101,6 +101,8 @@ pub struct Ids {
     cidr_identities: BTreeMap<Vec<IpBlock>, u32>,
     endpoints: BTreeMap<ObjectRef, u32>,
     policies: BTreeMap<ObjectRef, u32>,
+    services: BTreeMap<IpAddrKey, u32>,
+    next_service: u32,
     next_identity: u32,
     next_cidr: u32,
     next_endpoint: u32,
@@ -128,6 +130,10 @@ impl Ids {
             identity::FIRST_LABEL,
             k,
         )
+    }
+    /// The Service identity of a Service address (`identity::SERVICE_FLAG`).
+    fn service_identity(&mut self, k: &IpAddrKey) -> u32 {
+        identity::SERVICE_FLAG | Self::get(&mut self.services, &mut self.next_service, 1, k)
     }
     fn cidr_identity(&mut self, k: &Vec<IpBlock>) -> u32 {
         identity::CIDR_FLAG | Self::get(&mut self.cidr_identities, &mut self.next_cidr, 1, k)
@@ -306,8 +312,11 @@ pub struct Compiled {
     pub cidr_identity: BTreeMap<Lpm<IpAddrKey>, IdentityValue>,
     pub identities: BTreeMap<u32, IdentityInfo>,
     pub policies: BTreeMap<u32, ObjectRef>,
-    /// Service addresses: egress to them is judged after the DNAT.
+    /// Service addresses → Service identity (the endpoints' verdicts per Service port are
+    /// entries under it, see `crate::services`).
     pub service_ips: BTreeMap<IpAddrKey, u32>,
+    /// Backends of the Service ports some endpoint's verdict is deferred for.
+    pub service_backends: BTreeMap<ServiceBackendKey, u32>,
     /// Interfaces held fail-closed (see [`NodeInput::held`]).
     pub held: BTreeSet<u32>,
     /// Interfaces held for a binding conflict (see [`NodeInput::conflicted`]).
@@ -706,9 +715,11 @@ pub fn compile(
     }
     for svc in cluster.services.values() {
         for ip in &svc.cluster_ips {
-            out.service_ips.insert(ip_key(*ip), 1);
+            let k = ip_key(*ip);
+            out.service_ips.insert(k, ids.service_identity(&k));
         }
     }
+    let services = crate::services::backends(cluster);
 
     // Identities that packets may still carry until this change is installed.
     let mut all_identities = identities.clone();
@@ -850,6 +861,17 @@ pub fn compile(
                 },
             );
         }
+        if matches!(ep.egress_mode, mode::ENFORCE | mode::AUDIT) {
+            crate::services::verdicts(
+                &services,
+                &out.service_ips,
+                &out.ip_identity,
+                &out.cidr_identity,
+                &node.host_ips,
+                &mut ep.entries,
+                &mut out.service_backends,
+            );
+        }
         out.endpoints.insert(endpoint_id, ep);
     }
     let claimed: BTreeSet<u32> = node.interfaces.values().copied().collect();
@@ -861,10 +883,12 @@ pub fn compile(
 fn live_identities<'a>(
     ip: impl Iterator<Item = &'a IdentityValue>,
     cidr: impl Iterator<Item = &'a IdentityValue>,
+    services: impl Iterator<Item = &'a u32>,
 ) -> BTreeSet<u32> {
     let mut s: BTreeSet<u32> = [identity::ANY, identity::HOST, identity::WORLD].into();
     s.extend(ip.map(|v| v.identity));
     s.extend(cidr.map(|v| v.identity));
+    s.extend(services.copied());
     s
 }
 
@@ -928,10 +952,12 @@ pub fn plan_with(
     let live_before = live_identities(
         installed.ip_identity.values(),
         installed.cidr_identity.values(),
+        installed.service_ips.values(),
     );
     let live_after = live_identities(
         compiled.ip_identity.values(),
         compiled.cidr_identity.values(),
+        compiled.service_ips.values(),
     );
     type Entries = BTreeMap<Lpm<PolicyKey>, PolicyValue>;
     let mut installed_sets: BTreeMap<u32, Entries> = BTreeMap::new();
@@ -1000,6 +1026,7 @@ pub fn plan_with(
             cidr_identity: compiled.cidr_identity.clone(),
             policy: BTreeMap::new(),
             service_ips: compiled.service_ips.clone(),
+            service_backends: compiled.service_backends.clone(),
         },
         held: Vec::new(),
     };

@@ -31,5 +31,6 @@ pub mod model;
 pub mod netlink;
 pub mod peers;
 pub mod reference;
+pub mod services;
 pub mod source;
 pub mod state;

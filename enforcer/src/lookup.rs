@@ -6,9 +6,12 @@
 
 use std::net::IpAddr;
 
+use std::collections::BTreeMap;
+
 use enforcer_common::{
-    IdentityValue, IpAddrKey, POLICY_ACTION_ALLOW, POLICY_ACTION_DENY, PolicyKey, PolicyValue,
-    identity, mode, policy_prefix, reason,
+    IdentityValue, IpAddrKey, POLICY_ACTION_ALLOW, POLICY_ACTION_DEFER, POLICY_ACTION_DENY,
+    POLICY_ACTION_UNBOUND, PolicyKey, PolicyValue, direction, identity, mode, policy_prefix,
+    reason,
 };
 
 use crate::compiler::ip_key;
@@ -24,10 +27,21 @@ pub struct Decision {
     pub entry: Option<PolicyValue>,
     pub peer_identity: u32,
     pub peer_cidr_identity: u32,
+    /// Egress to a Service port whose backends the policy partly allows: passed at the pod,
+    /// judged on the backend after the DNAT (`allowed` says only that it passes the pod).
+    pub deferred: bool,
 }
 
 /// Longest-prefix match of an address in the CIDR trie.
 pub fn cidr_lookup(state: &MapState, addr: IpAddrKey) -> Option<IdentityValue> {
+    cidr_lookup_in(&state.cidr_identity, addr)
+}
+
+/// [`cidr_lookup`] over a CIDR map.
+pub fn cidr_lookup_in(
+    cidr_identity: &BTreeMap<Lpm<IpAddrKey>, IdentityValue>,
+    addr: IpAddrKey,
+) -> Option<IdentityValue> {
     for len in (0..=128u32).rev() {
         let mut masked = addr;
         for (i, b) in masked.addr.iter_mut().enumerate() {
@@ -38,7 +52,7 @@ pub fn cidr_lookup(state: &MapState, addr: IpAddrKey) -> Option<IdentityValue> {
                 *b &= 0xffu8 << (8 - (len - bit0));
             }
         }
-        if let Some(v) = state.cidr_identity.get(&Lpm {
+        if let Some(v) = cidr_identity.get(&Lpm {
             prefix_len: len,
             data: masked,
         }) {
@@ -50,6 +64,14 @@ pub fn cidr_lookup(state: &MapState, addr: IpAddrKey) -> Option<IdentityValue> {
 
 /// Longest-prefix match of a policy key (only the prefix lengths the compiler writes).
 pub fn policy_lookup(state: &MapState, key: PolicyKey) -> Option<PolicyValue> {
+    policy_lookup_in(&state.policy, key)
+}
+
+/// [`policy_lookup`] over a policy map.
+pub fn policy_lookup_in(
+    policy: &BTreeMap<Lpm<PolicyKey>, PolicyValue>,
+    key: PolicyKey,
+) -> Option<PolicyValue> {
     let port = u16::from_be(key.port_be);
     for bits in (0..=16u32).rev() {
         let mask: u16 = if bits == 0 {
@@ -64,12 +86,11 @@ pub fn policy_lookup(state: &MapState, key: PolicyKey) -> Option<PolicyValue> {
                 ..key
             },
         };
-        if let Some(v) = state.policy.get(&k) {
+        if let Some(v) = policy.get(&k) {
             return Some(*v);
         }
     }
-    state
-        .policy
+    policy
         .get(&Lpm {
             prefix_len: policy_prefix::ANY_PROTO,
             data: PolicyKey {
@@ -123,6 +144,7 @@ pub fn decide_from(
         entry: None,
         peer_identity: identity::WORLD,
         peer_cidr_identity: 0,
+        deferred: false,
     };
     let Some(ep) = state.endpoints.get(&ifindex) else {
         return d;
@@ -142,49 +164,40 @@ pub fn decide_from(
         }
         _ => return d,
     }
-    let addr = ip_key(peer);
-    d.peer_identity = state
-        .ip_identity
-        .get(&addr)
-        .map(|v| v.identity)
-        .unwrap_or(identity::WORLD);
-    if d.peer_identity == identity::HOST
-        && dir == enforcer_common::direction::INGRESS
-        && arrival == Arrival::Forwarded
+    if dir == direction::EGRESS
+        && let Some(service_id) = state.service_ips.get(&ip_key(peer))
     {
-        d.peer_identity = identity::WORLD;
+        return service_decision(state, ep.policy_set, *service_id, proto, port, audit);
     }
-    d.peer_cidr_identity = cidr_lookup(state, addr).map(|v| v.identity).unwrap_or(0);
-    let mut ids = vec![d.peer_identity];
-    if d.peer_cidr_identity != 0 {
-        ids.push(d.peer_cidr_identity);
-    }
-    ids.push(identity::ANY);
-    for id in ids {
-        let key = PolicyKey {
-            policy_set: ep.policy_set,
-            identity: id,
-            direction: dir,
-            proto,
-            port_be: port.to_be(),
-        };
-        if let Some(v) = policy_lookup(state, key) {
-            d.entry = Some(v);
-            if v.action == POLICY_ACTION_DENY {
-                d.allowed = false;
-                d.reason = reason::DENY_RULE;
-                return d;
-            }
-            if v.action == POLICY_ACTION_ALLOW {
-                d.allowed = true;
-                d.reason = if id == identity::HOST {
-                    reason::ALLOWED_HOST
-                } else {
-                    reason::ALLOWED_BY_RULE
-                };
-                return d;
-            }
+    // A node address in a packet that entered from elsewhere is forged or masqueraded.
+    let host_ok = !(dir == direction::INGRESS && arrival == Arrival::Forwarded);
+    let r = rule_lookup(
+        &state.policy,
+        &state.ip_identity,
+        &state.cidr_identity,
+        ep.policy_set,
+        dir,
+        peer,
+        proto,
+        port,
+        host_ok,
+    );
+    d.peer_identity = r.peer_identity;
+    d.peer_cidr_identity = r.peer_cidr_identity;
+    if let Some((v, matched)) = r.entry {
+        d.entry = Some(v);
+        if v.action == POLICY_ACTION_DENY {
+            d.allowed = false;
+            d.reason = reason::DENY_RULE;
+            return d;
         }
+        d.allowed = true;
+        d.reason = if matched == identity::HOST {
+            reason::ALLOWED_HOST
+        } else {
+            reason::ALLOWED_BY_RULE
+        };
+        return d;
     }
     if audit {
         d.allowed = true;
@@ -192,6 +205,120 @@ pub fn decide_from(
     } else {
         d.allowed = false;
         d.reason = reason::NO_RULE;
+    }
+    d
+}
+
+/// What the rule lookups of a new flow find (the datapath's precedence, see `PolicyKey`).
+pub struct RuleLookup {
+    pub peer_identity: u32,
+    pub peer_cidr_identity: u32,
+    /// The entry that decides (an allow or a deny), with the identity it was found under.
+    pub entry: Option<(PolicyValue, u32)>,
+}
+
+/// The peer's identity, then its CIDR identity, then "any peer", in the entries of one
+/// policy set (`policy_set` 0 for the compiler's unplaced entries). Without `host_ok` the
+/// node's address counts as WORLD (see [`Arrival::Forwarded`]).
+#[allow(clippy::too_many_arguments)]
+pub fn rule_lookup(
+    policy: &BTreeMap<Lpm<PolicyKey>, PolicyValue>,
+    ip_identity: &BTreeMap<IpAddrKey, IdentityValue>,
+    cidr_identity: &BTreeMap<Lpm<IpAddrKey>, IdentityValue>,
+    policy_set: u32,
+    dir: u8,
+    peer: IpAddr,
+    proto: u8,
+    port: u16,
+    host_ok: bool,
+) -> RuleLookup {
+    let addr = ip_key(peer);
+    let mut peer_identity = ip_identity
+        .get(&addr)
+        .map(|v| v.identity)
+        .unwrap_or(identity::WORLD);
+    if peer_identity == identity::HOST && !host_ok {
+        peer_identity = identity::WORLD;
+    }
+    let peer_cidr_identity = cidr_lookup_in(cidr_identity, addr)
+        .map(|v| v.identity)
+        .unwrap_or(0);
+    let mut ids = vec![peer_identity];
+    if peer_cidr_identity != 0 {
+        ids.push(peer_cidr_identity);
+    }
+    ids.push(identity::ANY);
+    let mut entry = None;
+    for id in ids {
+        let key = PolicyKey {
+            policy_set,
+            identity: id,
+            direction: dir,
+            proto,
+            port_be: port.to_be(),
+        };
+        if let Some(v) = policy_lookup_in(policy, key)
+            && (v.action == POLICY_ACTION_ALLOW || v.action == POLICY_ACTION_DENY)
+        {
+            entry = Some((v, id));
+            break;
+        }
+    }
+    RuleLookup {
+        peer_identity,
+        peer_cidr_identity,
+        entry,
+    }
+}
+
+/// The Service lookup of a new flow to a Service address (`enforcer-ebpf` service.rs): the
+/// one exact entry under the Service's identity.
+fn service_decision(
+    state: &MapState,
+    policy_set: u32,
+    service_id: u32,
+    proto: u8,
+    port: u16,
+    audit: bool,
+) -> Decision {
+    let entry = state
+        .policy
+        .get(&Lpm {
+            prefix_len: policy_prefix::FULL,
+            data: PolicyKey {
+                policy_set,
+                identity: service_id,
+                direction: direction::EGRESS,
+                proto,
+                port_be: port.to_be(),
+            },
+        })
+        .copied();
+    let mut d = Decision {
+        allowed: false,
+        reason: reason::NO_RULE,
+        entry,
+        peer_identity: service_id,
+        peer_cidr_identity: 0,
+        deferred: false,
+    };
+    match entry.map(|v| v.action) {
+        Some(POLICY_ACTION_ALLOW) => {
+            d.allowed = true;
+            d.reason = reason::ALLOWED_BY_RULE;
+        }
+        Some(POLICY_ACTION_DEFER) => {
+            d.allowed = true;
+            d.reason = reason::ALLOWED_BY_RULE;
+            d.deferred = true;
+        }
+        Some(POLICY_ACTION_UNBOUND) => d.reason = reason::SERVICE_UNBOUND,
+        Some(POLICY_ACTION_DENY) => d.reason = reason::DENY_RULE,
+        _ => {}
+    }
+    if audit && !d.allowed && d.reason != reason::DENY_RULE {
+        d.allowed = true;
+        d.reason = reason::AUDIT_WOULD_DROP;
     }
     d
 }

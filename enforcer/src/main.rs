@@ -120,6 +120,15 @@ struct RunArgs {
     /// as events-repeated.
     #[arg(long, default_value = "5s", value_parser = parse_window)]
     drop_report_window: Duration,
+    /// How long the egress verdict of a flow to a Service port with mixed backends waits for
+    /// the translated packet (the DNAT takes microseconds; a packet that died leaves it behind).
+    #[arg(long, default_value = "1s", value_parser = parse_window)]
+    service_defer: Duration,
+    /// Deferred Service verdicts each pod may have outstanding per --service-defer window;
+    /// past it the pod's new flows to such Services drop as service-unbound.
+    #[arg(long, default_value_t = enforcer_common::capacity::SERVICE_DEFER_BUDGET_MAX,
+          value_parser = clap::value_parser!(u32).range(1..=enforcer_common::capacity::SERVICE_DEFER_BUDGET_MAX as i64))]
+    service_defer_budget: u32,
     /// Do not count packets and bytes per policy rule (saves a per-CPU hash lookup, about
     /// 30 ns, on every packet of a flow a rule admitted).
     #[arg(long)]
@@ -309,6 +318,8 @@ fn main() -> ExitCode {
                 events_off: a.no_events,
                 no_rule_counters: a.no_rule_counters,
                 drop_report_window: a.drop_report_window,
+                service_defer: a.service_defer,
+                service_defer_budget: a.service_defer_budget,
                 event_rate: a.event_rate,
                 event_burst: a.event_burst,
                 rescan: Duration::from_millis(a.rescan_ms.max(50)),

@@ -118,13 +118,34 @@ fn annotated_audit(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Object
         .is_some_and(|v| v.eq_ignore_ascii_case("true"))
 }
 
-/// A Service, reduced to what the datapath needs: its cluster addresses. Traffic to them is
-/// DNATed by kube-proxy, so egress to them is judged after the translation.
+/// A Service, reduced to what the datapath needs: its cluster addresses, and what makes its
+/// backends (the selector and the ports). Traffic to the addresses is DNATed by kube-proxy to a
+/// backend, so a pod's egress to them is judged against the backends.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Service {
     pub namespace: String,
     pub name: String,
     pub cluster_ips: Vec<IpAddr>,
+    /// `spec.selector`; `None` (absent or empty): the Service has no endpoints of its own
+    /// (they come from EndpointSlices someone else writes, which the agent does not read).
+    pub selector: Option<Labels>,
+    pub ports: Vec<ServicePort>,
+}
+
+/// One port of a Service: `port` on the cluster addresses, translated to `target` on each
+/// backend.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServicePort {
+    pub port: u16,
+    pub protocol: Protocol,
+    pub target: ServiceTarget,
+}
+
+/// `targetPort`: a number, or the name of a container port of each backend pod.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ServiceTarget {
+    Number(u16),
+    Name(String),
 }
 
 impl Service {
@@ -429,10 +450,74 @@ pub fn service_from_api(svc: &KService) -> Result<Service, InvalidObject> {
         })?;
         cluster_ips.push(parsed);
     }
+    let invalid = |field: String, reason: String| InvalidObject {
+        kind: "Service",
+        object: format!("{namespace}/{name}"),
+        field,
+        reason,
+    };
+    let mut ports = Vec::new();
+    for (i, p) in spec
+        .and_then(|s| s.ports.as_ref())
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let port = u16::try_from(p.port)
+            .ok()
+            .filter(|n| *n != 0)
+            .ok_or_else(|| {
+                invalid(
+                    format!("spec.ports[{i}].port"),
+                    format!("{} is not a port number (1-65535)", p.port),
+                )
+            })?;
+        let protocol = match p.protocol.as_deref() {
+            None => Protocol::Tcp,
+            Some(s) => Protocol::parse(s).ok_or_else(|| {
+                invalid(
+                    format!("spec.ports[{i}].protocol"),
+                    format!("{s:?} is not TCP, UDP or SCTP"),
+                )
+            })?,
+        };
+        let target = match &p.target_port {
+            None => ServiceTarget::Number(port),
+            Some(IntOrString::Int(n)) => ServiceTarget::Number(
+                u16::try_from(*n).ok().filter(|n| *n != 0).ok_or_else(|| {
+                    invalid(
+                        format!("spec.ports[{i}].targetPort"),
+                        format!("{n} is not a port number (1-65535)"),
+                    )
+                })?,
+            ),
+            Some(IntOrString::String(s)) => match s.parse::<u16>() {
+                Ok(n) if n != 0 => ServiceTarget::Number(n),
+                _ if !s.is_empty() => ServiceTarget::Name(s.clone()),
+                _ => {
+                    return Err(invalid(
+                        format!("spec.ports[{i}].targetPort"),
+                        "empty".into(),
+                    ));
+                }
+            },
+        };
+        ports.push(ServicePort {
+            port,
+            protocol,
+            target,
+        });
+    }
+    let selector = spec
+        .and_then(|s| s.selector.as_ref())
+        .filter(|s| !s.is_empty())
+        .map(|s| s.iter().map(|(k, v)| (k.clone(), v.clone())).collect());
     Ok(Service {
         namespace,
         name,
         cluster_ips,
+        selector,
+        ports,
     })
 }
 

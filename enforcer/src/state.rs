@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use enforcer_common::{
     EndpointInfo, EndpointSlot, EndpointValue, IdentitySlots, IdentityValue, IpAddrKey, PolicyKey,
-    PolicyValue, mode,
+    PolicyValue, ServiceBackendKey, mode,
 };
 
 /// Key of an LPM trie entry: data plus prefix length in bits.
@@ -27,8 +27,10 @@ pub struct MapState {
     /// ipBlock partition prefix → CIDR identity.
     pub cidr_identity: BTreeMap<Lpm<IpAddrKey>, IdentityValue>,
     pub policy: BTreeMap<Lpm<PolicyKey>, PolicyValue>,
-    /// Service (ClusterIP) addresses.
+    /// Service (ClusterIP) addresses → Service identity.
     pub service_ips: BTreeMap<IpAddrKey, u32>,
+    /// Backends of the Service ports some endpoint's verdict is deferred for (value 1).
+    pub service_backends: BTreeMap<ServiceBackendKey, u32>,
 }
 
 /// Writes and deletes of one map.
@@ -67,6 +69,7 @@ pub struct MapDiff {
     pub cidr_identity: MapChanges<Lpm<IpAddrKey>, IdentityValue>,
     pub policy: MapChanges<Lpm<PolicyKey>, PolicyValue>,
     pub service_ips: MapChanges<IpAddrKey, u32>,
+    pub service_backends: MapChanges<ServiceBackendKey, u32>,
 }
 
 impl MapDiff {
@@ -76,6 +79,7 @@ impl MapDiff {
             && self.cidr_identity.is_empty()
             && self.policy.is_empty()
             && self.service_ips.is_empty()
+            && self.service_backends.is_empty()
     }
 
     /// Number of map writes (upserts + deletes).
@@ -85,6 +89,7 @@ impl MapDiff {
             + self.cidr_identity.len()
             + self.policy.len()
             + self.service_ips.len()
+            + self.service_backends.len()
     }
 
     /// Writes per map, for logs: `endpoints +1 -0, policy +3 -2`.
@@ -114,6 +119,11 @@ impl MapDiff {
                 "service_ips",
                 self.service_ips.upserts.len(),
                 self.service_ips.deletes.len(),
+            ),
+            (
+                "service_backends",
+                self.service_backends.upserts.len(),
+                self.service_backends.deletes.len(),
             ),
         ];
         parts
@@ -152,6 +162,7 @@ impl MapState {
             cidr_identity: diff_map(&self.cidr_identity, &desired.cidr_identity),
             policy: diff_map(&self.policy, &desired.policy),
             service_ips: diff_map(&self.service_ips, &desired.service_ips),
+            service_backends: diff_map(&self.service_backends, &desired.service_backends),
         }
     }
 
@@ -170,6 +181,7 @@ impl MapState {
         change(&mut self.cidr_identity, &diff.cidr_identity);
         change(&mut self.policy, &diff.policy);
         change(&mut self.service_ips, &diff.service_ips);
+        change(&mut self.service_backends, &diff.service_backends);
     }
 }
 
@@ -193,6 +205,7 @@ pub struct PhysState {
     pub cidr_identity: BTreeMap<Lpm<IpAddrKey>, IdentitySlots>,
     pub policy: BTreeMap<Lpm<PolicyKey>, PolicyValue>,
     pub service_ips: BTreeMap<IpAddrKey, u32>,
+    pub service_backends: BTreeMap<ServiceBackendKey, u32>,
 }
 
 /// One write to the kernel maps (owned values: a transition outlives its inputs).
@@ -208,6 +221,8 @@ pub enum PhysWrite {
     PolicyDelete(Lpm<PolicyKey>),
     ServiceUpsert(IpAddrKey, u32),
     ServiceDelete(IpAddrKey),
+    BackendUpsert(ServiceBackendKey, u32),
+    BackendDelete(ServiceBackendKey),
     /// `Config::generation` (written with the revision, in one write).
     Flip(u8),
 }
@@ -330,6 +345,7 @@ impl PhysState {
                 .collect(),
             policy: self.policy.clone(),
             service_ips: self.service_ips.clone(),
+            service_backends: self.service_backends.clone(),
         }
     }
 
@@ -372,6 +388,12 @@ impl PhysState {
             PhysWrite::ServiceDelete(k) => {
                 self.service_ips.remove(&k);
             }
+            PhysWrite::BackendUpsert(k, v) => {
+                self.service_backends.insert(k, v);
+            }
+            PhysWrite::BackendDelete(k) => {
+                self.service_backends.remove(&k);
+            }
             PhysWrite::Flip(g) => self.generation = g & 1,
         }
     }
@@ -405,6 +427,9 @@ impl PhysState {
             ServiceUpsert(k, _) | ServiceDelete(k) => {
                 back(&self.service_ips, k, ServiceUpsert, ServiceDelete)
             }
+            BackendUpsert(k, _) | BackendDelete(k) => {
+                back(&self.service_backends, k, BackendUpsert, BackendDelete)
+            }
             Flip(_) => return None,
         })
     }
@@ -423,6 +448,13 @@ impl PhysState {
         for (k, v) in &new.policy {
             if self.policy.get(k) != Some(v) {
                 t.prepare.push(PhysWrite::PolicyUpsert(*k, *v));
+            }
+        }
+        // Backends before the Service identities that make deferrals (a superset while both
+        // generations live; a deferral only ever checks membership).
+        for (k, v) in &new.service_backends {
+            if self.service_backends.get(k) != Some(v) {
+                t.prepare.push(PhysWrite::BackendUpsert(*k, *v));
             }
         }
         for (k, v) in &new.service_ips {
@@ -550,6 +582,11 @@ impl PhysState {
         for k in after.service_ips.keys() {
             if !new.service_ips.contains_key(k) {
                 t.cleanup.push(PhysWrite::ServiceDelete(*k));
+            }
+        }
+        for k in after.service_backends.keys() {
+            if !new.service_backends.contains_key(k) {
+                t.cleanup.push(PhysWrite::BackendDelete(*k));
             }
         }
         t

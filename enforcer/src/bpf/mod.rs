@@ -21,8 +21,8 @@ use aya::programs::{LinkOrder, SchedClassifier, TcAttachType, TestRun, TestRunOp
 use aya::{Ebpf, EbpfLoader, Pod};
 use enforcer_common::{
     Config, CtKey, CtSettings, CtValue, EndpointValue, Event, EventBucket, EventLimit,
-    IdentitySlots, IpAddrKey, NameKey, NameValue, PolicyValue, RuleCounter, RuleCounterKey,
-    counter, names,
+    IdentitySlots, IpAddrKey, NameKey, NameValue, PendingKey, PendingValue, PolicyValue,
+    RuleCounter, RuleCounterKey, ServiceBackendKey, ServiceConfig, counter, names,
 };
 use thiserror::Error;
 use tokio::io::unix::AsyncFd;
@@ -96,6 +96,8 @@ pub enum Prog {
     FromEndpoint,
     ToEndpoint,
     ToNetwork,
+    /// `to_network` for L3 devices (no link-layer header: tunl0, WireGuard).
+    ToNetworkL3,
     Empty,
 }
 
@@ -105,6 +107,7 @@ impl Prog {
             Prog::FromEndpoint => names::PROG_FROM_ENDPOINT,
             Prog::ToEndpoint => names::PROG_TO_ENDPOINT,
             Prog::ToNetwork => names::PROG_TO_NETWORK,
+            Prog::ToNetworkL3 => names::PROG_TO_NETWORK_L3,
             Prog::Empty => names::PROG_EMPTY,
         }
     }
@@ -113,7 +116,7 @@ impl Prog {
         match self {
             // What the pod sends enters the host at the veth's ingress.
             Prog::FromEndpoint | Prog::Empty => TcAttachType::Ingress,
-            Prog::ToEndpoint | Prog::ToNetwork => TcAttachType::Egress,
+            Prog::ToEndpoint | Prog::ToNetwork | Prog::ToNetworkL3 => TcAttachType::Egress,
         }
     }
 }
@@ -151,7 +154,7 @@ pub struct TestSkb {
 
 impl TestSkb {
     /// `struct __sk_buff` (uapi/linux/bpf.h), 192 bytes, with the settable fields filled in.
-    fn to_ctx(self) -> [u8; 192] {
+    fn to_ctx(self, ifindex: u32) -> [u8; 192] {
         const INGRESS_IFINDEX: usize = 36;
         const IFINDEX: usize = 40;
         const GSO_SEGS: usize = 164;
@@ -159,8 +162,8 @@ impl TestSkb {
         let mut c = [0u8; 192];
         let mut put = |off: usize, v: u32| c[off..off + 4].copy_from_slice(&v.to_ne_bytes());
         put(INGRESS_IFINDEX, self.ingress_ifindex);
-        // The device the packet is handed in on: loopback, as without a context.
-        put(IFINDEX, 1);
+        // The device the packet is handed in on: loopback unless said otherwise.
+        put(IFINDEX, ifindex.max(1));
         put(GSO_SEGS, self.gso_segs);
         put(GSO_SIZE, self.gso_size);
         c
@@ -255,6 +258,7 @@ impl Datapath {
             Prog::FromEndpoint,
             Prog::ToEndpoint,
             Prog::ToNetwork,
+            Prog::ToNetworkL3,
             Prog::Empty,
         ] {
             let p: &mut SchedClassifier = ebpf
@@ -460,7 +464,12 @@ impl Datapath {
             return Ok(());
         }
         let name = ifname(ifindex)?;
-        let a = self.attach_one(ifindex, &name, Prog::ToNetwork)?;
+        let prog = if has_link_header(&name) {
+            Prog::ToNetwork
+        } else {
+            Prog::ToNetworkL3
+        };
+        let a = self.attach_one(ifindex, &name, prog)?;
         self.host_attached.insert(ifindex, vec![a]);
         Ok(())
     }
@@ -593,6 +602,8 @@ impl Datapath {
             }
             PhysWrite::ServiceUpsert(k, v) => self.hash_write(MAP_SERVICE_IPS, k, Some(v)),
             PhysWrite::ServiceDelete(k) => self.hash_write::<_, u32>(MAP_SERVICE_IPS, k, None),
+            PhysWrite::BackendUpsert(k, v) => self.hash_write(MAP_SERVICE_BACKENDS, k, Some(v)),
+            PhysWrite::BackendDelete(k) => self.hash_write::<_, u32>(MAP_SERVICE_BACKENDS, k, None),
             PhysWrite::Flip(_) => Ok(()),
         }
     }
@@ -675,6 +686,19 @@ impl Datapath {
         c.event_rate_milli = rate_milli;
         c.event_burst = burst;
         self.set_config(c)
+    }
+
+    /// How long a Service deferral waits for its translated packet, and how many an endpoint
+    /// may have outstanding (see `ServiceConfig`; 0: the default).
+    pub fn set_service_deferral(&mut self, lifetime: Duration, budget: u32) -> Result<()> {
+        let n = names::MAP_SERVICE_CONFIG;
+        let mut a: Array<&mut MapData, ServiceConfig> =
+            Array::try_from(self.map_mut(n)?).map_err(map_err(n))?;
+        let c = ServiceConfig {
+            defer_ms: lifetime.as_millis().min(u32::MAX as u128) as u32,
+            budget,
+        };
+        a.set(0, c, 0).map_err(map_err(n))
     }
 
     /// Reports a flow's drops once per `window` (zero: every drop).
@@ -837,6 +861,18 @@ impl Datapath {
         self.test_run_skb(prog, packet, repeat, &TestSkb::default())
     }
 
+    /// [`Datapath::test_run`] on the interface `ifindex` of the calling thread's network
+    /// namespace.
+    pub fn test_run_at(
+        &mut self,
+        prog: Prog,
+        packet: &[u8],
+        repeat: u32,
+        ifindex: u32,
+    ) -> Result<RunResult> {
+        self.run_with(prog, packet, repeat, &TestSkb::default(), ifindex)
+    }
+
     /// [`Datapath::test_run`] with the skb fields the kernel lets a test set (see [`TestSkb`]).
     pub fn test_run_skb(
         &mut self,
@@ -845,13 +881,24 @@ impl Datapath {
         repeat: u32,
         skb: &TestSkb,
     ) -> Result<RunResult> {
-        let ctx = skb.to_ctx();
+        self.run_with(prog, packet, repeat, skb, 1)
+    }
+
+    fn run_with(
+        &mut self,
+        prog: Prog,
+        packet: &[u8],
+        repeat: u32,
+        skb: &TestSkb,
+        ifindex: u32,
+    ) -> Result<RunResult> {
+        let ctx = skb.to_ctx(ifindex);
         let p = self.program(prog)?;
         let mut out = vec![0u8; packet.len() + 256];
         let opts = TestRunOptions {
             data_in: Some(packet),
             data_out: Some(&mut out),
-            ctx_in: (*skb != TestSkb::default()).then_some(&ctx[..]),
+            ctx_in: (*skb != TestSkb::default() || ifindex > 1).then_some(&ctx[..]),
             repeat: repeat.max(1),
             ..Default::default()
         };
@@ -863,6 +910,14 @@ impl Datapath {
             verdict: r.return_value as i32,
             duration: r.duration,
         })
+    }
+
+    /// The outstanding Service deferrals (`PENDING`).
+    pub fn pending(&self) -> Result<Vec<(PendingKey, PendingValue)>> {
+        let n = names::MAP_PENDING;
+        let m: BpfHashMap<&MapData, PendingKey, PendingValue> =
+            BpfHashMap::try_from(self.map(n)?).map_err(map_err(n))?;
+        m.iter().map(|r| r.map_err(map_err(n))).collect()
     }
 
     /// Detaches from every interface and removes the pins, or, with `keep_pins`, leaves programs
@@ -980,6 +1035,12 @@ fn describe(w: &PhysWrite) -> String {
         PhysWrite::ServiceDelete(k) => {
             format!("{} delete {}", names::MAP_SERVICE_IPS, show_addr(k))
         }
+        PhysWrite::BackendUpsert(k, _) => {
+            format!("{} upsert {}", names::MAP_SERVICE_BACKENDS, show_backend(k))
+        }
+        PhysWrite::BackendDelete(k) => {
+            format!("{} delete {}", names::MAP_SERVICE_BACKENDS, show_backend(k))
+        }
         PhysWrite::Flip(g) => format!("{} generation {g}", names::MAP_CONFIG),
     }
 }
@@ -1070,6 +1131,9 @@ fn read_phys<'a>(map: impl Fn(&'static str) -> Result<&'a Map>) -> Result<PhysSt
             .into_iter()
             .collect(),
         service_ips: hash_entries(map(MAP_SERVICE_IPS)?, MAP_SERVICE_IPS)?
+            .into_iter()
+            .collect(),
+        service_backends: hash_entries(map(MAP_SERVICE_BACKENDS)?, MAP_SERVICE_BACKENDS)?
             .into_iter()
             .collect(),
     })
@@ -1165,6 +1229,7 @@ impl PinnedMaps {
             names::MAP_CT_FREED,
             names::MAP_DROP_COUNTERS,
             names::MAP_SERVICE_IPS,
+            names::MAP_SERVICE_BACKENDS,
             names::MAP_CONFIG,
             names::MAP_NAMES,
             names::MAP_RULE_COUNTERS,
@@ -1203,4 +1268,35 @@ impl PinnedMaps {
     pub fn rule_counters(&self) -> Result<BTreeMap<RuleCounterKey, RuleCounter>> {
         rule_counters(self.map(names::MAP_RULE_COUNTERS)?)
     }
+}
+
+fn show_backend(k: &ServiceBackendKey) -> String {
+    format!(
+        "{}:{}/{} -> {}:{}",
+        show_addr(&IpAddrKey {
+            addr: k.service_addr
+        }),
+        u16::from_be(k.service_port_be),
+        k.proto,
+        show_addr(&IpAddrKey {
+            addr: k.backend_addr
+        }),
+        u16::from_be(k.backend_port_be)
+    )
+}
+
+/// Does the interface put a link-layer header on its packets? Ethernet-like devices do
+/// (`/sys/class/net/NAME/type` 1, loopback 772); L3 devices (IPIP's tunl0 768, WireGuard
+/// 65534, GRE 778, SIT 776, ...) hand TC the bare IP packet. Unknown: assume Ethernet.
+fn has_link_header(name: &str) -> bool {
+    match std::fs::read_to_string(format!("/sys/class/net/{name}/type")) {
+        Ok(t) => link_type_has_header(t.trim().parse().unwrap_or(1)),
+        Err(_) => true,
+    }
+}
+
+/// ARPHRD_* types without a link-layer header on TC.
+pub fn link_type_has_header(arphrd: u32) -> bool {
+    // ARPHRD_TUNNEL, TUNNEL6, SIT, IPGRE, IP6GRE, RAWIP, NONE; PPP.
+    !matches!(arphrd, 768 | 769 | 776 | 778 | 823 | 519 | 65534 | 512)
 }

@@ -37,6 +37,26 @@ pub const DNS: &str = "192.0.2.53";
 pub const OUTSIDE: &str = "198.51.100.1";
 /// A ClusterIP; the pod may reach A on TCP 8080 (what the Service translates to).
 pub const SVC: &str = "10.96.0.10";
+/// The Service identity of `SVC`.
+pub const ID_SVC: u32 = identity::SERVICE_FLAG | 1;
+
+/// A `SERVICE_BACKENDS` key: `backend`:`backend_port` is a backend of `service`:`port`.
+pub fn service_backend(
+    service: &str,
+    port: u16,
+    proto: u8,
+    backend: &str,
+    backend_port: u16,
+) -> enforcer_common::ServiceBackendKey {
+    enforcer_common::ServiceBackendKey {
+        service_addr: ip_key(addr(service)).addr,
+        backend_addr: ip_key(addr(backend)).addr,
+        service_port_be: port.to_be(),
+        backend_port_be: backend_port.to_be(),
+        proto,
+        _pad: [0; 3],
+    }
+}
 
 pub const TCP: u8 = 6;
 pub const UDP: u8 = 17;
@@ -274,7 +294,34 @@ pub fn base_state(ingress_mode: u32, egress_mode: u32) -> MapState {
     allow(&mut st, ID_C, ing, 0, 0, policy_prefix::ANY_PROTO, (21, 0));
     allow(&mut st, ID_BLOCK, eg, UDP, 53, policy_prefix::FULL, (22, 0));
     allow(&mut st, ID_A, eg, TCP, 8080, policy_prefix::FULL, (24, 0));
-    st.service_ips.insert(ip_key(addr(SVC)), 1);
+    // SVC TCP 80 and UDP 8080 → A:8080 or B:8080 (egress allows A on TCP 8080 only): the
+    // TCP port's verdict is deferred to the translated packet; so is the UDP one's (as if the
+    // agent had judged it mixed).
+    st.service_ips.insert(ip_key(addr(SVC)), ID_SVC);
+    for (proto, port) in [(TCP, 80u16), (UDP, 8080)] {
+        st.policy.insert(
+            Lpm {
+                prefix_len: policy_prefix::FULL,
+                data: PolicyKey {
+                    policy_set: SET,
+                    identity: ID_SVC,
+                    direction: eg,
+                    proto,
+                    port_be: port.to_be(),
+                },
+            },
+            PolicyValue {
+                policy_id: 0,
+                rule_index: 0,
+                action: enforcer_common::POLICY_ACTION_DEFER,
+                flags: 0,
+            },
+        );
+        for backend in [PEER_A, PEER_B] {
+            st.service_backends
+                .insert(service_backend(SVC, port, proto, backend, 8080), 1);
+        }
+    }
     // 8000-8003: one port prefix of 14 bits.
     allow(
         &mut st,
