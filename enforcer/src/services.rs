@@ -181,3 +181,127 @@ pub fn verdicts(
     }
     entries.extend(add);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compiler::{Ids, NodeInput, compile};
+    use crate::model::ObjectRef;
+    use crate::source::parse_objects;
+    use crate::state::MapState;
+    use enforcer_common::identity;
+
+    const BASE: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {namespace: x, name: client, labels: {app: client}}
+spec: {nodeName: n1}
+status: {podIPs: [{ip: 10.0.0.7}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {namespace: x, name: a, labels: {app: web, v: a}}
+spec:
+  nodeName: n2
+  containers: [{name: c, ports: [{name: http, containerPort: 8080}]}]
+status: {podIPs: [{ip: 10.0.1.1}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {namespace: x, name: b, labels: {app: web, v: b}}
+spec:
+  nodeName: n2
+  containers: [{name: c, ports: [{name: http, containerPort: 9090}]}]
+status: {podIPs: [{ip: 10.0.1.2}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {namespace: x, name: host, labels: {app: host}}
+spec: {nodeName: n1, hostNetwork: true}
+status: {podIPs: [{ip: 172.31.0.1}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {namespace: x, name: web}
+spec: {clusterIP: 10.96.0.10, selector: {app: web}, ports: [{port: 80, targetPort: http}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {namespace: x, name: mixed-host}
+spec: {clusterIP: 10.96.0.11, selector: {v: a}, ports: [{port: 80, targetPort: 8080}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {namespace: x, name: manual}
+spec: {clusterIP: 10.96.0.12, ports: [{port: 443}]}
+"#;
+
+    /// The client's Service entry for (address, TCP port) and the backends installed.
+    fn verdict(extra: &str, svc: &str, port: u16) -> (Option<u8>, usize) {
+        let mut c = Cluster::default();
+        for obj in parse_objects("t.yaml", &format!("{BASE}---\n{extra}")).unwrap() {
+            c.insert(obj);
+        }
+        let node = NodeInput {
+            node: "n1".into(),
+            interfaces: [(ObjectRef::new("x", "client"), 5)].into(),
+            host_ips: vec!["172.31.0.1".parse().unwrap()],
+            allow_host_ingress: true,
+            ..NodeInput::default()
+        };
+        let mut ids = Ids::default();
+        let out = compile(&c, &node, &mut ids, &MapState::default());
+        let id = out.service_ips[&ip_key(svc.parse().unwrap())];
+        assert_ne!(id & identity::SERVICE_FLAG, 0);
+        let ep = out.endpoints.values().next().unwrap();
+        let action = ep
+            .entries
+            .iter()
+            .find(|(k, _)| k.data.identity == id && u16::from_be(k.data.port_be) == port)
+            .map(|(_, v)| v.action);
+        (action, out.service_backends.len())
+    }
+
+    fn egress(to: &str) -> String {
+        format!(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{namespace: x, name: p}}\nspec:\n  podSelector: {{matchLabels: {{app: client}}}}\n  policyTypes: [Egress]\n  egress: [{to}]\n"
+        )
+    }
+
+    #[test]
+    fn each_service_port_gets_the_verdict_of_its_backends() {
+        // Named target port: a at 8080, b at 9090.
+        let none = egress("{ports: [{port: 53, protocol: UDP}]}");
+        assert_eq!(verdict(&none, "10.96.0.10", 80), (None, 0));
+        let all = egress("{to: [{podSelector: {matchLabels: {app: web}}}]}");
+        assert_eq!(
+            verdict(&all, "10.96.0.10", 80),
+            (Some(POLICY_ACTION_ALLOW), 0)
+        );
+        // 8080 only: a allowed, b (9090) not: deferred, both backends bound.
+        let port =
+            egress("{to: [{podSelector: {matchLabels: {app: web}}}], ports: [{port: 8080}]}");
+        assert_eq!(
+            verdict(&port, "10.96.0.10", 80),
+            (Some(POLICY_ACTION_DEFER), 2)
+        );
+        // No selector: the backends are unknown.
+        assert_eq!(
+            verdict(&all, "10.96.0.12", 443),
+            (Some(POLICY_ACTION_UNBOUND), 0)
+        );
+    }
+
+    #[test]
+    fn a_mixed_port_with_a_denied_backend_on_the_node_fails_closed() {
+        let mut extra = String::from(
+            "apiVersion: v1\nkind: Pod\nmetadata: {namespace: x, name: h2, labels: {v: a}}\nspec: {nodeName: n1, hostNetwork: true}\nstatus: {podIPs: [{ip: 172.31.0.1}]}\n---\n",
+        );
+        extra.push_str(&egress("{to: [{podSelector: {matchLabels: {app: web}}}]}"));
+        // Backends: a (allowed) and the node itself (h2, host-networked, not allowed).
+        assert_eq!(
+            verdict(&extra, "10.96.0.11", 80),
+            (Some(POLICY_ACTION_UNBOUND), 0)
+        );
+    }
+}
