@@ -21,8 +21,8 @@ use enforcer_common::{
 use ipnet::IpNet;
 
 use crate::model::{
-    ContainerPort, IpBlock, Labels, Namespace, ObjectRef, Peer, Pod, Policy, PortRef, Protocol,
-    Rule, Service, implicit_namespace,
+    ContainerPort, EndpointSlice, IpBlock, Labels, Namespace, ObjectRef, Peer, Pod, Policy,
+    PortRef, Protocol, Rule, Service, implicit_namespace,
 };
 use crate::state::{Lpm, MapState};
 
@@ -38,6 +38,8 @@ pub struct Cluster {
     pub pods: BTreeMap<ObjectRef, Pod>,
     pub policies: BTreeMap<ObjectRef, Policy>,
     pub services: BTreeMap<ObjectRef, Service>,
+    /// EndpointSlices: the backends of the Services without a selector.
+    pub slices: BTreeMap<ObjectRef, EndpointSlice>,
 }
 
 impl Cluster {

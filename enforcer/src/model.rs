@@ -11,6 +11,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{Namespace as KNamespace, Pod as KPod, Service as KService};
+use k8s_openapi::api::discovery::v1::EndpointSlice as KEndpointSlice;
 use k8s_openapi::api::networking::v1::{
     IPBlock, NetworkPolicy as KPolicy, NetworkPolicyPeer, NetworkPolicyPort,
 };
@@ -127,7 +128,7 @@ pub struct Service {
     pub name: String,
     pub cluster_ips: Vec<IpAddr>,
     /// `spec.selector`; `None` (absent or empty): the Service has no endpoints of its own
-    /// (they come from EndpointSlices someone else writes, which the agent does not read).
+    /// (they come from EndpointSlices someone else writes: [`EndpointSlice`]).
     pub selector: Option<Labels>,
     pub ports: Vec<ServicePort>,
 }
@@ -136,6 +137,8 @@ pub struct Service {
 /// backend.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServicePort {
+    /// `name`; `None`: unnamed (absent or empty).
+    pub name: Option<String>,
     pub port: u16,
     pub protocol: Protocol,
     pub target: ServiceTarget,
@@ -149,6 +152,48 @@ pub enum ServiceTarget {
 }
 
 impl Service {
+    pub fn key(&self) -> ObjectRef {
+        ObjectRef::new(self.namespace.clone(), self.name.clone())
+    }
+}
+
+/// The label that ties an EndpointSlice to its Service.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// An EndpointSlice (discovery.k8s.io/v1), reduced to what the backends of a Service without a
+/// selector need: which Service, which addresses may receive its traffic, on which ports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EndpointSlice {
+    pub namespace: String,
+    pub name: String,
+    /// The `kubernetes.io/service-name` label; `None`: the slice belongs to no Service.
+    pub service: Option<String>,
+    /// The endpoints kube-proxy may send to (ready, or serving while terminating); FQDN
+    /// slices have none (kube-proxy ignores them).
+    pub endpoints: Vec<SliceEndpoint>,
+    pub ports: Vec<SlicePort>,
+}
+
+/// One endpoint of a slice: its addresses (all of the slice's family).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SliceEndpoint {
+    pub addresses: Vec<IpAddr>,
+    /// `conditions.ready` (absent: ready). When not ready, the endpoint is serving while
+    /// terminating, which kube-proxy uses only when no endpoint of the Service is ready.
+    pub ready: bool,
+}
+
+/// One port of a slice; a Service port takes the slice port of its own name and protocol.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SlicePort {
+    /// `None`: unnamed (absent or empty).
+    pub name: Option<String>,
+    /// `None`: no port (kube-proxy skips such a port).
+    pub port: Option<u16>,
+    pub protocol: Protocol,
+}
+
+impl EndpointSlice {
     pub fn key(&self) -> ObjectRef {
         ObjectRef::new(self.namespace.clone(), self.name.clone())
     }
@@ -503,6 +548,7 @@ pub fn service_from_api(svc: &KService) -> Result<Service, InvalidObject> {
             },
         };
         ports.push(ServicePort {
+            name: p.name.clone().filter(|n| !n.is_empty()),
             port,
             protocol,
             target,
@@ -517,6 +563,104 @@ pub fn service_from_api(svc: &KService) -> Result<Service, InvalidObject> {
         name,
         cluster_ips,
         selector,
+        ports,
+    })
+}
+
+/// Converts an EndpointSlice: `addressType` IPv4, IPv6 or FQDN; every address must be an
+/// address of that family (an IPv4-mapped IPv6 address is refused, so it can never alias an
+/// IPv4 backend); endpoints neither ready nor serving are left out.
+pub fn endpoint_slice_from_api(es: &KEndpointSlice) -> Result<EndpointSlice, InvalidObject> {
+    let name = meta_name(&es.metadata.name, "EndpointSlice")?;
+    let namespace = es
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".into());
+    let object = format!("{namespace}/{name}");
+    let ctx = Ctx {
+        kind: "EndpointSlice",
+        object: &object,
+    };
+    let family = match es.address_type.as_str() {
+        "IPv4" => Some(true),
+        "IPv6" => Some(false),
+        "FQDN" => None,
+        other => {
+            return Err(ctx.err(
+                "addressType",
+                format!("{other:?} is not IPv4, IPv6 or FQDN"),
+            ));
+        }
+    };
+    let mut endpoints = Vec::new();
+    for (i, e) in es.endpoints.iter().flatten().enumerate() {
+        let field = format!("endpoints[{i}]");
+        if e.addresses.is_empty() {
+            return Err(ctx.err(format!("{field}.addresses"), "must have an address"));
+        }
+        let Some(v4) = family else {
+            continue; // hostnames: kube-proxy does not use FQDN slices
+        };
+        let mut addresses = Vec::new();
+        for (j, a) in e.addresses.iter().enumerate() {
+            let bad =
+                |why: &str| ctx.err(format!("{field}.addresses[{j}]"), format!("{a:?} {why}"));
+            let ip: IpAddr = a.parse().map_err(|_| bad("is not an IP address"))?;
+            let v4_mapped = matches!(ip, IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some());
+            if ip.is_ipv4() != v4 || v4_mapped {
+                return Err(bad(&format!("is not an {} address", es.address_type)));
+            }
+            addresses.push(ip);
+        }
+        let cond = e.conditions.as_ref();
+        let ready = cond.and_then(|c| c.ready).unwrap_or(true);
+        let serving = cond.and_then(|c| c.serving).unwrap_or(ready);
+        if ready || serving {
+            endpoints.push(SliceEndpoint { addresses, ready });
+        }
+    }
+    let mut ports = Vec::new();
+    for (i, p) in es.ports.iter().flatten().enumerate() {
+        let field = format!("ports[{i}]");
+        let port = p
+            .port
+            .map(|n| {
+                u16::try_from(n).ok().filter(|n| *n != 0).ok_or_else(|| {
+                    ctx.err(
+                        format!("{field}.port"),
+                        format!("{n} is not a port number (1-65535)"),
+                    )
+                })
+            })
+            .transpose()?;
+        let protocol = match p.protocol.as_deref() {
+            None => Protocol::Tcp,
+            Some(s) => Protocol::parse(s).ok_or_else(|| {
+                ctx.err(
+                    format!("{field}.protocol"),
+                    format!("{s:?} is not TCP, UDP or SCTP"),
+                )
+            })?,
+        };
+        ports.push(SlicePort {
+            name: p.name.clone().filter(|n| !n.is_empty()),
+            port,
+            protocol,
+        });
+    }
+    let service = es
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(SERVICE_NAME_LABEL))
+        .filter(|s| !s.is_empty())
+        .cloned();
+    Ok(EndpointSlice {
+        namespace,
+        name,
+        service,
+        endpoints,
         ports,
     })
 }

@@ -14,11 +14,16 @@
 //!   packet delivered locally), or the backends are unknown: `POLICY_ACTION_UNBOUND`
 //!   (dropped at the pod, `SERVICE_UNBOUND`): fail closed.
 //!
-//! Backends are what kube's endpoints controller makes of the selector: every pod of the
-//! Service's namespace whose labels match, at the target port (a number, or the pod's own
-//! container port of that name and protocol), with an address of the cluster IP's family.
-//! Readiness is not known here; a pod that is not ready yet counts as a backend, which only
-//! ever makes a verdict mixed (deferred), never wrongly all-allowed or all-denied.
+//! Backends of a Service with a selector are what kube's endpoints controller makes of it:
+//! every pod of the Service's namespace whose labels match, at the target port (a number, or
+//! the pod's own container port of that name and protocol), with an address of the cluster
+//! IP's family. Readiness is not known here; a pod that is not ready yet counts as a backend,
+//! which only ever makes a verdict mixed (deferred), never wrongly all-allowed or all-denied.
+//!
+//! A Service without a selector (kubernetes.default, or any Service whose endpoints someone
+//! else writes) takes its backends from its EndpointSlices (label
+//! `kubernetes.io/service-name`), read as kube-proxy reads them (see [`sliced`]). Without any
+//! slice its backends are unknown: unbound.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -30,7 +35,7 @@ use enforcer_common::{
 
 use crate::compiler::{Cluster, ip_key};
 use crate::lookup::rule_lookup;
-use crate::model::{Protocol, ServiceTarget};
+use crate::model::{EndpointSlice, Labels, Protocol, Service, ServicePort, ServiceTarget};
 use crate::state::Lpm;
 
 /// One port of one Service address, with its backends.
@@ -39,8 +44,8 @@ pub struct ServicePortBackends {
     pub address: IpAddr,
     pub port: u16,
     pub protocol: Protocol,
-    /// (address, port) of each backend; `None` when the Service has no selector (its
-    /// endpoints are written by someone else and unknown here).
+    /// (address, port) of each backend; `None` when they are unknown (a Service without a
+    /// selector and without an EndpointSlice).
     pub backends: Option<Vec<(IpAddr, u16)>>,
 }
 
@@ -50,40 +55,104 @@ pub fn backends(cluster: &Cluster) -> Vec<ServicePortBackends> {
     for svc in cluster.services.values() {
         for address in &svc.cluster_ips {
             for port in &svc.ports {
-                let backends = svc.selector.as_ref().map(|selector| {
-                    let mut b: Vec<(IpAddr, u16)> = cluster
-                        .pods
-                        .values()
-                        .filter(|p| {
-                            p.namespace == svc.namespace
-                                && selector.iter().all(|(k, v)| p.labels.get(k) == Some(v))
-                        })
-                        .filter_map(|p| {
-                            let target = match &port.target {
-                                ServiceTarget::Number(n) => Some(*n),
-                                ServiceTarget::Name(name) => p.named_port(name, port.protocol),
-                            }?;
-                            let ip = p
-                                .ips
-                                .iter()
-                                .find(|ip| ip_key(**ip).is_v4_mapped() == address.is_ipv4())?;
-                            Some((*ip, target))
-                        })
-                        .collect();
-                    b.sort();
-                    b.dedup();
-                    b
-                });
+                let backends = match &svc.selector {
+                    Some(selector) => Some(selected(cluster, svc, selector, port, *address)),
+                    None => sliced(cluster, svc, port, *address),
+                };
                 out.push(ServicePortBackends {
                     address: *address,
                     port: port.port,
                     protocol: port.protocol,
-                    backends,
+                    backends: backends.map(|mut b| {
+                        b.sort();
+                        b.dedup();
+                        b
+                    }),
                 });
             }
         }
     }
     out
+}
+
+/// The backends of a Service with a selector: its namespace's pods whose labels match.
+fn selected(
+    cluster: &Cluster,
+    svc: &Service,
+    selector: &Labels,
+    port: &ServicePort,
+    address: IpAddr,
+) -> Vec<(IpAddr, u16)> {
+    cluster
+        .pods
+        .values()
+        .filter(|p| {
+            p.namespace == svc.namespace && selector.iter().all(|(k, v)| p.labels.get(k) == Some(v))
+        })
+        .filter_map(|p| {
+            let target = match &port.target {
+                ServiceTarget::Number(n) => Some(*n),
+                ServiceTarget::Name(name) => p.named_port(name, port.protocol),
+            }?;
+            let ip = p
+                .ips
+                .iter()
+                .find(|ip| ip_key(**ip).is_v4_mapped() == address.is_ipv4())?;
+            Some((*ip, target))
+        })
+        .collect()
+}
+
+/// The backends of a Service without a selector, from its EndpointSlices, as kube-proxy reads
+/// them: the slice port of the Service port's name and protocol (an unnamed Service port also
+/// takes a slice's only port of its protocol), the addresses of the cluster IP's family, the
+/// ready endpoints, or the serving (terminating) ones when none is ready. No slice at all:
+/// unknown (`None`).
+fn sliced(
+    cluster: &Cluster,
+    svc: &Service,
+    port: &ServicePort,
+    address: IpAddr,
+) -> Option<Vec<(IpAddr, u16)>> {
+    let slices: Vec<&EndpointSlice> = cluster
+        .slices
+        .values()
+        .filter(|s| s.namespace == svc.namespace && s.service.as_deref() == Some(&svc.name))
+        .collect();
+    if slices.is_empty() {
+        return None;
+    }
+    let mut found: Vec<(IpAddr, u16, bool)> = Vec::new();
+    for slice in slices {
+        let by_name = slice
+            .ports
+            .iter()
+            .find(|p| p.name == port.name && p.protocol == port.protocol);
+        let only = match slice.ports.as_slice() {
+            [p] if port.name.is_none() && p.protocol == port.protocol => Some(p),
+            _ => None,
+        };
+        let Some(target) = by_name.or(only).and_then(|p| p.port) else {
+            continue;
+        };
+        for e in &slice.endpoints {
+            for ip in e
+                .addresses
+                .iter()
+                .filter(|ip| ip.is_ipv4() == address.is_ipv4())
+            {
+                found.push((*ip, target, e.ready));
+            }
+        }
+    }
+    let any_ready = found.iter().any(|b| b.2);
+    Some(
+        found
+            .into_iter()
+            .filter(|b| b.2 || !any_ready)
+            .map(|(ip, port, _)| (ip, port))
+            .collect(),
+    )
 }
 
 /// Adds one endpoint's Service entries (under each Service identity, exact port) to its
@@ -289,6 +358,208 @@ spec: {clusterIP: 10.96.0.12, ports: [{port: 443}]}
         assert_eq!(
             verdict(&all, "10.96.0.12", 443),
             (Some(POLICY_ACTION_UNBOUND), 0)
+        );
+    }
+
+    /// kubernetes.default: no selector; its slice (if any) puts the API server at `api`.
+    fn kubernetes(api: Option<&str>, rule: &str) -> String {
+        let mut y = String::from(
+            "apiVersion: v1\nkind: Service\nmetadata: {namespace: default, name: kubernetes}\nspec: {clusterIP: 10.96.0.1, ports: [{name: https, port: 443, targetPort: 6443}]}\n---\n",
+        );
+        if let Some(api) = api {
+            y.push_str(&format!(
+                "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{namespace: default, name: kubernetes, labels: {{kubernetes.io/service-name: kubernetes}}}}\naddressType: IPv4\nendpoints: [{{addresses: [{api}]}}]\nports: [{{name: https, port: 6443, protocol: TCP}}]\n---\n"
+            ));
+        }
+        y.push_str(&egress(rule));
+        y
+    }
+
+    #[test]
+    fn a_service_without_a_selector_is_judged_against_its_endpoint_slices() {
+        let to = |cidr: &str| {
+            format!("{{to: [{{ipBlock: {{cidr: {cidr}}}}}], ports: [{{port: 6443}}]}}")
+        };
+        let dns = "{ports: [{port: 53, protocol: UDP}]}";
+        // A remote control plane that an ipBlock allows: admitted at the pod.
+        let remote = kubernetes(Some("192.0.2.10"), &to("192.0.2.0/24"));
+        assert_eq!(
+            verdict(&remote, "10.96.0.1", 443),
+            (Some(POLICY_ACTION_ALLOW), 0)
+        );
+        // The API server on this node: every backend allowed needs no later program.
+        let local = kubernetes(Some("172.31.0.1"), &to("172.31.0.1/32"));
+        assert_eq!(
+            verdict(&local, "10.96.0.1", 443),
+            (Some(POLICY_ACTION_ALLOW), 0)
+        );
+        // No rule allows it: dropped at the pod.
+        assert_eq!(
+            verdict(&kubernetes(Some("192.0.2.10"), dns), "10.96.0.1", 443),
+            (None, 0)
+        );
+        // The rule allows another port than the slice's: dropped.
+        let other = kubernetes(
+            Some("192.0.2.10"),
+            "{to: [{ipBlock: {cidr: 192.0.2.0/24}}], ports: [{port: 443}]}",
+        );
+        assert_eq!(verdict(&other, "10.96.0.1", 443), (None, 0));
+        // Two API servers, one allowed: deferred with both bound; if the denied one is this
+        // node (no program meets the packet once translated): unbound.
+        let two =
+            |other: &str| kubernetes(Some(&format!("192.0.2.10, {other}")), &to("192.0.2.0/24"));
+        assert_eq!(
+            verdict(&two("198.51.100.1"), "10.96.0.1", 443),
+            (Some(POLICY_ACTION_DEFER), 2)
+        );
+        assert_eq!(
+            verdict(&two("172.31.0.1"), "10.96.0.1", 443),
+            (Some(POLICY_ACTION_UNBOUND), 0)
+        );
+        // No slice: the backends are unknown, fail closed.
+        assert_eq!(
+            verdict(&kubernetes(None, &to("192.0.2.0/24")), "10.96.0.1", 443),
+            (Some(POLICY_ACTION_UNBOUND), 0)
+        );
+    }
+
+    fn sliced_backends(yaml: &str) -> Vec<ServicePortBackends> {
+        let mut c = Cluster::default();
+        for obj in parse_objects("t.yaml", yaml).unwrap() {
+            c.insert(obj);
+        }
+        backends(&c)
+    }
+
+    #[test]
+    fn slices_give_ready_addresses_of_the_family_at_the_port_of_the_same_name() {
+        let svc = "apiVersion: v1\nkind: Service\nmetadata: {namespace: x, name: s}\nspec: {clusterIPs: [10.96.0.5, fd00::5], ports: [{name: a, port: 80}, {name: b, port: 53, protocol: UDP}]}\n";
+        let slice = |name: &str, svc: &str, family: &str, body: &str| {
+            format!(
+                "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{namespace: x, name: {name}, labels: {{kubernetes.io/service-name: {svc}}}}}\naddressType: {family}\n{body}\n"
+            )
+        };
+        let ports = "ports: [{name: a, port: 8080}, {name: b, port: 5353, protocol: UDP}]";
+        let yaml = [
+            svc.to_string(),
+            slice(
+                "s-1",
+                "s",
+                "IPv4",
+                &format!("endpoints: [{{addresses: [10.0.1.1]}}, {{addresses: [10.0.1.2], conditions: {{ready: false}}}}, {{addresses: [10.0.1.3], conditions: {{ready: true}}}}]\n{ports}"),
+            ),
+            slice(
+                "s-2",
+                "s",
+                "IPv6",
+                &format!("endpoints: [{{addresses: ['fd00::1']}}]\n{ports}"),
+            ),
+            // Another Service's slice, and a slice of no Service.
+            slice("t-1", "t", "IPv4", &format!("endpoints: [{{addresses: [10.0.9.9]}}]\n{ports}")),
+            "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {namespace: x, name: loose}\naddressType: IPv4\nendpoints: [{addresses: [10.0.9.8]}]\nports: [{name: a, port: 1}]\n".into(),
+        ]
+        .concat();
+        let b = sliced_backends(&yaml);
+        let of = |addr: &str, port: u16| {
+            b.iter()
+                .find(|s| s.address == addr.parse::<IpAddr>().unwrap() && s.port == port)
+                .unwrap()
+                .backends
+                .clone()
+                .unwrap()
+        };
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(
+            of("10.96.0.5", 80),
+            [(ip("10.0.1.1"), 8080), (ip("10.0.1.3"), 8080)]
+        );
+        assert_eq!(
+            of("10.96.0.5", 53),
+            [(ip("10.0.1.1"), 5353), (ip("10.0.1.3"), 5353)]
+        );
+        assert_eq!(of("fd00::5", 80), [(ip("fd00::1"), 8080)]);
+
+        // Nothing ready: the serving (terminating) endpoints are what kube-proxy uses; one
+        // neither ready nor serving is no backend.
+        let terminating = [
+            svc.to_string(),
+            slice(
+                "s-1",
+                "s",
+                "IPv4",
+                &format!("endpoints: [{{addresses: [10.0.1.2], conditions: {{ready: false, serving: true, terminating: true}}}}, {{addresses: [10.0.1.4], conditions: {{ready: false, serving: false}}}}]\n{ports}"),
+            ),
+        ]
+        .concat();
+        let b = sliced_backends(&terminating);
+        assert_eq!(b[0].backends, Some(vec![(ip("10.0.1.2"), 8080)]));
+
+        // An unnamed Service port takes the slice's only port of its protocol.
+        let unnamed = "apiVersion: v1\nkind: Service\nmetadata: {namespace: x, name: s}\nspec: {clusterIP: 10.96.0.5, ports: [{port: 80}]}\n".to_string()
+            + &slice("s-1", "s", "IPv4", "endpoints: [{addresses: [10.0.1.1]}]\nports: [{name: web, port: 8080}]");
+        assert_eq!(
+            sliced_backends(&unnamed)[0].backends,
+            Some(vec![(ip("10.0.1.1"), 8080)])
+        );
+        // A slice whose ports do not match: known, and empty (kube-proxy has no backend).
+        let mismatch = "apiVersion: v1\nkind: Service\nmetadata: {namespace: x, name: s}\nspec: {clusterIP: 10.96.0.5, ports: [{name: a, port: 80}]}\n".to_string()
+            + &slice("s-1", "s", "IPv4", "endpoints: [{addresses: [10.0.1.1]}]\nports: [{name: z, port: 8080}]");
+        assert_eq!(sliced_backends(&mismatch)[0].backends, Some(vec![]));
+    }
+
+    #[test]
+    fn an_invalid_endpoint_slice_is_refused_naming_the_field() {
+        let head = "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {namespace: x, name: e}\n";
+        for (body, want) in [
+            (
+                "addressType: IPv5\n",
+                "EndpointSlice x/e: addressType: \"IPv5\" is not IPv4, IPv6 or FQDN",
+            ),
+            (
+                "addressType: IPv4\nendpoints: [{addresses: ['fd00::1']}]\n",
+                "EndpointSlice x/e: endpoints[0].addresses[0]: \"fd00::1\" is not an IPv4 address",
+            ),
+            (
+                "addressType: IPv6\nendpoints: [{addresses: ['::ffff:10.0.0.1']}]\n",
+                "EndpointSlice x/e: endpoints[0].addresses[0]: \"::ffff:10.0.0.1\" is not an IPv6 address",
+            ),
+            (
+                "addressType: IPv4\nendpoints: [{addresses: [10.0.0.300]}]\n",
+                "EndpointSlice x/e: endpoints[0].addresses[0]: \"10.0.0.300\" is not an IP address",
+            ),
+            (
+                "addressType: IPv4\nendpoints: [{addresses: []}]\n",
+                "EndpointSlice x/e: endpoints[0].addresses: must have an address",
+            ),
+            (
+                "addressType: IPv4\nports: [{port: 70000}]\n",
+                "EndpointSlice x/e: ports[0].port: 70000 is not a port number (1-65535)",
+            ),
+            (
+                "addressType: IPv4\nports: [{port: 80, protocol: ICMP}]\n",
+                "EndpointSlice x/e: ports[0].protocol: \"ICMP\" is not TCP, UDP or SCTP",
+            ),
+        ] {
+            let e = parse_objects("e.yaml", &format!("{head}{body}"))
+                .unwrap_err()
+                .to_string();
+            assert_eq!(e, format!("e.yaml: {want}"));
+        }
+        // addressType is required; a wrongly typed field is named by its path.
+        let e = parse_objects("e.yaml", head).unwrap_err().to_string();
+        assert!(e.contains("addressType"), "{e}");
+        let e = parse_objects("e.yaml", &format!("{head}addressType: IPv4\nendpoints: [{{addresses: [1], conditions: {{ready: maybe}}}}]\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("x/e") && e.contains("endpoints[0]"), "{e}");
+        // FQDN slices are valid and give kube-proxy (and us) no address.
+        let ok = parse_objects(
+            "e.yaml",
+            &format!("{head}addressType: FQDN\nendpoints: [{{addresses: [api.example.com]}}]\n"),
+        )
+        .unwrap();
+        assert!(
+            matches!(&ok[0], crate::source::Object::EndpointSlice(s) if s.endpoints.is_empty())
         );
     }
 

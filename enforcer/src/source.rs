@@ -1,5 +1,5 @@
-//! Sources of cluster state. The manifests folder source lives here: it reads Namespace, Pod and
-//! NetworkPolicy YAML (or JSON) from a folder and keeps, per file, the last version that parsed
+//! Sources of cluster state. The manifests folder source lives here: it reads Namespace, Pod,
+//! NetworkPolicy, Service and EndpointSlice YAML (or JSON) from a folder and keeps, per file, the last version that parsed
 //! and validated, so a bad edit is reported and the last good state keeps enforcing.
 
 // Errors here are rare, off the hot path, and carry every detail a user needs to find the bad
@@ -12,13 +12,14 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use k8s_openapi::api::core::v1::{Namespace as KNamespace, Pod as KPod, Service as KService};
+use k8s_openapi::api::discovery::v1::EndpointSlice as KEndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy as KPolicy;
 use serde::Deserialize;
 
 use crate::compiler::Cluster;
 use crate::model::{
-    InvalidObject, Namespace, ObjectRef, Pod, Policy, Service, namespace_from_api, pod_from_api,
-    policy_from_api, service_from_api,
+    EndpointSlice, InvalidObject, Namespace, ObjectRef, Pod, Policy, Service,
+    endpoint_slice_from_api, namespace_from_api, pod_from_api, policy_from_api, service_from_api,
 };
 
 /// A validated object, as the index stores it.
@@ -28,6 +29,7 @@ pub enum Object {
     Pod(Pod),
     Policy(Policy),
     Service(Service),
+    EndpointSlice(EndpointSlice),
 }
 
 impl Cluster {
@@ -45,6 +47,9 @@ impl Cluster {
             }
             Object::Service(s) => {
                 self.services.insert(s.key(), s);
+            }
+            Object::EndpointSlice(s) => {
+                self.slices.insert(s.key(), s);
             }
         }
     }
@@ -132,7 +137,12 @@ fn object_from_value(
         "Service" => out.push(Object::Service(
             service_from_api(&typed::<KService>(file, doc, kind, &value)?).map_err(invalid)?,
         )),
-        "List" | "NamespaceList" | "PodList" | "NetworkPolicyList" | "ServiceList" => {
+        "EndpointSlice" => out.push(Object::EndpointSlice(
+            endpoint_slice_from_api(&typed::<KEndpointSlice>(file, doc, kind, &value)?)
+                .map_err(invalid)?,
+        )),
+        "List" | "NamespaceList" | "PodList" | "NetworkPolicyList" | "ServiceList"
+        | "EndpointSliceList" => {
             let items = value
                 .get("items")
                 .and_then(|i| i.as_array())
