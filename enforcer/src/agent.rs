@@ -1030,6 +1030,11 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         Some(addr) => Some(metrics::serve(addr, health.clone()).await?),
         None => None,
     };
+    if opts.bpffs.starts_with("/sys/fs/bpf") {
+        // A node where nothing mounted bpffs yet (no systemd): pins under a plain directory
+        // would fail with a puzzling error, so mount it, as Cilium's agent does.
+        enforcer_lab::agent::ensure_bpffs().context("the pin folder needs a bpf filesystem")?;
+    }
     let mut datapath = Datapath::load(&opts.bpffs)
         .with_context(|| format!("loading the datapath (pins under {})", opts.bpffs.display()))?;
     let installed = datapath.read_state().context("reading the pinned maps")?;
