@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use aya::maps::lpm_trie::Key;
 use aya::maps::{
-    Array, HashMap as BpfHashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, PerCpuHashMap,
-    RingBuf,
+    Array, HashMap as BpfHashMap, LpmTrie, Map, MapData, MapError, MapType, PerCpuArray,
+    PerCpuHashMap, RingBuf,
 };
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::tc::{SchedClassifierLink, TcAttachOptions};
@@ -1151,7 +1151,7 @@ fn counters(m: &Map) -> Result<Vec<u64>> {
         .collect()
 }
 
-/// Removes the pins of maps whose layout (key, value, capacity) is not this object's, so the
+/// Removes the pins of maps whose layout (type, key, value, an array's length) is not this object's, so the
 /// loader creates them anew rather than handing the programs a map they cannot use: an upgrade
 /// that changes a map replaces its pin (the old map lives on, for the old programs, until the
 /// links are swapped). Maps whose layout is unchanged keep their pins and their entries.
@@ -1173,9 +1173,14 @@ fn replace_incompatible_pins(paths: &[(&'static str, PathBuf)]) {
         let Ok(info) = pinned.info() else {
             continue;
         };
-        let same = info.key_size() == want.key_size()
+        // A hash or trie of another capacity still works (the agent plans with the pinned
+        // capacity, so entries and the maps' room agree); an array of another length does
+        // not (the datapath indexes slots the old array lacks), nor another key or value size.
+        let indexed = matches!(info.map_type(), Ok(MapType::Array | MapType::PerCpuArray));
+        let same = info.map_type().ok().map(|t| t as u32) == Some(want.map_type())
+            && info.key_size() == want.key_size()
             && info.value_size() == want.value_size()
-            && info.max_entries() == want.max_entries();
+            && (!indexed || info.max_entries() == want.max_entries());
         if !same {
             warn!(
                 map = name,
