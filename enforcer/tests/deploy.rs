@@ -27,6 +27,7 @@ const READS: &[(&str, &str)] = &[
     ("", "namespaces"),
     ("", "services"),
     ("networking.k8s.io", "networkpolicies"),
+    ("discovery.k8s.io", "endpointslices"),
 ];
 /// The agent's default --bpffs.
 const DEFAULT_BPFFS: &str = "/sys/fs/bpf/enforcer";
@@ -1022,6 +1023,18 @@ fn the_content_checks_catch_a_weakened_bundle() {
             "/rules/0/resources",
             json!(["pods", "namespaces"]),
             "\"services\"",
+        ),
+        (
+            "endpointslices missing",
+            "/rules/2/resources",
+            json!([]),
+            "\"endpointslices\"",
+        ),
+        (
+            "endpointslices in the wrong group",
+            "/rules/2/apiGroups",
+            json!([""]),
+            "\"endpointslices\"",
         ),
     ] {
         let mut v = doc.value.clone();

@@ -196,7 +196,7 @@ enum Target {
 fn route(segs: &[&str]) -> Option<Target> {
     let (group, rest) = match segs {
         ["api", "v1", rest @ ..] => ("", rest),
-        ["apis", "networking.k8s.io", "v1", rest @ ..] => ("networking.k8s.io", rest),
+        ["apis", group, "v1", rest @ ..] if Resource::GROUPS.contains(group) => (*group, rest),
         _ => return None,
     };
     let find = |plural: &str| Resource::from_path(group, plural);
@@ -229,7 +229,7 @@ fn route(segs: &[&str]) -> Option<Target> {
             status: false,
         },
         ["namespaces", ns, plural, name, "status"] => Target::Object {
-            res: find(plural).filter(|r| r.namespaced())?,
+            res: find(plural).filter(|r| r.namespaced() && r.has_status())?,
             ns: Some(ns.to_string()),
             name: name.to_string(),
             status: true,
@@ -746,7 +746,7 @@ fn api_resources(group_version: &str, res: &[Resource]) -> Value {
                 "kind": r.kind(),
                 "verbs": ["get", "patch", "update"],
             });
-            [main, status]
+            std::iter::once(main).chain(r.has_status().then_some(status))
         })
         .collect();
     json!({
@@ -778,32 +778,29 @@ fn discovery(segs: &[&str]) -> Option<Resp> {
             "versions": ["v1"],
             "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": ""}],
         }),
-        ["api", "v1"] => api_resources(
-            "v1",
-            &[Resource::Namespace, Resource::Pod, Resource::Service],
-        ),
+        ["api", "v1"] => api_resources("v1", &Resource::of_group("")),
         ["apis"] => json!({
             "kind": "APIGroupList",
             "apiVersion": "v1",
-            "groups": [group_doc()],
+            "groups": Resource::GROUPS.map(group_doc),
         }),
-        ["apis", "networking.k8s.io"] => {
-            let mut g = group_doc();
+        ["apis", group] if Resource::GROUPS.contains(group) => {
+            let mut g = group_doc(group);
             g["kind"] = json!("APIGroup");
             g["apiVersion"] = json!("v1");
             g
         }
-        ["apis", "networking.k8s.io", "v1"] => {
-            api_resources("networking.k8s.io/v1", &[Resource::NetworkPolicy])
+        ["apis", group, "v1"] if Resource::GROUPS.contains(group) => {
+            api_resources(&format!("{group}/v1"), &Resource::of_group(group))
         }
         _ => return None,
     };
     Some(json_response(200, &doc))
 }
 
-fn group_doc() -> Value {
-    let v = json!({"groupVersion": "networking.k8s.io/v1", "version": "v1"});
-    json!({"name": "networking.k8s.io", "versions": [v], "preferredVersion": v})
+fn group_doc(group: &str) -> Value {
+    let v = json!({"groupVersion": format!("{group}/v1"), "version": "v1"});
+    json!({"name": group, "versions": [v], "preferredVersion": v})
 }
 
 /// `/emulator/...`: the test controls, for a client in another process.

@@ -13,11 +13,13 @@
 //! # What is implemented
 //!
 //! - **Resources**: core/v1 `namespaces` (cluster-scoped), `pods`, `services`;
-//!   networking.k8s.io/v1 `networkpolicies`, at the real paths (`/api/v1/pods`,
-//!   `/api/v1/namespaces/{ns}/pods[/{name}]`, `/apis/networking.k8s.io/v1/...`), plus the
-//!   `/status` subresource of each (GET, PUT and PATCH change only `.status`). Objects are
-//!   stored as the JSON that was written.
-//! - **Discovery**: `/version`, `/api`, `/api/v1`, `/apis`, `/apis/networking.k8s.io[/v1]`;
+//!   networking.k8s.io/v1 `networkpolicies`; discovery.k8s.io/v1 `endpointslices`, at the
+//!   real paths (`/api/v1/pods`, `/api/v1/namespaces/{ns}/pods[/{name}]`,
+//!   `/apis/networking.k8s.io/v1/...`, `/apis/discovery.k8s.io/v1/...`), plus the `/status`
+//!   subresource of each but EndpointSlices (GET, PUT and PATCH change only `.status`).
+//!   Objects are stored as the JSON that was written.
+//! - **Discovery**: `/version`, `/api`, `/api/v1`, `/apis`, `/apis/networking.k8s.io[/v1]`,
+//!   `/apis/discovery.k8s.io[/v1]`;
 //!   `/healthz`, `/livez`, `/readyz` answer `ok`. Any other path is a 404 `Status`
 //!   (reason `NotFound`).
 //! - **resourceVersion**: one global counter, like etcd's revision (it starts at 1). Every
@@ -152,7 +154,7 @@ struct Inner {
 }
 
 /// Request counters, per resource (keyed by plural resource name: `namespaces`, `pods`,
-/// `services`, `networkpolicies`; every key is always present).
+/// `services`, `networkpolicies`, `endpointslices`; every key is always present).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Stats {
     /// API requests received (every path but `/emulator/...`), injected failures included.

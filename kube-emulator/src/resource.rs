@@ -1,4 +1,4 @@
-//! The four resources the emulator serves, and their REST names.
+//! The five resources the emulator serves, and their REST names.
 
 use std::fmt;
 
@@ -9,14 +9,16 @@ pub(crate) enum Resource {
     Pod,
     Service,
     NetworkPolicy,
+    EndpointSlice,
 }
 
 impl Resource {
-    pub(crate) const ALL: [Resource; 4] = [
+    pub(crate) const ALL: [Resource; 5] = [
         Resource::Namespace,
         Resource::Pod,
         Resource::Service,
         Resource::NetworkPolicy,
+        Resource::EndpointSlice,
     ];
 
     pub(crate) fn kind(self) -> &'static str {
@@ -25,6 +27,7 @@ impl Resource {
             Resource::Pod => "Pod",
             Resource::Service => "Service",
             Resource::NetworkPolicy => "NetworkPolicy",
+            Resource::EndpointSlice => "EndpointSlice",
         }
     }
 
@@ -34,6 +37,7 @@ impl Resource {
             Resource::Pod => "PodList",
             Resource::Service => "ServiceList",
             Resource::NetworkPolicy => "NetworkPolicyList",
+            Resource::EndpointSlice => "EndpointSliceList",
         }
     }
 
@@ -43,6 +47,7 @@ impl Resource {
             Resource::Pod => "pods",
             Resource::Service => "services",
             Resource::NetworkPolicy => "networkpolicies",
+            Resource::EndpointSlice => "endpointslices",
         }
     }
 
@@ -52,6 +57,7 @@ impl Resource {
             Resource::Pod => &["po"],
             Resource::Service => &["svc"],
             Resource::NetworkPolicy => &["netpol"],
+            Resource::EndpointSlice => &[],
         }
     }
 
@@ -59,6 +65,7 @@ impl Resource {
     pub(crate) fn group(self) -> &'static str {
         match self {
             Resource::NetworkPolicy => "networking.k8s.io",
+            Resource::EndpointSlice => "discovery.k8s.io",
             _ => "",
         }
     }
@@ -66,8 +73,25 @@ impl Resource {
     pub(crate) fn api_version(self) -> &'static str {
         match self {
             Resource::NetworkPolicy => "networking.k8s.io/v1",
+            Resource::EndpointSlice => "discovery.k8s.io/v1",
             _ => "v1",
         }
+    }
+
+    /// Whether the resource has a `/status` subresource (EndpointSlices have none).
+    pub(crate) fn has_status(self) -> bool {
+        !matches!(self, Resource::EndpointSlice)
+    }
+
+    /// The API groups served besides core, in discovery order.
+    pub(crate) const GROUPS: [&'static str; 2] = ["networking.k8s.io", "discovery.k8s.io"];
+
+    /// The resources of one API group ("" for core).
+    pub(crate) fn of_group(group: &str) -> Vec<Resource> {
+        Resource::ALL
+            .into_iter()
+            .filter(|r| r.group() == group)
+            .collect()
     }
 
     pub(crate) fn namespaced(self) -> bool {

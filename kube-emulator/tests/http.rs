@@ -208,6 +208,78 @@ fn create_get_list_replace_patch_delete() {
 }
 
 #[test]
+fn endpoint_slices_are_served_under_discovery_k8s_io() {
+    in_netns(|_| async {
+        let emu = Emulator::new();
+        let addr = start(&emu).await;
+        emu.create(namespace("default")).unwrap();
+        let es = "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices";
+        let slice = json!({
+            "metadata": {"name": "kubernetes", "labels": {"kubernetes.io/service-name": "kubernetes"}},
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": ["192.0.2.10"]}],
+            "ports": [{"name": "https", "port": 6443, "protocol": "TCP"}],
+        });
+        let (code, o) = req(addr, "POST", es, Some(&slice)).await;
+        assert_eq!(code, 201, "{o}");
+        assert_eq!(o["kind"], "EndpointSlice");
+        assert_eq!(o["apiVersion"], "discovery.k8s.io/v1");
+        let (code, l) = req(
+            addr,
+            "GET",
+            "/apis/discovery.k8s.io/v1/endpointslices",
+            None,
+        )
+        .await;
+        assert_eq!(code, 200);
+        assert_eq!(l["kind"], "EndpointSliceList");
+        assert_eq!(l["apiVersion"], "discovery.k8s.io/v1");
+        assert_eq!(names(&l), ["kubernetes"]);
+        let (code, l) = req(
+            addr,
+            "GET",
+            &format!("{es}?labelSelector=kubernetes.io/service-name%3Dkubernetes"),
+            None,
+        )
+        .await;
+        assert_eq!((code, names(&l)), (200, vec!["kubernetes".to_string()]));
+        let (code, st) = req(addr, "GET", &format!("{es}/nope"), None).await;
+        assert_status(code, &st, 404, "NotFound");
+        assert_eq!(
+            st["message"],
+            "endpointslices.discovery.k8s.io \"nope\" not found"
+        );
+        // No /status subresource, and not under another group.
+        let (code, _) = req(addr, "GET", &format!("{es}/kubernetes/status"), None).await;
+        assert_eq!(code, 404);
+        let (code, _) = req(addr, "GET", "/api/v1/endpointslices", None).await;
+        assert_eq!(code, 404);
+        let (code, _) = req(
+            addr,
+            "GET",
+            "/apis/networking.k8s.io/v1/endpointslices",
+            None,
+        )
+        .await;
+        assert_eq!(code, 404);
+        // Discovery.
+        let (code, g) = req(addr, "GET", "/apis/discovery.k8s.io", None).await;
+        assert_eq!((code, g["kind"].clone()), (200, json!("APIGroup")));
+        assert_eq!(g["preferredVersion"]["groupVersion"], "discovery.k8s.io/v1");
+        let (code, r) = req(addr, "GET", "/apis/discovery.k8s.io/v1", None).await;
+        assert_eq!(code, 200);
+        let served: Vec<&str> = r["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(served, ["endpointslices"]);
+        assert_eq!(emu.stats().list_count("endpointslices"), 2);
+    });
+}
+
+#[test]
 fn errors_are_status_objects() {
     in_netns(|_| async {
         let emu = Emulator::new();
@@ -393,6 +465,7 @@ fn errors_are_status_objects() {
         let (code, v) = req(addr, "GET", "/apis", None).await;
         assert_eq!(code, 200);
         assert_eq!(v["groups"][0]["name"], "networking.k8s.io");
+        assert_eq!(v["groups"][1]["name"], "discovery.k8s.io");
         let (code, v) = req(addr, "GET", "/api/v1", None).await;
         assert_eq!(code, 200);
         assert!(

@@ -12,6 +12,7 @@ use std::time::Duration;
 use common::*;
 use futures::{StreamExt as _, TryStreamExt as _};
 use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{
     Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams,
@@ -214,6 +215,69 @@ fn typed_client_round_trips() {
         let after = emu.stats();
         assert_eq!(after.injected_failures, before.injected_failures + 1);
         assert_eq!(after.list_count("Pod"), before.list_count("Pod") + 1);
+    });
+}
+
+#[test]
+fn endpoint_slices_list_and_watch_with_kube() {
+    in_netns(|_| async {
+        let emu = Emulator::new();
+        let addr = start(&emu).await;
+        let c = client(addr).await;
+        emu.create(namespace("default")).unwrap();
+        let slice = |addr: &str| {
+            typed::<EndpointSlice>(json!({
+                "apiVersion": "discovery.k8s.io/v1",
+                "kind": "EndpointSlice",
+                "metadata": {"name": "kubernetes", "namespace": "default",
+                    "labels": {"kubernetes.io/service-name": "kubernetes"}},
+                "addressType": "IPv4",
+                "endpoints": [{"addresses": [addr]}],
+                "ports": [{"name": "https", "port": 6443, "protocol": "TCP"}],
+            }))
+        };
+        let api: Api<EndpointSlice> = Api::namespaced(c.clone(), "default");
+        api.create(&PostParams::default(), &slice("192.0.2.10"))
+            .await
+            .unwrap();
+        let all: Api<EndpointSlice> = Api::all(c);
+        let l = all.list(&ListParams::default()).await.unwrap();
+        assert_eq!(l.items.len(), 1);
+        assert_eq!(
+            l.items[0].endpoints.as_ref().unwrap()[0].addresses,
+            ["192.0.2.10"]
+        );
+        let mut w = watcher(all, watcher::Config::default()).boxed();
+        let mut seen = Vec::new();
+        while let Some(ev) = w.try_next().await.unwrap() {
+            match ev {
+                watcher::Event::InitApply(o) => seen.push(o.name_any()),
+                watcher::Event::InitDone => break,
+                _ => {}
+            }
+        }
+        assert_eq!(seen, ["kubernetes"]);
+        let mut moved = slice("192.0.2.11");
+        moved.metadata.resource_version = None;
+        api.replace("kubernetes", &PostParams::default(), &moved)
+            .await
+            .unwrap();
+        loop {
+            if let Some(watcher::Event::Apply(o)) = w.try_next().await.unwrap() {
+                assert_eq!(o.endpoints.unwrap()[0].addresses, ["192.0.2.11"]);
+                break;
+            }
+        }
+        api.delete("kubernetes", &DeleteParams::default())
+            .await
+            .unwrap();
+        loop {
+            if let Some(watcher::Event::Delete(o)) = w.try_next().await.unwrap() {
+                assert_eq!(o.name_any(), "kubernetes");
+                break;
+            }
+        }
+        assert!(emu.stats().watch_count("EndpointSlice") >= 1);
     });
 }
 
