@@ -1,4 +1,5 @@
-//! Embeds the eBPF object built by `cargo xtask build-ebpf` into the enforcer binary.
+//! Embeds the eBPF object built by `cargo xtask build-ebpf` into the enforcer binary, and the
+//! commit it is built from (`ENFORCER_COMMIT`, shown by `--version` and `enforcer::VERSION`).
 //!
 //! The object is looked for, in order, at `$ENFORCER_BPF_OBJECT`, under `$CARGO_TARGET_DIR`, and
 //! under the workspace's `target/`. A missing object fails the build with the command that makes
@@ -9,6 +10,7 @@ use std::path::PathBuf;
 const REL: &str = "bpfel-unknown-none/release/enforcer-ebpf";
 
 fn main() {
+    commit();
     println!("cargo:rerun-if-env-changed=ENFORCER_BPF_OBJECT");
     println!("cargo:rerun-if-env-changed=CARGO_TARGET_DIR");
     let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets it"));
@@ -55,4 +57,50 @@ fn main() {
             );
         }
     }
+}
+
+/// Sets `ENFORCER_COMMIT` for the crate: `$ENFORCER_COMMIT` when set (a build without the
+/// repository, e.g. the container image's), else `git rev-parse --short HEAD` with `-dirty` when
+/// tracked files differ from it, else `unknown` (no git, or not a repository). Reruns when HEAD,
+/// the branch it names, the packed refs or the index change.
+fn commit() {
+    println!("cargo:rerun-if-env-changed=ENFORCER_COMMIT");
+    let manifest = std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets it");
+    let git = |args: &[&str]| -> Option<String> {
+        let out = std::process::Command::new("git")
+            .args(args)
+            .current_dir(&manifest)
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    };
+    let from_env = std::env::var("ENFORCER_COMMIT")
+        .ok()
+        .filter(|c| !c.trim().is_empty());
+    let commit = from_env.or_else(|| {
+        let head = git(&["rev-parse", "--short", "HEAD"]).filter(|h| !h.is_empty())?;
+        // Worktrees keep HEAD and the index apart from the shared refs: ask git for each path.
+        let mut watched = vec!["HEAD".to_string(), "index".into(), "packed-refs".into()];
+        watched.extend(git(&["symbolic-ref", "-q", "HEAD"]));
+        for w in watched {
+            if let Some(p) = git(&["rev-parse", "--git-path", &w]) {
+                let p = PathBuf::from(&manifest).join(p);
+                println!("cargo:rerun-if-changed={}", p.display());
+            }
+        }
+        let dirty = git(&[
+            "--no-optional-locks",
+            "status",
+            "--porcelain",
+            "--untracked-files=no",
+        ])
+        .is_some_and(|s| !s.is_empty());
+        Some(if dirty { format!("{head}-dirty") } else { head })
+    });
+    println!(
+        "cargo:rustc-env=ENFORCER_COMMIT={}",
+        commit.unwrap_or_else(|| "unknown".into())
+    );
 }

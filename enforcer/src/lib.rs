@@ -15,6 +15,19 @@
 //! - [`agent`]: `enforcer run`; [`dump`]: `enforcer maps dump`; [`explain`]: `enforcer explain`;
 //!   [`events`]: `enforcer events`.
 
+/// The commit this binary was built from (`git rev-parse --short HEAD`, `-dirty` when tracked
+/// files differed from it), or `unknown` when built outside a repository without
+/// `ENFORCER_COMMIT`.
+pub const COMMIT: &str = env!("ENFORCER_COMMIT");
+
+/// The version and commit, as `--version` and `enforcer status` show them: `0.1.0 (1a2b3c4)`.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("ENFORCER_COMMIT"),
+    ")"
+);
+
 pub mod agent;
 pub mod binding;
 pub mod bpf;

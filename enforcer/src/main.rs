@@ -8,7 +8,7 @@ use enforcer::agent::{AgentOptions, SourceOptions, run};
 
 /// Kubernetes NetworkPolicy enforcer with an eBPF TC datapath.
 #[derive(Parser)]
-#[command(name = "enforcer", version, about, long_about = None)]
+#[command(name = "enforcer", version = enforcer::VERSION, about, long_about = None)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -46,6 +46,11 @@ enum Command {
         #[command(subcommand)]
         command: enforcer_lab::LabCommand,
     },
+    /// Print a shell completion script for bash, zsh, fish, elvish or powershell.
+    #[command(
+        after_help = "Example:\n  enforcer completions bash > /etc/bash_completion.d/enforcer"
+    )]
+    Completions { shell: clap_complete::Shell },
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -362,6 +367,16 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "enforcer",
+                &mut std::io::stdout(),
+            );
+            ExitCode::SUCCESS
         }
         Command::Explain(a) => print_or_fail(explain_cmd(a)),
         Command::Maps {
