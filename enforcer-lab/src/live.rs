@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 
 use crate::lab::{self, SavedState};
-use crate::manifests::{ManifestWriter, write_atomic};
+use crate::manifests::{ClusterState, ManifestWriter, write_atomic};
 use crate::netns::{self, Netns};
 use crate::plan::{Changes, Plan};
 use crate::report::{ProbeResult, match_events};
@@ -1007,11 +1007,18 @@ pub fn apply(name: &str, file: &Path, delete: bool, agent_timeout: Duration) -> 
     }
 }
 
+/// `lab apply` (or `lab delete`) is all or nothing. Every object of the file is decoded
+/// strictly and its namespace checked before anything is written, so a bad file changes
+/// nothing; what only the agent can judge (a port range, a CIDR) is known when it reports: if
+/// an agent rejects the change, the lab puts back what was there (manifests, Services, saved
+/// state) and waits until the agents have it again, so the lab is as before and the next
+/// apply starts from there. Each object is said `created`, `configured` or `unchanged` (its
+/// content as last applied), as kubectl says; a file that changes nothing writes nothing.
 fn apply_inner(name: &str, file: &Path, delete: bool, agent_timeout: Duration) -> Result<()> {
     let source = file.display().to_string();
     let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {source}"))?;
-    let objects =
-        scenario::parse_objects(&text).with_context(|| format!("{source}: bad objects"))?;
+    let objects = scenario::parse_objects(&text)
+        .with_context(|| format!("{source}: bad objects (nothing was applied)"))?;
     need_root(if delete {
         "`lab delete`"
     } else {
@@ -1028,6 +1035,12 @@ fn apply_inner(name: &str, file: &Path, delete: bool, agent_timeout: Duration) -
     let mut saved = live.state()?;
     let plan = &live.plan;
     let before = saved.state.clone();
+    if !delete {
+        for o in &objects {
+            crate::plan::missing_namespace(o, |ns| before.namespaces.contains_key(ns))
+                .with_context(|| format!("{source}: nothing was applied"))?;
+        }
+    }
 
     let mut changes = Changes::default();
     let mut said = Vec::new();
@@ -1066,81 +1079,117 @@ fn apply_inner(name: &str, file: &Path, delete: bool, agent_timeout: Duration) -
                     .cluster_ips
                     .plan(spec)
                     .map_err(|e| anyhow!("{}: spec.clusterIP: {e}", o.path))?;
-                let verb = if before.services.contains_key(&sp.key()) {
-                    "configured"
-                } else {
-                    "created"
-                };
+                let verb = verb(before.services.get(&sp.key()), &sp);
                 said.push(format!("{id} {verb} (cluster IP {})", sp.cluster_ip));
-                changes.apply_services.push(sp);
+                if verb != "unchanged" {
+                    changes.apply_services.push(sp);
+                }
             }
             None => {
-                let verb = if before.objects.contains_key(key) {
-                    "configured"
-                } else {
-                    "created"
-                };
+                let verb = verb(before.objects.get(key), &o.value);
                 said.push(format!("{id} {verb}"));
-                changes.apply.push(o.clone());
+                if verb != "unchanged" {
+                    changes.apply.push(o.clone());
+                }
             }
         }
+    }
+    if changes.is_empty() {
+        for line in &said {
+            println!("{line}");
+        }
+        return Ok(());
     }
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     rt.block_on(async {
-        // New cluster IPs outside the service range need routes first.
-        let old_routes = services::routes_for(&before.cluster_ips);
-        let new_routes: Vec<_> = services::routes_for(&saved.state.cluster_ips)
-            .into_iter()
-            .filter(|r| !old_routes.contains(r))
-            .collect();
-        netns::add_service_routes(plan, &new_routes).await?;
-
         saved.state.apply(&changes);
-        let mut writer = ManifestWriter::resume(
-            live.dir.join("manifests"),
-            before.manifests(plan),
-            saved.generation,
-        );
-        saved.generation = writer.sync(&saved.state.manifests(plan))?;
-        if !saved.state.services.is_empty() || saved.nft_installed {
-            let nodes = plan
-                .nodes
-                .iter()
-                .map(|n| Netns::open(&n.netns))
-                .collect::<Result<Vec<_>>>()?;
-            services::install(&plan.pods, &saved.state, &nodes).await?;
-            saved.nft_installed = true;
-        }
-        save_state(&live.dir, &saved)?;
-        for line in &said {
-            println!("{line}");
-        }
-        let mut problems = Vec::new();
-        for n in &plan.nodes {
-            let status = live.node_dir(&n.name).join("status.json");
-            if let Err(e) =
-                crate::agent::wait_status(&status, saved.generation, agent_timeout).await
-            {
-                problems.push(format!("agent on {}: {e:#}", n.name));
+        install(&live, &before, &mut saved).await?;
+        let problems = wait_agents(&live, saved.generation, agent_timeout).await;
+        if problems.is_empty() {
+            for line in &said {
+                println!("{line}");
             }
+            println!(
+                "generation {}: in force on {}",
+                saved.generation,
+                plan.nodes
+                    .iter()
+                    .map(|n| n.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            return Ok(());
         }
-        if !problems.is_empty() {
-            bail!("{}", problems.join("\n"));
-        }
-        println!(
-            "generation {}: in force on {}",
-            saved.generation,
-            plan.nodes
-                .iter()
-                .map(|n| n.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-        Ok(())
+        // Rejected: put back what was there, so that the file changes nothing.
+        let rejected = std::mem::replace(&mut saved.state, before);
+        install(&live, &rejected, &mut saved).await?;
+        let again = wait_agents(&live, saved.generation, agent_timeout).await;
+        let outcome = if again.is_empty() {
+            format!(
+                "nothing was applied: lab {} is as it was (generation {})",
+                live.name(),
+                saved.generation
+            )
+        } else {
+            format!(
+                "putting the previous state back failed too:\n{}",
+                again.join("\n")
+            )
+        };
+        bail!("{source}: rejected:\n{}\n{outcome}", problems.join("\n"))
     })
+}
+
+/// What applying `new` over `old` (the content last applied, if any) does, in kubectl's words.
+fn verb<T: PartialEq>(old: Option<&T>, new: &T) -> &'static str {
+    match old {
+        None => "created",
+        Some(o) if o == new => "unchanged",
+        Some(_) => "configured",
+    }
+}
+
+/// Makes the lab hold `saved.state` where it held `from`: routes for new cluster IPs, the
+/// manifests (a new generation), the Services' rules; then saves the state.
+async fn install(live: &Live, from: &ClusterState, saved: &mut SavedState) -> Result<()> {
+    let plan = &live.plan;
+    let old_routes = services::routes_for(&from.cluster_ips);
+    let new_routes: Vec<_> = services::routes_for(&saved.state.cluster_ips)
+        .into_iter()
+        .filter(|r| !old_routes.contains(r))
+        .collect();
+    netns::add_service_routes(plan, &new_routes).await?;
+    let mut writer = ManifestWriter::resume(
+        live.dir.join("manifests"),
+        from.manifests(plan),
+        saved.generation,
+    );
+    saved.generation = writer.sync(&saved.state.manifests(plan))?;
+    if !saved.state.services.is_empty() || saved.nft_installed {
+        let nodes = plan
+            .nodes
+            .iter()
+            .map(|n| Netns::open(&n.netns))
+            .collect::<Result<Vec<_>>>()?;
+        services::install(&plan.pods, &saved.state, &nodes).await?;
+        saved.nft_installed = true;
+    }
+    save_state(&live.dir, saved)
+}
+
+/// Waits until every agent reports `generation`; returns what each one that did not said.
+async fn wait_agents(live: &Live, generation: u64, timeout: Duration) -> Vec<String> {
+    let mut problems = Vec::new();
+    for n in &live.plan.nodes {
+        let status = live.node_dir(&n.name).join("status.json");
+        if let Err(e) = crate::agent::wait_status(&status, generation, timeout).await {
+            problems.push(format!("agent on {}: {e:#}", n.name));
+        }
+    }
+    problems
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -383,6 +383,26 @@ fn bridge_prefixes(pod_cidr: Cidr, node: usize, ipv6: bool) -> Vec<Cidr> {
     out
 }
 
+fn namespace_exists(ns: &str, exists: impl Fn(&str) -> bool) -> bool {
+    exists(ns) || enforcer_objects::BUILT_IN_NAMESPACES.contains(&ns)
+}
+
+/// An error naming the object when its namespace is neither one of the lab's (`exists`) nor
+/// one every cluster has.
+pub fn missing_namespace(o: &Object, exists: impl Fn(&str) -> bool) -> Result<(), ScenarioError> {
+    match &o.key.namespace {
+        Some(ns) if !namespace_exists(ns, exists) => err(
+            &format!("{}.metadata.namespace", o.path),
+            format!(
+                "{}: namespace {ns:?} does not exist in the lab (pods and `namespaces` make \
+                 them)",
+                o.key
+            ),
+        ),
+        _ => Ok(()),
+    }
+}
+
 /// Builds the plan. `prefix` names everything this run creates (`enf-1a2b3c-`).
 pub fn plan(s: &Scenario, prefix: &str) -> Result<Plan, ScenarioError> {
     let node_names = s.node_names();
@@ -435,6 +455,22 @@ pub fn plan(s: &Scenario, prefix: &str) -> Result<Plan, ScenarioError> {
         namespaces
             .entry(p.namespace.clone())
             .or_insert_with(|| Labels::from([(NS_NAME_LABEL.to_string(), p.namespace.clone())]));
+    }
+    // Objects live in the lab's namespaces (or those every cluster has), as in a cluster.
+    let objects = s
+        .policies
+        .iter()
+        .chain(s.steps.iter().flat_map(|st| st.apply.iter()));
+    for o in objects {
+        missing_namespace(o, |ns| namespaces.contains_key(ns))?;
+    }
+    for svc in &s.services {
+        if !namespace_exists(&svc.namespace, |ns| namespaces.contains_key(ns)) {
+            return err(
+                &format!("{}.namespace", svc.path),
+                format!("namespace {:?} does not exist in the lab", svc.namespace),
+            );
+        }
     }
 
     // The fabric's and the explicit addresses first, so that assigned ones avoid them.
@@ -985,7 +1021,7 @@ pods:
         let e = plan_of("pods: [{namespace: x, name: a, ips: [10.0.0.1]}, {namespace: x, name: b, ips: [10.0.0.1]}]").unwrap_err();
         assert!(e.reason.contains("already the address of x/a"), "{e}");
         let e = plan_of(
-            "services: [{namespace: x, name: s, clusterIP: 127.0.0.1, ports: [{port: 80}]}]",
+            "namespaces: [{name: x}]\nservices: [{namespace: x, name: s, clusterIP: 127.0.0.1, ports: [{port: 80}]}]",
         )
         .unwrap_err();
         assert_eq!(e.path, "services[0].clusterIP");
@@ -1012,6 +1048,27 @@ pods:
         ))
         .unwrap_err();
         assert_eq!(e.path, "steps[0].relabel[0].namespace");
+        // Objects and Services live in the lab's namespaces (or one every cluster has).
+        let e = plan_of(&format!(
+            "{PODS}steps: [{{apply: [{{apiVersion: networking.k8s.io/v1, kind: NetworkPolicy, metadata: {{name: p, namespace: ghost}}, spec: {{podSelector: {{}}}}}}]}}]"
+        ))
+        .unwrap_err();
+        assert_eq!(e.path, "steps[0].apply[0].metadata.namespace");
+        assert!(
+            e.reason.starts_with(
+                "NetworkPolicy ghost/p: namespace \"ghost\" does not exist in the lab"
+            ),
+            "{e}"
+        );
+        let e = plan_of(&format!(
+            "{PODS}services: [{{namespace: ghost, name: s, ports: [{{port: 80}}]}}]"
+        ))
+        .unwrap_err();
+        assert_eq!(e.path, "services[0].namespace");
+        plan_of(&format!(
+            "{PODS}policies: [{{apiVersion: networking.k8s.io/v1, kind: NetworkPolicy, metadata: {{name: p}}, spec: {{podSelector: {{}}}}}}]"
+        ))
+        .expect("`default` exists in every cluster");
     }
 
     #[test]

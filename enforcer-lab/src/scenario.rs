@@ -1,7 +1,9 @@
 //! The scenario file (see `shared/scenario-format.md`): parsed strictly, so that a misspelt key
 //! is an error naming the key and its path (`pods[2].lables`) instead of a silently ignored
 //! field. Parsing walks a generic YAML value by hand, which gives every error the exact path
-//! of the offending value; Kubernetes objects (`policies`, `apply`) are kept as given.
+//! of the offending value. Kubernetes objects (`policies`, `apply`) are decoded strictly as the
+//! agent decodes them (`enforcer_objects`: known kind and apiVersion, no unknown field, the
+//! nearest known one suggested) and kept as given.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -300,7 +302,7 @@ pub struct Object {
     pub service: Option<ServiceSpec>,
 }
 
-/// kind, namespace (NetworkPolicy and Service default to `default`, as `kubectl apply` without
+/// kind, namespace (a namespaced kind's defaults to `default`, as `kubectl apply` without
 /// `-n`), name.
 #[derive(
     Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
@@ -322,9 +324,10 @@ impl fmt::Display for ObjectKey {
 
 impl ObjectKey {
     pub fn new(kind: &str, namespace: Option<String>, name: &str) -> Self {
-        let namespace = match (kind, namespace) {
-            ("NetworkPolicy" | "Service", None) => Some("default".to_string()),
-            (_, ns) => ns,
+        let namespaced = enforcer_objects::Kind::from_name(kind).is_some_and(|k| k.namespaced());
+        let namespace = match namespace {
+            None if namespaced => Some("default".to_string()),
+            ns => ns,
         };
         ObjectKey {
             kind: kind.to_string(),
@@ -845,13 +848,15 @@ fn object(v: &Value, path: &str) -> Result<Object, ScenarioError> {
             ),
         );
     }
+    let value = serde_json::to_value(v)
+        .or_else(|e| err(path, format!("cannot be represented as JSON: {e}")))?;
+    // Strictly, as the agent reads it: a known kind and apiVersion, no unknown field.
+    enforcer_objects::decode(&value).or_else(|e| err(path, e.to_string()))?;
     let service = if kind == "Service" {
         Some(service_object(m, path, namespace.as_deref(), &name)?)
     } else {
         None
     };
-    let value = serde_json::to_value(v)
-        .or_else(|e| err(path, format!("cannot be represented as JSON: {e}")))?;
     Ok(Object {
         path: path.to_string(),
         key: ObjectKey::new(&kind, namespace, &name),
@@ -861,7 +866,7 @@ fn object(v: &Value, path: &str) -> Result<Object, ScenarioError> {
 }
 
 /// The ports of a Service (`strict`: the scenario's `services`, where unknown keys are errors;
-/// otherwise a Kubernetes object, whose other fields are the API server's business).
+/// otherwise a Kubernetes object, whose fields the strict decoder has checked already).
 fn service_ports(m: &Mapping, path: &str, strict: bool) -> Result<Vec<ServicePort>, ScenarioError> {
     let mut out: Vec<ServicePort> = Vec::new();
     // (Kubernetes wants a name on each port of a multi-port Service; the lab does not insist,
@@ -1040,18 +1045,23 @@ pub fn parse_objects(text: &str) -> Result<Vec<Object>, ScenarioError> {
         if v.is_null() {
             continue;
         }
-        let list = matches!(&v, Value::Mapping(m) if m.get("kind").and_then(Value::as_str) == Some("List"));
-        let found = if list {
-            let Value::Mapping(m) = &v else {
-                unreachable!("checked above")
+        let json = serde_json::to_value(&v)
+            .or_else(|e| err(&path, format!("cannot be represented as JSON: {e}")))?;
+        // A list (`kind: List`, or a typed one like NetworkPolicyList), its own fields checked.
+        let found =
+            match enforcer_objects::list_items(&json).or_else(|e| err(&path, e.to_string()))? {
+                Some(list) => list
+                    .iter()
+                    .enumerate()
+                    .map(|(j, item)| {
+                        let p = index(&join(&path, "items"), j);
+                        let item: Value = serde_norway::to_value(item)
+                            .or_else(|e| err(&p, format!("cannot be read: {e}")))?;
+                        object(&item, &p)
+                    })
+                    .collect::<Result<Vec<_>, _>>()?,
+                None => vec![object(&v, &path)?],
             };
-            items(m, &path, "items")?
-                .into_iter()
-                .map(|(p, v)| object(v, &p))
-                .collect::<Result<Vec<_>, _>>()?
-        } else {
-            vec![object(&v, &path)?]
-        };
         for o in found {
             if let Some(prev) = out.iter().find(|x| x.key == o.key) {
                 return err(
@@ -1505,7 +1515,7 @@ steps:
             ),
             ("policies: [42]", "policies[0]", "Kubernetes object"),
             (
-                "policies: [{apiVersion: v1, kind: NetworkPolicy, metadata: {}}]",
+                "policies: [{apiVersion: networking.k8s.io/v1, kind: NetworkPolicy, metadata: {}}]",
                 "policies[0].metadata.name",
                 "required",
             ),
@@ -1631,6 +1641,45 @@ steps:
         assert_eq!(p.family, Some(Family::V6));
         let e = parse_probe("x/a", "x/b", "80", "ICMP", None).unwrap_err();
         assert_eq!(e.path, "probes[0].protocol");
+    }
+
+    #[test]
+    fn kubernetes_objects_are_decoded_strictly() {
+        let e = error_of(
+            "policies:\n  - apiVersion: networking.k8s.io/v1\n    kind: NetworkPolicy\n    metadata: {name: p, namespace: x}\n    spec: {podSelector: {matchLables: {a: b}}}\n",
+        );
+        assert_eq!(e.path, "policies[0]");
+        assert_eq!(
+            e.reason,
+            "NetworkPolicy x/p: spec.podSelector.matchLables: unknown field \"matchLables\" (did you mean matchLabels?)"
+        );
+        let e = error_of(
+            "steps: [{apply: [{apiVersion: cilium.io/v2, kind: CiliumNetworkPolicy, metadata: {name: c}}]}]\n",
+        );
+        assert_eq!(e.path, "steps[0].apply[0]");
+        assert!(
+            e.reason
+                .contains("unknown kind \"CiliumNetworkPolicy\": enforcer reads"),
+            "{e}"
+        );
+        let e = error_of(
+            "policies: [{apiVersion: networking.k8s.io/v2, kind: NetworkPolicy, metadata: {name: p}}]\n",
+        );
+        assert!(
+            e.reason
+                .contains("NetworkPolicy is read as networking.k8s.io/v1"),
+            "{e}"
+        );
+        // `lab apply` files: a list's own fields, and its items by place.
+        let e = parse_objects("apiVersion: v1\nkind: List\nitem: []\n").unwrap_err();
+        assert_eq!(e.path, "document 1");
+        assert!(e.reason.contains("(did you mean items?)"), "{e}");
+        let e = parse_objects(
+            "apiVersion: v1\nkind: List\nitems:\n  - {apiVersion: networking.k8s.io/v1, kind: NetworkPolicy, metadata: {name: p}, spec: {ingres: []}}\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.path, "document 1.items[0]");
+        assert!(e.reason.contains("spec.ingres: unknown field"), "{e}");
     }
 
     #[test]

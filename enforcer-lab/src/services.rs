@@ -502,14 +502,14 @@ services:
         assert_eq!(e.path, "services[0].clusterIP");
         assert!(e.reason.contains("already the address of x/a"), "{e}");
         let e = plan(
-            &parse("services: [{namespace: x, name: s, clusterIP: 10.96.0.10, ports: [{port: 80}]}, {namespace: x, name: t, clusterIP: 10.96.0.10, ports: [{port: 80}]}]").unwrap(),
+            &parse("namespaces: [{name: x}]\nservices: [{namespace: x, name: s, clusterIP: 10.96.0.10, ports: [{port: 80}]}, {namespace: x, name: t, clusterIP: 10.96.0.10, ports: [{port: 80}]}]").unwrap(),
             "enf-000000-",
         )
         .unwrap_err();
         assert!(e.reason.contains("cluster IP of Service x/s"), "{e}");
         // An IP asked for later (or in a later step) is not given to an earlier Service.
         let p = plan(
-            &parse("services: [{namespace: x, name: a, ports: [{port: 80}]}, {namespace: x, name: dns, clusterIP: 10.96.0.10, ports: [{port: 53}]}]\nsteps: [{apply: [{apiVersion: v1, kind: Service, metadata: {name: b, namespace: x}, spec: {clusterIP: 10.96.0.11, ports: [{port: 80}]}}]}]").unwrap(),
+            &parse("namespaces: [{name: x}]\nservices: [{namespace: x, name: a, ports: [{port: 80}]}, {namespace: x, name: dns, clusterIP: 10.96.0.10, ports: [{port: 53}]}]\nsteps: [{apply: [{apiVersion: v1, kind: Service, metadata: {name: b, namespace: x}, spec: {clusterIP: 10.96.0.11, ports: [{port: 80}]}}]}]").unwrap(),
             "enf-000000-",
         )
         .unwrap();

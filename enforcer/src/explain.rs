@@ -341,14 +341,17 @@ mod tests {
     #[test]
     fn explains_isolation_and_rules() {
         let yaml = r#"
+apiVersion: v1
 kind: Pod
 metadata: {name: a, namespace: x, labels: {pod: a}}
 status: {podIP: 10.0.0.1}
 ---
+apiVersion: v1
 kind: Pod
 metadata: {name: b, namespace: x, labels: {pod: b}}
 status: {podIP: 10.0.0.2}
 ---
+apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
 metadata: {name: allow-a, namespace: x}
 spec:

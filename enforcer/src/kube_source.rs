@@ -415,6 +415,35 @@ mod tests {
         s.cluster().0.namespaces.keys().cloned().collect()
     }
 
+    /// Objects from the API server are not decoded strictly: it validated them, and a newer
+    /// one sends fields this k8s-openapi does not know. The same object from a file is refused.
+    #[test]
+    fn fields_a_newer_api_server_sends_are_accepted() {
+        let policy = serde_json::json!({
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "NetworkPolicy",
+            "metadata": {"name": "p", "namespace": "x", "resourceVersion": "7"},
+            "spec": {
+                "podSelector": {"matchLabels": {"app": "db"}},
+                "policyTypes": ["Ingress"],
+                "ingress": [{"from": [{"podSelector": {}}], "futurePeerField": true}],
+                "futureSpecField": {"a": 1},
+            },
+        });
+        // As the watcher reads it (kube deserializes the API's JSON into the k8s-openapi type).
+        let typed: KPolicy = serde_json::from_value(policy.clone()).unwrap();
+        let e = entry(&typed);
+        assert_eq!(e.key, ObjectRef::new("x", "p"));
+        assert!(matches!(e.object, Ok(Object::Policy(_))), "{:?}", e.object);
+        let file = crate::source::parse_objects("p.json", &policy.to_string())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            file.contains("spec.futureSpecField: unknown field"),
+            "{file}"
+        );
+    }
+
     #[test]
     fn relist_replaces_the_world_and_sync_needs_every_kind() {
         let mut s = Store::default();

@@ -6,14 +6,12 @@
 // field; boxing them would buy nothing.
 #![allow(clippy::result_large_err)]
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use k8s_openapi::api::core::v1::{Namespace as KNamespace, Pod as KPod, Service as KService};
-use k8s_openapi::api::discovery::v1::EndpointSlice as KEndpointSlice;
-use k8s_openapi::api::networking::v1::NetworkPolicy as KPolicy;
+use enforcer_objects::{BUILT_IN_NAMESPACES, Object as K8s, ObjectError, decode_document};
 use serde::Deserialize;
 
 use crate::compiler::Cluster;
@@ -63,14 +61,14 @@ pub enum SourceError {
         doc: usize,
         reason: String,
     },
-    #[error("{file}: document {doc} ({kind} {name}): field {field}: {reason}")]
-    Field {
+    /// Refused by the strict decoder: an unknown kind or apiVersion, an unknown field (with
+    /// the nearest known one), a value of the wrong type.
+    #[error("{file}: document {doc}: {source}")]
+    Object {
         file: String,
         doc: usize,
-        kind: String,
-        name: String,
-        field: String,
-        reason: String,
+        #[source]
+        source: ObjectError,
     },
     #[error("{file}: {source}")]
     Invalid {
@@ -86,88 +84,66 @@ pub enum SourceError {
     },
 }
 
-fn typed<T: for<'de> Deserialize<'de>>(
-    file: &str,
-    doc: usize,
-    kind: &str,
-    value: &serde_json::Value,
-) -> Result<T, SourceError> {
-    serde_path_to_error::deserialize(value).map_err(|e| {
-        let name = value
-            .pointer("/metadata/namespace")
-            .and_then(|n| n.as_str())
-            .map(|n| format!("{n}/"))
-            .unwrap_or_default()
-            + value
-                .pointer("/metadata/name")
-                .and_then(|n| n.as_str())
-                .unwrap_or("<unnamed>");
-        SourceError::Field {
-            file: file.to_string(),
-            doc,
-            kind: kind.to_string(),
-            name,
-            field: e.path().to_string(),
-            reason: e.into_inner().to_string(),
+impl Object {
+    /// The namespace of a namespaced object.
+    fn namespace(&self) -> Option<&str> {
+        match self {
+            Object::Namespace(_) => None,
+            Object::Pod(p) => Some(&p.namespace),
+            Object::Policy(p) => Some(&p.namespace),
+            Object::Service(s) => Some(&s.namespace),
+            Object::EndpointSlice(s) => Some(&s.namespace),
         }
-    })
+    }
+
+    /// `NetworkPolicy x/p`.
+    fn label(&self) -> String {
+        let (kind, key) = match self {
+            Object::Namespace(n) => return format!("Namespace {}", n.name),
+            Object::Pod(p) => ("Pod", p.key()),
+            Object::Policy(p) => ("NetworkPolicy", p.key()),
+            Object::Service(s) => ("Service", s.key()),
+            Object::EndpointSlice(s) => ("EndpointSlice", s.key()),
+        };
+        format!("{kind} {key}")
+    }
 }
 
-fn object_from_value(
+/// The objects of one document (one object, or a list's items), decoded strictly, then
+/// validated.
+fn objects_of(
     file: &str,
     doc: usize,
-    value: serde_json::Value,
-    out: &mut Vec<Object>,
-) -> Result<(), SourceError> {
-    let kind = value.get("kind").and_then(|k| k.as_str()).unwrap_or("");
+    value: &serde_json::Value,
+) -> Result<Vec<Object>, SourceError> {
+    let decoded = decode_document(value).map_err(|source| SourceError::Object {
+        file: file.to_string(),
+        doc,
+        source,
+    })?;
     let invalid = |source| SourceError::Invalid {
         file: file.to_string(),
         source,
     };
-    match kind {
-        "Namespace" => out.push(Object::Namespace(
-            namespace_from_api(&typed::<KNamespace>(file, doc, kind, &value)?).map_err(invalid)?,
-        )),
-        "Pod" => out.push(Object::Pod(
-            pod_from_api(&typed::<KPod>(file, doc, kind, &value)?).map_err(invalid)?,
-        )),
-        "NetworkPolicy" => out.push(Object::Policy(
-            policy_from_api(&typed::<KPolicy>(file, doc, kind, &value)?).map_err(invalid)?,
-        )),
-        "Service" => out.push(Object::Service(
-            service_from_api(&typed::<KService>(file, doc, kind, &value)?).map_err(invalid)?,
-        )),
-        "EndpointSlice" => out.push(Object::EndpointSlice(
-            endpoint_slice_from_api(&typed::<KEndpointSlice>(file, doc, kind, &value)?)
-                .map_err(invalid)?,
-        )),
-        "List" | "NamespaceList" | "PodList" | "NetworkPolicyList" | "ServiceList"
-        | "EndpointSliceList" => {
-            let items = value
-                .get("items")
-                .and_then(|i| i.as_array())
-                .cloned()
-                .unwrap_or_default();
-            for item in items {
-                object_from_value(file, doc, item, out)?;
-            }
-        }
-        "" => {
-            return Err(SourceError::Yaml {
-                file: file.to_string(),
-                doc,
-                reason: "missing field `kind`".into(),
-            });
-        }
-        // Other kinds (Deployments, ConfigMaps, ...) share folders with policies; they carry
-        // nothing this source needs.
-        _ => {}
-    }
-    Ok(())
+    decoded
+        .into_iter()
+        .map(|o| {
+            Ok(match o {
+                K8s::Namespace(n) => Object::Namespace(namespace_from_api(&n).map_err(invalid)?),
+                K8s::Pod(p) => Object::Pod(pod_from_api(&p).map_err(invalid)?),
+                K8s::NetworkPolicy(p) => Object::Policy(policy_from_api(&p).map_err(invalid)?),
+                K8s::Service(s) => Object::Service(service_from_api(&s).map_err(invalid)?),
+                K8s::EndpointSlice(s) => {
+                    Object::EndpointSlice(endpoint_slice_from_api(&s).map_err(invalid)?)
+                }
+            })
+        })
+        .collect()
 }
 
-/// Parses every document of a YAML (or JSON) text into validated objects.
-pub fn parse_objects(file: &str, text: &str) -> Result<Vec<Object>, SourceError> {
+/// Parses every document of a YAML (or JSON) text into validated objects, each with the
+/// number of its document.
+fn parse_documents(file: &str, text: &str) -> Result<Vec<(usize, Object)>, SourceError> {
     let mut out = Vec::new();
     for (i, de) in serde_norway::Deserializer::from_str(text).enumerate() {
         let doc = i + 1;
@@ -179,9 +155,17 @@ pub fn parse_objects(file: &str, text: &str) -> Result<Vec<Object>, SourceError>
         if value.is_null() {
             continue; // an empty document (`---` at the end)
         }
-        object_from_value(file, doc, value, &mut out)?;
+        out.extend(objects_of(file, doc, &value)?.into_iter().map(|o| (doc, o)));
     }
     Ok(out)
+}
+
+/// Parses every document of a YAML (or JSON) text into validated objects.
+pub fn parse_objects(file: &str, text: &str) -> Result<Vec<Object>, SourceError> {
+    Ok(parse_documents(file, text)?
+        .into_iter()
+        .map(|(_, o)| o)
+        .collect())
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -194,7 +178,8 @@ struct Fingerprint {
 #[derive(Debug, Default)]
 pub struct Snapshot {
     pub cluster: Cluster,
-    /// Files whose current content was rejected (their last good content is in `cluster`).
+    /// Files whose current content was rejected (their last good content is in `cluster`),
+    /// and objects not in force because their namespace does not exist.
     pub errors: Vec<String>,
     /// The integer in `.generation`, read before the files, if present.
     pub generation: Option<u64>,
@@ -206,7 +191,7 @@ pub struct Snapshot {
 /// `.name.tmp` and rename it into place.
 pub struct ManifestDir {
     dir: PathBuf,
-    files: BTreeMap<PathBuf, (Fingerprint, Vec<Object>)>,
+    files: BTreeMap<PathBuf, (Fingerprint, Vec<(usize, Object)>)>,
     errors: BTreeMap<PathBuf, (Fingerprint, String)>,
 }
 
@@ -266,7 +251,7 @@ impl ManifestDir {
                     file: name.clone(),
                     source,
                 })
-                .and_then(|text| parse_objects(&name, &text));
+                .and_then(|text| parse_documents(&name, &text));
             match parsed {
                 Ok(objs) => {
                     self.errors.remove(&path);
@@ -282,15 +267,37 @@ impl ManifestDir {
         self.errors.retain(|p, _| seen.contains(p));
         changed |= self.files.len() + self.errors.len() != before;
 
+        // An object in a namespace the folder does not hold (nor every cluster has) is not in
+        // force, and said so, until its namespace appears: in a cluster it could not exist.
+        // Its file stays good (the object itself is fine), so it needs no edit then.
+        let namespaces: BTreeSet<&str> = self
+            .files
+            .values()
+            .flat_map(|(_, objs)| objs)
+            .filter_map(|(_, o)| match o {
+                Object::Namespace(n) => Some(n.name.as_str()),
+                _ => None,
+            })
+            .chain(BUILT_IN_NAMESPACES.iter().copied())
+            .collect();
+        let mut errors: Vec<String> = self.errors.values().map(|(_, e)| e.clone()).collect();
         let mut cluster = Cluster::default();
-        for (_, objs) in self.files.values() {
-            for o in objs {
-                cluster.insert(o.clone());
+        for (path, (_, objs)) in &self.files {
+            for (doc, o) in objs {
+                match o.namespace() {
+                    Some(ns) if !namespaces.contains(ns) => errors.push(format!(
+                        "{}: document {doc}: {}: metadata.namespace: namespace {ns:?} does not \
+                         exist (not in force until it does)",
+                        path.display(),
+                        o.label()
+                    )),
+                    _ => cluster.insert(o.clone()),
+                }
             }
         }
         Ok(Snapshot {
             cluster,
-            errors: self.errors.values().map(|(_, e)| e.clone()).collect(),
+            errors,
             generation,
             changed,
         })
@@ -330,7 +337,7 @@ mod tests {
         assert!(e.starts_with("q.yaml: document 1"), "{e}");
         let e = parse_objects(
             "r.yaml",
-            "kind: NetworkPolicy\nmetadata: {name: a, namespace: x}\nspec: {ingress: [{ports: [{protocol: ICMP}]}]}",
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: a, namespace: x}\nspec: {ingress: [{ports: [{protocol: ICMP}]}]}",
         )
         .unwrap_err()
         .to_string();
@@ -345,7 +352,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("enforcer-src-test-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).unwrap();
-        let good = "kind: NetworkPolicy\nmetadata: {name: a, namespace: x}\nspec: {podSelector: {}}\n---\nkind: Namespace\nmetadata: {name: x}\n";
+        let good = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: a, namespace: x}\nspec: {podSelector: {}}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: x}\n";
         fs::write(dir.join("p.yaml"), good).unwrap();
         fs::write(dir.join(".generation"), "7").unwrap();
         fs::write(dir.join("notes.txt"), "ignored").unwrap();
@@ -361,7 +368,7 @@ mod tests {
         let s = src.read().unwrap();
         assert!(!s.changed);
         // A broken edit: reported, last good content kept.
-        fs::write(dir.join("p.yaml"), "kind: NetworkPolicy\nmetadata: {name: a, namespace: x}\nspec: {policyTypes: [Sideways]}\n").unwrap();
+        fs::write(dir.join("p.yaml"), "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: a, namespace: x}\nspec: {policyTypes: [Sideways]}\n").unwrap();
         let s = src.read().unwrap();
         assert_eq!(s.errors.len(), 1, "{:?}", s.errors);
         assert!(s.errors[0].contains("spec.policyTypes[0]"));
@@ -369,6 +376,70 @@ mod tests {
         fs::remove_file(dir.join("p.yaml")).unwrap();
         let s = src.read().unwrap();
         assert!(s.changed && s.errors.is_empty() && s.cluster.policies.is_empty());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    const NS_X: &str = "apiVersion: v1\nkind: Namespace\nmetadata: {name: x}\n";
+
+    #[test]
+    fn misspelt_fields_and_unknown_kinds_are_refused() {
+        let e = parse_objects(
+            "p.yaml",
+            &format!("{NS_X}---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: a, namespace: x}}\nspec:\n  podSelector: {{}}\n  ingress: [{{from: [{{podSelector: {{matchLabel: {{app: web}}}}}}]}}]\n"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            e,
+            "p.yaml: document 2: NetworkPolicy x/a: spec.ingress[0].from[0].podSelector.matchLabel: unknown field \"matchLabel\" (did you mean matchLabels?)"
+        );
+        let e = parse_objects(
+            "d.yaml",
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d, namespace: x}\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("d.yaml: document 1: Deployment x/d: kind: unknown kind \"Deployment\": enforcer reads Namespace (v1)"),
+            "{e}"
+        );
+        // Lists: their items too.
+        let e = parse_objects(
+            "l.yaml",
+            "apiVersion: v1\nkind: List\nitems: [{apiVersion: v1, kind: Namespace, metadata: {name: x, lables: {}}}]\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("items[0] (Namespace x): metadata.lables"), "{e}");
+    }
+
+    #[test]
+    fn an_object_in_a_missing_namespace_is_reported_and_not_in_force() {
+        let dir = std::env::temp_dir().join(format!("enforcer-src-ns-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(
+            dir.join("p.yaml"),
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: a, namespace: x}\nspec: {podSelector: {}}\n---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: d}\nspec: {podSelector: {}}\n",
+        )
+        .unwrap();
+        let mut src = ManifestDir::new(&dir);
+        let s = src.read().unwrap();
+        let file = dir.join("p.yaml").display().to_string();
+        assert_eq!(
+            s.errors,
+            [format!(
+                "{file}: document 1: NetworkPolicy x/a: metadata.namespace: namespace \"x\" does not exist (not in force until it does)"
+            )]
+        );
+        // `default` exists in every cluster.
+        let keys: Vec<String> = s.cluster.policies.keys().map(ToString::to_string).collect();
+        assert_eq!(keys, ["default/d"]);
+        // The namespace arrives: the policy is in force, no edit needed.
+        fs::write(dir.join("ns.yaml"), NS_X).unwrap();
+        let s = src.read().unwrap();
+        assert!(s.errors.is_empty(), "{:?}", s.errors);
+        assert_eq!(s.cluster.policies.len(), 2);
         fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -353,6 +353,75 @@ fn bad_manifests_keep_the_last_good_state_and_sigterm_cleans_up() {
     assert!(!lab.tc_attached(), "programs detached on exit");
 }
 
+/// Strict manifests: a misspelt field, an unknown kind and a policy in a namespace that does
+/// not exist are each reported (file, object, field, the nearest known name) and none is in
+/// force; the homeless one comes into force when its namespace appears.
+#[test]
+fn misspelt_unknown_and_homeless_objects_are_reported_not_in_force() {
+    let mut lab = Lab::new("strict");
+    lab.write("cluster.yaml", CLUSTER);
+    lab.start(&[]);
+    lab.wait_status("the pod's endpoint installed", |s| {
+        s["endpoints"] == 1 && s["error"].is_null()
+    });
+    let open = vec![("allow-all".to_string(), "allow-all".to_string())];
+    assert_eq!(endpoint_modes(&lab.dump()), open);
+
+    // `matchLabel:` would select every pod of x and isolate it.
+    lab.write(
+        "typo.yaml",
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: typo, namespace: x}\nspec:\n  podSelector: {matchLabel: {app: nobody}}\n  policyTypes: [Ingress]\n",
+    );
+    let s = lab.wait_status("the typo reported", |s| {
+        s["error"].as_str().is_some_and(|e| e.contains("typo.yaml"))
+    });
+    let err = s["error"].as_str().unwrap();
+    assert!(
+        err.contains("typo.yaml: document 1: NetworkPolicy x/typo: spec.podSelector.matchLabel: unknown field \"matchLabel\" (did you mean matchLabels?)"),
+        "{err}"
+    );
+    lab.write(
+        "cilium.yaml",
+        "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: c, namespace: x}\nspec: {endpointSelector: {}}\n",
+    );
+    lab.write(
+        "ghost.yaml",
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny, namespace: ghost}\nspec: {podSelector: {}, policyTypes: [Ingress]}\n",
+    );
+    let s = lab.wait_status("all three reported", |s| {
+        s["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("cilium.yaml") && e.contains("ghost.yaml"))
+    });
+    let err = s["error"].as_str().unwrap();
+    assert!(
+        err.contains("unknown kind \"CiliumNetworkPolicy\": enforcer reads"),
+        "{err}"
+    );
+    assert!(
+        err.contains(
+            "NetworkPolicy ghost/deny: metadata.namespace: namespace \"ghost\" does not exist"
+        ),
+        "{err}"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        endpoint_modes(&lab.dump()),
+        open,
+        "none of them is in force"
+    );
+
+    // The namespace appears: that policy is in force (it isolates nothing here), its error goes.
+    lab.write(
+        "ghost-ns.yaml",
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: ghost}\n",
+    );
+    lab.wait_status("the namespace error cleared", |s| {
+        s["error"].as_str().is_some_and(|e| !e.contains("ghost"))
+    });
+    assert!(lab.stop(), "the agent exits cleanly on SIGTERM");
+}
+
 #[test]
 fn keep_pins_hands_state_to_the_next_agent() {
     let mut lab = Lab::new("keep");
