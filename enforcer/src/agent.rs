@@ -137,6 +137,10 @@ impl Names {
 /// of older agents.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub struct EventRecord {
+    /// When the datapath saw the packet: RFC 3339 in UTC with its offset, to the nanosecond
+    /// (`2026-12-02T18:31:07.123456789+00:00`).
+    #[serde(default)]
+    pub time: String,
     /// When the datapath saw the packet, in the kernel's monotonic clock.
     pub time_ns: u64,
     /// The same instant as wall-clock time (Unix epoch, nanoseconds).
@@ -234,9 +238,11 @@ impl EventRecord {
         } else {
             Vec::new()
         };
+        let unix_time_ns = monotonic_to_unix(e.timestamp_ns);
         EventRecord {
+            time: crate::events::rfc3339_ns(unix_time_ns),
             time_ns: e.timestamp_ns,
-            unix_time_ns: monotonic_to_unix(e.timestamp_ns),
+            unix_time_ns,
             node: node.to_string(),
             endpoint: names
                 .endpoints
@@ -474,6 +480,8 @@ struct Agent {
     rule_labels: BTreeSet<Vec<(&'static str, String)>>,
     /// Entries the `POLICY` map holds (as the kernel says: pins keep their size).
     policy_capacity: u32,
+    /// Warnings about events lost or held back, rate-limited.
+    event_loss: crate::events::loss::LossWarnings,
 }
 
 impl Agent {
@@ -765,6 +773,14 @@ impl Agent {
                 }
                 Metrics::set_counter(&m.datapath, vec![("reason", name.to_string())], *n);
             }
+            let count = |c: u32| counters.get(c as usize).copied().unwrap_or(0);
+            if let Some(w) = self.event_loss.observe(
+                count(enforcer_common::counter::EVENTS_LOST),
+                count(enforcer_common::counter::EVENTS_SUPPRESSED),
+                Instant::now(),
+            ) {
+                warn!("{w}");
+            }
         }
     }
 
@@ -981,8 +997,12 @@ impl EventsFile {
             self.reopen();
         }
         if let Some(f) = self.file.as_mut() {
-            match writeln!(f, "{line}") {
-                Ok(()) => self.written += line.len() as u64 + 1,
+            // One write per line (O_APPEND): a reader never sees two lines interleaved.
+            let mut buf = String::with_capacity(line.len() + 1);
+            buf.push_str(line);
+            buf.push('\n');
+            match f.write_all(buf.as_bytes()) {
+                Ok(()) => self.written += buf.len() as u64,
                 Err(e) => warn!("events file: {e}"),
             }
         }
@@ -1000,13 +1020,11 @@ async fn write_events(
     while let Some(e) = rx.recv().await {
         let rec = EventRecord::from_event(&e, &node, &names.lock().expect("names lock"));
         let line = serde_json::to_string(&rec).expect("event serializes");
-        if rec.verdict == "drop" {
-            info!(target: "enforcer::events", "{line}");
-        } else {
-            debug!(target: "enforcer::events", "{line}");
-        }
-        if let Some(f) = out.as_mut() {
-            f.write_line(&line);
+        // Events go to the events file (`enforcer events`), not the log: a line per event
+        // would flood it. Without a file they can be seen at debug level.
+        match out.as_mut() {
+            Some(f) => f.write_line(&line),
+            None => debug!(target: "enforcer::events", "{line}"),
         }
     }
 }
@@ -1121,6 +1139,7 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         capacity_held: Vec::new(),
         pinned_policies: Some(pinned_policies),
         rule_labels: BTreeSet::new(),
+        event_loss: crate::events::loss::LossWarnings::new(crate::events::loss::INTERVAL),
         policy_capacity,
     };
     // Links, addresses, routes and neighbours as they change: a new pod interface is

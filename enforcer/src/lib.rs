@@ -13,7 +13,7 @@
 //! - [`discover`]: local pod interfaces and node addresses; [`binding`]: which interface is a
 //!   pod's (pure), from the addresses its peer holds ([`peers`]);
 //! - [`agent`]: `enforcer run`; [`dump`]: `enforcer maps dump`; [`explain`]: `enforcer explain`;
-//!   [`events`]: `enforcer events`.
+//!   [`events`]: `enforcer events`; [`logging`]: the agent's log (text or JSON).
 
 /// The commit this binary was built from (`git rev-parse --short HEAD`, `-dirty` when tracked
 /// files differed from it), or `unknown` when built outside a repository without
@@ -38,6 +38,7 @@ pub mod dump;
 pub mod events;
 pub mod explain;
 pub mod kube_source;
+pub mod logging;
 pub mod lookup;
 pub mod metrics;
 pub mod model;

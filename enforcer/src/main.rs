@@ -35,9 +35,9 @@ enum Command {
     /// Follow the verdict events of a node's agent: drops (and allows, with --events-on-allow)
     /// naming the endpoint, the peer, the tuple and the policies that decided.
     #[command(
-        after_help = "Examples:\n  enforcer events --file /run/enforcer/events.jsonl --follow --verdict drop\n  enforcer lab exec demo node-1 -- events --namespace sample1 --output json"
+        after_help = "Examples:\n  enforcer events --file /run/enforcer/events.jsonl --follow --verdict deny\n  enforcer events --since 10m --to sample1/nginx --port 80 --direction in\n  enforcer lab exec demo node-1 -- events --namespace sample1 --output json"
     )]
-    Events(EventsArgs),
+    Events(enforcer::events::EventsArgs),
     /// Build clusters of network namespaces running the real enforcer and probe them.
     #[command(
         after_help = "Examples:\n  enforcer lab demo\n  enforcer lab run tests/scenarios/default-deny-ingress.yaml --output json"
@@ -165,6 +165,10 @@ struct RunArgs {
     /// in milliseconds (a safety net: netlink reports changes as they happen).
     #[arg(long, default_value_t = 2000)]
     rescan_ms: u64,
+    /// The log on stderr: text (plain unless stderr is a terminal) or json (one object per
+    /// line). Datapath events are not logged: they go to --events-file.
+    #[arg(long, env = "ENFORCER_LOG_FORMAT", value_enum, default_value = "text")]
+    log_format: enforcer::logging::LogFormat,
 }
 
 #[derive(clap::Args)]
@@ -227,33 +231,6 @@ fn explain_cmd(a: ExplainArgs) -> anyhow::Result<String> {
     })
 }
 
-#[derive(clap::Args)]
-struct EventsArgs {
-    /// The agent's events file (`enforcer run --events-file`).
-    #[arg(long, env = "ENFORCER_EVENTS_FILE")]
-    file: PathBuf,
-    /// Keep printing new events as they come (across rotations), until interrupted.
-    #[arg(long, short)]
-    follow: bool,
-    /// Only events of endpoints in this namespace.
-    #[arg(long)]
-    namespace: Option<String>,
-    /// Only events of this endpoint (namespace/name, or name).
-    #[arg(long)]
-    pod: Option<String>,
-    /// ingress or egress.
-    #[arg(long)]
-    direction: Option<String>,
-    /// drop, allow or audit.
-    #[arg(long)]
-    verdict: Option<String>,
-    /// Only events decided by, or isolated by, this policy (namespace/name).
-    #[arg(long)]
-    policy: Option<String>,
-    #[arg(long, value_enum, default_value = "text")]
-    output: enforcer::events::Output,
-}
-
 #[derive(Subcommand)]
 enum MapsCommand {
     /// Print endpoints, identities, CIDR prefixes, policy entries, conntrack and counters.
@@ -272,15 +249,6 @@ enum MapsCommand {
     },
 }
 
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -296,7 +264,7 @@ fn main() -> ExitCode {
             ExitCode::from(u8::try_from(code).unwrap_or(2))
         }
         Command::Run(a) => {
-            init_tracing();
+            enforcer::logging::init(a.log_format);
             let source = match (a.source, a.manifests) {
                 (SourceArg::Kube, _) => SourceOptions::Kube {
                     kubeconfig: a.kubeconfig,
@@ -351,23 +319,13 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Events(a) => {
-            let filter = enforcer::events::Filter {
-                namespace: a.namespace,
-                pod: a.pod,
-                direction: a.direction,
-                verdict: a.verdict,
-                policy: a.policy,
-            };
-            let mut out = std::io::stdout().lock();
-            match enforcer::events::stream(&a.file, &filter, a.output, a.follow, &mut out) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("error: {e:#}");
-                    ExitCode::FAILURE
-                }
+        Command::Events(a) => match enforcer::events::run(&a, &mut std::io::stdout().lock()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
             }
-        }
+        },
         Command::Completions { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(

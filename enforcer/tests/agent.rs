@@ -727,3 +727,71 @@ status: {podIPs: [{ip: 10.77.0.3}]}
     }
     assert!(lab.stop());
 }
+
+/// The log is for people and log collectors: plain text when it goes to a file (no colour
+/// codes), one JSON object per line with `--log-format json` (here through its env), and no
+/// datapath event in it (they go to the events file); events held back by the rate limit are
+/// told as one warning.
+#[test]
+fn the_log_is_plain_text_or_json_lines_and_events_stay_out_of_it() {
+    let mut lab = Lab::new("log");
+    lab.write("cluster.yaml", CLUSTER);
+    lab.write("policy.yaml", DENY_INGRESS);
+    let events = lab.dir.join("events.jsonl");
+    for json in [false, true] {
+        let _ = std::fs::remove_file(&events);
+        let env: &[(&str, &str)] = if json {
+            &[("ENFORCER_LOG_FORMAT", "json")]
+        } else {
+            &[]
+        };
+        lab.start_env(
+            &[
+                "--no-allow-host",
+                "--events-file",
+                events.to_str().unwrap(),
+                "--event-rate",
+                "1",
+                "--event-burst",
+                "1",
+                "--drop-report-window",
+                "0",
+            ],
+            env,
+        );
+        lab.wait_status("installed", |s| s["endpoints"] == 1);
+        std::thread::sleep(Duration::from_millis(300));
+        for _ in 0..5 {
+            lab.send_to_pod();
+        }
+        let log_file = lab.dir.join("agent.log");
+        let log = || std::fs::read_to_string(&log_file).unwrap();
+        wait_for("the drop event in the events file", || {
+            std::fs::read_to_string(&events).is_ok_and(|t| t.contains("no-rule-allows"))
+        });
+        wait_for("a warning about the events held back", || {
+            log().contains("held back by the per-endpoint limit")
+        });
+        assert!(lab.stop());
+        let log = log();
+        assert!(
+            !log.contains('\x1b'),
+            "no colour codes in a log file:\n{log}"
+        );
+        assert!(
+            !log.contains("enforcer::events") && !log.contains("\"src_port\""),
+            "no event in the log:\n{log}"
+        );
+        assert_eq!(log.matches("held back").count(), 1, "one warning:\n{log}");
+        if json {
+            for line in log.lines().filter(|l| !l.trim().is_empty()) {
+                let v: Value = serde_json::from_str(line)
+                    .unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
+                assert!(v["level"].is_string() && v["message"].is_string(), "{line}");
+            }
+        } else {
+            assert!(log.contains(" INFO ") && log.contains("started"), "{log}");
+            assert!(!log.trim_start().starts_with('{'), "{log}");
+        }
+    }
+}
