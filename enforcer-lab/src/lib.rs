@@ -1,6 +1,6 @@
 //! `enforcer lab`: builds a small cluster out of network namespaces on this kernel, runs the
 //! real enforcer agent on each lab node, sends real packets for every probe of a scenario and
-//! reports what it observed. The scenario format is `shared/scenario-format.md`.
+//! reports what it observed. The scenario format is `docs/scenario-format.md`.
 //!
 //! # The agent contract
 //!

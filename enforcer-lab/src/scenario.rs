@@ -1,4 +1,4 @@
-//! The scenario file (see `shared/scenario-format.md`): parsed strictly, so that a misspelt key
+//! The scenario file (see `docs/scenario-format.md`): parsed strictly, so that a misspelt key
 //! is an error naming the key and its path (`pods[2].lables`) instead of a silently ignored
 //! field. Parsing walks a generic YAML value by hand, which gives every error the exact path
 //! of the offending value. Kubernetes objects (`policies`, `apply`) are decoded strictly as the
@@ -392,6 +392,51 @@ impl Scenario {
 }
 
 // ---------------------------------------------------------------------------------------------
+// The keys the parser accepts, where (docs/scenario-format.md names every one; a test checks).
+
+const ROOT_KEYS: &[&str] = &[
+    "nodes",
+    "namespaces",
+    "pods",
+    "hosts",
+    "services",
+    "policies",
+    "probes",
+    "steps",
+];
+const NODE_KEYS: &[&str] = &["name", "labels", "ips", "podCIDR", "cni", "ports"];
+const NAMESPACE_KEYS: &[&str] = &["name", "labels"];
+const POD_KEYS: &[&str] = &["namespace", "name", "node", "labels", "ips", "ports"];
+const POD_PORT_KEYS: &[&str] = &["name", "port", "protocol"];
+const HOST_KEYS: &[&str] = &["name", "ips", "ports"];
+const HOST_PORT_KEYS: &[&str] = &["port", "protocol"];
+const SERVICE_KEYS: &[&str] = &["namespace", "name", "clusterIP", "selector", "ports"];
+const SERVICE_PORT_KEYS: &[&str] = &["name", "port", "targetPort", "protocol"];
+const PROBE_KEYS: &[&str] = &["from", "to", "port", "protocol", "expect", "family"];
+const STEP_KEYS: &[&str] = &["apply", "delete", "relabel", "probes"];
+const DELETE_KEYS: &[&str] = &["apiVersion", "kind", "namespace", "name"];
+const RELABEL_KEYS: &[&str] = &["pod", "namespace", "labels"];
+
+/// Every mapping of a scenario file whose keys the parser checks, by its place in the file
+/// (`pods[].ports[]`), with the keys it accepts there. Kubernetes objects (`policies`, `apply`)
+/// are not here: their fields are the kinds' own schemas.
+pub const KEYS: &[(&str, &[&str])] = &[
+    ("", ROOT_KEYS),
+    ("nodes[]", NODE_KEYS),
+    ("namespaces[]", NAMESPACE_KEYS),
+    ("pods[]", POD_KEYS),
+    ("pods[].ports[]", POD_PORT_KEYS),
+    ("hosts[]", HOST_KEYS),
+    ("hosts[].ports[]", HOST_PORT_KEYS),
+    ("services[]", SERVICE_KEYS),
+    ("services[].ports[]", SERVICE_PORT_KEYS),
+    ("probes[]", PROBE_KEYS),
+    ("steps[]", STEP_KEYS),
+    ("steps[].delete[]", DELETE_KEYS),
+    ("steps[].relabel[]", RELABEL_KEYS),
+];
+
+// ---------------------------------------------------------------------------------------------
 // Walking the YAML value.
 
 fn join(path: &str, key: &str) -> String {
@@ -665,11 +710,7 @@ fn protocol(m: &Mapping, path: &str) -> Result<Protocol, ScenarioError> {
 fn ports(m: &Mapping, path: &str, named: bool) -> Result<Vec<PortSpec>, ScenarioError> {
     let mut out: Vec<PortSpec> = Vec::new();
     for (p, v) in items(m, path, "ports")? {
-        let allowed: &[&str] = if named {
-            &["name", "port", "protocol"]
-        } else {
-            &["port", "protocol"]
-        };
+        let allowed = if named { POD_PORT_KEYS } else { HOST_PORT_KEYS };
         let pm = mapping(v, &p, allowed)?;
         let name = match field(pm, "name") {
             None => None,
@@ -772,11 +813,7 @@ fn target(v: &Value, path: &str) -> Result<(String, Target), ScenarioError> {
 fn probes(m: &Mapping, path: &str) -> Result<Vec<ProbeSpec>, ScenarioError> {
     let mut out = Vec::new();
     for (p, v) in items(m, path, "probes")? {
-        let pm = mapping(
-            v,
-            &p,
-            &["from", "to", "port", "protocol", "expect", "family"],
-        )?;
+        let pm = mapping(v, &p, PROBE_KEYS)?;
         let (from_text, from) = endpoint(required(pm, &p, "from")?, &join(&p, "from"))?;
         let (to_text, to) = target(required(pm, &p, "to")?, &join(&p, "to"))?;
         let port = port_ref(required(pm, &p, "port")?, &join(&p, "port"))?;
@@ -873,7 +910,7 @@ fn service_ports(m: &Mapping, path: &str, strict: bool) -> Result<Vec<ServicePor
     // probes name ports by number too.)
     for (pp, v) in &items(m, path, "ports")? {
         let pm = if strict {
-            mapping(v, pp, &["name", "port", "targetPort", "protocol"])?
+            mapping(v, pp, SERVICE_PORT_KEYS)?
         } else {
             match v {
                 Value::Mapping(pm) => pm,
@@ -983,11 +1020,11 @@ fn objects(m: &Mapping, path: &str, key: &str) -> Result<Vec<Object>, ScenarioEr
 }
 
 fn step(v: &Value, path: &str) -> Result<StepSpec, ScenarioError> {
-    let m = mapping(v, path, &["apply", "delete", "relabel", "probes"])?;
+    let m = mapping(v, path, STEP_KEYS)?;
     let apply = objects(m, path, "apply")?;
     let mut delete = Vec::new();
     for (p, v) in items(m, path, "delete")? {
-        let dm = mapping(v, &p, &["apiVersion", "kind", "namespace", "name"])?;
+        let dm = mapping(v, &p, DELETE_KEYS)?;
         let kind = string(required(dm, &p, "kind")?, &join(&p, "kind"))?;
         let name = string(required(dm, &p, "name")?, &join(&p, "name"))?;
         let namespace = match field(dm, "namespace") {
@@ -998,7 +1035,7 @@ fn step(v: &Value, path: &str) -> Result<StepSpec, ScenarioError> {
     }
     let mut relabel = Vec::new();
     for (p, v) in items(m, path, "relabel")? {
-        let rm = mapping(v, &p, &["pod", "namespace", "labels"])?;
+        let rm = mapping(v, &p, RELABEL_KEYS)?;
         let lp = join(&p, "labels");
         let new_labels = labels(Some(required(rm, &p, "labels")?), &lp)?;
         match (field(rm, "pod"), field(rm, "namespace")) {
@@ -1118,11 +1155,7 @@ fn node(v: &Value, path: &str) -> Result<NodeSpec, ScenarioError> {
             cni: Cni::Routed,
         });
     }
-    let nm = mapping(
-        v,
-        path,
-        &["name", "labels", "ips", "podCIDR", "cni", "ports"],
-    )?;
+    let nm = mapping(v, path, NODE_KEYS)?;
     for key in NODE_KEYS_NOT_YET {
         if field(nm, key).is_some() {
             return err(
@@ -1174,20 +1207,7 @@ pub fn parse(text: &str) -> Result<Scenario, ScenarioError> {
     if root.is_null() {
         return err("", "the file is empty");
     }
-    let m = mapping(
-        &root,
-        "",
-        &[
-            "nodes",
-            "namespaces",
-            "pods",
-            "hosts",
-            "services",
-            "policies",
-            "probes",
-            "steps",
-        ],
-    )?;
+    let m = mapping(&root, "", ROOT_KEYS)?;
 
     let nodes = match field(m, "nodes") {
         None => None,
@@ -1209,7 +1229,7 @@ pub fn parse(text: &str) -> Result<Scenario, ScenarioError> {
 
     let mut namespaces: Vec<NamespaceSpec> = Vec::new();
     for (p, v) in items(m, "", "namespaces")? {
-        let nm = mapping(v, &p, &["name", "labels"])?;
+        let nm = mapping(v, &p, NAMESPACE_KEYS)?;
         let name = name_field(nm, &p, "name")?;
         if namespaces.iter().any(|n| n.name == name) {
             return err(
@@ -1223,11 +1243,7 @@ pub fn parse(text: &str) -> Result<Scenario, ScenarioError> {
 
     let mut pods: Vec<PodSpec> = Vec::new();
     for (p, v) in items(m, "", "pods")? {
-        let pm = mapping(
-            v,
-            &p,
-            &["namespace", "name", "node", "labels", "ips", "ports"],
-        )?;
+        let pm = mapping(v, &p, POD_KEYS)?;
         let namespace = name_field(pm, &p, "namespace")?;
         let name = string(required(pm, &p, "name")?, &join(&p, "name"))?;
         dns_subdomain(&name, &join(&p, "name"))?;
@@ -1253,7 +1269,7 @@ pub fn parse(text: &str) -> Result<Scenario, ScenarioError> {
 
     let mut hosts: Vec<HostSpec> = Vec::new();
     for (p, v) in items(m, "", "hosts")? {
-        let hm = mapping(v, &p, &["name", "ips", "ports"])?;
+        let hm = mapping(v, &p, HOST_KEYS)?;
         let name = string(required(hm, &p, "name")?, &join(&p, "name"))?;
         dns_subdomain(&name, &join(&p, "name"))?;
         if hosts.iter().any(|h| h.name == name) {
@@ -1271,11 +1287,7 @@ pub fn parse(text: &str) -> Result<Scenario, ScenarioError> {
 
     let mut services: Vec<ServiceSpec> = Vec::new();
     for (p, v) in items(m, "", "services")? {
-        let sm = mapping(
-            v,
-            &p,
-            &["namespace", "name", "clusterIP", "selector", "ports"],
-        )?;
+        let sm = mapping(v, &p, SERVICE_KEYS)?;
         let namespace = name_field(sm, &p, "namespace")?;
         let name = name_field(sm, &p, "name")?;
         let cluster_ip = match field(sm, "clusterIP") {
