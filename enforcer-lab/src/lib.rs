@@ -69,6 +69,22 @@ pub enum Output {
     Json,
 }
 
+/// What `lab up` takes: it runs no probes and keeps no files of its own (the run folder lives
+/// until `lab down`), and its keeper reads the manifests folder.
+#[derive(Clone, Debug, clap::Args)]
+pub struct UpOptions {
+    /// How long the agent may take to apply a set of manifests.
+    #[arg(long, default_value = "20s", value_parser = parse_duration)]
+    pub agent_timeout: Duration,
+    /// Print progress with timings to stderr (the keeper's, to its log).
+    #[arg(long, short)]
+    pub verbose: bool,
+    /// Start this program instead of the enforcer as the agent (same arguments); for testing
+    /// the lab itself.
+    #[arg(long, hide = true)]
+    pub agent_cmd: Option<PathBuf>,
+}
+
 /// Options shared by the commands that run a scenario.
 #[derive(Clone, Debug, clap::Args)]
 pub struct RunOptions {
@@ -139,7 +155,7 @@ pub enum LabCommand {
         #[arg(long)]
         name: Option<String>,
         #[command(flatten)]
-        opts: RunOptions,
+        opts: UpOptions,
     },
     /// The process that holds a lab started by `up` (started by `up`, stopped by `down`).
     #[command(hide = true)]

@@ -33,7 +33,7 @@ use crate::plan::{Changes, Plan};
 use crate::report::{ProbeResult, match_events};
 use crate::runs::{self, RunInfo};
 use crate::scenario;
-use crate::{Output, RunOptions, load, services, traffic};
+use crate::{Output, RunOptions, UpOptions, load, services, traffic};
 
 pub const SCENARIO_FILE: &str = "scenario.yaml";
 pub const STATE_FILE: &str = "state.json";
@@ -178,7 +178,7 @@ pub fn save_state(dir: &Path, s: &SavedState) -> Result<()> {
 // up and keep
 
 /// `lab up FILE [--name NAME]`: returns the exit status.
-pub fn up(file: &Path, name: Option<String>, opts: &RunOptions) -> i32 {
+pub fn up(file: &Path, name: Option<String>, opts: &UpOptions) -> i32 {
     match up_inner(file, name, opts) {
         Ok(code) => code,
         Err(e) => {
@@ -188,13 +188,7 @@ pub fn up(file: &Path, name: Option<String>, opts: &RunOptions) -> i32 {
     }
 }
 
-fn up_inner(file: &Path, name: Option<String>, opts: &RunOptions) -> Result<i32> {
-    if opts.source != crate::lab::Source::Manifests {
-        bail!(
-            "--source kube works with `lab run` and `lab demo`; a lab left running by `up` \
-             takes its changes (`lab apply`) through the manifests folder"
-        );
-    }
+fn up_inner(file: &Path, name: Option<String>, opts: &UpOptions) -> Result<i32> {
     let source = file.display().to_string();
     let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {source}"))?;
     let name = name.unwrap_or_else(|| name_from_file(file));
@@ -345,7 +339,7 @@ fn self_invocation() -> Result<(PathBuf, Vec<OsString>)> {
 }
 
 /// The options `up` passes on to its keeper.
-fn forwarded(opts: &RunOptions) -> Vec<OsString> {
+fn forwarded(opts: &UpOptions) -> Vec<OsString> {
     let mut v: Vec<OsString> = vec![
         "--agent-timeout".into(),
         format!("{}ms", opts.agent_timeout.as_millis()).into(),

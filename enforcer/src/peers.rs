@@ -54,10 +54,10 @@ pub struct PeerAddr {
 pub enum DumpError {
     #[error("netlink reply truncated at byte {0}")]
     Truncated(usize),
-    #[error("the kernel refused the address dump of namespace id {nsid}: {source}")]
-    Refused { nsid: i32, source: io::Error },
-    #[error("address dump of namespace id {nsid}: {source}")]
-    Io { nsid: i32, source: io::Error },
+    #[error("the kernel refused the address dump of namespace id {nsid}: {error}")]
+    Refused { nsid: i32, error: io::Error },
+    #[error("address dump of namespace id {nsid}: {error}")]
+    Io { nsid: i32, error: io::Error },
 }
 
 fn u16_at(b: &[u8], at: usize) -> Option<u16> {
@@ -221,7 +221,7 @@ impl PeerReader {
 
     /// The addresses of namespace `nsid` (as this namespace numbers it), by interface.
     pub fn addresses(&mut self, nsid: i32) -> Result<Vec<PeerAddr>, DumpError> {
-        let io = |source| DumpError::Io { nsid, source };
+        let io = |error| DumpError::Io { nsid, error };
         self.seq = self.seq.wrapping_add(1);
         let req = request(nsid, self.seq);
         // SAFETY: `req` is valid for reads of its length; the kernel is the default peer.
@@ -252,7 +252,7 @@ impl PeerReader {
             if let Some(errno) = part.errno {
                 return Err(DumpError::Refused {
                     nsid,
-                    source: io::Error::from_raw_os_error(errno),
+                    error: io::Error::from_raw_os_error(errno),
                 });
             }
             if part.done {

@@ -53,6 +53,8 @@ impl Cluster {
     }
 }
 
+/// Each variant names the file (and the document) and then says why, once: the cause is part
+/// of the message (these errors are collected as lines of text), not a chained source.
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
     #[error("{file}: document {doc}: {reason}")]
@@ -63,25 +65,16 @@ pub enum SourceError {
     },
     /// Refused by the strict decoder: an unknown kind or apiVersion, an unknown field (with
     /// the nearest known one), a value of the wrong type.
-    #[error("{file}: document {doc}: {source}")]
+    #[error("{file}: document {doc}: {error}")]
     Object {
         file: String,
         doc: usize,
-        #[source]
-        source: ObjectError,
+        error: ObjectError,
     },
-    #[error("{file}: {source}")]
-    Invalid {
-        file: String,
-        #[source]
-        source: InvalidObject,
-    },
-    #[error("{file}: {source}")]
-    Io {
-        file: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("{file}: {error}")]
+    Invalid { file: String, error: InvalidObject },
+    #[error("{file}: {error}")]
+    Io { file: String, error: std::io::Error },
 }
 
 impl Object {
@@ -116,14 +109,14 @@ fn objects_of(
     doc: usize,
     value: &serde_json::Value,
 ) -> Result<Vec<Object>, SourceError> {
-    let decoded = decode_document(value).map_err(|source| SourceError::Object {
+    let decoded = decode_document(value).map_err(|error| SourceError::Object {
         file: file.to_string(),
         doc,
-        source,
+        error,
     })?;
-    let invalid = |source| SourceError::Invalid {
+    let invalid = |error| SourceError::Invalid {
         file: file.to_string(),
-        source,
+        error,
     };
     decoded
         .into_iter()
@@ -216,9 +209,9 @@ impl ManifestDir {
 
     /// Reads what changed since the last call and returns the whole state.
     pub fn read(&mut self) -> Result<Snapshot, SourceError> {
-        let io = |source| SourceError::Io {
+        let io = |error| SourceError::Io {
             file: self.dir.display().to_string(),
-            source,
+            error,
         };
         // Read the generation first: a writer bumps it after the files, so every file of that
         // generation is already in place.
@@ -247,9 +240,9 @@ impl ManifestDir {
             changed = true;
             let name = path.display().to_string();
             let parsed = fs::read_to_string(&path)
-                .map_err(|source| SourceError::Io {
+                .map_err(|error| SourceError::Io {
                     file: name.clone(),
-                    source,
+                    error,
                 })
                 .and_then(|text| parse_documents(&name, &text));
             match parsed {

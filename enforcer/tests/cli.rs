@@ -67,3 +67,198 @@ fn completions_are_generated_for_every_shell() {
         "an unknown shell is a usage error"
     );
 }
+
+#[test]
+fn lab_up_help_offers_only_what_up_supports() {
+    let out = enforcer(&["lab", "up", "--help"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let help = text(&out.stdout);
+    for offered in ["--name", "--agent-timeout", "--verbose"] {
+        assert!(
+            help.contains(offered),
+            "`lab up --help` lacks {offered}:\n{help}"
+        );
+    }
+    // Options of `lab run` that `up` would ignore or refuse.
+    for run_only in [
+        "--probe-timeout",
+        "--parallel",
+        "--keep-files",
+        "--source",
+        "--agent-cmd",
+    ] {
+        assert!(
+            !help.contains(run_only),
+            "`lab up --help` offers {run_only}:\n{help}"
+        );
+    }
+    for (flag, value) in [
+        ("--probe-timeout", "2s"),
+        ("--parallel", "4"),
+        ("--source", "kube"),
+    ] {
+        let out = enforcer(&["lab", "up", "tests/scenarios/no-policy.yaml", flag, value]);
+        assert_eq!(out.status.code(), Some(2), "{flag}: {}", text(&out.stderr));
+        let err = text(&out.stderr);
+        assert!(
+            err.contains(&format!("unexpected argument '{flag}'")),
+            "{flag}: {err}"
+        );
+    }
+    let out = enforcer(&[
+        "lab",
+        "up",
+        "tests/scenarios/no-policy.yaml",
+        "--keep-files",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+}
+
+/// A folder under the system's temporary folder, removed on drop.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(tag: &str) -> Scratch {
+        let d = std::env::temp_dir().join(format!("enforcer-cli-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        Scratch(d)
+    }
+
+    fn write(&self, name: &str, content: &str) -> String {
+        let p = self.0.join(name);
+        std::fs::write(&p, content).unwrap();
+        p.display().to_string()
+    }
+
+    fn dir(&self, name: &str) -> String {
+        let p = self.0.join(name);
+        std::fs::create_dir_all(&p).unwrap();
+        p.display().to_string()
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The clauses of an error line (`error: a: b: c` → a, b, c), without the program's prefix.
+fn clauses(line: &str) -> Vec<String> {
+    let line = line
+        .trim()
+        .trim_start_matches("enforcer lab: ")
+        .trim_start_matches("error: ");
+    line.split(": ").map(|c| c.trim().to_string()).collect()
+}
+
+#[test]
+fn errors_name_what_failed_and_say_each_thing_once() {
+    let s = Scratch::new("errors");
+    let bad_yaml = s.dir("bad-yaml");
+    let bad_yaml_file = s.write("bad-yaml/q.yaml", "a: [\n");
+    let typo = s.dir("typo");
+    let typo_file = s.write(
+        "typo/p.yaml",
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: x}\nspec: {podSelector: {}, ingres: []}\n",
+    );
+    let no_pins = s.dir("no-pins");
+    let scenario = s.write(
+        "scenario.yaml",
+        "pods: [{namespace: x, name: a, lables: {}}]\n",
+    );
+    let not_events = s.write("not-events.txt", "hello\n");
+    let missing = s.0.join("missing").display().to_string();
+    let explain = |dir: &str| -> Vec<String> {
+        [
+            "explain",
+            "--manifests",
+            dir,
+            "--from",
+            "x/a",
+            "--to",
+            "x/b",
+            "--port",
+            "80",
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (explain(&missing), &missing),
+        (explain(&bad_yaml), &bad_yaml_file),
+        (explain(&typo), &typo_file),
+        (
+            ["maps", "dump", "--bpffs", &missing]
+                .map(String::from)
+                .to_vec(),
+            &missing,
+        ),
+        (
+            ["maps", "dump", "--bpffs", &no_pins]
+                .map(String::from)
+                .to_vec(),
+            &no_pins,
+        ),
+        (
+            ["lab", "check", &missing].map(String::from).to_vec(),
+            &missing,
+        ),
+        (
+            ["lab", "check", &scenario].map(String::from).to_vec(),
+            &scenario,
+        ),
+        (
+            ["lab", "run", &missing].map(String::from).to_vec(),
+            &missing,
+        ),
+        (["lab", "up", &missing].map(String::from).to_vec(), &missing),
+        (
+            ["lab", "apply", "no-such-lab", &missing]
+                .map(String::from)
+                .to_vec(),
+            &missing,
+        ),
+        (
+            ["events", "--file", &missing].map(String::from).to_vec(),
+            &missing,
+        ),
+        (
+            ["events", "--file", &not_events].map(String::from).to_vec(),
+            &not_events,
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (args, names) in &cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = enforcer(&args);
+        let err = text(&out.stderr);
+        let shown = format!("enforcer {}: {err}", args.join(" "));
+        if out.status.success() {
+            failures.push(format!("{shown} (exit 0)"));
+            continue;
+        }
+        if !err.contains(names) {
+            failures.push(format!("{shown} (does not name {names})"));
+        }
+        for line in err.lines().filter(|l| l.contains("error: ")) {
+            let c = clauses(line);
+            for (i, a) in c.iter().enumerate() {
+                if !a.is_empty() && c[..i].contains(a) {
+                    failures.push(format!("{shown} (says {a:?} twice)"));
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+}
+
+#[test]
+fn a_clause_said_twice_is_caught() {
+    let c = clauses(
+        "error: /x: No such file or directory (os error 2): No such file or directory (os error 2)",
+    );
+    assert_eq!(c[0], "/x");
+    assert_eq!(c[1], c[2]);
+}

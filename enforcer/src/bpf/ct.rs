@@ -8,7 +8,7 @@ use std::os::fd::AsFd;
 use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues};
 use enforcer_common::{CtKey, CtSettings, CtValue, counter, names};
 
-use super::{BpfError, Result, counters, ignore_missing, map_err};
+use super::{AyaError, BpfError, Result, counters, ignore_missing, map_err};
 
 /// `CONNTRACK` (the LRU: unreplied and closing flows) or `CT_ESTABLISHED`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -47,7 +47,7 @@ fn dup(m: &Map, name: &'static str) -> Result<Map> {
         .try_clone_to_owned()
         .map_err(|e| BpfError::Map {
             name,
-            source: Box::new(MapError::SyscallError(aya::sys::SyscallError {
+            error: AyaError::of(&MapError::SyscallError(aya::sys::SyscallError {
                 call: "dup",
                 io_error: e,
             })),
@@ -173,7 +173,7 @@ impl CtTables {
         v[0] = v[0].wrapping_add(n);
         let values = PerCpuValues::try_from(v).map_err(|e| BpfError::Map {
             name,
-            source: Box::new(MapError::SyscallError(aya::sys::SyscallError {
+            error: AyaError::of(&MapError::SyscallError(aya::sys::SyscallError {
                 call: "per-cpu values",
                 io_error: e,
             })),

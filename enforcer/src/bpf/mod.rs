@@ -36,57 +36,80 @@ pub mod ct;
 /// The eBPF object, built by `cargo xtask build-ebpf` and embedded by build.rs.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("ENFORCER_BPF_OBJECT_PATH"));
 
+/// Each variant says what failed (the program, the map, the write) and then why, once: an
+/// aya error is kept as [`AyaError`], one line with its causes (aya's own errors both print
+/// and chain some causes), and an I/O error is the variant's source, not part of its message.
 #[derive(Debug, Error)]
 pub enum BpfError {
     #[error("loading the eBPF object: {0}")]
-    Load(Box<aya::EbpfError>),
-    #[error("program {name}: {source}")]
-    Program {
-        name: &'static str,
-        #[source]
-        source: Box<aya::programs::ProgramError>,
-    },
-    #[error("map {name}: {source}")]
-    Map {
-        name: &'static str,
-        #[source]
-        source: Box<MapError>,
-    },
+    Load(AyaError),
+    #[error("program {name}: {error}")]
+    Program { name: &'static str, error: AyaError },
+    #[error("map {name}: {error}")]
+    Map { name: &'static str, error: AyaError },
     #[error("map {0} is missing from the eBPF object")]
     MissingMap(&'static str),
     #[error("interface with ifindex {ifindex}: {reason}")]
     Interface { ifindex: u32, reason: String },
-    #[error("{what} under {path}: {source}")]
+    #[error("{what} under {path}")]
     Pin {
         what: String,
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("writing {write}: {source} (rolled back {undone} earlier writes)")]
+    #[error("writing {write}: {error} (rolled back {undone} earlier writes)")]
     Install {
         write: String,
         undone: usize,
-        #[source]
-        source: Box<MapError>,
+        error: AyaError,
     },
     #[error(
-        "writing {write}: {source}; rolling back failed too ({rollback}): the maps may be inconsistent until the next install"
+        "writing {write}: {error}; rolling back failed too ({rollback}): the maps may be inconsistent until the next install"
     )]
     Rollback {
         write: String,
         rollback: String,
-        #[source]
-        source: Box<MapError>,
+        error: AyaError,
     },
 }
+
+/// An aya error as one line: its message, then each cause that the text so far does not
+/// already say (`map error: {0}` over the same error, `returned {io_error}` with the same
+/// error as its source).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AyaError(pub String);
+
+impl AyaError {
+    pub fn of(e: &(dyn std::error::Error + 'static)) -> Self {
+        let mut text = e.to_string();
+        let mut cause = e.source();
+        while let Some(c) = cause {
+            let s = c.to_string();
+            if !text.contains(&s) {
+                text.push_str(": ");
+                text.push_str(&s);
+            }
+            cause = c.source();
+        }
+        AyaError(text)
+    }
+}
+
+impl std::fmt::Display for AyaError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for AyaError {}
 
 pub type Result<T, E = BpfError> = std::result::Result<T, E>;
 
 fn map_err(name: &'static str) -> impl FnOnce(MapError) -> BpfError {
-    move |source| BpfError::Map {
+    move |e| BpfError::Map {
         name,
-        source: Box::new(source),
+        error: AyaError::of(&e),
     }
 }
 
@@ -222,7 +245,7 @@ impl Datapath {
         }
         let ebpf = loader
             .load(OBJECT)
-            .map_err(|e| BpfError::Load(Box::new(e)))?;
+            .map_err(|e| BpfError::Load(AyaError::of(&e)))?;
         Self::finish(ebpf, Some(bpffs.to_path_buf()))
     }
 
@@ -249,7 +272,7 @@ impl Datapath {
         }
         let ebpf = loader
             .load(OBJECT)
-            .map_err(|e| BpfError::Load(Box::new(e)))?;
+            .map_err(|e| BpfError::Load(AyaError::of(&e)))?;
         Self::finish(ebpf, None)
     }
 
@@ -267,11 +290,11 @@ impl Datapath {
                 .try_into()
                 .map_err(|source| BpfError::Program {
                     name: prog.name(),
-                    source: Box::new(source),
+                    error: AyaError::of(&source),
                 })?;
             p.load().map_err(|source| BpfError::Program {
                 name: prog.name(),
-                source: Box::new(source),
+                error: AyaError::of(&source),
             })?;
         }
         let events = match ebpf.take_map(names::MAP_EVENTS) {
@@ -307,7 +330,7 @@ impl Datapath {
             .try_into()
             .map_err(|source| BpfError::Program {
                 name: prog.name(),
-                source: Box::new(source),
+                error: AyaError::of(&source),
             })
     }
 
@@ -367,9 +390,9 @@ impl Datapath {
 
     fn attach_one(&mut self, ifindex: u32, ifname: &str, prog: Prog) -> Result<Attachment> {
         let pin = self.link_pin(ifindex, prog);
-        let perr = |source| BpfError::Program {
+        let perr = |source: aya::programs::ProgramError| BpfError::Program {
             name: prog.name(),
-            source: Box::new(source),
+            error: AyaError::of(&source),
         };
         // A pin left by an earlier agent: swap our program into the live link.
         if let Some(pin) = &pin
@@ -510,12 +533,12 @@ impl Datapath {
                     Ok(undone) => BpfError::Install {
                         write: describe(w),
                         undone,
-                        source: Box::new(source),
+                        error: AyaError::of(&source),
                     },
                     Err(rollback) => BpfError::Rollback {
                         write: describe(w),
                         rollback,
-                        source: Box::new(source),
+                        error: AyaError::of(&source),
                     },
                 });
             }
@@ -539,10 +562,10 @@ impl Datapath {
         if let Err(e) = self.set_config(config) {
             let undone = self.undo(&before, &t.prepare);
             return Err(match (e, undone) {
-                (BpfError::Map { source, .. }, Ok(undone)) => BpfError::Install {
+                (BpfError::Map { error, .. }, Ok(undone)) => BpfError::Install {
                     write: format!("{} generation {}", names::MAP_CONFIG, t.flip_to),
                     undone,
-                    source,
+                    error,
                 },
                 (e, _) => e,
             });
@@ -904,7 +927,7 @@ impl Datapath {
         };
         let r = p.test_run(opts).map_err(|source| BpfError::Program {
             name: prog.name(),
-            source: Box::new(source),
+            error: AyaError::of(&source),
         })?;
         Ok(RunResult {
             verdict: r.return_value as i32,
