@@ -29,7 +29,7 @@ enum Command {
     },
     /// Explain the verdict for one connection: which policies and rules decide it.
     #[command(
-        after_help = "Examples:\n  enforcer explain --manifests ./cluster --from x/a --to x/b --port 80 --protocol TCP\n  enforcer lab exec demo node-1 -- explain --from x/a --to x/b --port 80 --live"
+        after_help = "Examples:\n  enforcer explain --manifests ./cluster --from x/a --to x/b --port 80 --protocol TCP\n  enforcer explain --manifests ./cluster --from 10.42.0.13 --to 10.42.0.10 --port http\n  enforcer lab exec demo node-1 -- explain --from x/a --to x/b --port 80 --live\n\nExit status: 0 allowed or denied, 3 not judged (no pod at either end), 1 an error."
     )]
     Explain(ExplainArgs),
     /// Follow the verdict events of a node's agent: drops (and allows, with --events-on-allow)
@@ -182,8 +182,16 @@ struct ExplainArgs {
     /// Destination: namespace/pod or an IP address.
     #[arg(long)]
     to: enforcer::explain::Endpoint,
+    /// A port number (1-65535) or the name of a container port of the destination pod.
     #[arg(long)]
-    port: u16,
+    port: enforcer::explain::PortArg,
+    /// This node's addresses, as the agent gives them identity host (repeat for several).
+    #[arg(long = "node-ip")]
+    node_ips: Vec<std::net::IpAddr>,
+    /// Decide as an agent run with --no-allow-host: the node reaches isolated pods only by a
+    /// rule.
+    #[arg(long)]
+    no_allow_host: bool,
     /// TCP, UDP or SCTP.
     #[arg(long, default_value = "TCP", value_parser = parse_protocol)]
     protocol: enforcer::model::Protocol,
@@ -210,12 +218,18 @@ fn parse_protocol(s: &str) -> Result<enforcer::model::Protocol, String> {
         .ok_or_else(|| format!("{s:?} is not TCP, UDP or SCTP"))
 }
 
-fn explain_cmd(a: ExplainArgs) -> anyhow::Result<String> {
+/// The explanation's text and whether it was judged at all.
+fn explain_cmd(a: ExplainArgs) -> anyhow::Result<(String, bool)> {
     let snap = enforcer::source::ManifestDir::new(&a.manifests).read()?;
     if !snap.errors.is_empty() {
         anyhow::bail!("rejected manifests: {}", snap.errors.join("; "));
     }
-    let mut e = enforcer::explain::explain(&snap.cluster, &a.from, &a.to, a.protocol, a.port)?;
+    let opts = enforcer::explain::Options {
+        node_ips: a.node_ips.clone(),
+        no_allow_host: a.no_allow_host,
+    };
+    let mut e =
+        enforcer::explain::explain(&snap.cluster, &a.from, &a.to, a.protocol, &a.port, &opts)?;
     if a.live {
         let pinned = enforcer::bpf::PinnedMaps::open(&a.bpffs).with_context(|| {
             format!(
@@ -225,10 +239,11 @@ fn explain_cmd(a: ExplainArgs) -> anyhow::Result<String> {
         })?;
         enforcer::explain::add_live(&mut e, &pinned.read_state()?, a.protocol);
     }
-    Ok(match a.output {
+    let text = match a.output {
         enforcer::dump::Format::Json => serde_json::to_string_pretty(&e)? + "\n",
         enforcer::dump::Format::Table => enforcer::explain::render(&e),
-    })
+    };
+    Ok((text, e.judged))
 }
 
 #[derive(Subcommand)]
@@ -336,7 +351,17 @@ fn main() -> ExitCode {
             );
             ExitCode::SUCCESS
         }
-        Command::Explain(a) => print_or_fail(explain_cmd(a)),
+        Command::Explain(a) => match explain_cmd(a) {
+            Ok((text, judged)) => {
+                print!("{text}");
+                if judged {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(enforcer::explain::EXIT_NOT_JUDGED)
+                }
+            }
+            Err(e) => print_or_fail(Err(e)),
+        },
         Command::Maps {
             command: MapsCommand::Dump { map, bpffs, output },
         } => print_or_fail(enforcer::dump::dump(&bpffs, output, map)),

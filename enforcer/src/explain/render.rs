@@ -1,0 +1,108 @@
+//! `explain`'s text for people.
+
+use std::fmt::Write as _;
+
+use super::{Explanation, Seen};
+
+/// Text for people.
+pub fn render(e: &Explanation) -> String {
+    let mut s = String::new();
+    let verdict = match e.allowed {
+        Some(true) => "ALLOWED",
+        Some(false) => "DENIED",
+        None => "NOT JUDGED",
+    };
+    let _ = writeln!(
+        s,
+        "{} → {} {}/{}: {verdict}",
+        end_label(&e.from),
+        end_label(&e.to),
+        e.protocol,
+        e.port,
+    );
+    // An end given as an address: what the datapath sees there.
+    for (word, end) in [("from", &e.from), ("to", &e.to)] {
+        if end.given == end.address.to_string() {
+            let _ = writeln!(s, "  {word:<7} {}: {}", end.address, end.seen_as.describe());
+        }
+    }
+    if !e.judged {
+        let _ = writeln!(
+            s,
+            "  NOT JUDGED: neither end is a pod; enforcer judges only traffic to or from pods \
+             (this connection is the network's and the nodes' business)"
+        );
+    }
+    for side in &e.sides {
+        let verdict = if side.allowed { "allow" } else { "deny" };
+        let why = match (&side.policy, side.reason) {
+            (Some(p), _) if p == "<host>" => {
+                "allowed: the node's own address reaches its pods (the agent's default; \
+                 --no-allow-host turns it off)"
+                    .into()
+            }
+            (Some(p), _) => format!(
+                "allowed by {p} {} rule {}",
+                side.direction,
+                side.rule.unwrap_or(0)
+            ),
+            (None, "not-isolated") => {
+                "not isolated: no policy selects it for this direction".into()
+            }
+            (None, _) => format!(
+                "isolated by [{}] and no rule allows it",
+                side.isolated_by.join(", ")
+            ),
+        };
+        let _ = writeln!(
+            s,
+            "  {:<7} at {}: {verdict}: {why}",
+            side.direction, side.pod
+        );
+    }
+    for side in &e.sides {
+        if let Some(l) = &side.live {
+            let _ = writeln!(
+                s,
+                "  live maps, {} at {} (ifindex {}): {} ({}){}",
+                side.direction,
+                side.pod,
+                l.ifindex,
+                if l.allowed { "allow" } else { "deny" },
+                l.reason,
+                if l.agrees {
+                    ""
+                } else {
+                    "  DISAGREES with the manifests"
+                }
+            );
+        }
+    }
+    match e.live_agrees {
+        Some(true) => {
+            let _ = writeln!(s, "  the live maps agree with the manifests");
+        }
+        Some(false) => {
+            let _ = writeln!(
+                s,
+                "  WARNING: the live maps disagree with the manifests (a change not yet installed, or drift)"
+            );
+        }
+        None => {}
+    }
+    if !e.agree {
+        let _ = writeln!(
+            s,
+            "  WARNING: the compiled maps and the reference evaluator disagree"
+        );
+    }
+    s
+}
+
+/// `ns/pod (ip)` for a pod given by name, the address otherwise.
+fn end_label(end: &super::End) -> String {
+    match &end.seen_as {
+        Seen::Pod { pod, .. } if *pod == end.given => format!("{pod} ({})", end.address),
+        _ => end.given.clone(),
+    }
+}
