@@ -45,6 +45,7 @@ pub mod lab;
 pub mod live;
 pub mod manifests;
 pub mod netns;
+pub mod outcome;
 pub mod plan;
 pub mod report;
 pub mod runs;

@@ -728,11 +728,7 @@ pub fn probe(
                     serde_json::to_string_pretty(&crate::report::probe_json(&r))
                         .expect("a probe is JSON")
                 ),
-                Output::Table => {
-                    let mut s = String::new();
-                    crate::report::note(&mut s, &r);
-                    print!("{}", s.strip_prefix("    ").unwrap_or(&s));
-                }
+                Output::Table => print!("{}", crate::report::probe_text(&r)),
             }
             0
         }

@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 
 use serde_json::{Value, json};
 
+use crate::outcome::ProbeOutcome;
 use crate::plan::{Ep, ProbePlan};
 use crate::scenario::{Family, PortRef, Protocol, Target};
 use crate::traffic::{Observed, Outcome};
@@ -23,6 +24,11 @@ pub struct ProbeResult {
 impl ProbeResult {
     /// Differs from what the scenario expects (an unsupported probe never does), or went
     /// through a Service to something that is none of its backends.
+    /// Allowed, denied by policy (a drop event), refused by the target, … (see [`ProbeOutcome`]).
+    pub fn outcome(&self) -> ProbeOutcome {
+        ProbeOutcome::of(&self.outcome, &self.events)
+    }
+
     pub fn mismatch(&self) -> bool {
         if self.wrong_backend.is_some() {
             return true;
@@ -124,6 +130,9 @@ pub struct JsonProbe<'a> {
     pub protocol: &'static str,
     pub expected: Option<&'static str>,
     pub observed: &'static str,
+    /// What `observed` means: allowed, denied (by policy: the enforcer reported the drop),
+    /// refused (nothing listens), unreachable, timeout-no-event, unsupported or failed.
+    pub outcome: ProbeOutcome,
     /// The address and port the probe went to.
     pub dst: String,
     pub dst_port: u16,
@@ -150,6 +159,7 @@ pub fn probe_json(p: &ProbeResult) -> JsonProbe<'_> {
         protocol: spec.protocol.as_str(),
         expected: spec.expect.map(|v| v.as_str()),
         observed: p.outcome.observed.as_str(),
+        outcome: p.outcome(),
         dst: p.probe.dst_ip.to_string(),
         dst_port: p.probe.dst_port,
         detail: &p.outcome.detail,
@@ -321,6 +331,21 @@ fn render_table(out: &mut String, title: &str, probes: &[&ProbeResult]) {
 
 /// A line about a denied or unexpected probe, with the drop the agent attributed.
 pub fn note(out: &mut String, p: &ProbeResult) {
+    note_as(out, p, false);
+}
+
+/// One probe for `lab probe`: as [`note`], saying what the result means (allowed, denied by
+/// policy, refused: nothing listens, …) rather than allow or deny.
+pub fn probe_text(p: &ProbeResult) -> String {
+    let mut s = String::new();
+    note_as(&mut s, p, true);
+    s.lines()
+        .map(|l| l.strip_prefix("    ").unwrap_or(l))
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
+fn note_as(out: &mut String, p: &ProbeResult, explained: bool) {
     let spec = &p.probe.spec;
     let expect = match spec.expect {
         Some(e) if p.mismatch() => format!(" (expected {})", e.as_str()),
@@ -330,9 +355,18 @@ pub fn note(out: &mut String, p: &ProbeResult) {
         (Some(_), Some(b)) => format!(", answered by {b}"),
         _ => String::new(),
     };
+    let verdict = if explained {
+        p.outcome().explain(&format!("{}{via}", p.outcome.detail))
+    } else {
+        format!(
+            "{} ({}{via})",
+            p.outcome.observed.as_str(),
+            p.outcome.detail
+        )
+    };
     let _ = writeln!(
         out,
-        "  {} {} -> {}{} {}/{}: {} ({}{via}){expect}",
+        "  {} {} -> {}{} {}/{}: {verdict}{expect}",
         if p.mismatch() { "*" } else { " " },
         spec.from_text,
         spec.to_text,
@@ -343,8 +377,6 @@ pub fn note(out: &mut String, p: &ProbeResult) {
         },
         spec.protocol,
         p.probe.dst_port,
-        p.outcome.observed.as_str(),
-        p.outcome.detail,
     );
     if let Some(w) = &p.wrong_backend {
         let _ = writeln!(out, "      {w}");
@@ -484,6 +516,11 @@ steps:
         ] {
             assert_eq!(p0[k], v, "{k}");
         }
+        assert_eq!(p0["outcome"], json!("allowed"));
+        assert_eq!(
+            j["steps"][1]["probes"][0]["outcome"],
+            json!("timeout-no-event")
+        );
         let p2 = &j["steps"][0]["probes"][2];
         assert_eq!(p2["port"], json!("serve-81-udp"), "the port as written");
         assert_eq!(p2["dst_port"], json!(81));
@@ -572,6 +609,39 @@ FAIL: 1 of 5 probes differ from what was expected
         let m = match_events(&events, probe, Some(40000));
         assert_eq!(m, vec![events[0].clone(), events[4].clone()]);
         assert!(match_events(&events, probe, None).is_empty());
+    }
+
+    #[test]
+    fn one_probe_says_refused_or_denied_by_policy() {
+        use Observed::*;
+        let mut r = report(&[&[Allow, Deny, Deny, Allow], &[Deny]]);
+        r.steps[0].probes[1].outcome.detail = "refused".into();
+        r.steps[0].probes[2].events = vec![json!({"verdict": "drop", "direction": "ingress",
+            "endpoint": "x/b", "reason": "no-rule-allows", "policy": null,
+            "isolated_by": ["x/deny"]})];
+        let text: Vec<String> = r.steps[0].probes.iter().map(probe_text).collect();
+        assert_eq!(
+            text[0], "x/a -> x/b [10.42.1.11] TCP/80: allowed (timeout)\n",
+            "{text:?}"
+        );
+        assert_eq!(
+            text[1],
+            "x/b -> x/a [10.42.1.10] TCP/80: refused: nothing listens (the target answered; \
+             no policy dropped it)\n"
+        );
+        assert_eq!(
+            text[2],
+            "x/a -> x/b [10.42.1.11] UDP/81: denied by policy (timeout, dropped by the \
+             enforcer)\n  drop ingress at x/b: no-rule-allows, isolated by x/deny\n"
+        );
+        let j = r.to_json();
+        let outcomes: Vec<&Value> = (0..3)
+            .map(|i| &j["steps"][0]["probes"][i]["outcome"])
+            .collect();
+        assert_eq!(
+            outcomes,
+            [&json!("allowed"), &json!("refused"), &json!("denied")]
+        );
     }
 
     #[test]

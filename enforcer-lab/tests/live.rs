@@ -113,7 +113,7 @@ fn up_probe_exec_apply_down() {
     let p = lab(&["probe", &name, "x/client-1", "x/web-2", "8080/TCP"]);
     assert!(p.status.success(), "{}", text(&p));
     assert!(
-        stdout(&p).contains("TCP/8080: allow (connected"),
+        stdout(&p).contains("TCP/8080: allowed (connected"),
         "{}",
         text(&p)
     );
@@ -137,7 +137,11 @@ fn up_probe_exec_apply_down() {
     );
     let p = lab(&["probe", &name, "x/client-1", "x/web-1", "9/TCP"]);
     assert!(p.status.success(), "a denied probe ran: {}", text(&p));
-    assert!(stdout(&p).contains("deny (refused)"), "{}", text(&p));
+    assert!(
+        stdout(&p).contains("TCP/9: refused: nothing listens"),
+        "{}",
+        text(&p)
+    );
     let p = lab(&["probe", &name, "x/client-1", "x/nobody", "80"]);
     assert_eq!(p.status.code(), Some(2), "{}", text(&p));
 
@@ -194,7 +198,7 @@ fn up_probe_exec_apply_down() {
     assert!(manifests.join("service_x_db2.yaml").exists());
     let p = lab(&["probe", &name, "y/client", "svc:x/db2", "15432/TCP"]);
     assert!(
-        stdout(&p).contains("allow (connected, answered by x/db 10.42.2.10:5432)"),
+        stdout(&p).contains("allowed (connected, answered by x/db 10.42.2.10:5432)"),
         "{}",
         text(&p)
     );

@@ -99,3 +99,97 @@ fn every_blocked_probe_carries_exactly_one_attributed_drop_event() {
     }
     assert!(checked >= 10, "blocked probes checked: {checked}");
 }
+
+const REFUSED_OR_DENIED: &str = "\
+namespaces: [{name: x}]
+pods:
+  - {namespace: x, name: a, labels: {app: a}}
+  - namespace: x
+    name: b
+    labels: {app: b}
+    ports: [{port: 80, protocol: TCP}]
+policies:
+  - apiVersion: networking.k8s.io/v1
+    kind: NetworkPolicy
+    metadata: {name: b-some-ports, namespace: x}
+    spec:
+      podSelector: {matchLabels: {app: b}}
+      policyTypes: [Ingress]
+      ingress: [{ports: [{port: 80, protocol: TCP}, {port: 9, protocol: TCP}, {port: 9, protocol: UDP}]}]
+";
+
+/// Takes a lab down on drop, also when an assertion failed.
+struct Down(String);
+
+impl Drop for Down {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new(env!("CARGO_BIN_EXE_enforcer"))
+            .args(["lab", "down", &self.0])
+            .output();
+    }
+}
+
+/// `lab probe` tells a port nothing listens on (the policy lets the packet through and the
+/// target answers with a reset, or an ICMP port unreachable) from a port the policy closes
+/// (dropped, with the drop event), in its text and in its JSON `outcome`.
+#[test]
+fn lab_probe_tells_refused_from_denied_by_policy() {
+    let _guard = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    require_root("the lab tests");
+    let file = std::env::temp_dir().join(format!("enforcer-refused-{}.yaml", std::process::id()));
+    std::fs::write(&file, REFUSED_OR_DENIED).unwrap();
+    let name = format!("refused-{}", std::process::id());
+    let enforcer = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_enforcer"))
+            .args(args)
+            .output()
+            .expect("running enforcer")
+    };
+    let shown = |o: &std::process::Output| {
+        format!(
+            "status {:?}\n{}{}",
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    };
+    let up = enforcer(&["lab", "up", file.to_str().unwrap(), "--name", &name]);
+    let _ = std::fs::remove_file(&file);
+    assert!(up.status.success(), "{}", shown(&up));
+    let _down = Down(name.clone());
+
+    for (port, outcome, says) in [
+        ("80/TCP", "allowed", "TCP/80: allowed (connected)"),
+        ("9/TCP", "refused", "TCP/9: refused: nothing listens"),
+        ("9/UDP", "refused", "UDP/9: refused: nothing listens"),
+        ("81/TCP", "denied", "TCP/81: denied by policy"),
+        ("81/UDP", "denied", "UDP/81: denied by policy"),
+    ] {
+        let o = enforcer(&["lab", "probe", &name, "x/a", "x/b", port]);
+        assert!(o.status.success(), "{port}: {}", shown(&o));
+        let text = String::from_utf8_lossy(&o.stdout);
+        assert!(text.contains(says), "{port}: {}", shown(&o));
+        if outcome == "denied" {
+            assert!(
+                text.contains("drop ingress at x/b: no-rule-allows"),
+                "{port}: {}",
+                shown(&o)
+            );
+        } else {
+            assert!(!text.contains("drop "), "{port}: {}", shown(&o));
+        }
+        let o = enforcer(&[
+            "lab", "probe", &name, "x/a", "x/b", port, "--output", "json",
+        ]);
+        assert!(o.status.success(), "{port}: {}", shown(&o));
+        let j: Value = serde_json::from_slice(&o.stdout).expect("JSON");
+        assert_eq!(j["outcome"], outcome, "{port}: {j}");
+        let drops = j["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["verdict"] == "drop")
+            .count();
+        assert_eq!(drops, usize::from(outcome == "denied"), "{port}: {j}");
+    }
+}

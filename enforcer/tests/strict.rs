@@ -197,7 +197,7 @@ fn lab_apply_is_all_or_nothing_and_says_unchanged() {
     let up = enforcer(&["lab", "up", path(&scenario), "--name", &name]);
     assert!(up.status.success(), "{}", text(&up));
     let _down = LabUp(name.clone());
-    assert!(probe(&name).contains(": allow"), "no policy yet");
+    assert!(probe(&name).contains(": allowed"), "no policy yet");
     let run = String::from_utf8_lossy(&up.stdout).into_owned();
     let at = run.find("(run enf-").expect("up names its run") + 5;
     let manifests = PathBuf::from("/run/enforcer-lab")
@@ -226,7 +226,10 @@ fn lab_apply_is_all_or_nothing_and_says_unchanged() {
         "{}",
         text(&o)
     );
-    assert!(probe(&name).contains(": deny"), "deny-b in force");
+    assert!(
+        probe(&name).contains(": denied by policy"),
+        "deny-b in force"
+    );
 
     // The same content again: unchanged, nothing written.
     let o = apply(&deny);
@@ -249,7 +252,10 @@ fn lab_apply_is_all_or_nothing_and_says_unchanged() {
     assert!(err.contains("spec.ingress[0].ports[0].protocol"), "{err}");
     assert!(err.contains("nothing was applied"), "{err}");
     assert_eq!(folder(), before, "the manifests are as they were");
-    assert!(probe(&name).contains(": deny"), "allow-b not in force");
+    assert!(
+        probe(&name).contains(": denied by policy"),
+        "allow-b not in force"
+    );
 
     // A misspelt file and one in a missing namespace are refused before anything is written.
     let typo = d.write("typo.yaml", &ALLOW_B.replace("ingress:", "ingres:"));
@@ -284,5 +290,5 @@ fn lab_apply_is_all_or_nothing_and_says_unchanged() {
         "{}",
         text(&o)
     );
-    assert!(probe(&name).contains(": allow"), "allow-b in force");
+    assert!(probe(&name).contains(": allowed"), "allow-b in force");
 }
