@@ -6,8 +6,9 @@
 //!   the reason;
 //! - each `$ command` line of a session block (```text) runs in order in one lab; the lab's name
 //!   (`demo` in the text) is made unique per run, and the lab is taken down at the end whatever
-//!   happens. The first line of the output the README shows must be a line of what the command
-//!   prints (digits masked: times, ports and counters vary);
+//!   happens. Each must exit 0, or with the status a `# exits N` comment on its line says; the
+//!   first line of the output the README shows must be a line of what the command prints
+//!   (digits masked: times, ports and counters vary);
 //! - each `enforcer …` line of a synopsis block (```text, no `$`) must name a real command, and
 //!   every `--flag` and every `[a|b]` choice on it must be in that command's `--help`.
 //!
@@ -316,27 +317,35 @@ fn every_session_of_the_readmes_runs_in_a_lab_and_prints_what_the_readme_shows()
             name: name.clone(),
             bin: bin.clone(),
         };
-        // Each command with the first output line the README shows for it.
-        let mut steps: Vec<(usize, String, Option<String>)> = Vec::new();
+        // Each command with its exit status and the first output line the README shows for it.
+        let mut steps: Vec<(usize, String, i32, Option<String>)> = Vec::new();
         for (i, line) in b.lines.iter().enumerate() {
             if let Some(command) = line.strip_prefix("$ ") {
-                steps.push((b.line + 1 + i, strip_comment(command).to_string(), None));
+                let status = command
+                    .split_once(" # exits ")
+                    .map_or(0, |(_, n)| n.trim().parse().expect("# exits N"));
+                steps.push((
+                    b.line + 1 + i,
+                    strip_comment(command).to_string(),
+                    status,
+                    None,
+                ));
             } else if let Some(last) = steps.last_mut()
-                && last.2.is_none()
+                && last.3.is_none()
                 && !line.trim().is_empty()
                 && line.trim() != "..."
             {
-                last.2 = Some(line.clone());
+                last.3 = Some(line.clone());
             }
         }
-        for (line, command, shown) in steps {
+        for (line, command, status, shown) in steps {
             let command = with_lab_name(&command, &name);
             eprintln!("running ({}:{line}): {command}", b.file);
             let out = shell(&command, &bin);
             let stdout = text(&out.stdout);
-            if !out.status.success() {
+            if out.status.code() != Some(status) {
                 failed.push(format!(
-                    "{}:{line}: {command}: {}\n{stdout}{}",
+                    "{}:{line}: {command}: {} (the README says it exits {status})\n{stdout}{}",
                     b.file,
                     out.status,
                     text(&out.stderr)
