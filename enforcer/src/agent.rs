@@ -22,6 +22,9 @@ use crate::compiler::{
 use crate::discover;
 use crate::kube_source::KubeSource;
 use crate::metrics::{self, Health, Metrics};
+
+mod publish;
+mod start;
 use crate::model::ObjectRef;
 use crate::source::{ManifestDir, summary};
 use crate::state::MapState;
@@ -482,10 +485,17 @@ struct Agent {
     policy_capacity: u32,
     /// Warnings about events lost or held back, rate-limited.
     event_loss: crate::events::loss::LossWarnings,
+    /// The lock and record that say this agent owns the pins (`enforcer status`).
+    owner: Option<crate::status::record::Owner>,
+    /// When this agent started (RFC 3339).
+    started: String,
+    /// Objects the source rejected at the last read, with the reason.
+    rejected: Vec<String>,
 }
 
 impl Agent {
     fn write_status(&self) {
+        self.publish();
         let Some(path) = &self.opts.status_file else {
             return;
         };
@@ -525,6 +535,7 @@ impl Agent {
             error!("rejected objects (their last valid state keeps enforcing): {errors}");
         }
         self.last_error = (!errors.is_empty()).then_some(errors);
+        self.rejected = snap.errors;
         if !snap.complete {
             // Not everything is known yet: keep enforcing what the maps hold.
             return Ok(());
@@ -1053,106 +1064,47 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         // would fail with a puzzling error, so mount it, as Cilium's agent does.
         enforcer_lab::agent::ensure_bpffs().context("the pin folder needs a bpf filesystem")?;
     }
-    let mut datapath = Datapath::load(&opts.bpffs)
-        .with_context(|| format!("loading the datapath (pins under {})", opts.bpffs.display()))?;
-    let installed = datapath.read_state().context("reading the pinned maps")?;
-    datapath
-        .set_event_limits(opts.event_rate.saturating_mul(1000), opts.event_burst)
-        .context("writing the event limits")?;
-    datapath
-        .set_drop_report_window(opts.drop_report_window)
-        .context("writing the drop report window")?;
-    datapath
-        .set_ct_settings(enforcer_common::CtSettings {
-            endpoint_budget: opts.ct_endpoint_budget,
-            _pad: 0,
-        })
-        .context("writing the conntrack settings")?;
-    datapath
-        .set_service_deferral(opts.service_defer, opts.service_defer_budget)
-        .context("writing the Service deferral settings")?;
-    // The garbage collector walks the conntrack tables on a thread of its own, with its own
-    // handles: the reconcile loop never waits for a walk.
-    let collector = crate::conntrack::Collector {
-        tables: datapath
-            .ct_tables()
-            .context("opening the conntrack tables")?,
-        lifetimes: opts.ct_lifetimes,
-    };
-    crate::conntrack::spawn(collector, opts.ct_gc_interval, health.clone())
-        .context("starting the conntrack garbage collector")?;
-    // Continue the revision of the agent before us (pinned), so that conntrack entries it
-    // admitted are re-checked under our first install rather than mistaken for current.
-    let revision = datapath
-        .config()
-        .context("reading the pinned configuration")?
-        .revision;
-    let policy_capacity = datapath.policy_capacity();
-    let names = Arc::new(Mutex::new(Names::default()));
-    // What the agent before us named its policy ids (for seeding ours; empty on a fresh node).
-    let pinned_policies: BTreeMap<u32, ObjectRef> = datapath
-        .names()
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|(k, _)| {
-            k.kind == enforcer_common::name_kind::POLICY && k.id >= crate::compiler::FIRST_POLICY_ID
-        })
-        .filter_map(|(k, v)| {
-            let (ns, name) = v.split_once('/')?;
-            Some((k.id, ObjectRef::new(ns, name)))
-        })
-        .collect();
-
-    let (ev_tx, ev_rx) = mpsc::channel(4096);
-    datapath.spawn_event_reader(ev_tx)?;
-    let events_task = tokio::spawn(write_events(
-        ev_rx,
-        opts.node.clone(),
-        names.clone(),
-        opts.events_file.clone(),
-        opts.events_max_bytes,
-    ));
-
-    let source = Source::open(&opts.source).await?;
-    let mut agent = Agent {
-        source,
-        opts: opts.clone(),
-        datapath,
-        installed,
-        ids: Ids::default(),
-        cluster: Cluster::default(),
-        generation: None,
-        last_error: None,
-        revision,
-        interfaces: BTreeMap::new(),
-        host_ips: Vec::new(),
-        held: BTreeSet::new(),
-        unclaimed: BTreeSet::new(),
-        install_failed: false,
-        tables: None,
-        solicited: BTreeMap::new(),
-        conflicted: BTreeSet::new(),
-        conflicts: Vec::new(),
-        names,
-        health: health.clone(),
-        noticed: None,
-        capacity_held: Vec::new(),
-        pinned_policies: Some(pinned_policies),
-        rule_labels: BTreeSet::new(),
-        event_loss: crate::events::loss::LossWarnings::new(crate::events::loss::INTERVAL),
-        policy_capacity,
-    };
-    // Links, addresses, routes and neighbours as they change: a new pod interface is
-    // programmed within milliseconds, not at the next rescan. Opened before the first scan so
-    // nothing between the two is missed.
-    let mut netlink = match crate::netlink::Subscription::open() {
-        Ok(s) => Some(s),
+    // The lock that says an agent owns these pins (`enforcer status`, `maps dump`): an agent
+    // shutting down has a moment to let go; one that keeps running is not shared with.
+    let run_dir = crate::status::record::dir();
+    let owner =
+        match crate::status::record::Owner::claim(&run_dir, &opts.bpffs, Duration::from_secs(15)) {
+            Ok(o) => Some(o),
+            Err(e) if crate::status::record::probe(&run_dir, &opts.bpffs).is_live() => {
+                return Err(e);
+            }
+            Err(e) => {
+                warn!("no agent record ({e:#}): `enforcer status` will not see this agent");
+                None
+            }
+        };
+    // What the pin folder held before us: a start that fails removes what it made, and only
+    // that (an earlier agent's pins, left with --keep-pins, keep enforcing).
+    let before = crate::bpf::PinSnapshot::take(&opts.bpffs);
+    let datapath = match Datapath::load(&opts.bpffs) {
+        Ok(d) => d,
         Err(e) => {
-            warn!("no netlink events ({e}); interfaces are found by the periodic rescan only");
-            None
+            before.remove_new();
+            return Err(anyhow::Error::new(e).context(format!(
+                "loading the datapath (pins under {})",
+                opts.bpffs.display()
+            )));
         }
     };
-    agent.reconcile(true, true)?;
+    let (mut agent, events_task, mut netlink) = match start::start(&opts, datapath, &health).await {
+        Ok(started) => started,
+        Err((e, datapath)) => {
+            datapath.abandon(&before);
+            if before.takeover() {
+                warn!(
+                    "the start failed; the pins found under {} stay",
+                    opts.bpffs.display()
+                );
+            }
+            return Err(e);
+        }
+    };
+    agent.owner = owner;
     agent.write_status();
     info!(node = %opts.node, "started");
 
@@ -1211,6 +1163,9 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
     info!("shutting down");
     let keep = opts.keep_pins;
     drop(agent.source);
+    if let Some(owner) = agent.owner.take() {
+        owner.remove();
+    }
     agent.datapath.cleanup(keep)?;
     events_task.abort();
     if let Some(s) = server {

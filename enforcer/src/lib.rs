@@ -13,7 +13,8 @@
 //! - [`discover`]: local pod interfaces and node addresses; [`binding`]: which interface is a
 //!   pod's (pure), from the addresses its peer holds ([`peers`]);
 //! - [`agent`]: `enforcer run`; [`dump`]: `enforcer maps dump`; [`explain`]: `enforcer explain`;
-//!   [`events`]: `enforcer events`; [`logging`]: the agent's log (text or JSON).
+//!   [`events`]: `enforcer events`; [`logging`]: the agent's log (text or JSON); [`status`]:
+//!   `enforcer status` and the agent's record.
 
 /// The commit this binary was built from (`git rev-parse --short HEAD`, `-dirty` when tracked
 /// files differed from it), or `unknown` when built outside a repository without
@@ -48,3 +49,4 @@ pub mod reference;
 pub mod services;
 pub mod source;
 pub mod state;
+pub mod status;

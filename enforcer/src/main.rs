@@ -46,6 +46,21 @@ enum Command {
         #[command(subcommand)]
         command: enforcer_lab::LabCommand,
     },
+    /// Is an agent running on this node, and is it well: since when, its version, its source
+    /// and sync state, objects rejected, endpoints held closed, map usage, events lost.
+    #[command(
+        after_help = "Exit status: 0 healthy, 1 degraded (see the problems listed), \
+                            2 usage error, 3 no agent runs on these pins.\n\n\
+                            Examples:\n  enforcer status\n  enforcer status --output json\n  \
+                            enforcer lab exec demo node-1 -- status"
+    )]
+    Status {
+        /// The agent's bpffs folder (its --bpffs).
+        #[arg(long, env = "ENFORCER_BPFFS", default_value = "/sys/fs/bpf/enforcer")]
+        bpffs: PathBuf,
+        #[arg(long, value_enum, default_value = "table")]
+        output: enforcer::dump::Format,
+    },
     /// Print a shell completion script for bash, zsh, fish, elvish or powershell.
     #[command(
         after_help = "Example:\n  enforcer completions bash > /etc/bash_completion.d/enforcer"
@@ -237,6 +252,9 @@ fn explain_cmd(a: ExplainArgs) -> anyhow::Result<(String, bool)> {
                 a.bpffs.display()
             )
         })?;
+        if let Some(warning) = stale_pins(&a.bpffs) {
+            eprintln!("warning: {warning}");
+        }
         enforcer::explain::add_live(&mut e, &pinned.read_state()?, a.protocol);
     }
     let text = match a.output {
@@ -261,6 +279,10 @@ enum MapsCommand {
         bpffs: PathBuf,
         #[arg(long, value_enum, default_value = "table")]
         output: enforcer::dump::Format,
+        /// Read pins no running agent owns (left by an agent that exited with --keep-pins, or
+        /// crashed); without it such pins are refused with exit status 3.
+        #[arg(long)]
+        allow_stale: bool,
     },
 }
 
@@ -362,9 +384,46 @@ fn main() -> ExitCode {
             }
             Err(e) => print_or_fail(Err(e)),
         },
+        Command::Status { bpffs, output } => {
+            let (text, code) = enforcer::status::status(&bpffs, output);
+            print!("{text}");
+            ExitCode::from(code)
+        }
         Command::Maps {
-            command: MapsCommand::Dump { map, bpffs, output },
-        } => print_or_fail(enforcer::dump::dump(&bpffs, output, map)),
+            command:
+                MapsCommand::Dump {
+                    map,
+                    bpffs,
+                    output,
+                    allow_stale,
+                },
+        } => {
+            if let Some(warning) = stale_pins(&bpffs) {
+                eprintln!("warning: {warning}");
+                if !allow_stale {
+                    eprintln!("error: refusing stale pins (--allow-stale reads them anyway)");
+                    return ExitCode::from(enforcer::status::exit::NOT_RUNNING);
+                }
+            }
+            print_or_fail(enforcer::dump::dump(&bpffs, output, map))
+        }
+    }
+}
+
+/// Pins under `bpffs` that no running agent owns: what to say about them.
+fn stale_pins(bpffs: &std::path::Path) -> Option<String> {
+    use enforcer::status::record;
+    if !enforcer::status::pins_exist(bpffs) {
+        return None;
+    }
+    match record::probe(&record::dir(), bpffs) {
+        record::Probe::Live(_) => None,
+        record::Probe::NotRunning(rec) => Some(format!(
+            "no agent runs on the pins under {}: they are stale{} and show what was last installed",
+            bpffs.display(),
+            rec.map(|r| format!(" (left by pid {}, started {})", r.pid, r.started))
+                .unwrap_or_default()
+        )),
     }
 }
 

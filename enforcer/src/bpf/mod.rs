@@ -32,6 +32,9 @@ use tracing::{debug, warn};
 use crate::state::{Lpm, MapState, PhysState, PhysWrite};
 
 pub mod ct;
+mod pins;
+
+pub use pins::{PinSnapshot, Usage};
 
 /// The eBPF object, built by `cargo xtask build-ebpf` and embedded by build.rs.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("ENFORCER_BPF_OBJECT_PATH"));
