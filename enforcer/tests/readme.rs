@@ -54,6 +54,10 @@ const SKIPPED: &[(&str, &str)] = &[
         "needs a Kubernetes cluster",
     ),
     (
+        "kubectl -n enforcer-system exec ds/enforcer -- enforcer status",
+        "needs a Kubernetes cluster (`status` runs against a real agent in enforcer/tests/status.rs)",
+    ),
+    (
         "kubectl -n enforcer-system exec ds/enforcer -- enforcer maps dump",
         "needs a Kubernetes cluster (`maps dump` runs in the lab session below)",
     ),
