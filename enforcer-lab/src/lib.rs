@@ -155,6 +155,10 @@ pub enum LabCommand {
         /// What to call the lab (default: the file's name).
         #[arg(long)]
         name: Option<String>,
+        /// table: what was built and commands to try; json: the nodes, pods, hosts and
+        /// Services, each keyed by name.
+        #[arg(long, value_enum, default_value = "table")]
+        output: Output,
         #[command(flatten)]
         opts: UpOptions,
     },
@@ -252,7 +256,11 @@ pub enum LabCommand {
         agent_timeout: Duration,
     },
     /// List lab runs on this machine (left running by `up`, in progress, or left over).
-    List,
+    List {
+        /// json: `{"labs": {NAME: …}}`, keyed by name (by run for a `lab run`).
+        #[arg(long, value_enum, default_value = "table")]
+        output: Output,
+    },
     /// Take a lab down (`down NAME`); without a name, remove the leftovers of runs whose
     /// process is gone; `--all`: every lab run, live or not.
     Down {
@@ -416,7 +424,12 @@ pub fn main(cmd: LabCommand, enforcer_exe: &Path) -> i32 {
                 }
             }
         }
-        LabCommand::Up { file, name, opts } => live::up(&file, name, &opts),
+        LabCommand::Up {
+            file,
+            name,
+            output,
+            opts,
+        } => live::up(&file, name, &opts, output),
         LabCommand::Keep { prefix, opts } => live::keep(&prefix, &opts, enforcer_exe),
         LabCommand::Probe {
             name,
@@ -447,7 +460,7 @@ pub fn main(cmd: LabCommand, enforcer_exe: &Path) -> i32 {
             file,
             agent_timeout,
         } => live::apply(&name, &file, true, agent_timeout),
-        LabCommand::List => live::list(),
+        LabCommand::List { output } => live::list(output),
         LabCommand::Down { name, all } => live::down(name.as_deref(), all),
     }
 }

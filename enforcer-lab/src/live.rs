@@ -26,6 +26,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 
+mod view;
+pub use view::list;
+use view::usage;
+
 use crate::lab::{self, SavedState};
 use crate::manifests::{ClusterState, ManifestWriter, write_atomic};
 use crate::netns::{self, Netns};
@@ -178,8 +182,8 @@ pub fn save_state(dir: &Path, s: &SavedState) -> Result<()> {
 // up and keep
 
 /// `lab up FILE [--name NAME]`: returns the exit status.
-pub fn up(file: &Path, name: Option<String>, opts: &UpOptions) -> i32 {
-    match up_inner(file, name, opts) {
+pub fn up(file: &Path, name: Option<String>, opts: &UpOptions, output: Output) -> i32 {
+    match up_inner(file, name, opts, output) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("enforcer lab: error: {e:#}");
@@ -188,7 +192,7 @@ pub fn up(file: &Path, name: Option<String>, opts: &UpOptions) -> i32 {
     }
 }
 
-fn up_inner(file: &Path, name: Option<String>, opts: &UpOptions) -> Result<i32> {
+fn up_inner(file: &Path, name: Option<String>, opts: &UpOptions, output: Output) -> Result<i32> {
     let source = file.display().to_string();
     let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {source}"))?;
     let name = name.unwrap_or_else(|| name_from_file(file));
@@ -294,7 +298,13 @@ fn up_inner(file: &Path, name: Option<String>, opts: &UpOptions) -> Result<i32> 
     match said {
         None => fail("interrupted".into(), &mut keeper),
         Some(s) if s.starts_with("ready") => {
-            print!("{}", usage(&name, &plan, &dir));
+            match output {
+                Output::Table => print!("{}", usage(&name, &plan, &dir)),
+                Output::Json => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&view::up_json(&name, &plan, &dir))?
+                ),
+            }
             Ok(0)
         }
         Some(s) if s.is_empty() => {
@@ -460,243 +470,6 @@ pub fn keep(prefix: &str, opts: &RunOptions, enforcer_exe: &Path) -> i32 {
     }
     crate::shutdown(rt, &mut res);
     if result.is_ok() { 0 } else { 2 }
-}
-
-/// What `up` prints once the lab is up.
-fn usage(name: &str, plan: &Plan, dir: &Path) -> String {
-    use std::fmt::Write as _;
-    let cmd = shown_cmd();
-    let mut out = String::new();
-    let n_svc = plan.services.len();
-    let _ = writeln!(
-        out,
-        "lab {name} is up (run {}): {} node{}, {} pod{}, {} host{}, {n_svc} Service{}\n",
-        plan.prefix.trim_end_matches('-'),
-        plan.nodes.len(),
-        plural(plan.nodes.len()),
-        plan.pods.len(),
-        plural(plan.pods.len()),
-        plan.hosts.len(),
-        plural(plan.hosts.len()),
-        plural(n_svc),
-    );
-    let mut rows = vec![vec![
-        "NODE".to_string(),
-        "NETNS".into(),
-        "BPFFS".into(),
-        "FABRIC".into(),
-        "CNI".into(),
-    ]];
-    for n in &plan.nodes {
-        rows.push(vec![
-            n.name.clone(),
-            n.netns.clone(),
-            runs::bpffs_dir(&plan.prefix)
-                .join(&n.name)
-                .display()
-                .to_string(),
-            if plan.fabric.is_some() {
-                ips_text(&n.fabric_ips)
-            } else {
-                "-".into()
-            },
-            if n.is_bridge() {
-                let ips: Vec<String> = n
-                    .bridge_ips
-                    .iter()
-                    .filter_map(|c| c.nth(1).map(|gw| format!("{gw}/{}", c.len)))
-                    .collect();
-                format!("bridge cni0 {}", ips.join(","))
-            } else {
-                "routed".into()
-            },
-        ]);
-    }
-    table(&mut out, &rows);
-    let mut rows = vec![vec![
-        "POD".to_string(),
-        "NODE".into(),
-        "ADDRESSES".into(),
-        "LABELS".into(),
-        "PORTS".into(),
-    ]];
-    for p in &plan.pods {
-        rows.push(vec![
-            p.key(),
-            plan.nodes[p.node].name.clone(),
-            ips_text(&p.ips),
-            p.labels
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect::<Vec<_>>()
-                .join(","),
-            ports_text(&p.ports),
-        ]);
-    }
-    table(&mut out, &rows);
-    if !plan.hosts.is_empty() {
-        let mut rows = vec![vec!["HOST".to_string(), "ADDRESSES".into(), "PORTS".into()]];
-        for h in &plan.hosts {
-            rows.push(vec![h.name.clone(), ips_text(&h.ips), ports_text(&h.ports)]);
-        }
-        table(&mut out, &rows);
-    }
-    if !plan.services.is_empty() {
-        let mut rows = vec![vec![
-            "SERVICE".to_string(),
-            "CLUSTER-IP".into(),
-            "SELECTOR".into(),
-            "PORTS".into(),
-        ]];
-        for s in &plan.services {
-            rows.push(vec![
-                s.key(),
-                s.cluster_ip.to_string(),
-                s.selector
-                    .iter()
-                    .map(|(k, v)| format!("{k}={v}"))
-                    .collect::<Vec<_>>()
-                    .join(","),
-                s.ports
-                    .iter()
-                    .map(|p| {
-                        format!(
-                            "{}{}/{}->{}",
-                            p.name.as_ref().map(|n| format!("{n} ")).unwrap_or_default(),
-                            p.port,
-                            p.protocol,
-                            p.target_port
-                        )
-                    })
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            ]);
-        }
-        table(&mut out, &rows);
-    }
-    let node = &plan.nodes[0].name;
-    let example = example_probe(plan);
-    let _ = writeln!(out, "Try:");
-    if let Some((from, to, port)) = &example {
-        let _ = writeln!(out, "  {cmd} probe {name} {from} {to} {port}");
-    }
-    let with_endpoints = plan.services.iter().find(|s| {
-        plan.pods
-            .iter()
-            .any(|p| p.namespace == s.namespace && services::selects(&s.selector, &p.labels))
-    });
-    if let (Some(s), Some(from)) = (with_endpoints, plan.pods.first()) {
-        let p = &s.ports[0];
-        let _ = writeln!(
-            out,
-            "  {cmd} probe {name} {} svc:{} {}/{}",
-            from.key(),
-            s.key(),
-            p.port,
-            p.protocol
-        );
-    }
-    // A forged source: the example's target pretending to be a third pod (or the node).
-    if let Some((from, to, _)) = &example {
-        let src_ep = plan.endpoints().find(|ep| &plan.name_of(*ep) == from);
-        let forged = plan
-            .pods
-            .iter()
-            .filter(|p| &p.key() != from && &p.key() != to)
-            .flat_map(|p| p.ips.iter())
-            .chain(plan.nodes[0].fabric_ips.iter())
-            .find(|ip| {
-                src_ep.is_some_and(|e| plan.ips_of(e).iter().any(|a| a.is_ipv4() == ip.is_ipv4()))
-            });
-        if let Some(ip) = forged {
-            let _ = writeln!(
-                out,
-                "  {cmd} forge {name} {from} {to} 80/UDP --source {ip}     (a forged source)"
-            );
-        }
-    }
-    let _ = writeln!(out, "  {cmd} exec {name} {node} -- maps dump");
-    if let Some((from, to, port)) = &example {
-        let (number, proto) = split_port(port);
-        let _ = writeln!(
-            out,
-            "  {cmd} exec {name} {node} -- explain --from {from} --to {to} --port {number} --protocol {proto}"
-        );
-    }
-    let _ = writeln!(
-        out,
-        "  {cmd} apply {name} policy.yaml     (NetworkPolicies, Services; `delete` takes them away)"
-    );
-    let _ = writeln!(out, "  {cmd} down {name}");
-    let _ = writeln!(
-        out,
-        "\nThe agents run until `{cmd} down {name}`. `exec` runs the enforcer in a node's network \
-         namespace with ENFORCER_NODE, ENFORCER_BPFFS, ENFORCER_MANIFESTS and \
-         ENFORCER_EVENTS_FILE set for that node. Agent logs, events and manifests: {}",
-        dir.display()
-    );
-    out
-}
-
-fn plural(n: usize) -> &'static str {
-    if n == 1 { "" } else { "s" }
-}
-
-fn ips_text(ips: &[std::net::IpAddr]) -> String {
-    ips.iter()
-        .map(|i| i.to_string())
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
-fn ports_text(ports: &[scenario::PortSpec]) -> String {
-    if ports.is_empty() {
-        return "-".into();
-    }
-    ports
-        .iter()
-        .map(|p| match &p.name {
-            Some(n) => format!("{n} {}/{}", p.port, p.protocol),
-            None => format!("{}/{}", p.port, p.protocol),
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-fn table(out: &mut String, rows: &[Vec<String>]) {
-    use std::fmt::Write as _;
-    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let widths: Vec<usize> = (0..cols)
-        .map(|c| {
-            rows.iter()
-                .map(|r| r.get(c).map_or(0, |s| s.chars().count()))
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    for r in rows {
-        let mut line = String::new();
-        for (c, cell) in r.iter().enumerate() {
-            let _ = write!(line, "{cell:<w$}  ", w = widths[c]);
-        }
-        let _ = writeln!(out, "{}", line.trim_end());
-    }
-    out.push('\n');
-}
-
-/// A probe worth trying: from the first pod to another pod that serves something.
-fn example_probe(plan: &Plan) -> Option<(String, String, String)> {
-    let from = plan.pods.first()?;
-    let to = plan
-        .pods
-        .iter()
-        .skip(1)
-        .find(|p| !p.ports.is_empty())
-        .or_else(|| plan.pods.get(1))?;
-    let port = to.ports.first().map_or("80/TCP".to_string(), |p| {
-        format!("{}/{}", p.port, p.protocol)
-    });
-    Some((from.key(), to.key(), port))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1255,86 +1028,6 @@ pub fn down(name: Option<&str>, all: bool) -> i32 {
     if problems.is_empty() { 0 } else { 2 }
 }
 
-fn age(secs: u64) -> String {
-    match secs {
-        s if s < 120 => format!("{s}s"),
-        s if s < 7200 => format!("{}m", s / 60),
-        s if s < 172_800 => format!("{}h", s / 3600),
-        s => format!("{}d", s / 86400),
-    }
-}
-
-/// `lab list`.
-pub fn list() -> i32 {
-    let runs = runs::list();
-    if runs.is_empty() {
-        println!("no lab runs");
-        return 0;
-    }
-    let now = std::time::SystemTime::now();
-    let mut rows = vec![vec![
-        "NAME".to_string(),
-        "RUN".into(),
-        "STATE".into(),
-        "NODES".into(),
-        "AGE".into(),
-        "OWNER".into(),
-        "NAMESPACES".into(),
-    ]];
-    for r in runs {
-        let started = r
-            .meta
-            .as_ref()
-            .map(|m| std::time::UNIX_EPOCH + Duration::from_secs(m.started))
-            .or_else(|| {
-                std::fs::metadata(runs::run_dir(&r.prefix))
-                    .and_then(|m| m.modified())
-                    .ok()
-            });
-        let state = match (r.alive, r.meta.as_ref().map(|m| m.kind.as_str())) {
-            (true, Some("up")) => {
-                let dir = runs::run_dir(&r.prefix);
-                if !dir.join(STATE_FILE).exists() {
-                    "starting"
-                } else if dir.join("problems").exists() {
-                    "up (an agent died)"
-                } else {
-                    "up"
-                }
-            }
-            (true, _) => "running",
-            (false, _) => "stale",
-        };
-        rows.push(vec![
-            r.meta
-                .as_ref()
-                .and_then(|m| m.name.clone())
-                .unwrap_or_else(|| "-".into()),
-            r.prefix.trim_end_matches('-').to_string(),
-            state.to_string(),
-            r.meta
-                .as_ref()
-                .map_or("?".into(), |m| m.nodes.len().to_string()),
-            started
-                .and_then(|t| now.duration_since(t).ok())
-                .map_or("?".into(), |d| age(d.as_secs())),
-            r.owner.map_or("-".into(), |p| p.to_string()),
-            r.netns.len().to_string(),
-        ]);
-    }
-    let mut out = String::new();
-    table(&mut out, &rows);
-    print!("{}", out.trim_end_matches('\n'));
-    println!();
-    if rows.iter().skip(1).any(|r| r[2] == "stale") {
-        println!(
-            "(stale runs' owners are gone: `{} down` removes them)",
-            shown_cmd()
-        );
-    }
-    0
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1358,34 +1051,5 @@ mod tests {
         assert_eq!(split_port("80/tcp"), ("80".into(), "TCP".into()));
         assert_eq!(split_port("http/UDP"), ("http".into(), "UDP".into()));
         assert_eq!(split_port("53"), ("53".into(), "TCP".into()));
-        assert_eq!(age(5), "5s");
-        assert_eq!(age(600), "10m");
-        assert_eq!(age(10_000), "2h");
-    }
-
-    #[test]
-    fn usage_names_pods_services_and_commands() {
-        let text = "
-nodes: [n1, n2]
-pods:
-  - {namespace: x, name: a, labels: {app: a}}
-  - {namespace: x, name: b, node: n2, ports: [{name: http, port: 80}]}
-services: [{namespace: x, name: s, selector: {app: a}, ports: [{port: 8080, targetPort: 80}]}]
-";
-        let plan = load(text, "t", "enf-0a0b0c-").unwrap();
-        let u = usage("t1", &plan, Path::new("/run/enforcer-lab/enf-0a0b0c"));
-        assert!(
-            u.starts_with("lab t1 is up (run enf-0a0b0c): 2 nodes, 2 pods, 0 hosts, 1 Service"),
-            "{u}"
-        );
-        assert!(u.contains("x/b  n2    10.42.2.10"), "{u}");
-        assert!(
-            u.contains("x/s      10.96.0.10  app=a     8080/TCP->80"),
-            "{u}"
-        );
-        assert!(u.contains(" probe t1 x/a x/b 80/TCP"), "{u}");
-        assert!(u.contains(" probe t1 x/a svc:x/s 8080/TCP"), "{u}");
-        assert!(u.contains(" exec t1 n1 -- maps dump"), "{u}");
-        assert!(u.contains(" down t1"), "{u}");
     }
 }

@@ -94,6 +94,13 @@ fn up_probe_exec_apply_down() {
         "{}",
         text(&l)
     );
+    let l = lab(&["list", "--output", "json"]);
+    assert!(l.status.success(), "{}", text(&l));
+    let j: serde_json::Value = serde_json::from_slice(&l.stdout).unwrap();
+    let me = &j["labs"][&name];
+    assert_eq!(me["state"], "up", "{j}");
+    assert_eq!(me["run"], prefix.trim_end_matches('-'), "{j}");
+    assert_eq!(me["nodes"], serde_json::json!(["node-1", "node-2"]), "{j}");
     let again = lab(&[
         "up",
         "tests/scenarios/no-policy.yaml",
@@ -237,9 +244,15 @@ fn a_killed_keeper_leaves_nothing_down_cannot_remove() {
         &name,
         "--agent-cmd",
         fake.to_str().unwrap(),
+        "--output",
+        "json",
     ]);
     assert!(up.status.success(), "{}", text(&up));
-    let prefix = prefix_of(&up);
+    let j: serde_json::Value = serde_json::from_slice(&up.stdout).unwrap();
+    assert_eq!(j["name"], name.as_str(), "{j}");
+    assert_eq!(j["pods"]["x/a"]["node"], "node-1", "{j}");
+    assert!(j["nodes"]["node-1"]["netns"].is_string(), "{j}");
+    let prefix = format!("{}-", j["run"].as_str().unwrap());
     let keeper = keeper_pid(&prefix);
     // SAFETY: killing the keeper this test started.
     unsafe {
