@@ -24,8 +24,8 @@ use std::process::{Command, Output};
 const SKIPPED: &[(&str, &str)] = &[
     (
         "cargo xtask demo",
-        "the demo: builds a release binary and runs examples/k3s-multi-tenant.yaml, which \
-         enforcer/tests/lab.rs runs in the suite",
+        "builds the release binary, then runs `enforcer lab demo`, which \
+         the_demo_prints_what_the_readme_shows runs on this build",
     ),
     ("cargo xtask test", "the suite itself"),
     (
@@ -257,11 +257,17 @@ fn every_sh_command_of_the_readmes_runs() {
 
 /// A line for comparison: digits masked, runs of blanks made one.
 fn normalized(line: &str) -> String {
+    blanks_collapsed(line, true)
+}
+
+/// A line without its comment, runs of blanks made one; digits masked (a run of them made one
+/// `9`) when `mask`.
+fn blanks_collapsed(line: &str, mask: bool) -> String {
     let mut out = String::new();
     let mut last = ' ';
     for c in strip_comment(line).trim().chars() {
-        let c = if c.is_ascii_digit() { '9' } else { c };
-        if c == '9' && last == '9' {
+        let c = if mask && c.is_ascii_digit() { '9' } else { c };
+        if mask && c == '9' && last == '9' {
             continue;
         }
         if c.is_whitespace() {
@@ -445,4 +451,48 @@ fn every_flag_of_the_readmes_synopses_is_one_the_command_has() {
         "only {checked} flags found: is the scan broken?"
     );
     assert!(wrong.is_empty(), "{wrong:#?}");
+}
+
+/// README's demo output (the untyped block after `cargo xtask demo`): `cargo xtask demo` builds
+/// the release binary and runs `enforcer lab demo`, which runs here on this build; every line the
+/// README shows (but `...`) must be a line of what it prints.
+#[test]
+fn the_demo_prints_what_the_readme_shows() {
+    common::require_root("README's demo");
+    let _one = common::ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let all = blocks();
+    let at = all
+        .iter()
+        .position(|b| {
+            b.file == "README.md" && b.info == "sh" && sh_commands(b) == ["cargo xtask demo"]
+        })
+        .expect("README shows `cargo xtask demo`");
+    let shown = all[at + 1..]
+        .iter()
+        .find(|b| b.file == "README.md" && b.info.is_empty())
+        .expect("README shows the demo's output");
+    let out = shell("enforcer lab demo", &bin_dir());
+    let stdout = text(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}\n{stdout}{}",
+        out.status,
+        text(&out.stderr)
+    );
+    // The demo is deterministic: digits (addresses, the probe count) compared too.
+    let exact = |l: &str| blanks_collapsed(l, false);
+    let printed: BTreeSet<String> = stdout.lines().map(exact).collect();
+    let missing: Vec<&String> = shown
+        .lines
+        .iter()
+        .filter(|l| !l.trim().is_empty() && l.trim() != "...")
+        .filter(|l| !printed.contains(&exact(l)))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "README.md:{}: the demo does not print these lines:\n{missing:#?}\nit printed:\n{stdout}",
+        shown.line
+    );
 }
