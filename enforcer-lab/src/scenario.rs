@@ -1133,7 +1133,11 @@ pub fn parse_probe(
     }
     let mut root = Mapping::new();
     root.insert("probes".into(), Value::Sequence(vec![Value::Mapping(m)]));
-    let mut v = probes(&root, "")?;
+    // Errors name the argument (`port: …`), not a place in a file (`probes[0].port: …`).
+    let mut v = probes(&root, "").map_err(|mut e| {
+        e.path = e.path.replacen("probes[0].", "", 1);
+        e
+    })?;
     let mut p = v.pop().expect("one probe in, one out");
     p.path = "probe".into();
     Ok(p)

@@ -322,6 +322,9 @@ impl Source {
     async fn open(opts: &SourceOptions) -> Result<Self> {
         match opts {
             SourceOptions::Manifests(dir) => {
+                // A missing folder is said plainly (the watcher's own error names it twice).
+                std::fs::read_dir(dir)
+                    .with_context(|| format!("reading the manifests folder {}", dir.display()))?;
                 // Wake up as soon as a manifest changes; the periodic rescan catches the rest.
                 let (tx, rx) = mpsc::channel::<()>(16);
                 let mut watcher =

@@ -228,6 +228,20 @@ fn errors_name_what_failed_and_say_each_thing_once() {
             ["events", "--file", &not_events].map(String::from).to_vec(),
             &not_events,
         ),
+        (
+            ["events", "--file", &no_pins].map(String::from).to_vec(),
+            &no_pins,
+        ),
+        (
+            ["lab", "delete", "no-such-lab", &missing]
+                .map(String::from)
+                .to_vec(),
+            &missing,
+        ),
+        (
+            ["lab", "check", &no_pins].map(String::from).to_vec(),
+            &no_pins,
+        ),
     ];
     let mut failures = Vec::new();
     for (args, names) in &cases {
@@ -261,4 +275,23 @@ fn a_clause_said_twice_is_caught() {
     );
     assert_eq!(c[0], "/x");
     assert_eq!(c[1], c[2]);
+}
+
+#[test]
+fn lab_probe_arguments_are_named_as_arguments() {
+    for (args, says) in [
+        (["x/a", "x/b", "0"], "port: expected a port number"),
+        (
+            ["x/a", "x/b", "80/FOO"],
+            "protocol: \"FOO\" is not TCP, UDP or SCTP",
+        ),
+    ] {
+        let mut all = vec!["lab", "probe", "no-such-lab"];
+        all.extend(args);
+        let out = enforcer(&all);
+        assert_eq!(out.status.code(), Some(2));
+        let err = text(&out.stderr);
+        assert!(err.contains(says), "{err}");
+        assert!(!err.contains("probes[0]"), "a place in a file: {err}");
+    }
 }

@@ -134,12 +134,19 @@ pub fn rotated(file: &Path) -> PathBuf {
 }
 
 fn open(file: &Path) -> Result<File> {
-    File::open(file).with_context(|| {
+    let f = File::open(file).with_context(|| {
         format!(
             "opening the events file {} (is the agent running with --events-file?)",
             file.display()
         )
-    })
+    })?;
+    if f.metadata().is_ok_and(|m| m.is_dir()) {
+        anyhow::bail!(
+            "{} is a folder, not an events file (the file `enforcer run --events-file` writes)",
+            file.display()
+        );
+    }
+    Ok(f)
 }
 
 /// Reads a whole (rotated) file into the sink; a last line without its newline is taken if it
