@@ -15,6 +15,9 @@
 //! `scenario.yaml` and the prefix (planning is deterministic), the state comes from
 //! `state.json`, and `apply` writes the manifests, the Services' rules and `state.json` under a
 //! lock, then waits on the agents' status files.
+//!
+//! Here: the lab's name and state, `up`, `keep`, `exec` and `down`; `probe.rs`: `probe` and
+//! `forge`; `apply.rs`: `apply` and `delete`; `view.rs`: what `up` and `list` print.
 
 use std::ffi::OsString;
 use std::io::{Read, Write};
@@ -26,18 +29,20 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 
+mod apply;
+mod probe;
 mod view;
+pub use apply::apply;
+pub use probe::{forge, probe};
 pub use view::list;
 use view::usage;
 
 use crate::lab::{self, SavedState};
-use crate::manifests::{ClusterState, ManifestWriter, write_atomic};
+use crate::manifests::write_atomic;
 use crate::netns::{self, Netns};
-use crate::plan::{Changes, Plan};
-use crate::report::{ProbeResult, match_events};
+use crate::plan::Plan;
 use crate::runs::{self, RunInfo};
-use crate::scenario;
-use crate::{Output, RunOptions, UpOptions, load, services, traffic};
+use crate::{Output, RunOptions, UpOptions, load};
 
 pub const SCENARIO_FILE: &str = "scenario.yaml";
 pub const STATE_FILE: &str = "state.json";
@@ -473,233 +478,6 @@ pub fn keep(prefix: &str, opts: &RunOptions, enforcer_exe: &Path) -> i32 {
 }
 
 // ---------------------------------------------------------------------------------------------
-// probe
-
-/// `80/TCP`, `http/udp`, `80` (TCP).
-fn split_port(s: &str) -> (String, String) {
-    match s.split_once('/') {
-        Some((p, proto)) => (p.to_string(), proto.to_ascii_uppercase()),
-        None => (s.to_string(), "TCP".to_string()),
-    }
-}
-
-/// `lab probe NAME FROM TO PORT[/PROTOCOL]`.
-pub fn probe(
-    name: &str,
-    from: &str,
-    to: &str,
-    port: &str,
-    family: Option<u8>,
-    timeout: Duration,
-    output: Output,
-) -> i32 {
-    match probe_inner(name, from, to, port, family, timeout) {
-        Ok(r) => {
-            match output {
-                Output::Json => println!(
-                    "{}",
-                    serde_json::to_string_pretty(&crate::report::probe_json(&r))
-                        .expect("a probe is JSON")
-                ),
-                Output::Table => print!("{}", crate::report::probe_text(&r)),
-            }
-            0
-        }
-        Err(e) => {
-            eprintln!("enforcer lab: error: {e:#}");
-            2
-        }
-    }
-}
-
-fn probe_inner(
-    name: &str,
-    from: &str,
-    to: &str,
-    port: &str,
-    family: Option<u8>,
-    timeout: Duration,
-) -> Result<ProbeResult> {
-    let (port, proto) = split_port(port);
-    let spec = scenario::parse_probe(from, to, &port, &proto, family)?;
-    need_root("`lab probe`")?;
-    let live = Live::open(name)?;
-    let saved = live.state()?;
-    let probe = live
-        .plan
-        .resolve(&saved.state.service_list(), &spec)
-        .map_err(|e| anyhow!("{}", e.reason))?;
-    let ns = Netns::open(live.plan.netns_of(probe.src))?;
-    let files: Vec<PathBuf> = live
-        .plan
-        .nodes
-        .iter()
-        .map(|n| live.node_dir(&n.name).join("events.jsonl"))
-        .collect();
-    let offsets: Vec<u64> = files
-        .iter()
-        .map(|f| std::fs::metadata(f).map_or(0, |m| m.len()))
-        .collect();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let dst = std::net::SocketAddr::new(probe.dst_ip, probe.dst_port);
-    let payload = format!(
-        "enforcer-lab {} cli probe {}",
-        live.plan.prefix,
-        std::process::id()
-    )
-    .into_bytes();
-    let outcome = rt.block_on(traffic::probe(
-        &ns,
-        spec.protocol,
-        probe.src_ip,
-        dst,
-        timeout,
-        payload,
-        probe.service.is_some(),
-    ))?;
-    if outcome.observed == traffic::Observed::Deny {
-        std::thread::sleep(Duration::from_millis(150));
-    }
-    let mut events = Vec::new();
-    for (f, off) in files.iter().zip(offsets) {
-        events.extend(read_from(f, off));
-    }
-    let wrong_backend = lab::check_backend(
-        &lab::expected_backends(&live.plan, &saved.state, &probe),
-        &outcome,
-    );
-    Ok(ProbeResult {
-        events: match_events(&events, &probe, outcome.src_port),
-        probe,
-        outcome,
-        wrong_backend,
-    })
-}
-
-/// `lab forge NAME FROM TO WHAT --source IP`.
-pub fn forge(
-    name: &str,
-    from: &str,
-    to: &str,
-    what: &str,
-    source: std::net::IpAddr,
-    timeout: Duration,
-    output: Output,
-) -> i32 {
-    match forge_inner(name, from, to, what, source, timeout) {
-        Ok(v) => {
-            match output {
-                Output::Json => println!(
-                    "{}",
-                    serde_json::to_string_pretty(&v).expect("a forge result is JSON")
-                ),
-                Output::Table => {
-                    println!("{}", v["summary"].as_str().unwrap_or(""));
-                    for e in v["events"].as_array().into_iter().flatten() {
-                        println!(
-                            "  {} {} at {}: {}",
-                            e["verdict"].as_str().unwrap_or("?"),
-                            e["direction"].as_str().unwrap_or("?"),
-                            e["endpoint"].as_str().unwrap_or("?"),
-                            e["reason"].as_str().unwrap_or("?")
-                        );
-                    }
-                }
-            }
-            0
-        }
-        Err(e) => {
-            eprintln!("enforcer lab: error: {e:#}");
-            2
-        }
-    }
-}
-
-fn forge_inner(
-    name: &str,
-    from: &str,
-    to: &str,
-    what: &str,
-    source: std::net::IpAddr,
-    timeout: Duration,
-) -> Result<serde_json::Value> {
-    use crate::forge::{self, Forged, Sniffer};
-    let (kind, dst_port) = forge::parse_what(what)?;
-    need_root("`lab forge`")?;
-    let live = Live::open(name)?;
-    let plan = &live.plan;
-    let find = |s: &str| {
-        plan.endpoints()
-            .find(|ep| plan.name_of(*ep) == s)
-            .ok_or_else(|| anyhow!("lab {name} has no pod or host {s:?}"))
-    };
-    let (src_ep, dst_ep) = (find(from)?, find(to)?);
-    let Some(dst) = forge::target_for(&source, plan.ips_of(dst_ep)) else {
-        bail!("{to} has no address of the family of {source}");
-    };
-    let f = Forged {
-        src: source,
-        dst,
-        kind,
-        dst_port,
-        tag: 40_000 + (std::process::id() % 20_000) as u16,
-    };
-    let files: Vec<PathBuf> = plan
-        .nodes
-        .iter()
-        .map(|n| live.node_dir(&n.name).join("events.jsonl"))
-        .collect();
-    let offsets: Vec<u64> = files
-        .iter()
-        .map(|f| std::fs::metadata(f).map_or(0, |m| m.len()))
-        .collect();
-    let mut sniffer = Sniffer::open(&Netns::open(plan.netns_of(dst_ep))?, "eth0")?;
-    forge::send(&Netns::open(plan.netns_of(src_ep))?, &f)?;
-    let received = sniffer.saw(&f, timeout)?;
-    std::thread::sleep(Duration::from_millis(150));
-    let mut events = Vec::new();
-    for (file, off) in files.iter().zip(offsets) {
-        events.extend(read_from(file, off).into_iter().filter(|e| {
-            e["src"].as_str().and_then(|s| s.parse().ok()) == Some(f.src)
-                && e["dst"].as_str().and_then(|s| s.parse().ok()) == Some(f.dst)
-        }));
-    }
-    let port = if kind == forge::Kind::Echo {
-        String::new()
-    } else {
-        format!(":{dst_port}")
-    };
-    let summary = format!(
-        "{from} forged {} {source} > {dst}{port}: {} by {to}",
-        kind.name(),
-        if received { "RECEIVED" } else { "not received" }
-    );
-    Ok(serde_json::json!({
-        "from": from, "to": to, "protocol": kind.name(), "src": source.to_string(),
-        "dst": dst.to_string(), "dst_port": dst_port, "received": received,
-        "summary": summary, "events": events,
-    }))
-}
-
-/// The JSON lines of a file after `offset`.
-fn read_from(path: &Path, offset: u64) -> Vec<serde_json::Value> {
-    use std::io::{Seek, SeekFrom};
-    let Ok(mut f) = std::fs::File::open(path) else {
-        return Vec::new();
-    };
-    if f.seek(SeekFrom::Start(offset)).is_err() {
-        return Vec::new();
-    }
-    let mut s = String::new();
-    let _ = f.read_to_string(&mut s);
-    s.lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
-}
-
-// ---------------------------------------------------------------------------------------------
 // exec
 
 /// `lab exec NAME NODE -- ARGS…`: the enforcer in a node's network namespace; its exit status.
@@ -754,205 +532,6 @@ fn exec_inner(name: &str, node: &str, args: &[OsString], exe: &Path) -> Result<i
     Ok(status
         .code()
         .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
-}
-
-// ---------------------------------------------------------------------------------------------
-// apply and delete
-
-/// `lab apply NAME FILE` (or `lab delete NAME FILE` with `delete`).
-pub fn apply(name: &str, file: &Path, delete: bool, agent_timeout: Duration) -> i32 {
-    match apply_inner(name, file, delete, agent_timeout) {
-        Ok(()) => 0,
-        Err(e) => {
-            eprintln!("enforcer lab: error: {e:#}");
-            2
-        }
-    }
-}
-
-/// `lab apply` (or `lab delete`) is all or nothing. Every object of the file is decoded
-/// strictly and its namespace checked before anything is written, so a bad file changes
-/// nothing; what only the agent can judge (a port range, a CIDR) is known when it reports: if
-/// an agent rejects the change, the lab puts back what was there (manifests, Services, saved
-/// state) and waits until the agents have it again, so the lab is as before and the next
-/// apply starts from there. Each object is said `created`, `configured` or `unchanged` (its
-/// content as last applied), as kubectl says; a file that changes nothing writes nothing.
-fn apply_inner(name: &str, file: &Path, delete: bool, agent_timeout: Duration) -> Result<()> {
-    let source = file.display().to_string();
-    let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {source}"))?;
-    let objects = scenario::parse_objects(&text)
-        .with_context(|| format!("{source}: bad objects (nothing was applied)"))?;
-    need_root(if delete {
-        "`lab delete`"
-    } else {
-        "`lab apply`"
-    })?;
-    let live = Live::open(name)?;
-
-    // One change at a time.
-    let lock = std::fs::File::create(live.dir.join(LOCK_FILE))?;
-    // SAFETY: flock on a descriptor we own; released when it closes.
-    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
-        return Err(std::io::Error::last_os_error()).context("locking the lab");
-    }
-    let mut saved = live.state()?;
-    let plan = &live.plan;
-    let before = saved.state.clone();
-    if !delete {
-        for o in &objects {
-            crate::plan::missing_namespace(o, |ns| before.namespaces.contains_key(ns))
-                .with_context(|| format!("{source}: nothing was applied"))?;
-        }
-    }
-
-    let mut changes = Changes::default();
-    let mut said = Vec::new();
-    for o in &objects {
-        let key = &o.key;
-        let kind = key.kind.to_ascii_lowercase();
-        let id = format!(
-            "{kind} {}{}",
-            key.namespace
-                .as_ref()
-                .map(|n| format!("{n}/"))
-                .unwrap_or_default(),
-            key.name
-        );
-        if delete {
-            let exists = if key.kind == "Service" {
-                before.services.contains_key(&format!(
-                    "{}/{}",
-                    key.namespace.as_deref().unwrap_or("default"),
-                    key.name
-                ))
-            } else {
-                before.objects.contains_key(key)
-            };
-            if !exists {
-                bail!("{}: {key} does not exist in lab {}", o.path, live.name());
-            }
-            changes.delete.push(key.clone());
-            said.push(format!("{id} deleted"));
-            continue;
-        }
-        match &o.service {
-            Some(spec) => {
-                let sp = saved
-                    .state
-                    .cluster_ips
-                    .plan(spec)
-                    .map_err(|e| anyhow!("{}: spec.clusterIP: {e}", o.path))?;
-                let verb = verb(before.services.get(&sp.key()), &sp);
-                said.push(format!("{id} {verb} (cluster IP {})", sp.cluster_ip));
-                if verb != "unchanged" {
-                    changes.apply_services.push(sp);
-                }
-            }
-            None => {
-                let verb = verb(before.objects.get(key), &o.value);
-                said.push(format!("{id} {verb}"));
-                if verb != "unchanged" {
-                    changes.apply.push(o.clone());
-                }
-            }
-        }
-    }
-    if changes.is_empty() {
-        for line in &said {
-            println!("{line}");
-        }
-        return Ok(());
-    }
-
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(async {
-        saved.state.apply(&changes);
-        install(&live, &before, &mut saved).await?;
-        let problems = wait_agents(&live, saved.generation, agent_timeout).await;
-        if problems.is_empty() {
-            for line in &said {
-                println!("{line}");
-            }
-            println!(
-                "generation {}: in force on {}",
-                saved.generation,
-                plan.nodes
-                    .iter()
-                    .map(|n| n.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
-            return Ok(());
-        }
-        // Rejected: put back what was there, so that the file changes nothing.
-        let rejected = std::mem::replace(&mut saved.state, before);
-        install(&live, &rejected, &mut saved).await?;
-        let again = wait_agents(&live, saved.generation, agent_timeout).await;
-        let outcome = if again.is_empty() {
-            format!(
-                "nothing was applied: lab {} is as it was (generation {})",
-                live.name(),
-                saved.generation
-            )
-        } else {
-            format!(
-                "putting the previous state back failed too:\n{}",
-                again.join("\n")
-            )
-        };
-        bail!("{source}: rejected:\n{}\n{outcome}", problems.join("\n"))
-    })
-}
-
-/// What applying `new` over `old` (the content last applied, if any) does, in kubectl's words.
-fn verb<T: PartialEq>(old: Option<&T>, new: &T) -> &'static str {
-    match old {
-        None => "created",
-        Some(o) if o == new => "unchanged",
-        Some(_) => "configured",
-    }
-}
-
-/// Makes the lab hold `saved.state` where it held `from`: routes for new cluster IPs, the
-/// manifests (a new generation), the Services' rules; then saves the state.
-async fn install(live: &Live, from: &ClusterState, saved: &mut SavedState) -> Result<()> {
-    let plan = &live.plan;
-    let old_routes = services::routes_for(&from.cluster_ips);
-    let new_routes: Vec<_> = services::routes_for(&saved.state.cluster_ips)
-        .into_iter()
-        .filter(|r| !old_routes.contains(r))
-        .collect();
-    netns::add_service_routes(plan, &new_routes).await?;
-    let mut writer = ManifestWriter::resume(
-        live.dir.join("manifests"),
-        from.manifests(plan),
-        saved.generation,
-    );
-    saved.generation = writer.sync(&saved.state.manifests(plan))?;
-    if !saved.state.services.is_empty() || saved.nft_installed {
-        let nodes = plan
-            .nodes
-            .iter()
-            .map(|n| Netns::open(&n.netns))
-            .collect::<Result<Vec<_>>>()?;
-        services::install(&plan.pods, &saved.state, &nodes).await?;
-        saved.nft_installed = true;
-    }
-    save_state(&live.dir, saved)
-}
-
-/// Waits until every agent reports `generation`; returns what each one that did not said.
-async fn wait_agents(live: &Live, generation: u64, timeout: Duration) -> Vec<String> {
-    let mut problems = Vec::new();
-    for n in &live.plan.nodes {
-        let status = live.node_dir(&n.name).join("status.json");
-        if let Err(e) = crate::agent::wait_status(&status, generation, timeout).await {
-            problems.push(format!("agent on {}: {e:#}", n.name));
-        }
-    }
-    problems
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1044,12 +623,5 @@ mod tests {
         assert!(check_name("Demo").is_err());
         assert!(check_name("enf-1a2b3c").is_err(), "looks like a run prefix");
         assert!(check_name("-x").is_err());
-    }
-
-    #[test]
-    fn ports_on_the_command_line() {
-        assert_eq!(split_port("80/tcp"), ("80".into(), "TCP".into()));
-        assert_eq!(split_port("http/UDP"), ("http".into(), "UDP".into()));
-        assert_eq!(split_port("53"), ("53".into(), "TCP".into()));
     }
 }

@@ -1656,7 +1656,7 @@ steps:
         assert_eq!(p.port, PortRef::Name("http".into()));
         assert_eq!(p.family, Some(Family::V6));
         let e = parse_probe("x/a", "x/b", "80", "ICMP", None).unwrap_err();
-        assert_eq!(e.path, "probes[0].protocol");
+        assert_eq!(e.path, "protocol", "the argument, not a place in a file");
     }
 
     #[test]

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use serde_json::{Map, Value, json};
 
-use super::{STATE_FILE, shown_cmd, split_port};
+use super::probe::split_port;
+use super::{STATE_FILE, shown_cmd};
 use crate::Output;
 use crate::plan::Plan;
 use crate::runs::{self, RunInfo};
