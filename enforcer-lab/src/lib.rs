@@ -170,12 +170,15 @@ pub enum LabCommand {
         #[command(flatten)]
         opts: RunOptions,
     },
-    /// Send one probe in a lab left running and print allow or deny (with the drop event).
+    /// Send one probe in a lab left running and say what happened: allowed, denied by policy
+    /// (with the drop event), refused (nothing listens), or a timeout no drop event explains.
     #[command(
         after_help = "FROM: namespace/pod or a host. TO: namespace/pod, a host, an IP address \
                       or svc:namespace/name (then PORT is the Service's port).\n\
-                      Exit status 0 when the probe ran (allowed or denied), 2 when it could \
-                      not.\n\nExample:\n  enforcer lab probe demo sample1/curl sample2/nginx \
+                      JSON: `outcome` is allowed, denied, refused, unreachable, \
+                      timeout-no-event, unsupported or failed.\n\
+                      Exit status 0 when the probe ran (whatever its outcome), 2 when it \
+                      could not.\n\nExample:\n  enforcer lab probe demo sample1/curl sample2/nginx \
                       80/TCP"
     )]
     Probe {
