@@ -295,3 +295,41 @@ fn lab_probe_arguments_are_named_as_arguments() {
         assert!(!err.contains("probes[0]"), "a place in a file: {err}");
     }
 }
+
+/// The datapath's errors say their cause once, whether shown alone (`{e}`, as the agent logs
+/// them) or as an anyhow chain (`{e:#}`): aya's own errors repeat causes, which AyaError drops.
+#[test]
+fn datapath_errors_say_their_cause_once() {
+    use enforcer::bpf::{AyaError, BpfError};
+    let pin = BpfError::Pin {
+        what: "removing a pin".into(),
+        path: "/sys/fs/bpf/x/ENDPOINTS".into(),
+        error: std::io::Error::from_raw_os_error(libc::EACCES),
+    };
+    let alone = pin.to_string();
+    let chained = format!("{:#}", anyhow::Error::new(pin));
+    assert_eq!(alone, chained);
+    assert_eq!(
+        alone,
+        "removing a pin under /sys/fs/bpf/x/ENDPOINTS: Permission denied (os error 13)"
+    );
+
+    // aya: `map error: {0}` over a map error whose source is the same text, over an I/O error.
+    #[derive(Debug, thiserror::Error)]
+    #[error("`BPF_OBJ_GET` failed")]
+    struct Syscall(#[source] std::io::Error);
+    #[derive(Debug, thiserror::Error)]
+    #[error("map error: {0}")]
+    struct Outer(#[source] Syscall);
+    let e = Outer(Syscall(std::io::Error::from_raw_os_error(libc::ENOENT)));
+    let flat = AyaError::of(&e);
+    assert_eq!(
+        flat.to_string(),
+        "map error: `BPF_OBJ_GET` failed: No such file or directory (os error 2)"
+    );
+    let map = BpfError::Map {
+        name: "ENDPOINTS",
+        error: flat,
+    };
+    assert_eq!(map.to_string(), format!("{:#}", anyhow::Error::new(map)));
+}

@@ -39,9 +39,10 @@ pub use pins::{PinSnapshot, Usage};
 /// The eBPF object, built by `cargo xtask build-ebpf` and embedded by build.rs.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("ENFORCER_BPF_OBJECT_PATH"));
 
-/// Each variant says what failed (the program, the map, the write) and then why, once: an
-/// aya error is kept as [`AyaError`], one line with its causes (aya's own errors both print
-/// and chain some causes), and an I/O error is the variant's source, not part of its message.
+/// Each variant says what failed (the program, the map, the write) and then why, once, in its
+/// message and not again as a chained source (so `{e}` and `{e:#}` say the same): an aya error
+/// is kept as [`AyaError`], one line with its causes (aya's own errors both print and chain
+/// some of them).
 #[derive(Debug, Error)]
 pub enum BpfError {
     #[error("loading the eBPF object: {0}")]
@@ -54,12 +55,11 @@ pub enum BpfError {
     MissingMap(&'static str),
     #[error("interface with ifindex {ifindex}: {reason}")]
     Interface { ifindex: u32, reason: String },
-    #[error("{what} under {path}")]
+    #[error("{what} under {path}: {error}")]
     Pin {
         what: String,
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("writing {write}: {error} (rolled back {undone} earlier writes)")]
     Install {
@@ -232,10 +232,10 @@ impl Datapath {
     /// Loads the embedded object with its maps pinned under `bpffs` (reusing pins that exist, so
     /// a restarted agent keeps the state and conntrack of the one before it).
     pub fn load(bpffs: &Path) -> Result<Self> {
-        std::fs::create_dir_all(bpffs.join("links")).map_err(|source| BpfError::Pin {
+        std::fs::create_dir_all(bpffs.join("links")).map_err(|error| BpfError::Pin {
             what: "creating the pin folder".into(),
             path: bpffs.to_path_buf(),
-            source,
+            error,
         })?;
         let paths: Vec<(&'static str, PathBuf)> = names::ALL_MAPS
             .iter()
@@ -994,10 +994,10 @@ pub fn remove_pins(bpffs: &Path) -> Result<()> {
     let rm = |p: &Path| match std::fs::remove_file(p) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(source) => Err(BpfError::Pin {
+        Err(error) => Err(BpfError::Pin {
             what: "removing a pin".into(),
             path: p.to_path_buf(),
-            source,
+            error,
         }),
     };
     for n in names::ALL_MAPS {
