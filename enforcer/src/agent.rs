@@ -1167,7 +1167,7 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
     let keep = opts.keep_pins;
     drop(agent.source);
     if let Some(owner) = agent.owner.take() {
-        owner.remove();
+        owner.remove(keep);
     }
     agent.datapath.cleanup(keep)?;
     events_task.abort();

@@ -279,6 +279,12 @@ enum MapsCommand {
         bpffs: PathBuf,
         #[arg(long, value_enum, default_value = "table")]
         output: enforcer::dump::Format,
+        /// Identities and policies as numbers (ids), not by what they stand for.
+        #[arg(long)]
+        numeric: bool,
+        /// Only this pod's endpoint and flows (NAMESPACE/NAME).
+        #[arg(long, value_parser = parse_pod)]
+        pod: Option<String>,
         /// Read pins no running agent owns (left by an agent that exited with --keep-pins, or
         /// crashed); without it such pins are refused with exit status 3.
         #[arg(long)]
@@ -396,6 +402,8 @@ fn main() -> ExitCode {
                     bpffs,
                     output,
                     allow_stale,
+                    numeric,
+                    pod,
                 },
         } => {
             if let Some(warning) = stale_pins(&bpffs) {
@@ -405,8 +413,22 @@ fn main() -> ExitCode {
                     return ExitCode::from(enforcer::status::exit::NOT_RUNNING);
                 }
             }
-            print_or_fail(enforcer::dump::dump(&bpffs, output, map))
+            let opts = enforcer::dump::Options {
+                only: map,
+                numeric,
+                pod,
+            };
+            print_or_fail(enforcer::dump::dump(&bpffs, output, &opts))
         }
+    }
+}
+
+fn parse_pod(s: &str) -> Result<String, String> {
+    match s.split_once('/') {
+        Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
+            Ok(s.to_string())
+        }
+        _ => Err(format!("{s:?} is not NAMESPACE/NAME")),
     }
 }
 

@@ -214,13 +214,7 @@ impl Lab {
 }
 
 fn verdict_count(dump: &Value, reason: &str) -> u64 {
-    dump["verdicts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|v| v[0] == reason)
-        .and_then(|v| v[1].as_u64())
-        .unwrap_or(0)
+    dump["verdicts"][reason].as_u64().unwrap_or(0)
 }
 
 fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
@@ -243,8 +237,7 @@ fn default_deny_unknown_holds_a_pod_interface_until_its_pod_is_known() {
     lab.start(&["--default-deny-unknown"]);
     lab.wait_status("the unknown interface held", |s| s["endpoints"] == 1);
     let dump = lab.dump();
-    let ep = &dump["endpoints"][0];
-    assert_eq!(ep["ifindex"].as_u64(), Some(lab.pod_ifindex()));
+    let ep = &dump["endpoints"][lab.pod_ifindex().to_string()];
     assert_eq!(
         (
             ep["ingress"].as_str(),
@@ -263,7 +256,7 @@ fn default_deny_unknown_holds_a_pod_interface_until_its_pod_is_known() {
     lab.write("cluster.yaml", CLUSTER);
     wait_for("the pod's endpoint programmed", || {
         let d = lab.dump();
-        d["endpoints"][0]["endpoint_id"]
+        d["endpoints"][lab.pod_ifindex().to_string()]["endpoint_id"]
             .as_u64()
             .is_some_and(|id| id != 0)
             && endpoint_modes(&d) == vec![("allow-all".to_string(), "allow-all".to_string())]
@@ -300,7 +293,7 @@ fn resync_repairs_drift_and_health_endpoints_answer() {
     args.push("key");
     args.extend(key.iter().map(String::as_str));
     sh(&args);
-    assert!(lab.dump()["endpoints"].as_array().unwrap().is_empty());
+    assert!(lab.dump()["endpoints"].as_object().unwrap().is_empty());
 
     wait_for("the drift repaired", || {
         lab.dump()["endpoints"] == good["endpoints"]

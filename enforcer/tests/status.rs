@@ -136,7 +136,7 @@ fn maps_dump_refuses_stale_pins_unless_allowed() {
     let out = lab.dump_raw(&["--allow-stale"]);
     assert_eq!(code(&out), 0);
     assert!(String::from_utf8_lossy(&out.stderr).contains("warning: no agent runs"));
-    assert_eq!(json(&out)["endpoints"].as_array().unwrap().len(), 1);
+    assert_eq!(json(&out)["endpoints"].as_object().unwrap().len(), 1);
     let out = lab.status_cmd(true);
     assert_eq!(code(&out), 3);
     assert!(

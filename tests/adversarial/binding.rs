@@ -241,20 +241,12 @@ impl Node {
     /// The `ENDPOINTS` entry of a host interface, as `maps dump` shows it.
     fn endpoint(&self, dump: &Value, host_if: &str) -> Option<Value> {
         let ifindex = self.ifindex(host_if);
-        dump["endpoints"]
-            .as_array()?
-            .iter()
-            .find(|e| e["ifindex"].as_u64() == Some(ifindex))
-            .cloned()
+        dump["endpoints"].get(ifindex.to_string()).cloned()
     }
 
     /// The endpoint id the agent gave the pod owning `ip` (from its address identity).
     fn endpoint_id_of(&self, dump: &Value, ip: &str) -> Option<u64> {
-        dump["identities"]
-            .as_array()?
-            .iter()
-            .find(|r| r["address"] == ip)
-            .and_then(|r| r["endpoint_id"].as_u64())
+        dump["identities"][ip]["endpoint_id"].as_u64()
     }
 
     fn http_get(&self, port: u16, path: &str) -> String {
@@ -745,13 +737,7 @@ fn a_pod_adding_another_pods_address_to_its_own_interface_holds_both_until_it_is
         "c → victim: held"
     );
     let d = node.dump();
-    let conflicts = d["verdicts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|v| v[0] == "endpoint-conflict")
-        .and_then(|v| v[1].as_u64())
-        .unwrap_or(0);
+    let conflicts = d["verdicts"]["endpoint-conflict"].as_u64().unwrap_or(0);
     assert!(
         conflicts > 0,
         "drops counted as endpoint-conflict: {}",

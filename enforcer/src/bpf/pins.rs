@@ -109,6 +109,27 @@ impl PinnedMaps {
         read_phys(|n| self.map(n))
     }
 
+    /// Every conntrack entry, with the table it is in (`lru` or `established`).
+    pub fn conntrack_entries(
+        &self,
+    ) -> Result<
+        Vec<(
+            enforcer_common::CtKey,
+            enforcer_common::CtValue,
+            &'static str,
+        )>,
+    > {
+        let t = super::ct::CtTables::open(|n| self.map(n))?;
+        let mut out = Vec::new();
+        for (table, name) in [
+            (super::ct::Table::Lru, "lru"),
+            (super::ct::Table::Established, "established"),
+        ] {
+            out.extend(t.entries(table)?.into_iter().map(|(k, v)| (k, v, name)));
+        }
+        Ok(out)
+    }
+
     /// The entries each map of the policy state holds against its capacity (the kernel's word
     /// for the pinned map: a map keeps the size it was created with).
     pub fn usage(&self, bpffs: &Path) -> Result<BTreeMap<&'static str, Usage>> {

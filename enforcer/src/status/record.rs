@@ -150,9 +150,12 @@ impl Owner {
         Ok(())
     }
 
-    /// Removes the record and the lock file (a clean exit).
-    pub fn remove(self) {
-        let _ = std::fs::remove_file(&self.record);
+    /// Lets go on a clean exit: removes the lock file, and the record unless `keep_record`
+    /// (pins kept for the next agent: the record still names what they hold).
+    pub fn remove(self, keep_record: bool) {
+        if !keep_record {
+            let _ = std::fs::remove_file(&self.record);
+        }
         let _ = std::fs::remove_file(self.record.with_extension("lock"));
         drop(self.lock);
     }
@@ -246,7 +249,7 @@ mod tests {
         drop(owner);
         assert!(matches!(probe(&dir, bpffs), Probe::NotRunning(Some(_))));
         let owner = Owner::claim(&dir, bpffs, Duration::from_millis(100)).unwrap();
-        owner.remove();
+        owner.remove(false);
         assert!(matches!(probe(&dir, bpffs), Probe::NotRunning(None)));
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -294,11 +294,12 @@ pub fn pins_exist(bpffs: &Path) -> bool {
     bpffs.join("ENDPOINTS").exists() && bpffs.join("CONNTRACK").exists()
 }
 
+/// `maps dump`'s endpoints (a map by ifindex), in ifindex order.
 pub fn endpoint_modes(dump: &Value) -> Vec<(String, String)> {
     dump["endpoints"]
-        .as_array()
+        .as_object()
         .unwrap()
-        .iter()
+        .values()
         .map(|e| {
             (
                 e["ingress"].as_str().unwrap().to_string(),
