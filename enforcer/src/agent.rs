@@ -1088,6 +1088,9 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         Ok(d) => d,
         Err(e) => {
             before.remove_new();
+            if let Some(o) = owner {
+                o.remove(true);
+            }
             return Err(anyhow::Error::new(e).context(format!(
                 "loading the datapath (pins under {})",
                 opts.bpffs.display()
@@ -1098,6 +1101,10 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         Ok(started) => started,
         Err((e, datapath)) => {
             datapath.abandon(&before);
+            // Our lock goes; a record an earlier agent left still names its pins.
+            if let Some(o) = owner {
+                o.remove(true);
+            }
             if before.takeover() {
                 warn!(
                     "the start failed; the pins found under {} stay",

@@ -177,6 +177,10 @@ fn a_failed_start_removes_the_pins_it_created() {
         std::fs::read_dir(&lab.bpffs).map(|d| d.flatten().map(|e| e.path()).collect::<Vec<_>>())
     );
     assert!(!lab.tc_attached());
+    let left: Vec<_> = std::fs::read_dir(lab.run_dir())
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "the failed start left {left:?}");
 }
 
 #[test]

@@ -198,6 +198,7 @@ impl Node {
     /// Starts `enforcer run` in the node's namespace (setns only: /sys/fs/bpf stays visible).
     fn start(&mut self, health_port: u16) {
         let child = Command::new("nsenter")
+            .env("ENFORCER_RUN_DIR", self.dir.join("run"))
             .arg(format!("--net=/run/netns/{}", self.ns()))
             .arg(EXE)
             .arg("run")
@@ -223,6 +224,7 @@ impl Node {
 
     fn try_dump(&self) -> Result<Value, String> {
         let out = Command::new(EXE)
+            .env("ENFORCER_RUN_DIR", self.dir.join("run"))
             .args(["maps", "dump", "--output", "json", "--bpffs"])
             .arg(&self.bpffs)
             .output()
