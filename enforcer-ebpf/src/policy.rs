@@ -80,10 +80,13 @@ pub(crate) fn decide(
     why.peer_cidr_identity = peer_cidr_identity;
 
     let mut found = policy_lookup(ep.policy_set, peer_identity, dir, flow.proto, port_be);
+    let mut matched = peer_identity;
+    // Found under the CIDR identity: an ipBlock rule admitted the peer, even when the peer is
+    // the node (HOST), so the reason is the rule's, not the host's.
     if found.is_none() && peer_cidr_identity != 0 {
         found = policy_lookup(ep.policy_set, peer_cidr_identity, dir, flow.proto, port_be);
+        matched = peer_cidr_identity;
     }
-    let mut matched = peer_identity;
     if found.is_none() {
         found = policy_lookup(ep.policy_set, identity::ANY, dir, flow.proto, port_be);
         matched = identity::ANY;
