@@ -435,6 +435,10 @@ pub struct CtValue {
     /// bpf_ktime_get_ns() (CLOCK_MONOTONIC) when the entry was created or changed state, or
     /// when the garbage collector last found it `seen`: the entry is idle since about then.
     pub last_ns: u64,
+    /// bpf_ktime_get_ns() when the flow's first packet made the entry: its age (`maps dump
+    /// conntrack`). Copied, never rewritten, when the entry moves between tables or states;
+    /// written once per flow, so it costs no packet of an established flow anything.
+    pub created_ns: u64,
     /// Policy revision (`Config::revision`) the flow was last judged under; a packet that finds
     /// an older one has the flow judged again under the current policy.
     pub revision: u32,
@@ -450,7 +454,7 @@ pub struct CtValue {
     pub policy_id: u32,
     pub rule_index: u32,
 }
-const _: () = assert!(core::mem::size_of::<CtValue>() == 24);
+const _: () = assert!(core::mem::size_of::<CtValue>() == 32);
 
 /// `CT_SETTINGS` array, index 0.
 #[repr(C)]

@@ -543,8 +543,10 @@ pub(crate) fn insert_ct_pair(
     config: &Config,
     flags: u16,
 ) -> Option<CtValue> {
+    let now = unsafe { bpf_ktime_get_ns() };
     let mut value = CtValue {
-        last_ns: unsafe { bpf_ktime_get_ns() },
+        last_ns: now,
+        created_ns: now,
         revision: config.revision,
         flags,
         state: ct_state::NEW,

@@ -108,6 +108,13 @@ fn maps_dump_names_pods_peers_and_the_flows_with_their_rule() {
     assert_eq!(f["client"]["name"], "host");
     assert_eq!(f["policy"], "<host>");
     assert_eq!(f["state"], "new");
+    // The age counts from the flow's first packet (a datapath that left `created_ns` unset
+    // would give the time since boot).
+    let (age, idle) = (f["age_seconds"].as_u64(), f["idle_seconds"].as_u64());
+    assert!(
+        age.zip(idle).is_some_and(|(a, i)| a >= i && a < 120),
+        "{f:#}"
+    );
 
     let (code, table, _) = text(&lab, &["conntrack"]);
     assert_eq!(code, 0);

@@ -33,6 +33,8 @@ pub struct Flow {
     pub client: End,
     pub server: End,
     pub state: &'static str,
+    /// Seconds since the flow's first packet.
+    pub age_seconds: u64,
     /// Seconds since the entry was created, changed state, or was last found in use by the
     /// garbage collector (which looks every `--ct-gc-interval`).
     pub idle_seconds: u64,
@@ -97,6 +99,7 @@ pub fn flows(
                 client: end(k.saddr, k.sport_be),
                 server: end(k.daddr, k.dport_be),
                 state: ct_state::name(v.state),
+                age_seconds: now_ns.saturating_sub(v.created_ns) / 1_000_000_000,
                 idle_seconds: now_ns.saturating_sub(v.last_ns) / 1_000_000_000,
                 policy: (v.policy_id != 0).then(|| namer.policy(v.policy_id)),
                 rule: (v.policy_id != 0).then_some(v.rule_index),
@@ -125,7 +128,7 @@ pub fn flows(
     out
 }
 
-fn idle(s: u64) -> String {
+fn duration(s: u64) -> String {
     match s {
         s if s < 120 => format!("{s}s"),
         s if s < 7200 => format!("{}m", s / 60),
@@ -137,8 +140,8 @@ fn idle(s: u64) -> String {
 pub fn render(s: &mut String, flows: &[Flow]) {
     let _ = writeln!(
         s,
-        "FLOWS\n{:<7} {:<12} {:<5} {:<44} {:<44} {:<28} ADMITTED BY",
-        "PROTO", "STATE", "IDLE", "CLIENT", "SERVER", "JUDGED AT"
+        "FLOWS\n{:<7} {:<12} {:<5} {:<5} {:<44} {:<44} {:<28} ADMITTED BY",
+        "PROTO", "STATE", "AGE", "IDLE", "CLIENT", "SERVER", "JUDGED AT"
     );
     for f in flows {
         let end = |e: &End| format!("{} {}:{}", e.name, e.address, e.port);
@@ -148,10 +151,11 @@ pub fn render(s: &mut String, flows: &[Flow]) {
         };
         let _ = writeln!(
             s,
-            "{:<7} {:<12} {:<5} {:<44} {:<44} {:<28} {admitted}",
+            "{:<7} {:<12} {:<5} {:<5} {:<44} {:<44} {:<28} {admitted}",
             f.protocol,
             f.state,
-            idle(f.idle_seconds),
+            duration(f.age_seconds),
+            duration(f.idle_seconds),
             end(&f.client),
             end(&f.server),
             format!("{} {}", f.direction, f.endpoint),
@@ -182,6 +186,7 @@ mod tests {
             ifindex: 7,
         };
         let v = CtValue {
+            created_ns: 0,
             last_ns: 1_000_000_000,
             state: ct_state::ESTABLISHED,
             policy_id: 9,
@@ -222,12 +227,14 @@ mod tests {
         assert_eq!(f[0].server.port, 80);
         assert_eq!(f[0].direction, "ingress");
         assert_eq!(f[0].idle_seconds, 60);
+        assert_eq!(f[0].age_seconds, 61, "{f:?}");
         assert_eq!(f[0].policy.as_deref(), Some("x/allow-web"));
         let mut s = String::new();
         render(&mut s, &f);
         assert!(s.contains("y/client 10.0.0.6:40000"), "{s}");
         assert!(s.contains("ingress x/web"), "{s}");
         assert!(s.contains("x/allow-web rule 1"), "{s}");
+        assert!(s.contains("AGE   IDLE"), "{s}");
         assert_eq!(flows(&entries, &namer, 0, Some("y/client")).len(), 1);
         assert!(flows(&entries, &namer, 0, Some("z/other")).is_empty());
     }
