@@ -12,7 +12,7 @@
 //! - [`conntrack`]: the conntrack garbage collector (its own thread);
 //! - [`discover`]: local pod interfaces and node addresses; [`binding`]: which interface is a
 //!   pod's (pure), from the addresses its peer holds ([`peers`]);
-//! - [`agent`]: `enforcer run`; [`dump`]: `enforcer maps dump`; [`explain`]: `enforcer explain`;
+//! - [`agent`]: `enforcer run`; [`dump`]: `enforcer maps dump`; [`explain`]: `enforcer explain`; [`describe`]: `enforcer describe pod`;
 //!   [`events`]: `enforcer events`; [`logging`]: the agent's log (text or JSON); [`status`]:
 //!   `enforcer status` and the agent's record.
 
@@ -34,6 +34,7 @@ pub mod binding;
 pub mod bpf;
 pub mod compiler;
 pub mod conntrack;
+pub mod describe;
 pub mod discover;
 pub mod dump;
 pub mod events;

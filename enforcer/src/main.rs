@@ -32,6 +32,15 @@ enum Command {
         after_help = "Examples:\n  enforcer explain --manifests ./cluster --from x/a --to x/b --port 80 --protocol TCP\n  enforcer explain --manifests ./cluster --from 10.42.0.13 --to 10.42.0.10 --port http\n  enforcer lab exec demo node-1 -- explain --from x/a --to x/b --port 80 --live\n\nExit status: 0 allowed or denied, 3 not judged (no pod at either end), 1 an error."
     )]
     Explain(ExplainArgs),
+    /// Describe one object from its own side: `describe pod NS/NAME` lists the policies that
+    /// select the pod, in each direction, which isolate it, and what they allow.
+    #[command(
+        after_help = "Examples:\n  enforcer describe pod sample1/nginx --manifests ./cluster\n  enforcer lab exec demo node-1 -- describe pod sample1/nginx --live --output json"
+    )]
+    Describe {
+        #[command(subcommand)]
+        command: DescribeCommand,
+    },
     /// Follow the verdict events of a node's agent: drops (and allows, with --events-on-allow)
     /// naming the endpoint, the peer, the tuple and the policies that decided.
     #[command(
@@ -265,6 +274,64 @@ fn explain_cmd(a: ExplainArgs) -> anyhow::Result<(String, bool)> {
 }
 
 #[derive(Subcommand)]
+enum DescribeCommand {
+    /// The policies that select a pod, in each direction, which isolate it, what they allow.
+    Pod(DescribePodArgs),
+}
+
+#[derive(clap::Args)]
+struct DescribePodArgs {
+    /// The pod: namespace/name.
+    pod: String,
+    /// Folder of manifests the pod and policies come from.
+    #[arg(long, env = "ENFORCER_MANIFESTS")]
+    manifests: PathBuf,
+    /// Also show what the running agent's pinned maps hold for the pod (its endpoint and
+    /// modes) and whether they agree with the manifests.
+    #[arg(long)]
+    live: bool,
+    /// The agent's bpffs folder, for --live.
+    #[arg(long, env = "ENFORCER_BPFFS", default_value = "/sys/fs/bpf/enforcer")]
+    bpffs: PathBuf,
+    #[arg(long, value_enum, default_value = "table")]
+    output: enforcer::dump::Format,
+}
+
+fn describe_pod_cmd(a: DescribePodArgs) -> anyhow::Result<String> {
+    let Some((ns, name)) = a
+        .pod
+        .split_once('/')
+        .filter(|(n, m)| !n.is_empty() && !m.is_empty())
+    else {
+        anyhow::bail!("{:?} is not namespace/name", a.pod);
+    };
+    let snap = enforcer::source::ManifestDir::new(&a.manifests).read()?;
+    if !snap.errors.is_empty() {
+        anyhow::bail!("rejected manifests: {}", snap.errors.join("; "));
+    }
+    let mut v = enforcer::describe::describe_pod(
+        &snap.cluster,
+        &enforcer::model::ObjectRef::new(ns, name),
+    )?;
+    if a.live {
+        let pinned = enforcer::bpf::PinnedMaps::open(&a.bpffs).with_context(|| {
+            format!(
+                "opening the pinned maps under {} (is the agent running?)",
+                a.bpffs.display()
+            )
+        })?;
+        if let Some(warning) = stale_pins(&a.bpffs) {
+            eprintln!("warning: {warning}");
+        }
+        enforcer::describe::add_live(&mut v, &pinned.read_state()?);
+    }
+    Ok(match a.output {
+        enforcer::dump::Format::Json => serde_json::to_string_pretty(&v)? + "\n",
+        enforcer::dump::Format::Table => enforcer::describe::render(&v),
+    })
+}
+
+#[derive(Subcommand)]
 enum MapsCommand {
     /// Print endpoints, identities, CIDR prefixes, policy entries, conntrack and counters.
     #[command(
@@ -379,6 +446,9 @@ fn main() -> ExitCode {
             );
             ExitCode::SUCCESS
         }
+        Command::Describe {
+            command: DescribeCommand::Pod(a),
+        } => print_or_fail(describe_pod_cmd(a)),
         Command::Explain(a) => match explain_cmd(a) {
             Ok((text, judged)) => {
                 print!("{text}");

@@ -172,3 +172,49 @@ fn explain_takes_named_ports_refuses_port_0_and_decides_as_the_agent() {
     let o = m.explain(&[&node[..], &["--no-allow-host"]].concat());
     assert!(out(&o).contains("TCP/80: DENIED"), "{}", out(&o));
 }
+
+#[test]
+fn describe_pod_shows_the_policies_from_the_pods_side() {
+    let m = Manifests::new("describe", CLUSTER);
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_enforcer"))
+            .args(["describe", "pod"])
+            .args(args)
+            .arg("--manifests")
+            .arg(&m.0)
+            .output()
+            .expect("running enforcer")
+    };
+    let o = run(&["sample1/nginx"]);
+    assert!(o.status.success(), "{}", err(&o));
+    let text = out(&o);
+    assert!(text.starts_with("Pod:        sample1/nginx\n"), "{text}");
+    assert!(
+        text.contains("Ingress:    isolated: only what a rule below allows"),
+        "{text}"
+    );
+    assert!(
+        text.contains("  sample1/allow-same-namespace: isolates"),
+        "{text}"
+    );
+    assert!(
+        text.contains("From: pods all in namespace sample1 (sample1/nginx)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("Egress:    not isolated: everything allowed"),
+        "{text}"
+    );
+
+    let o = run(&["sample1/nginx", "--output", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&out(&o)).unwrap();
+    assert_eq!(v["ingress"]["isolated"], true);
+    assert_eq!(
+        v["ingress"]["policies"]["sample1/allow-same-namespace"]["rules"][0]["peers"][0]["matches"],
+        serde_json::json!(["sample1/nginx"])
+    );
+
+    let o = run(&["sample1/gone"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(err(&o), "error: no pod sample1/gone in the manifests\n");
+}
