@@ -42,6 +42,7 @@ impl Rng {
 }
 
 const NODE_IP: &str = "172.16.0.1";
+const NODE_IP6: &str = "fd10::1";
 const NAMESPACES: [(&str, &str); 3] = [("ns0", "a"), ("ns1", "b"), ("ns2", "a")];
 const APPS: [&str; 3] = ["web", "db", "api"];
 /// (name, number, protocol): a name may stand for different numbers on different pods.
@@ -53,7 +54,10 @@ const CONTAINER_PORTS: [(&str, u16, &str); 6] = [
     ("metrics", 9100, "TCP"),
     ("dns", 5353, "UDP"),
 ];
-const BLOCKS: [(&str, &[&str]); 6] = [
+const BLOCKS: [(&str, &[&str]); 9] = [
+    ("::/0", &["fd00::/8"]),
+    ("2001:db8::/32", &["2001:db8:ff::/48"]),
+    ("fd00::/64", &["fd00::2/128"]),
     ("0.0.0.0/0", &["10.0.0.0/8"]),
     ("172.16.0.0/12", &[]),
     ("192.0.2.0/24", &["192.0.2.128/25"]),
@@ -62,7 +66,10 @@ const BLOCKS: [(&str, &[&str]); 6] = [
     ("0.0.0.0/0", &["192.0.2.0/24", "172.16.0.0/16"]),
 ];
 /// Outside hosts (TEST-NET) and a pod-range address no pod holds.
-const OUTSIDE: [&str; 5] = [
+const OUTSIDE: [&str; 8] = [
+    "2001:db8::10",
+    "2001:db8:ff::1",
+    "fd00::99",
     "192.0.2.10",
     "192.0.2.200",
     "198.51.100.7",
@@ -77,8 +84,8 @@ type NamedPorts = Vec<(&'static str, &'static str)>;
 
 struct Generated {
     yaml: String,
-    /// (namespace/name, address, named ports)
-    pods: Vec<(String, String, NamedPorts)>,
+    /// (namespace/name, IPv4 address, named ports, IPv6 address)
+    pods: Vec<(String, String, NamedPorts, String)>,
     opts: Options,
 }
 
@@ -113,11 +120,15 @@ fn peer(r: &mut Rng) -> String {
         _ => {
             let (cidr, except) = r.pick(&BLOCKS);
             if except.is_empty() {
-                format!("{{ipBlock: {{cidr: {cidr}}}}}")
+                format!("{{ipBlock: {{cidr: \"{cidr}\"}}}}")
             } else {
                 format!(
-                    "{{ipBlock: {{cidr: {cidr}, except: [{}]}}}}",
-                    except.join(", ")
+                    "{{ipBlock: {{cidr: \"{cidr}\", except: [{}]}}}}",
+                    except
+                        .iter()
+                        .map(|e| format!("\"{e}\""))
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 )
             }
         }
@@ -178,6 +189,7 @@ fn generate(seed: u64) -> Generated {
         let (ns, _) = *r.pick(&NAMESPACES);
         let app = r.pick(&APPS);
         let ip = format!("10.0.1.{}", i + 1);
+        let ip6 = format!("fd00::{}", i + 1);
         let mut named = Vec::new();
         let mut ports = Vec::new();
         for (name, number, proto) in CONTAINER_PORTS {
@@ -191,10 +203,11 @@ fn generate(seed: u64) -> Generated {
         let _ = writeln!(
             y,
             "apiVersion: v1\nkind: Pod\nmetadata: {{name: p{i}, namespace: {ns}, labels: {{app: {app}}}}}\n\
-             spec: {{containers: [{{name: c, image: i, ports: [{}]}}]}}\nstatus: {{podIP: {ip}}}\n---",
+             spec: {{containers: [{{name: c, image: i, ports: [{}]}}]}}\n\
+             status: {{podIP: {ip}, podIPs: [{{ip: {ip}}}, {{ip: \"{ip6}\"}}]}}\n---",
             ports.join(", ")
         );
-        pods.push((format!("{ns}/p{i}"), ip, named));
+        pods.push((format!("{ns}/p{i}"), ip, named, ip6));
     }
     let _ = writeln!(
         y,
@@ -222,7 +235,7 @@ fn generate(seed: u64) -> Generated {
         yaml: y,
         pods,
         opts: Options {
-            node_ips: vec![NODE_IP.parse().unwrap()],
+            node_ips: vec![NODE_IP.parse().unwrap(), NODE_IP6.parse().unwrap()],
             no_allow_host: r.chance(50),
         },
     }
@@ -254,20 +267,20 @@ fn flows(g: &Generated, seed: u64, n: usize) -> Vec<GenFlow> {
     let mut r = Rng(seed ^ 0x5eed_f10e);
     let mut out = Vec::new();
     while out.len() < n {
+        let v6 = r.chance(30);
         let end = |r: &mut Rng| -> (String, Option<usize>) {
             match r.below(10) {
                 0..=5 => {
                     let i = r.below(g.pods.len());
-                    let (name, ip, _) = &g.pods[i];
-                    (
-                        if r.chance(50) {
-                            name.clone()
-                        } else {
-                            ip.clone()
-                        },
-                        Some(i),
-                    )
+                    let (name, ip, _, ip6) = &g.pods[i];
+                    let given = match (r.chance(50), v6) {
+                        (true, _) => name.clone(),
+                        (false, false) => ip.clone(),
+                        (false, true) => ip6.clone(),
+                    };
+                    (given, Some(i))
                 }
+                6 if v6 => (NODE_IP6.into(), None),
                 6 => (
                     if r.chance(50) {
                         NODE_IP.into()
@@ -276,7 +289,8 @@ fn flows(g: &Generated, seed: u64, n: usize) -> Vec<GenFlow> {
                     },
                     None,
                 ),
-                _ => (r.pick(&OUTSIDE).to_string(), None),
+                _ if v6 => (OUTSIDE[r.below(3)].to_string(), None),
+                _ => (OUTSIDE[3 + r.below(OUTSIDE.len() - 3)].to_string(), None),
             }
         };
         let (from, fi) = end(&mut r);
@@ -340,11 +354,12 @@ fn datapath_sides(
             Protocol::Sctp => sctp(*sport, e.port),
         };
         let (src, dst) = (e.from.address.to_string(), e.to.address.to_string());
-        let (prog, packet) = if side.direction == "egress" {
-            (OUT, ipv4(&src, &dst, protocol.number(), &l4))
+        let packet = if e.from.address.is_ipv6() {
+            ipv6(&src, &dst, protocol.number(), &l4)
         } else {
-            (IN, ipv4(&src, &dst, protocol.number(), &l4))
+            ipv4(&src, &dst, protocol.number(), &l4)
         };
+        let prog = if side.direction == "egress" { OUT } else { IN };
         let before = dp.counters().unwrap();
         let verdict = dp.test_run(prog, &packet, 1).expect("test run").verdict;
         let after = dp.counters().unwrap();
@@ -377,7 +392,7 @@ fn explain_answers_what_the_datapath_answers() {
     let mut dp = Datapath::load_unpinned().expect("loading the datapath");
     let (mut sport, mut revision) = (20000u16, 0u32);
     let mut failures = Vec::new();
-    let (mut judged, mut sides, mut denied) = (0, 0, 0);
+    let (mut judged, mut sides, mut denied, mut ipv6) = (0, 0, 0, 0);
     for &seed in &seeds {
         let g = generate(seed);
         let c = cluster(&g, seed);
@@ -417,13 +432,16 @@ fn explain_answers_what_the_datapath_answers() {
                 ));
             }
             // The same flow by the other form of each pod end decides the same.
+            let v6 = e.from.address.is_ipv6();
+            ipv6 += usize::from(v6);
             let other = |given: &str| -> String {
                 g.pods
                     .iter()
-                    .find_map(|(n, ip, _)| {
+                    .find_map(|(n, ip, _, ip6)| {
+                        let own = if v6 { ip6 } else { ip };
                         (n == given)
-                            .then(|| ip.clone())
-                            .or((ip == given).then(|| n.clone()))
+                            .then(|| own.clone())
+                            .or((ip == given || ip6 == given).then(|| n.clone()))
                     })
                     .unwrap_or_else(|| given.to_string())
             };
@@ -436,7 +454,10 @@ fn explain_answers_what_the_datapath_answers() {
                 &g.opts,
             )
             .expect("the other form explains too");
-            if e2.sides != e.sides {
+            // (Two names pick IPv4: compared only when the addresses are the same.)
+            if (e2.from.address, e2.to.address) == (e.from.address, e.to.address)
+                && e2.sides != e.sides
+            {
                 failed_here.push(format!("{flow}: by names and by addresses differ"));
             }
             for w in datapath_sides(
@@ -458,7 +479,7 @@ fn explain_answers_what_the_datapath_answers() {
         }
     }
     eprintln!(
-        "{} clusters, {judged} judged flows ({denied} denied), {sides} sides run through the datapath",
+        "{} clusters, {judged} judged flows ({denied} denied, {ipv6} IPv6), {sides} sides run through the datapath",
         seeds.len()
     );
     assert!(

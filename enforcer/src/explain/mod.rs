@@ -141,7 +141,12 @@ pub fn explain(
     opts: &Options,
 ) -> Result<Explanation> {
     let c = compile_all(cluster, opts);
-    let dst_ip = resolve::address_of(cluster, to, None)?;
+    // A source given as an address picks the family of the destination pod's address.
+    let hint = match from {
+        Endpoint::Ip(ip) => Some(*ip),
+        Endpoint::Pod(_) => None,
+    };
+    let dst_ip = resolve::address_of(cluster, to, hint)?;
     let src_ip = resolve::address_of(cluster, from, Some(dst_ip))?;
     if src_ip.is_ipv4() != dst_ip.is_ipv4() {
         return Err(ResolveError::Family {
