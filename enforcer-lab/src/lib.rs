@@ -381,6 +381,24 @@ fn run_text(text: &str, source: &str, output: Output, opts: &RunOptions, exe: &P
     }
 }
 
+/// The agent's own check of a manifest file (`file` names it in errors), beyond the strict
+/// decoding the lab does itself: what the agent would refuse (a protocol NetworkPolicy lacks, a
+/// bad CIDR, a bad port range). The enforcer binary installs it (the lab cannot depend on the
+/// agent's crate, which depends on it), so `lab apply` refuses such a file before writing.
+pub type AgentCheck = fn(file: &str, text: &str) -> Result<(), String>;
+
+static AGENT_CHECK: std::sync::OnceLock<AgentCheck> = std::sync::OnceLock::new();
+
+/// Installs the agent's check (once; later calls are ignored).
+pub fn set_agent_check(check: AgentCheck) {
+    let _ = AGENT_CHECK.set(check);
+}
+
+/// The agent's check, when installed.
+pub(crate) fn agent_check() -> Option<AgentCheck> {
+    AGENT_CHECK.get().copied()
+}
+
 /// Runs a lab command; returns the exit status (0 all as expected, 1 mismatches, 2 could not
 /// run). `enforcer_exe` is the enforcer binary, started as each node's agent.
 pub fn main(cmd: LabCommand, enforcer_exe: &Path) -> i32 {

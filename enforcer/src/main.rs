@@ -370,6 +370,11 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
+            enforcer_lab::set_agent_check(|file, text| {
+                enforcer::source::parse_objects(file, text)
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            });
             let code = enforcer_lab::main(command, &exe);
             ExitCode::from(u8::try_from(code).unwrap_or(2))
         }

@@ -241,9 +241,11 @@ fn lab_apply_is_all_or_nothing_and_says_unchanged() {
         text(&o)
     );
 
-    // A file the agent rejects (ICMP is no NetworkPolicy protocol) beside a good object:
-    // refused, and the lab is as it was: allow-b is not in force, deny-b not changed.
-    let before = folder();
+    // A file the agent would reject (ICMP is no NetworkPolicy protocol) beside a good object:
+    // refused before anything is written (no generation reaches the agents, so allow-b is
+    // never in force, not even for a moment), and the lab is as it was.
+    let generation = || std::fs::read_to_string(manifests.join(".generation")).unwrap();
+    let (before, generation_before) = (folder(), generation());
     let bad = d.write("bad.yaml", &format!("{ALLOW_B}---\n{DENY_B_ICMP}"));
     let o = apply(&bad);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
@@ -251,6 +253,25 @@ fn lab_apply_is_all_or_nothing_and_says_unchanged() {
     assert!(err.contains("rejected"), "{err}");
     assert!(err.contains("spec.ingress[0].ports[0].protocol"), "{err}");
     assert!(err.contains("nothing was applied"), "{err}");
+    assert_eq!(folder(), before, "the manifests are as they were");
+    assert_eq!(generation(), generation_before, "nothing was written");
+    assert!(
+        probe(&name).contains(": denied by policy"),
+        "allow-b not in force"
+    );
+
+    // Should the agents reject a file all the same (here: the lab's own check is off), the lab
+    // puts back what was there and the next apply starts from it.
+    let o = Command::new(EXE)
+        .args(["lab", "apply", &name, path(&bad)])
+        .env("ENFORCER_LAB_NO_AGENT_CHECK", "1")
+        .output()
+        .expect("running enforcer");
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("rejected"), "{err}");
+    assert!(err.contains("spec.ingress[0].ports[0].protocol"), "{err}");
+    assert!(err.contains(&format!("lab {name} is as it was")), "{err}");
     assert_eq!(folder(), before, "the manifests are as they were");
     assert!(
         probe(&name).contains(": denied by policy"),

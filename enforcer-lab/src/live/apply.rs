@@ -26,9 +26,9 @@ pub fn apply(name: &str, file: &Path, delete: bool, agent_timeout: Duration) -> 
 }
 
 /// `lab apply` (or `lab delete`) is all or nothing. Every object of the file is decoded
-/// strictly and its namespace checked before anything is written, so a bad file changes
-/// nothing; what only the agent can judge (a port range, a CIDR) is known when it reports: if
-/// an agent rejects the change, the lab puts back what was there (manifests, Services, saved
+/// strictly, checked as the agent checks it (`crate::agent_check`: a port range, a CIDR), and
+/// its namespace checked before anything is written, so a bad file changes nothing; should an
+/// agent still reject the change (a failed map update), the lab puts back what was there (manifests, Services, saved
 /// state) and waits until the agents have it again, so the lab is as before and the next
 /// apply starts from there. Each object is said `created`, `configured` or `unchanged` (its
 /// content as last applied), as kubectl says; a file that changes nothing writes nothing.
@@ -37,6 +37,15 @@ fn apply_inner(name: &str, file: &Path, delete: bool, agent_timeout: Duration) -
     let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {source}"))?;
     let objects = scenario::parse_objects(&text)
         .with_context(|| format!("{source}: bad objects (nothing was applied)"))?;
+    // ENFORCER_LAB_NO_AGENT_CHECK leaves the judging to the agents, so that a test can show
+    // the undo below at work.
+    let pre_check = std::env::var_os("ENFORCER_LAB_NO_AGENT_CHECK").is_none();
+    if !delete
+        && pre_check
+        && let Some(check) = crate::agent_check()
+    {
+        check(&source, &text).map_err(|e| anyhow!("rejected: {e}\nnothing was applied"))?;
+    }
     need_root(if delete {
         "`lab delete`"
     } else {
