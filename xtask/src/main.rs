@@ -3,6 +3,7 @@
 //! Dependency-light on purpose (std::process, anyhow, clap): it has to build on a fresh
 //! machine before anything else is installed.
 
+mod control_plane;
 mod setup;
 mod util;
 
@@ -57,10 +58,17 @@ enum Cmd {
                       $XDG_CACHE_HOME/enforcer/llvm-prefix, default ~/.cache/...; keep it, the \
                       installed linker loads libLLVM from there);\n  \
                       c. the Debian packages providing ip, iptables, nft, ipset, iperf3 and \
-                      bpftool (apt-get; needs root).",
+                      bpftool (apt-get; needs root);\n  \
+                      d. the Kubernetes control plane the kube tests run against: kube-apiserver \
+                      and kubectl from k8s.io/kubernetes, etcd and etcdctl from go.etcd.io/etcd, \
+                      built with Go (1.26 or newer, not installed by setup) from the modules \
+                      pinned in xtask/control-plane/ into \
+                      $XDG_CACHE_HOME/enforcer/control-plane/<component>-<version>/bin (default \
+                      ~/.cache/...; ENFORCER_CONTROL_PLANE_DIR overrides it); about 11 minutes of \
+                      CPU on a fresh machine, nothing when built.",
         after_long_help = "Examples:\n  \
                            cargo xtask setup\n  \
-                           cargo xtask setup --skip-packages   # without root: only a and b"
+                           cargo xtask setup --skip-packages   # without root: a, b and d"
     )]
     Setup {
         /// Skip the Debian packages (step c)
@@ -86,7 +94,8 @@ enum Cmd {
     /// Run the whole test suite: setup, eBPF build, fmt, clippy, cargo test (needs root)
     #[command(
         long_about = "Run the whole test suite, stage by stage, stopping at the first failure:\n\n  \
-                      setup       all prerequisites, Debian packages included\n  \
+                      setup       all prerequisites, Debian packages and the control plane \
+                      included\n  \
                       build-ebpf  the eBPF object\n  \
                       fmt         cargo fmt --all --check\n  \
                       clippy      cargo clippy --workspace --exclude enforcer-ebpf --all-targets \
@@ -173,7 +182,7 @@ fn cmd_setup(skip_packages: bool) -> Result<()> {
     } else {
         setup::packages(OnMissing::Error)?;
     }
-    Ok(())
+    control_plane::setup()
 }
 
 /// Builds the eBPF object and returns its path.
@@ -291,7 +300,8 @@ fn cmd_test(args: &[String]) -> Result<()> {
     stages.run("setup", || {
         setup::rust_src()?;
         setup::bpf_linker()?;
-        setup::packages(OnMissing::Warn)
+        setup::packages(OnMissing::Warn)?;
+        control_plane::setup()
     })?;
     let object = stages.run("build-ebpf", || build_ebpf(EbpfArgs::default()))?;
     stages.run("fmt", || {
