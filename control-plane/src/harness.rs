@@ -228,7 +228,11 @@ impl ControlPlane {
     /// `kubectl --kubeconfig KUBECONFIG` in the control plane's namespace.
     pub fn kubectl_with(&self, kubeconfig: &Path) -> Command {
         let mut cmd = self.in_netns(&self.binaries.kubectl);
-        cmd.arg("--kubeconfig").arg(kubeconfig);
+        // Its discovery cache is per server address (~/.kube/cache/discovery/127.0.0.1_6443):
+        // one of its own, so no other control plane on that address answers for this one.
+        cmd.env("KUBECACHEDIR", self.dir.join("kube-cache"))
+            .arg("--kubeconfig")
+            .arg(kubeconfig);
         cmd
     }
 

@@ -47,7 +47,8 @@ const SKIPPED: &[(&str, &str)] = &[
     ),
     (
         "kubectl apply -f deploy/",
-        "needs a Kubernetes cluster (deploy/*.yaml is checked by enforcer/tests/deploy.rs)",
+        "needs a Kubernetes cluster (enforcer/tests/kube_server.rs applies deploy/ to a real \
+         kube-apiserver; enforcer/tests/deploy.rs checks deploy/*.yaml)",
     ),
     (
         "kubectl -n enforcer-system rollout status ds/enforcer",
