@@ -158,7 +158,18 @@ fn installed(path: &Path, b: &Binary, version: &str) -> Result<()> {
 fn go() -> Result<PathBuf> {
     let mut dirs = path_dirs();
     dirs.push(PathBuf::from("/usr/local/go/bin"));
-    let Some(go) = find_in("go", &dirs) else {
+    let go = find_go(&dirs)?;
+    println!(
+        "ok: {} ({})",
+        util::output(&go, &["version"])?,
+        go.display()
+    );
+    Ok(go)
+}
+
+/// The first `go` in `dirs`, if it is new enough.
+fn find_go(dirs: &[PathBuf]) -> Result<PathBuf> {
+    let Some(go) = find_in("go", dirs) else {
         bail!(
             "Go is missing: kube-apiserver, kubectl and etcd are built from source with Go {} \
              or newer; {GET_GO}",
@@ -182,7 +193,6 @@ fn go() -> Result<PathBuf> {
             go.display()
         );
     }
-    println!("ok: {said} ({})", go.display());
     Ok(go)
 }
 
@@ -258,6 +268,74 @@ mod tests {
             "{k}"
         );
         assert_eq!(ldflags(&pins::ETCD, "v3.7.3"), "");
+    }
+
+    /// A folder of fake executables: `name` printing `text`.
+    struct Fakes(PathBuf);
+
+    impl Fakes {
+        fn new(tag: &str) -> Fakes {
+            let dir = std::env::temp_dir().join(format!("xtask-cp-{}-{tag}", std::process::id()));
+            let _ = fs::remove_dir_all(&dir);
+            fs::create_dir_all(&dir).unwrap();
+            Fakes(dir)
+        }
+
+        fn add(&self, name: &str, text: &str) -> PathBuf {
+            use std::os::unix::fs::PermissionsExt as _;
+            let path = self.0.join(name);
+            fs::write(&path, format!("#!/bin/sh\nprintf '%s\\n' '{text}'\n")).unwrap();
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
+            path
+        }
+    }
+
+    impl Drop for Fakes {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[test]
+    fn a_binary_counts_as_built_only_when_it_reports_the_pinned_version() {
+        let fakes = Fakes::new("installed");
+        let apiserver = &pins::KUBERNETES.binaries[0];
+        let etcd = &pins::ETCD.binaries[0];
+        let good = fakes.add("good", "Kubernetes v1.37.2");
+        installed(&good, apiserver, "v1.37.2").unwrap();
+        // What `go build` without the version stamp gives.
+        let unstamped = fakes.add("unstamped", "Kubernetes v0.0.0-master+$Format:%H$");
+        let err = installed(&unstamped, apiserver, "v1.37.2").unwrap_err();
+        assert!(
+            format!("{err:#}").ends_with(
+                "unstamped says \"Kubernetes v0.0.0-master+$Format:%H$\", not \"Kubernetes v1.37.2\""
+            ),
+            "{err:#}"
+        );
+        let older = fakes.add("older", "etcd Version: 3.7.2");
+        assert!(installed(&older, etcd, "v3.7.3").is_err());
+        assert!(installed(&older, etcd, "v3.7.2").is_ok());
+        let err = installed(&fakes.0.join("absent"), etcd, "v3.7.3").unwrap_err();
+        assert!(format!("{err:#}").starts_with("no /"), "{err:#}");
+    }
+
+    #[test]
+    fn go_missing_or_too_old_says_how_to_get_it() {
+        let fakes = Fakes::new("go");
+        let err = find_go(std::slice::from_ref(&fakes.0)).unwrap_err();
+        let err = format!("{err:#}");
+        assert!(
+            err.starts_with("Go is missing: kube-apiserver, kubectl and etcd are built from source with Go 1.26.0 or newer; install Go from"),
+            "{err}"
+        );
+        fakes.add("go", "go version go1.25.4 linux/amd64");
+        let err = format!("{:#}", find_go(std::slice::from_ref(&fakes.0)).unwrap_err());
+        assert!(err.contains("is too old (go version go1.25.4 linux/amd64): the control plane needs Go 1.26.0 or newer; install Go from"), "{err}");
+        fakes.add("go", "go version go1.26.0 linux/amd64");
+        assert_eq!(
+            find_go(std::slice::from_ref(&fakes.0)).unwrap(),
+            fakes.0.join("go")
+        );
     }
 
     #[test]
