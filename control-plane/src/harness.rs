@@ -127,6 +127,23 @@ impl Default for Options {
     }
 }
 
+/// A process of the control plane.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Process {
+    Etcd,
+    ApiServer,
+}
+
+impl Process {
+    /// Its binary's name, and its log's (`<name>.log`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Process::Etcd => "etcd",
+            Process::ApiServer => "kube-apiserver",
+        }
+    }
+}
+
 /// A running etcd and kube-apiserver; stopped, and everything removed, on drop.
 pub struct ControlPlane {
     binaries: Binaries,
@@ -272,6 +289,56 @@ impl ControlPlane {
         tail(&self.dir.join(format!("{process}.log")), lines)
     }
 
+    /// Stops a process as an upgrade or a node drain would: SIGTERM, then SIGKILL after 10 s.
+    /// etcd keeps its data; the API server's clients see their connections close.
+    pub fn stop(&mut self, process: Process) {
+        let slot = match process {
+            Process::Etcd => &mut self.etcd,
+            Process::ApiServer => &mut self.apiserver,
+        };
+        if let Some(mut child) = slot.take() {
+            terminate(&mut child, Duration::from_secs(10));
+        }
+    }
+
+    /// Starts a stopped process again (same data, certificates and address) and waits until
+    /// the API server is ready.
+    pub fn start_again(&mut self, process: Process) -> Result<(), Error> {
+        match process {
+            Process::Etcd if self.etcd.is_none() => self.start_etcd()?,
+            Process::ApiServer if self.apiserver.is_none() => self.start_apiserver()?,
+            _ => {}
+        }
+        self.wait_ready()
+    }
+
+    /// `stop`, then `start_again`.
+    pub fn restart(&mut self, process: Process) -> Result<(), Error> {
+        self.stop(process);
+        self.start_again(process)
+    }
+
+    /// `etcdctl --endpoints=http://127.0.0.1:2379` in the control plane's namespace.
+    pub fn etcdctl(&self) -> Command {
+        let mut cmd = self.in_netns(&self.binaries.etcdctl);
+        cmd.arg(format!("--endpoints={ETCD_CLIENT}"));
+        cmd
+    }
+
+    /// Compacts etcd's history up to its current revision, as kube-apiserver does every five
+    /// minutes; returns that revision. Older revisions are gone: a watch or list from one of
+    /// them gets 410 Gone once the API server's watch cache no longer holds it.
+    pub fn compact(&self) -> Result<u64, Error> {
+        let status = output(self.etcdctl().args(["endpoint", "status", "-w", "json"]))?;
+        let revision = json_number(&status, "revision").ok_or_else(|| Error::Command {
+            command: "etcdctl endpoint status -w json".into(),
+            status: std::process::ExitStatus::default(),
+            stderr: format!("no revision in its answer: {status}"),
+        })?;
+        output(self.etcdctl().args(["compact", &revision.to_string()]))?;
+        Ok(revision)
+    }
+
     /// `nsenter --net=/run/netns/NS PROGRAM` (nsenter execs it: its pid is the program's).
     fn in_netns(&self, program: &Path) -> Command {
         let mut cmd = Command::new("nsenter");
@@ -301,8 +368,12 @@ impl ControlPlane {
 
     fn spawn(&self, program: &Path, args: &[String], log: &str) -> Result<Child, Error> {
         let log_path = self.dir.join(format!("{log}.log"));
-        let log_file =
-            fs::File::create(&log_path).map_err(io(format!("creating {}", log_path.display())))?;
+        // Appended to: a restarted process's log follows its earlier run's.
+        let log_file = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(io(format!("opening {}", log_path.display())))?;
         let err_file = log_file
             .try_clone()
             .map_err(io(format!("opening {}", log_path.display())))?;
@@ -369,16 +440,16 @@ impl ControlPlane {
         let start = Instant::now();
         loop {
             for (process, child) in [
-                ("etcd", &mut self.etcd),
-                ("kube-apiserver", &mut self.apiserver),
+                (Process::Etcd, &mut self.etcd),
+                (Process::ApiServer, &mut self.apiserver),
             ] {
                 if let Some(c) = child
                     && let Ok(Some(status)) = c.try_wait()
                 {
                     return Err(Error::Exited {
-                        process,
+                        process: process.name(),
                         status,
-                        log: tail(&self.dir.join(format!("{process}.log")), 30),
+                        log: tail(&self.dir.join(format!("{}.log", process.name())), 30),
                     });
                 }
             }
@@ -417,6 +488,32 @@ impl Drop for ControlPlane {
         }
         let _ = fs::remove_dir_all(&self.dir);
     }
+}
+
+/// SIGTERM, then SIGKILL if it has not exited within `grace`; reaped either way.
+fn terminate(child: &mut Child, grace: Duration) {
+    // SAFETY: kill(2) on our own child's pid, which is not reaped before the wait below.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let start = Instant::now();
+    while start.elapsed() < grace {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// The first number after `"key":` in a JSON text.
+fn json_number(text: &str, key: &str) -> Option<u64> {
+    let at = text.find(&format!("\"{key}\":"))? + key.len() + 3;
+    let digits: String = text[at..]
+        .trim_start()
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().ok()
 }
 
 /// The first address of the first IPv4 or IPv6 range of `cidrs` (`10.96.0.0/16` ->
@@ -479,6 +576,14 @@ fn tail(path: &Path, lines: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn numbers_in_etcdctl_json() {
+        let status = r#"[{"Endpoint":"http://127.0.0.1:2379","Status":{"header":{"cluster_id":1,"member_id":2,"revision":413,"raft_term":2},"version":"3.7.3"}}]"#;
+        assert_eq!(json_number(status, "revision"), Some(413));
+        assert_eq!(json_number(r#"{"revision": 7}"#, "revision"), Some(7));
+        assert_eq!(json_number(status, "absent"), None);
+    }
 
     #[test]
     fn the_kubernetes_service_ip() {

@@ -22,4 +22,4 @@ mod harness;
 pub mod kubeconfig;
 
 #[cfg(feature = "harness")]
-pub use harness::{Binaries, ControlPlane, Error, Options};
+pub use harness::{Binaries, ControlPlane, Error, Options, Process};
