@@ -75,7 +75,7 @@ fn build(
         todo.iter().map(|b| b.name).collect::<Vec<_>>().join(", "),
         c.folder,
         match c.name {
-            "kubernetes" => "about 10 minutes of CPU on a fresh machine",
+            "kubernetes" => "about 14 minutes of CPU on a fresh machine",
             _ => "about a minute of CPU on a fresh machine",
         }
     );

@@ -64,7 +64,7 @@ enum Cmd {
                       built with Go (1.26 or newer, not installed by setup) from the modules \
                       pinned in xtask/control-plane/ into \
                       $XDG_CACHE_HOME/enforcer/control-plane/<component>-<version>/bin (default \
-                      ~/.cache/...; ENFORCER_CONTROL_PLANE_DIR overrides it); about 11 minutes of \
+                      ~/.cache/...; ENFORCER_CONTROL_PLANE_DIR overrides it); about 15 minutes of \
                       CPU on a fresh machine, nothing when built.",
         after_long_help = "Examples:\n  \
                            cargo xtask setup\n  \
