@@ -1,9 +1,8 @@
 //! Starting and stopping etcd and kube-apiserver.
 
 use std::fs;
-use std::io::{Read as _, Seek as _, SeekFrom};
 use std::net::{IpAddr, Ipv4Addr};
-use std::os::unix::fs::PermissionsExt as _;
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -12,6 +11,7 @@ use std::time::{Duration, Instant};
 use crate::certs;
 use crate::kubeconfig::{self, User};
 use crate::pins::{self, Component};
+use crate::sys::{self, json_number, output, sh, tail, terminate, write};
 
 /// The port kube-apiserver serves on.
 pub const API_PORT: u16 = 6443;
@@ -66,7 +66,7 @@ pub enum Error {
     },
 }
 
-fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
+pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
     let what = what.into();
     move |source| Error::Io { what, source }
 }
@@ -163,8 +163,10 @@ impl ControlPlane {
     pub fn start(options: Options) -> Result<ControlPlane, Error> {
         let t0 = Instant::now();
         let binaries = Binaries::locate()?;
+        sys::sweep_stale();
         let id = format!(
-            "enf-cp-{}-{}",
+            "{}{}-{}",
+            sys::PREFIX,
             std::process::id(),
             NEXT.fetch_add(1, Ordering::Relaxed)
         );
@@ -289,6 +291,15 @@ impl ControlPlane {
         tail(&self.dir.join(format!("{process}.log")), lines)
     }
 
+    /// The pid of a running process.
+    pub fn pid(&self, process: Process) -> Option<u32> {
+        match process {
+            Process::Etcd => self.etcd.as_ref(),
+            Process::ApiServer => self.apiserver.as_ref(),
+        }
+        .map(Child::id)
+    }
+
     /// Stops a process as an upgrade or a node drain would: SIGTERM, then SIGKILL after 10 s.
     /// etcd keeps its data; the API server's clients see their connections close.
     pub fn stop(&mut self, process: Process) {
@@ -377,11 +388,21 @@ impl ControlPlane {
         let err_file = log_file
             .try_clone()
             .map_err(io(format!("opening {}", log_path.display())))?;
-        self.in_netns(program)
-            .args(args)
-            .stdout(log_file)
-            .stderr(err_file)
-            .spawn()
+        let mut cmd = self.in_netns(program);
+        cmd.args(args).stdout(log_file).stderr(err_file);
+        // SAFETY: only async-signal-safe syscalls between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                // Its own process group: a Ctrl-C at the terminal reaches the owner, which
+                // stops it in order; and it dies with the thread that started it should that
+                // be killed (the signal survives nsenter's exec). Start and drop a control
+                // plane on one thread.
+                libc::setpgid(0, 0);
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        cmd.spawn()
             .map_err(io(format!("starting {}", program.display())))
     }
 
@@ -490,32 +511,6 @@ impl Drop for ControlPlane {
     }
 }
 
-/// SIGTERM, then SIGKILL if it has not exited within `grace`; reaped either way.
-fn terminate(child: &mut Child, grace: Duration) {
-    // SAFETY: kill(2) on our own child's pid, which is not reaped before the wait below.
-    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
-    let start = Instant::now();
-    while start.elapsed() < grace {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-}
-
-/// The first number after `"key":` in a JSON text.
-fn json_number(text: &str, key: &str) -> Option<u64> {
-    let at = text.find(&format!("\"{key}\":"))? + key.len() + 3;
-    let digits: String = text[at..]
-        .trim_start()
-        .chars()
-        .take_while(char::is_ascii_digit)
-        .collect();
-    digits.parse().ok()
-}
-
 /// The first address of the first IPv4 or IPv6 range of `cidrs` (`10.96.0.0/16` ->
 /// `10.96.0.1`): the `kubernetes` Service's ClusterIP.
 fn first_service_ip(cidrs: &str) -> Option<IpAddr> {
@@ -526,64 +521,9 @@ fn first_service_ip(cidrs: &str) -> Option<IpAddr> {
     })
 }
 
-fn write(path: &Path, text: &str, mode: u32) -> Result<(), Error> {
-    fs::write(path, text).map_err(io(format!("writing {}", path.display())))?;
-    fs::set_permissions(path, fs::Permissions::from_mode(mode))
-        .map_err(io(format!("setting the mode of {}", path.display())))
-}
-
-/// Runs a command; its stdout if it succeeds.
-fn output(cmd: &mut Command) -> Result<String, Error> {
-    let command = format!(
-        "{} {}",
-        cmd.get_program().to_string_lossy(),
-        cmd.get_args()
-            .map(|a| a.to_string_lossy())
-            .collect::<Vec<_>>()
-            .join(" ")
-    );
-    let out = cmd.output().map_err(io(format!("running {command}")))?;
-    if !out.status.success() {
-        return Err(Error::Command {
-            command,
-            status: out.status,
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        });
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-fn sh(args: &[&str]) -> Result<(), Error> {
-    output(Command::new(args[0]).args(&args[1..])).map(drop)
-}
-
-/// The last `lines` lines of a file (at most its last 64 KiB).
-fn tail(path: &Path, lines: usize) -> String {
-    let Ok(mut f) = fs::File::open(path) else {
-        return format!("(no {})", path.display());
-    };
-    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-    let _ = f.seek(SeekFrom::Start(len.saturating_sub(64 * 1024)));
-    let mut text = String::new();
-    let mut bytes = Vec::new();
-    if f.read_to_end(&mut bytes).is_ok() {
-        text = String::from_utf8_lossy(&bytes).into_owned();
-    }
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn numbers_in_etcdctl_json() {
-        let status = r#"[{"Endpoint":"http://127.0.0.1:2379","Status":{"header":{"cluster_id":1,"member_id":2,"revision":413,"raft_term":2},"version":"3.7.3"}}]"#;
-        assert_eq!(json_number(status, "revision"), Some(413));
-        assert_eq!(json_number(r#"{"revision": 7}"#, "revision"), Some(7));
-        assert_eq!(json_number(status, "absent"), None);
-    }
 
     #[test]
     fn the_kubernetes_service_ip() {

@@ -20,6 +20,10 @@ mod certs;
 mod harness;
 #[cfg(feature = "harness")]
 pub mod kubeconfig;
+#[cfg(feature = "harness")]
+mod sys;
 
 #[cfg(feature = "harness")]
 pub use harness::{Binaries, ControlPlane, Error, Options, Process};
+#[cfg(feature = "harness")]
+pub use sys::sweep_stale;

@@ -63,3 +63,96 @@ fn restarts_keep_the_state_and_compaction_drops_history() {
         "{err}"
     );
 }
+
+/// Not a test of its own: the child process of `a_killed_owner_leaves_nothing_behind`, which
+/// starts a control plane, says where it is and waits to be killed.
+#[test]
+#[ignore = "run as a child process by a_killed_owner_leaves_nothing_behind"]
+fn owner_killed_with_its_control_plane() {
+    use control_plane::Process;
+    let Some(report) = std::env::var_os("ENFORCER_CP_REPORT") else {
+        return;
+    };
+    let cp = ControlPlane::start(Options::default()).unwrap_or_else(|e| panic!("{e}"));
+    let text = format!(
+        "{} {} {} {}",
+        cp.pid(Process::Etcd).unwrap(),
+        cp.pid(Process::ApiServer).unwrap(),
+        cp.netns(),
+        cp.dir().display()
+    );
+    let tmp = std::path::PathBuf::from(format!("{}.tmp", report.to_string_lossy()));
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, &report).unwrap();
+    loop {
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    }
+}
+
+/// A test killed before its drop runs: etcd and kube-apiserver die with it, and the next start
+/// (here `sweep_stale` alone) removes its namespace and folder.
+#[test]
+fn a_killed_owner_leaves_nothing_behind() {
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+    let report = std::env::temp_dir().join(format!("enforcer-cp-report-{}", std::process::id()));
+    let _ = std::fs::remove_file(&report);
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "owner_killed_with_its_control_plane",
+            "--include-ignored",
+            "--nocapture",
+        ])
+        .env("ENFORCER_CP_REPORT", &report)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let text = loop {
+        if let Ok(text) = std::fs::read_to_string(&report) {
+            break text;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("the child exited ({status}) before its control plane was up");
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(180),
+            "no control plane in the child"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let _ = std::fs::remove_file(&report);
+    let parts: Vec<&str> = text.split(' ').collect();
+    let [etcd, apiserver, netns, dir] = parts[..] else {
+        panic!("{text}")
+    };
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    // Gone, or a zombie about to be reaped by init.
+    let gone = |pid: &str| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |stat| {
+            stat.rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        })
+    };
+    let start = Instant::now();
+    while !(gone(etcd) && gone(apiserver)) {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "etcd ({etcd}) and kube-apiserver ({apiserver}) outlived their owner"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let netns_exists = || std::path::Path::new("/run/netns").join(netns).exists();
+    assert!(netns_exists(), "no drop ran, so {netns} is still there");
+    assert!(std::path::Path::new(dir).exists(), "{dir}");
+    control_plane::sweep_stale();
+    assert!(!netns_exists(), "{netns} swept");
+    assert!(!std::path::Path::new(dir).exists(), "{dir} swept");
+}
