@@ -113,6 +113,10 @@ pub struct Options {
     pub service_cidrs: String,
     /// How long to wait for `/readyz`.
     pub ready_timeout: Duration,
+    /// More kube-apiserver flags, after the harness's own (a later one wins), e.g.
+    /// `--watch-cache=false`: the watch cache keeps serving watches from revisions etcd has
+    /// compacted, so only without it does a watch from one get 410 Gone at once.
+    pub apiserver_args: Vec<String>,
 }
 
 impl Default for Options {
@@ -123,6 +127,7 @@ impl Default for Options {
             // The ranges the lab's scenarios take ClusterIPs from.
             service_cidrs: "10.96.0.0/16,fd00:96::/112".into(),
             ready_timeout: Duration::from_secs(180),
+            apiserver_args: Vec::new(),
         }
     }
 }
@@ -452,6 +457,7 @@ impl ControlPlane {
             // Service's endpoint: that Service then has none.
             args.push("--endpoint-reconciler-type=none".into());
         }
+        args.extend(self.options.apiserver_args.iter().cloned());
         self.apiserver =
             Some(self.spawn(&self.binaries.kube_apiserver, &args, "kube-apiserver")?);
         Ok(())

@@ -156,3 +156,50 @@ fn a_killed_owner_leaves_nothing_behind() {
     assert!(!netns_exists(), "{netns} swept");
     assert!(!std::path::Path::new(dir).exists(), "{dir} swept");
 }
+
+/// What a watch from a revision etcd has compacted gets: with the API server's watch cache
+/// (the default) it is still served from the cache; without it, 410 Gone (`Expired`) at once,
+/// which is why `Options::apiserver_args` exists.
+#[test]
+fn a_watch_from_a_compacted_revision_is_410_gone_without_the_watch_cache() {
+    let watch_after_compaction = |cp: &ControlPlane| {
+        cp.kubectl_ok(&["create", "namespace", "a"]).unwrap();
+        let list = cp
+            .kubectl_ok(&["get", "--raw", "/api/v1/namespaces"])
+            .unwrap();
+        let at = list.find("\"resourceVersion\":\"").unwrap() + "\"resourceVersion\":\"".len();
+        let rv: String = list[at..]
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        for i in 0..3 {
+            let note = format!("n={i}");
+            cp.kubectl_ok(&["annotate", "namespace", "a", &note, "--overwrite"])
+                .unwrap();
+        }
+        let compacted = cp.compact().unwrap_or_else(|e| panic!("{e}"));
+        assert!(compacted > rv.parse().unwrap(), "{compacted} > {rv}");
+        let watch = format!("/api/v1/namespaces?watch=1&timeoutSeconds=1&resourceVersion={rv}");
+        cp.kubectl_ok(&["get", "--raw", &watch]).unwrap()
+    };
+
+    let cached = ControlPlane::start(Options::default()).unwrap_or_else(|e| panic!("{e}"));
+    let events = watch_after_compaction(&cached);
+    assert!(
+        events.contains("\"type\":\"MODIFIED\"") && !events.contains("\"code\":410"),
+        "{events}"
+    );
+    drop(cached);
+
+    let uncached = ControlPlane::start(Options {
+        apiserver_args: vec!["--watch-cache=false".into()],
+        ..Default::default()
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    let events = watch_after_compaction(&uncached);
+    assert!(
+        events.contains("\"type\":\"ERROR\"")
+            && events.contains("\"reason\":\"Expired\",\"code\":410"),
+        "{events}"
+    );
+}
