@@ -201,17 +201,6 @@ pub fn describe_pod(c: &Cluster, r: &ObjectRef) -> Result<PodView, DescribeError
     })
 }
 
-fn mode_name(m: u32) -> &'static str {
-    match m {
-        mode::UNMANAGED => "unmanaged",
-        mode::ALLOW_ALL => "allow-all",
-        mode::ENFORCE => "enforce",
-        mode::DENY_ALL => "deny-all",
-        mode::AUDIT => "audit",
-        _ => "unknown",
-    }
-}
-
 /// Adds what the live maps hold for the pod: its endpoint (found by its address) and modes.
 pub fn add_live(v: &mut PodView, live: &MapState) {
     let endpoint = v
@@ -239,8 +228,8 @@ pub fn add_live(v: &mut PodView, live: &MapState) {
             };
             LiveView {
                 ifindex: Some(ifindex),
-                ingress_mode: Some(mode_name(e.ingress_mode)),
-                egress_mode: Some(mode_name(e.egress_mode)),
+                ingress_mode: Some(crate::dump::mode_name(e.ingress_mode)),
+                egress_mode: Some(crate::dump::mode_name(e.egress_mode)),
                 agrees: Some(
                     fits(v.ingress.isolated, e.ingress_mode)
                         && fits(v.egress.isolated, e.egress_mode),

@@ -255,15 +255,7 @@ fn explain_cmd(a: ExplainArgs) -> anyhow::Result<(String, bool)> {
     let mut e =
         enforcer::explain::explain(&snap.cluster, &a.from, &a.to, a.protocol, &a.port, &opts)?;
     if a.live {
-        let pinned = enforcer::bpf::PinnedMaps::open(&a.bpffs).with_context(|| {
-            format!(
-                "opening the pinned maps under {} (is the agent running?)",
-                a.bpffs.display()
-            )
-        })?;
-        if let Some(warning) = stale_pins(&a.bpffs) {
-            eprintln!("warning: {warning}");
-        }
+        let pinned = open_live(&a.bpffs)?;
         enforcer::explain::add_live(&mut e, &pinned.read_state()?, a.protocol);
     }
     let text = match a.output {
@@ -314,15 +306,7 @@ fn describe_pod_cmd(a: DescribePodArgs) -> anyhow::Result<String> {
         &enforcer::model::ObjectRef::new(ns, name),
     )?;
     if a.live {
-        let pinned = enforcer::bpf::PinnedMaps::open(&a.bpffs).with_context(|| {
-            format!(
-                "opening the pinned maps under {} (is the agent running?)",
-                a.bpffs.display()
-            )
-        })?;
-        if let Some(warning) = stale_pins(&a.bpffs) {
-            eprintln!("warning: {warning}");
-        }
+        let pinned = open_live(&a.bpffs)?;
         enforcer::describe::add_live(&mut v, &pinned.read_state()?);
     }
     Ok(match a.output {
@@ -505,6 +489,20 @@ fn parse_pod(s: &str) -> Result<String, String> {
         }
         _ => Err(format!("{s:?} is not NAMESPACE/NAME")),
     }
+}
+
+/// The pinned maps `--live` reads, with a warning when no agent owns them.
+fn open_live(bpffs: &std::path::Path) -> anyhow::Result<enforcer::bpf::PinnedMaps> {
+    let pinned = enforcer::bpf::PinnedMaps::open(bpffs).with_context(|| {
+        format!(
+            "opening the pinned maps under {} (is the agent running?)",
+            bpffs.display()
+        )
+    })?;
+    if let Some(warning) = stale_pins(bpffs) {
+        eprintln!("warning: {warning}");
+    }
+    Ok(pinned)
 }
 
 /// Pins under `bpffs` that no running agent owns: what to say about them.

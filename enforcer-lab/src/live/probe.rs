@@ -68,16 +68,7 @@ fn probe_inner(
         .resolve(&saved.state.service_list(), &spec)
         .map_err(|e| anyhow!("{}", e.reason))?;
     let ns = Netns::open(live.plan.netns_of(probe.src))?;
-    let files: Vec<PathBuf> = live
-        .plan
-        .nodes
-        .iter()
-        .map(|n| live.node_dir(&n.name).join("events.jsonl"))
-        .collect();
-    let offsets: Vec<u64> = files
-        .iter()
-        .map(|f| std::fs::metadata(f).map_or(0, |m| m.len()))
-        .collect();
+    let (files, offsets) = event_files(&live);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -184,15 +175,7 @@ fn forge_inner(
         dst_port,
         tag: 40_000 + (std::process::id() % 20_000) as u16,
     };
-    let files: Vec<PathBuf> = plan
-        .nodes
-        .iter()
-        .map(|n| live.node_dir(&n.name).join("events.jsonl"))
-        .collect();
-    let offsets: Vec<u64> = files
-        .iter()
-        .map(|f| std::fs::metadata(f).map_or(0, |m| m.len()))
-        .collect();
+    let (files, offsets) = event_files(&live);
     let mut sniffer = Sniffer::open(&Netns::open(plan.netns_of(dst_ep))?, "eth0")?;
     forge::send(&Netns::open(plan.netns_of(src_ep))?, &f)?;
     let received = sniffer.saw(&f, timeout)?;
@@ -235,6 +218,21 @@ fn read_from(path: &Path, offset: u64) -> Vec<serde_json::Value> {
     s.lines()
         .filter_map(|l| serde_json::from_str(l).ok())
         .collect()
+}
+
+/// Every node's events file and its length now: where the events of what follows begin.
+fn event_files(live: &Live) -> (Vec<PathBuf>, Vec<u64>) {
+    let files: Vec<PathBuf> = live
+        .plan
+        .nodes
+        .iter()
+        .map(|n| live.node_dir(&n.name).join("events.jsonl"))
+        .collect();
+    let offsets = files
+        .iter()
+        .map(|f| std::fs::metadata(f).map_or(0, |m| m.len()))
+        .collect();
+    (files, offsets)
 }
 
 #[cfg(test)]

@@ -48,17 +48,6 @@ pub struct Flow {
     pub table: &'static str,
 }
 
-/// CLOCK_MONOTONIC now, in nanoseconds (`bpf_ktime_get_ns`'s clock).
-pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime into a valid timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
 fn addr(b: [u8; 16]) -> IpAddr {
     let v4 = b[..10].iter().all(|x| *x == 0) && b[10] == 0xff && b[11] == 0xff;
     addr_from_bytes(b, if v4 { 4 } else { 6 })

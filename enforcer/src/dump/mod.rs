@@ -505,7 +505,7 @@ pub fn dump(bpffs: &Path, format: Format, o: &Options) -> Result<String> {
         },
         names: &pinned.names()?,
         record: record.as_ref(),
-        now_ns: flows::monotonic_ns(),
+        now_ns: crate::conntrack::monotonic_ns(),
     };
     Ok(render(&input, format, o))
 }
