@@ -175,14 +175,13 @@ fn strip_comment(line: &str) -> &str {
     }
 }
 
-/// A directory holding `enforcer` (this build's binary), to put first on PATH.
+/// The directory of this build's `enforcer`, to put first on PATH (the binary itself: no
+/// link to make, so tests running at once cannot race and nothing is left behind).
 fn bin_dir() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("enforcer-readme-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let link = dir.join("enforcer");
-    let _ = std::fs::remove_file(&link);
-    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_enforcer"), &link).unwrap();
-    dir
+    Path::new(env!("CARGO_BIN_EXE_enforcer"))
+        .parent()
+        .expect("the binary has a directory")
+        .to_path_buf()
 }
 
 fn shell(command: &str, bin: &Path) -> Output {
