@@ -24,6 +24,6 @@ pub mod kubeconfig;
 mod sys;
 
 #[cfg(feature = "harness")]
-pub use harness::{Binaries, ControlPlane, Error, Options, Process};
+pub use harness::{API_PORT, Binaries, ControlPlane, Error, Options, Process};
 #[cfg(feature = "harness")]
 pub use sys::sweep_stale;

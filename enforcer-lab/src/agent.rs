@@ -5,11 +5,14 @@
 //!  --status-file <nodedir>/status.json --events-file <nodedir>/events.jsonl`.
 //! The lab writes every object into DIR, then `DIR/.generation` = N; the agent, once it has
 //! applied a snapshot that included generation N, rewrites the status file (atomically) with
-//! `{"generation": N, "ready": true, "error": null|"why", ...}`.
+//! `{"generation": N, "ready": true, "error": null|"why", ...}`. With `--source kube` the
+//! generation is the highest resourceVersion applied, and `resource_versions` gives it per
+//! kind (see [`crate::api::Mark`]).
 //!
 //! The child enters the namespace with setns(2) between fork and exec, not with
 //! `ip netns exec` (which remounts /sys and so hides /sys/fs/bpf).
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::process::CommandExt;
@@ -17,10 +20,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::api::Mark;
 use crate::netns::Netns;
 
 #[derive(Debug, Deserialize)]
@@ -28,6 +32,38 @@ struct Status {
     generation: Option<u64>,
     #[serde(default)]
     error: Option<String>,
+    /// Kube: the highest resourceVersion applied, per kind.
+    #[serde(default)]
+    resource_versions: BTreeMap<String, u64>,
+}
+
+/// Has the agent whose status file is `path` applied `mark`? `Some(Err)` when it rejected
+/// what it was given; `None` while it has not got there.
+fn reached(path: &Path, mark: &Mark) -> Option<Result<()>> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let s = serde_json::from_str::<Status>(&text).ok()?;
+    if !mark.reached(s.generation, &s.resource_versions) {
+        return None;
+    }
+    Some(match s.error {
+        Some(e) => Err(anyhow!("rejected the manifests: {e}")),
+        None => Ok(()),
+    })
+}
+
+fn not_reached(mark: &Mark, timeout: Duration, path: &Path) -> String {
+    let kinds = if mark.kinds.is_empty() {
+        String::new()
+    } else {
+        let k: Vec<String> = mark.kinds.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        format!(" (resourceVersions {})", k.join(", "))
+    };
+    format!(
+        "did not report generation {}{kinds} in {} (status file {})",
+        mark.generation,
+        humantime(timeout),
+        path.display()
+    )
 }
 
 pub struct Agent {
@@ -171,9 +207,9 @@ impl Agent {
         )
     }
 
-    /// Waits until the agent reports `generation` applied; fails if it exits, reports an error
-    /// for that generation, or takes longer than `timeout`.
-    pub async fn wait_generation(&mut self, generation: u64, timeout: Duration) -> Result<()> {
+    /// Waits until the agent reports `mark` applied; fails if it exits, reports an error for
+    /// it, or takes longer than `timeout`.
+    pub async fn wait_generation(&mut self, mark: &Mark, timeout: Duration) -> Result<()> {
         let started = Instant::now();
         loop {
             if let Some(child) = self.child.as_mut()
@@ -182,21 +218,11 @@ impl Agent {
                 self.child = None;
                 return Err(self.failure(format!("exited ({status}) before it was ready")));
             }
-            if let Ok(text) = std::fs::read_to_string(&self.status_file)
-                && let Ok(s) = serde_json::from_str::<Status>(&text)
-                && s.generation.is_some_and(|g| g >= generation)
-            {
-                if let Some(e) = s.error {
-                    return Err(self.failure(format!("rejected the manifests: {e}")));
-                }
-                return Ok(());
+            if let Some(r) = reached(&self.status_file, mark) {
+                return r.map_err(|e| self.failure(e.to_string()));
             }
             if started.elapsed() > timeout {
-                return Err(self.failure(format!(
-                    "did not report generation {generation} in {} (status file {})",
-                    humantime(timeout),
-                    self.status_file.display()
-                )));
+                return Err(self.failure(not_reached(mark, timeout, &self.status_file)));
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -278,26 +304,16 @@ impl Drop for Agent {
     }
 }
 
-/// Waits until the status file `path` reports `generation` (for a lab left running, whose
-/// agents are another process's children). Fails on an error for it, or after `timeout`.
-pub async fn wait_status(path: &Path, generation: u64, timeout: Duration) -> Result<()> {
+/// Waits until the status file `path` reports `mark` (for a lab left running, whose agents
+/// are another process's children). Fails on an error for it, or after `timeout`.
+pub async fn wait_status(path: &Path, mark: &Mark, timeout: Duration) -> Result<()> {
     let started = Instant::now();
     loop {
-        if let Ok(text) = std::fs::read_to_string(path)
-            && let Ok(s) = serde_json::from_str::<Status>(&text)
-            && s.generation.is_some_and(|g| g >= generation)
-        {
-            if let Some(e) = s.error {
-                bail!("rejected the manifests: {e}");
-            }
-            return Ok(());
+        if let Some(r) = reached(path, mark) {
+            return r;
         }
         if started.elapsed() > timeout {
-            bail!(
-                "did not report generation {generation} in {} (status file {})",
-                humantime(timeout),
-                path.display()
-            );
+            bail!("{}", not_reached(mark, timeout, path));
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

@@ -9,7 +9,7 @@ use anyhow::{Context, Result, bail};
 use tokio::task::JoinHandle;
 
 use crate::agent::{Agent, AgentSource, ensure_bpffs};
-use crate::api::Api;
+use crate::api::{Api, Mark};
 use crate::manifests::{ClusterState, ManifestWriter};
 use crate::netns::{self, Netns};
 use crate::plan::{Changes, Ep, Plan, ProbePlan};
@@ -37,7 +37,8 @@ pub enum Source {
     /// A folder of manifests the lab writes (`enforcer run --manifests`).
     #[default]
     Manifests,
-    /// A Kubernetes API emulator the lab runs (`enforcer run --source kube`); see [`crate::api`].
+    /// The real control plane (etcd and kube-apiserver) on the lab's fabric, written to as
+    /// admin (`enforcer run --source kube`); see [`crate::api`].
     Kube,
 }
 
@@ -160,7 +161,10 @@ pub struct Lab {
     pub manifest_dir: PathBuf,
     writer: Writer,
     pub state: ClusterState,
+    /// The folder's generation (kube: the highest resourceVersion written).
     pub generation: u64,
+    /// What the agents must have applied (kube: per kind; see [`Mark`]).
+    pub mark: Mark,
     ep_ns: Arc<BTreeMap<Ep, Netns>>,
     node_ns: Vec<Netns>,
     /// Whether the Services table has been installed on the nodes (then it is kept current,
@@ -178,6 +182,15 @@ pub async fn build(
     meta: &runs::Meta,
 ) -> Result<Lab> {
     let started = Instant::now();
+    let with_cp;
+    let plan = if opts.source == Source::Kube && plan.control_plane.is_none() {
+        let mut p = plan.clone();
+        p.add_control_plane()?;
+        with_cp = p;
+        &with_cp
+    } else {
+        plan
+    };
     // SAFETY: a plain getter.
     if unsafe { libc::geteuid() } != 0 {
         bail!(
@@ -235,9 +248,13 @@ pub async fn build(
         .collect::<Result<Vec<_>>>()?;
     let writer = match opts.source {
         Source::Manifests => Writer::Files(ManifestWriter::new(manifest_dir.clone())),
-        Source::Kube => Writer::Api(Box::new(
-            Api::start(&node_ns, &dir, &mut res.tasks).context("starting the lab's API")?,
-        )),
+        Source::Kube => {
+            let api = Api::start(plan, &dir)
+                .await
+                .context("starting the lab's control plane")?;
+            progress(opts, started, "control plane ready");
+            Writer::Api(Box::new(api))
+        }
     };
     let agent_source = match &writer {
         Writer::Files(_) => AgentSource::Manifests(manifest_dir.clone()),
@@ -249,6 +266,7 @@ pub async fn build(
         writer,
         state: ClusterState::initial(plan),
         generation: 0,
+        mark: Mark::default(),
         ep_ns: Arc::new(ep_ns),
         node_ns,
         nft_installed: false,
@@ -272,8 +290,7 @@ pub async fn build(
         res.agents.push(agent);
     }
     for a in &mut res.agents {
-        a.wait_generation(lab.generation, opts.agent_timeout)
-            .await?;
+        a.wait_generation(&lab.mark, opts.agent_timeout).await?;
     }
     progress(
         opts,
@@ -287,16 +304,24 @@ impl Lab {
     /// Writes the state out: the manifests (a new generation) and every node's Services table.
     async fn write(&mut self, plan: &Plan) -> Result<()> {
         let want = self.state.manifests(plan);
-        self.generation = match &mut self.writer {
-            Writer::Files(w) => w.sync(&want)?,
+        self.mark = match &mut self.writer {
+            Writer::Files(w) => Mark::generation(w.sync(&want)?),
             Writer::Api(api) => api.sync(&want).await?,
         };
+        self.generation = self.mark.generation;
         self.sync_services(plan).await
     }
 
     /// The lab's API server, with `--source kube`.
     pub fn api(&self) -> Option<&Api> {
         match &self.writer {
+            Writer::Api(api) => Some(api),
+            Writer::Files(_) => None,
+        }
+    }
+
+    pub fn api_mut(&mut self) -> Option<&mut Api> {
+        match &mut self.writer {
             Writer::Api(api) => Some(api),
             Writer::Files(_) => None,
         }
@@ -329,6 +354,7 @@ impl Lab {
     pub fn saved(&self) -> SavedState {
         SavedState {
             generation: self.generation,
+            mark: self.mark.clone(),
             nft_installed: self.nft_installed,
             state: self.state.clone(),
         }
@@ -345,8 +371,7 @@ impl Lab {
         self.state.apply(changes);
         self.write(plan).await?;
         for a in &mut res.agents {
-            a.wait_generation(self.generation, opts.agent_timeout)
-                .await?;
+            a.wait_generation(&self.mark, opts.agent_timeout).await?;
         }
         Ok(())
     }
@@ -381,6 +406,9 @@ impl Lab {
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct SavedState {
     pub generation: u64,
+    /// What the agents must have applied (kube: per kind).
+    #[serde(default)]
+    pub mark: Mark,
     pub nft_installed: bool,
     pub state: ClusterState,
 }
@@ -488,19 +516,24 @@ pub async fn run(plan: &Plan, exe: &Path, opts: &Options, res: &mut Resources) -
                 events.extend(a.read_events());
             }
         }
+        let mut changes = if si == 0 {
+            // What the lab starts with.
+            Changes {
+                apply: plan.objects.clone(),
+                apply_services: plan.services.clone(),
+                ..Changes::default()
+            }
+            .describe(&plan.pods)
+        } else {
+            step.changes.describe(&plan.pods)
+        };
+        // With --source kube, the policies went in through kubectl: what it said.
+        if let Some(api) = lab.api_mut() {
+            changes.extend(api.take_said());
+        }
         report.steps.push(StepResult {
             step: si,
-            changes: if si == 0 {
-                // What the lab starts with.
-                Changes {
-                    apply: plan.objects.clone(),
-                    apply_services: plan.services.clone(),
-                    ..Changes::default()
-                }
-                .describe(&plan.pods)
-            } else {
-                step.changes.describe(&plan.pods)
-            },
+            changes,
             probes: results
                 .into_iter()
                 .map(|(probe, outcome)| {

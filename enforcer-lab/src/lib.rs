@@ -84,6 +84,11 @@ pub struct UpOptions {
     /// the lab itself.
     #[arg(long, hide = true)]
     pub agent_cmd: Option<PathBuf>,
+    /// Where the agents read the cluster from: the manifests folder the lab writes, or the
+    /// real control plane (etcd and kube-apiserver) the lab runs on its fabric; then `up`
+    /// prints a kubeconfig for kubectl.
+    #[arg(long, value_enum, default_value = "manifests")]
+    pub source: lab::Source,
 }
 
 /// Options shared by the commands that run a scenario.
@@ -108,9 +113,10 @@ pub struct RunOptions {
     /// the lab itself.
     #[arg(long, hide = true)]
     pub agent_cmd: Option<PathBuf>,
-    /// Where the agents read the cluster from: the manifests folder the lab writes, or a
-    /// Kubernetes API emulator the lab runs and writes every change to over HTTP (agents then
-    /// run with --source kube). `kube` works with `run` and `demo`.
+    /// Where the agents read the cluster from: the manifests folder the lab writes, or the
+    /// real control plane (etcd and kube-apiserver, built by `cargo xtask setup`) the lab
+    /// runs on its fabric and writes every change to as admin (agents then run with --source
+    /// kube, authenticated as the install bundle's ServiceAccount).
     #[arg(long, value_enum, default_value = "manifests")]
     pub source: lab::Source,
 }

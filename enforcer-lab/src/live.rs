@@ -47,6 +47,8 @@ use crate::{Output, RunOptions, UpOptions, load};
 pub const SCENARIO_FILE: &str = "scenario.yaml";
 pub const STATE_FILE: &str = "state.json";
 pub const KEEPER_LOG: &str = "keeper.log";
+/// With `--source kube`: kubectl's kubeconfig for the lab (admin, through the keeper).
+pub const KUBECONFIG_FILE: &str = "kubeconfig";
 const LOCK_FILE: &str = "lock";
 /// The descriptor on which the keeper finds the pipe back to `up`.
 const STATUS_FD: i32 = 3;
@@ -155,7 +157,10 @@ impl Live {
         }
         let text = std::fs::read_to_string(dir.join(SCENARIO_FILE))
             .with_context(|| format!("reading {}", dir.join(SCENARIO_FILE).display()))?;
-        let plan = load(&text, &format!("lab {name}"), &info.prefix)?;
+        let mut plan = load(&text, &format!("lab {name}"), &info.prefix)?;
+        if info.meta.as_ref().and_then(|m| m.source.as_deref()) == Some("kube") {
+            plan.add_control_plane()?;
+        }
         Ok(Live { info, plan, dir })
     }
 
@@ -203,7 +208,11 @@ fn up_inner(file: &Path, name: Option<String>, opts: &UpOptions, output: Output)
     let name = name.unwrap_or_else(|| name_from_file(file));
     check_name(&name)?;
     let prefix = runs::new_prefix();
-    let plan = load(&text, &source, &prefix)?;
+    let mut plan = load(&text, &source, &prefix)?;
+    if opts.source == lab::Source::Kube {
+        plan.add_control_plane()
+            .with_context(|| format!("{source}: cannot run this scenario"))?;
+    }
     need_root("`lab up`")?;
 
     let (removed, problems) = runs::remove_stale();
@@ -366,6 +375,9 @@ fn forwarded(opts: &UpOptions) -> Vec<OsString> {
     if opts.verbose {
         v.push("--verbose".into());
     }
+    if opts.source == lab::Source::Kube {
+        v.extend(["--source".into(), "kube".into()]);
+    }
     v
 }
 
@@ -404,7 +416,11 @@ pub fn keep(prefix: &str, opts: &RunOptions, enforcer_exe: &Path) -> i32 {
             .with_context(|| format!("reading {}", dir.join(SCENARIO_FILE).display()))?;
         let meta = runs::read_meta(&prefix).context("the run has no meta.json")?;
         let source = format!("lab {}", meta.name.as_deref().unwrap_or("?"));
-        Ok((load(&text, &source, &prefix)?, meta))
+        let mut plan = load(&text, &source, &prefix)?;
+        if meta.source.as_deref() == Some("kube") {
+            plan.add_control_plane()?;
+        }
+        Ok((plan, meta))
     })();
     let (plan, meta) = match prepared {
         Ok(x) => x,
@@ -439,6 +455,11 @@ pub fn keep(prefix: &str, opts: &RunOptions, enforcer_exe: &Path) -> i32 {
             _ = hup.recv() => bail!("hung up (SIGHUP) while starting"),
         };
         save_state(&dir, &lab.saved())?;
+        // kubectl on the machine reaches the lab's API server through this.
+        let _proxy = match lab.api() {
+            Some(api) => Some(api.serve_kubectl(&dir.join(KUBECONFIG_FILE)).await?),
+            None => None,
+        };
         eprintln!(
             "enforcer lab keep: lab {} is up (generation {})",
             meta.name.as_deref().unwrap_or("?"),

@@ -201,6 +201,7 @@ pub async fn build(plan: &Plan, created: &mut Vec<String>) -> Result<()> {
         .into_iter()
         .chain(plan.nodes.iter().map(|n| n.netns.as_str()))
         .chain(plan.hosts.iter().map(|h| h.netns.as_str()))
+        .chain(plan.control_plane.iter().map(|c| c.netns.as_str()))
         .chain(plan.pods.iter().map(|p| p.netns.as_str()));
     for ns in all_ns {
         created.push(ns.to_string());
@@ -230,6 +231,12 @@ pub async fn build(plan: &Plan, created: &mut Vec<String>) -> Result<()> {
             root.push(format!(
                 "link add eth0 netns {} type veth peer name {} netns {fab}",
                 h.netns, h.fabric_if
+            ));
+        }
+        if let Some(cp) = &plan.control_plane {
+            root.push(format!(
+                "link add eth0 netns {} type veth peer name {} netns {fab}",
+                cp.netns, cp.fabric_if
             ));
         }
     }
@@ -288,7 +295,8 @@ pub async fn build(plan: &Plan, created: &mut Vec<String>) -> Result<()> {
         ];
         let ports = (0..plan.nodes.len())
             .map(|i| format!("n{i}"))
-            .chain(plan.hosts.iter().map(|h| h.fabric_if.clone()));
+            .chain(plan.hosts.iter().map(|h| h.fabric_if.clone()))
+            .chain(plan.control_plane.iter().map(|c| c.fabric_if.clone()));
         for port in ports {
             lines.push(format!("link set {port} master br0"));
             lines.push(format!("link set {port} up"));
@@ -339,16 +347,28 @@ pub async fn build(plan: &Plan, created: &mut Vec<String>) -> Result<()> {
                     }
                 }
             }
-            for h in &plan.hosts {
-                for ip in &h.ips {
-                    lines.push(format!(
-                        "route add {} dev {dev} scope link",
-                        host_prefix(ip)
-                    ));
-                }
+            let cp = plan.control_plane.iter().map(|c| &c.ip);
+            for ip in plan.hosts.iter().flat_map(|h| &h.ips).chain(cp) {
+                lines.push(format!(
+                    "route add {} dev {dev} scope link",
+                    host_prefix(ip)
+                ));
             }
         }
         batches.push((n.netns.clone(), lines));
+    }
+
+    // 4b. The control plane: its address, and the nodes on-link (nothing else: it serves
+    // the agents, not the pods).
+    if let Some(cp) = &plan.control_plane {
+        let mut lines = vec!["link set lo up".to_string(), "link set eth0 up".to_string()];
+        own_addresses(&[cp.ip], "eth0", &mut lines);
+        for ip in plan.nodes.iter().flat_map(|n| &n.fabric_ips) {
+            if ip.is_ipv4() == cp.ip.is_ipv4() {
+                lines.push(format!("route add {} dev eth0 scope link", host_prefix(ip)));
+            }
+        }
+        batches.push((cp.netns.clone(), lines));
     }
 
     // 5. Hosts: their addresses, the nodes on-link, pods through their node.
@@ -577,6 +597,7 @@ pub fn links_to_check(plan: &Plan) -> Vec<(String, Vec<LinkCheck>)> {
         let ports = (0..plan.nodes.len())
             .map(|i| format!("n{i}"))
             .chain(plan.hosts.iter().map(|h| h.fabric_if.clone()))
+            .chain(plan.control_plane.iter().map(|c| c.fabric_if.clone()))
             .map(|dev| LinkCheck {
                 dev,
                 bridge_port: true,
@@ -604,7 +625,8 @@ pub fn links_to_check(plan: &Plan) -> Vec<(String, Vec<LinkCheck>)> {
         }
     }
     let ends = plan.hosts.iter().map(|h| &h.netns);
-    for ns in ends.chain(plan.pods.iter().map(|p| &p.netns)) {
+    let cp = plan.control_plane.iter().map(|c| &c.netns);
+    for ns in ends.chain(cp).chain(plan.pods.iter().map(|p| &p.netns)) {
         out.push((ns.clone(), vec![link("eth0")]));
     }
     out

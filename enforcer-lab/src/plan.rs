@@ -182,6 +182,61 @@ pub struct Plan {
     pub cluster_ips: ClusterIps,
     /// Step 0 (no changes, the top-level probes), then one per `steps` entry.
     pub steps: Vec<StepPlan>,
+    /// With `--source kube`: where etcd and kube-apiserver run (see
+    /// [`Plan::add_control_plane`]).
+    pub control_plane: Option<ControlPlanePlan>,
+}
+
+/// The namespace of the lab's control plane, on the fabric like a control-plane node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControlPlanePlan {
+    pub netns: String,
+    /// kube-apiserver's address, on the control plane's `eth0`.
+    pub ip: IpAddr,
+    /// Its port on the fabric bridge.
+    pub fabric_if: String,
+}
+
+/// The control plane's address: in the nodes' RFC 2544 range, at its far end from theirs.
+pub const CONTROL_PLANE_IP: Ipv4Addr = Ipv4Addr::new(198, 19, 255, 254);
+
+impl Plan {
+    /// Gives the lab a control-plane namespace on the fabric (and a fabric, should a single
+    /// node without hosts have none): the agents reach kube-apiserver across it, as on a real
+    /// cluster. Fails if a scenario address is the control plane's.
+    pub fn add_control_plane(&mut self) -> Result<(), ScenarioError> {
+        if self.control_plane.is_some() {
+            return Ok(());
+        }
+        let ip = IpAddr::V4(CONTROL_PLANE_IP);
+        let nodes = self.nodes.iter().flat_map(|n| n.fabric_ips.iter());
+        if nodes.chain(self.lab_addresses().iter()).any(|a| *a == ip) {
+            return Err(ScenarioError {
+                path: "nodes".into(),
+                reason: format!(
+                    "{ip} is the address of the lab's control plane (--source kube); give \
+                     the scenario another"
+                ),
+            });
+        }
+        let mut taken: BTreeSet<String> = self
+            .nodes
+            .iter()
+            .map(|n| n.netns.clone())
+            .chain(self.pods.iter().map(|p| p.netns.clone()))
+            .chain(self.hosts.iter().map(|h| h.netns.clone()))
+            .chain(self.fabric.clone())
+            .collect();
+        if self.fabric.is_none() {
+            self.fabric = Some(netns_name(&self.prefix, "fabric", &mut taken));
+        }
+        self.control_plane = Some(ControlPlanePlan {
+            netns: netns_name(&self.prefix, "control-plane", &mut taken),
+            ip,
+            fabric_if: "cp0".into(),
+        });
+        Ok(())
+    }
 }
 
 impl Plan {
@@ -725,6 +780,7 @@ pub fn plan(s: &Scenario, prefix: &str) -> Result<Plan, ScenarioError> {
         services: initial_services,
         cluster_ips,
         steps,
+        control_plane: None,
     })
 }
 

@@ -25,6 +25,9 @@ pub struct Meta {
     pub nodes: Vec<String>,
     /// Seconds since the epoch.
     pub started: u64,
+    /// `kube` when the lab runs a control plane (`--source kube`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
 }
 
 impl Meta {
@@ -36,6 +39,7 @@ impl Meta {
             started: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
+            source: plan.control_plane.is_some().then(|| "kube".to_string()),
         }
     }
 }

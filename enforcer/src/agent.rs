@@ -84,6 +84,8 @@ pub struct AgentOptions {
 #[derive(Serialize)]
 struct Status<'a> {
     generation: Option<u64>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    resource_versions: &'a BTreeMap<String, u64>,
     ready: bool,
     error: Option<String>,
     revision: u32,
@@ -300,6 +302,8 @@ struct Read {
     errors: Vec<String>,
     /// Manifests: the `.generation` read; kube: the highest resourceVersion applied.
     generation: Option<u64>,
+    /// Kube: the highest resourceVersion applied, per kind.
+    resource_versions: BTreeMap<String, u64>,
     /// The source holds a complete view (kube: every kind listed once). Until then nothing is
     /// installed: an agent restarted under pinned maps keeps enforcing the last state instead of
     /// an empty one.
@@ -376,6 +380,7 @@ impl Source {
                     cluster: snap.changed.then_some(snap.cluster),
                     errors: snap.errors,
                     generation: snap.generation,
+                    resource_versions: BTreeMap::new(),
                     complete: true,
                 })
             }
@@ -399,6 +404,11 @@ impl Source {
                     cluster,
                     errors,
                     generation: complete.then(|| store.resource_version()),
+                    resource_versions: if complete {
+                        store.resource_versions()
+                    } else {
+                        BTreeMap::new()
+                    },
                     complete,
                 })
             }
@@ -454,6 +464,9 @@ struct Agent {
     cluster: Cluster,
     /// The last directory generation whose content was installed.
     generation: Option<u64>,
+    /// Kube: per kind, the highest resourceVersion installed (what a writer waits for: one
+    /// kind's watch may lag behind another's).
+    resource_versions: BTreeMap<String, u64>,
     last_error: Option<String>,
     revision: u32,
     interfaces: BTreeMap<ObjectRef, u32>,
@@ -504,6 +517,7 @@ impl Agent {
         };
         let status = Status {
             generation: self.generation,
+            resource_versions: &self.resource_versions,
             ready: self.health.ready(),
             error: self.last_error.clone(),
             revision: self.revision,
@@ -642,6 +656,9 @@ impl Agent {
         }
         // The generation is reported once its snapshot is installed (or rejected).
         self.generation = snap.generation.or(self.generation);
+        if !snap.resource_versions.is_empty() {
+            self.resource_versions = snap.resource_versions;
+        }
         if let Some(t) = self.noticed.take() {
             self.health
                 .metrics

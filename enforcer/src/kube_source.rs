@@ -100,6 +100,9 @@ pub struct KindStats {
     pub watch_errors: u64,
     pub invalid: u64,
     pub objects: usize,
+    /// The highest resourceVersion seen in this kind (a watch delivers a kind's events in
+    /// resourceVersion order, so every change of the kind up to it has been seen).
+    pub resource_version: u64,
 }
 
 #[derive(Default)]
@@ -134,6 +137,7 @@ impl Store {
             }
             Change::Listed(e) => {
                 self.resource_version = self.resource_version.max(e.rv);
+                k.stats.resource_version = k.stats.resource_version.max(e.rv);
                 let (objs, bad) = k.listing.get_or_insert_with(Default::default);
                 match e.object {
                     Ok(o) => {
@@ -160,6 +164,7 @@ impl Store {
             Change::Applied(e) => {
                 k.stats.events += 1;
                 self.resource_version = self.resource_version.max(e.rv);
+                k.stats.resource_version = k.stats.resource_version.max(e.rv);
                 match e.object {
                     Ok(o) => {
                         k.invalid.remove(&e.key);
@@ -175,6 +180,7 @@ impl Store {
             Change::Deleted { key, rv } => {
                 k.stats.events += 1;
                 self.resource_version = self.resource_version.max(rv);
+                k.stats.resource_version = k.stats.resource_version.max(rv);
                 k.objects.remove(&key);
                 k.invalid.remove(&key);
                 self.changes += 1;
@@ -194,6 +200,17 @@ impl Store {
 
     pub fn resource_version(&self) -> u64 {
         self.resource_version
+    }
+
+    /// Per kind, the highest resourceVersion seen.
+    pub fn resource_versions(&self) -> BTreeMap<String, u64> {
+        Kind::ALL
+            .iter()
+            .map(|k| {
+                let rv = self.kinds[k.index()].stats.resource_version;
+                (k.as_str().to_string(), rv)
+            })
+            .collect()
     }
 
     pub fn changes(&self) -> u64 {

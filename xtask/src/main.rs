@@ -122,6 +122,7 @@ enum Cmd {
                       exit code is the command's). Arguments after `--` go to `enforcer lab demo`.",
         after_long_help = "Examples:\n  \
                            cargo xtask demo\n  \
+                           cargo xtask demo -- --source kube   # through kube-apiserver and kubectl\n  \
                            cargo xtask demo -- --help"
     )]
     Demo {
@@ -335,6 +336,10 @@ fn cmd_demo(args: &[String]) -> Result<()> {
     setup::rust_src()?;
     setup::bpf_linker()?;
     setup::packages(OnMissing::Warn)?;
+    if wants_kube(args) {
+        // The lab runs the real control plane: built once per machine.
+        control_plane::setup()?;
+    }
     let object = build_ebpf(EbpfArgs::default())?;
     run(host_cargo(&object).args(["build", "--release", "-p", "enforcer"]))?;
 
@@ -344,6 +349,13 @@ fn cmd_demo(args: &[String]) -> Result<()> {
     println!("$ {}", util::display(&cmd));
     let err = cmd.exec();
     bail!("could not run {}: {err}", enforcer.display())
+}
+
+/// `--source kube` (or `--source=kube`) among the demo's arguments.
+fn wants_kube(args: &[String]) -> bool {
+    args.windows(2)
+        .any(|w| w[0] == "--source" && w[1] == "kube")
+        || args.iter().any(|a| a == "--source=kube")
 }
 
 fn cmd_bench(args: &[String]) -> Result<()> {

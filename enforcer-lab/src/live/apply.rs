@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow, bail};
 
 use super::{LOCK_FILE, Live, need_root, save_state};
+use crate::api::{Api, Mark};
 use crate::lab::SavedState;
 use crate::manifests::{ClusterState, ManifestWriter};
 use crate::netns::{self, Netns};
@@ -134,7 +135,7 @@ fn apply_inner(name: &str, file: &Path, delete: bool, agent_timeout: Duration) -
     rt.block_on(async {
         saved.state.apply(&changes);
         install(&live, &before, &mut saved).await?;
-        let problems = wait_agents(&live, saved.generation, agent_timeout).await;
+        let problems = wait_agents(&live, &saved.mark, agent_timeout).await;
         if problems.is_empty() {
             for line in &said {
                 println!("{line}");
@@ -153,7 +154,7 @@ fn apply_inner(name: &str, file: &Path, delete: bool, agent_timeout: Duration) -
         // Rejected: put back what was there, so that the file changes nothing.
         let rejected = std::mem::replace(&mut saved.state, before);
         install(&live, &rejected, &mut saved).await?;
-        let again = wait_agents(&live, saved.generation, agent_timeout).await;
+        let again = wait_agents(&live, &saved.mark, agent_timeout).await;
         let outcome = if again.is_empty() {
             format!(
                 "nothing was applied: lab {} is as it was (generation {})",
@@ -189,12 +190,19 @@ async fn install(live: &Live, from: &ClusterState, saved: &mut SavedState) -> Re
         .filter(|r| !old_routes.contains(r))
         .collect();
     netns::add_service_routes(plan, &new_routes).await?;
-    let mut writer = ManifestWriter::resume(
-        live.dir.join("manifests"),
-        from.manifests(plan),
-        saved.generation,
-    );
-    saved.generation = writer.sync(&saved.state.manifests(plan))?;
+    let want = saved.state.manifests(plan);
+    saved.mark = if plan.control_plane.is_some() {
+        let mut api = Api::attach(plan, &live.dir, from.manifests(plan), saved.mark.clone())?;
+        api.sync(&want).await?
+    } else {
+        let mut writer = ManifestWriter::resume(
+            live.dir.join("manifests"),
+            from.manifests(plan),
+            saved.generation,
+        );
+        Mark::generation(writer.sync(&want)?)
+    };
+    saved.generation = saved.mark.generation;
     if !saved.state.services.is_empty() || saved.nft_installed {
         let nodes = plan
             .nodes
@@ -208,11 +216,11 @@ async fn install(live: &Live, from: &ClusterState, saved: &mut SavedState) -> Re
 }
 
 /// Waits until every agent reports `generation`; returns what each one that did not said.
-async fn wait_agents(live: &Live, generation: u64, timeout: Duration) -> Vec<String> {
+async fn wait_agents(live: &Live, mark: &Mark, timeout: Duration) -> Vec<String> {
     let mut problems = Vec::new();
     for n in &live.plan.nodes {
         let status = live.node_dir(&n.name).join("status.json");
-        if let Err(e) = crate::agent::wait_status(&status, generation, timeout).await {
+        if let Err(e) = crate::agent::wait_status(&status, mark, timeout).await {
             problems.push(format!("agent on {}: {e:#}", n.name));
         }
     }

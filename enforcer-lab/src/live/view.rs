@@ -8,11 +8,18 @@ use std::time::Duration;
 use serde_json::{Map, Value, json};
 
 use super::probe::split_port;
-use super::{STATE_FILE, shown_cmd};
+use super::{KUBECONFIG_FILE, STATE_FILE, shown_cmd};
 use crate::Output;
 use crate::plan::Plan;
 use crate::runs::{self, RunInfo};
 use crate::{scenario, services};
+
+/// kubectl as `cargo xtask setup` built it (else whatever `kubectl` is on PATH).
+fn kubectl() -> String {
+    control_plane::Binaries::locate()
+        .map(|b| b.kubectl.display().to_string())
+        .unwrap_or_else(|_| "kubectl".into())
+}
 
 /// What `up` prints once the lab is up.
 pub fn usage(name: &str, plan: &Plan, dir: &Path) -> String {
@@ -167,6 +174,14 @@ pub fn usage(name: &str, plan: &Plan, dir: &Path) -> String {
             );
         }
     }
+    if plan.control_plane.is_some() {
+        let _ = writeln!(
+            out,
+            "  {} --kubeconfig {} get pods -A -o wide     (the lab's API server)",
+            kubectl(),
+            dir.join(KUBECONFIG_FILE).display()
+        );
+    }
     let _ = writeln!(out, "  {cmd} exec {name} {node} -- maps dump");
     if let Some((from, to, port)) = &example {
         let (number, proto) = split_port(port);
@@ -320,10 +335,19 @@ pub fn up_json(name: &str, plan: &Plan, dir: &Path) -> Value {
             (s.key(), v)
         })
         .collect();
+    let control_plane = plan.control_plane.as_ref().map(|cp| {
+        json!({
+            "netns": cp.netns,
+            "server": format!("https://{}:{}", cp.ip, control_plane::API_PORT),
+            "kubeconfig": dir.join(KUBECONFIG_FILE).display().to_string(),
+            "kubectl": kubectl(),
+        })
+    });
     json!({
         "name": name,
         "run": plan.prefix.trim_end_matches('-'),
         "files": dir.display().to_string(),
+        "control_plane": control_plane,
         "nodes": nodes,
         "pods": pods,
         "hosts": hosts,

@@ -53,6 +53,7 @@ pub(super) async fn start(
         ids: Ids::default(),
         cluster: Cluster::default(),
         generation: None,
+        resource_versions: BTreeMap::new(),
         last_error: None,
         revision: prepared.revision,
         interfaces: BTreeMap::new(),

@@ -80,14 +80,19 @@ impl Run {
         self.plan.ips_of(self.pod(name))[0]
     }
 
-    pub fn apply(&self, obj: &Value) {
-        let api = self.lab().api().expect("kube source");
-        self.block_on(api.apply(obj)).expect("API write");
+    /// Writes an object through the lab's API server, as admin.
+    pub fn apply(&mut self, obj: &Value) {
+        let api = self.lab.as_mut().unwrap().api_mut().expect("kube source");
+        let rt = self.rt.as_ref().unwrap();
+        rt.block_on(api.apply(obj))
+            .unwrap_or_else(|e| panic!("API write: {e:#}"));
     }
 
-    pub fn delete(&self, obj: &Value) {
-        let api = self.lab().api().expect("kube source");
-        self.block_on(api.delete(obj)).expect("API delete");
+    pub fn delete(&mut self, obj: &Value) {
+        let api = self.lab.as_mut().unwrap().api_mut().expect("kube source");
+        let rt = self.rt.as_ref().unwrap();
+        rt.block_on(api.delete(obj))
+            .unwrap_or_else(|e| panic!("API delete: {e:#}"));
     }
 
     pub fn node_index(&self, node: &str) -> usize {
@@ -129,12 +134,10 @@ impl Run {
         )
         .expect("restarting the agent");
         self.res.agents[i] = agent;
-        let generation = match lab.api() {
-            Some(api) => api.emulator.resource_version(),
-            None => lab.generation,
-        };
+        // Everything written so far, the test's own writes included.
+        let mark = lab.api().map_or(lab.mark.clone(), |api| api.mark().clone());
         let rt = self.rt.as_ref().unwrap();
-        rt.block_on(self.res.agents[i].wait_generation(generation, Duration::from_secs(20)))
+        rt.block_on(self.res.agents[i].wait_generation(&mark, Duration::from_secs(20)))
             .expect("restarted agent ready");
         started.elapsed()
     }
