@@ -74,6 +74,7 @@ impl Report {
                 .iter()
                 .map(|s| JsonStep {
                     step: s.step,
+                    changes: &s.changes,
                     probes: s.probes.iter().map(probe_json).collect(),
                 })
                 .collect(),
@@ -118,6 +119,9 @@ pub struct JsonReport<'a> {
 #[derive(serde::Serialize)]
 pub struct JsonStep<'a> {
     pub step: usize,
+    /// What the step changed (`+`, `-`, `~` lines; with `--source kube`, what kubectl said).
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    pub changes: &'a [String],
     pub probes: Vec<JsonProbe<'a>>,
 }
 

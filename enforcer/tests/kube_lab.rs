@@ -451,3 +451,32 @@ fn a_lab_left_running_serves_kubectl() {
     assert_eq!(probe(), "allowed");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `lab demo --source kube`: the K3s example through the real API server, its policies applied
+/// with kubectl (what kubectl said is in the report), every probe as expected.
+#[test]
+fn the_demo_runs_through_the_api_server_and_kubectl() {
+    let _one = common::ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    common::require_root("the kube lab tests");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_enforcer"))
+        .args(["lab", "demo", "--source", "kube", "--output", "json"])
+        .output()
+        .expect("running enforcer");
+    assert!(o.status.success(), "{}", shown(&o));
+    let report: Value = serde_json::from_slice(&o.stdout).expect("JSON");
+    assert!(common::mismatches(&report).is_empty(), "{report}");
+    let changes: Vec<&str> = report["steps"][1]["changes"]
+        .as_array()
+        .expect("step 1 changes")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(changes.contains(&"$ kubectl apply -f -"), "{changes:?}");
+    let created = changes
+        .iter()
+        .filter(|c| c.starts_with("networkpolicy.networking.k8s.io/") && c.ends_with(" created"))
+        .count();
+    assert_eq!(created, 8, "{changes:?}");
+}
