@@ -73,7 +73,7 @@ fn lab_up_help_offers_only_what_up_supports() {
     let out = enforcer(&["lab", "up", "--help"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let help = text(&out.stdout);
-    for offered in ["--name", "--agent-timeout", "--verbose"] {
+    for offered in ["--name", "--agent-timeout", "--verbose", "--source"] {
         assert!(
             help.contains(offered),
             "`lab up --help` lacks {offered}:\n{help}"
@@ -84,7 +84,6 @@ fn lab_up_help_offers_only_what_up_supports() {
         "--probe-timeout",
         "--parallel",
         "--keep-files",
-        "--source",
         "--agent-cmd",
     ] {
         assert!(
@@ -92,11 +91,7 @@ fn lab_up_help_offers_only_what_up_supports() {
             "`lab up --help` offers {run_only}:\n{help}"
         );
     }
-    for (flag, value) in [
-        ("--probe-timeout", "2s"),
-        ("--parallel", "4"),
-        ("--source", "kube"),
-    ] {
+    for (flag, value) in [("--probe-timeout", "2s"), ("--parallel", "4")] {
         let out = enforcer(&["lab", "up", "tests/scenarios/no-policy.yaml", flag, value]);
         assert_eq!(out.status.code(), Some(2), "{flag}: {}", text(&out.stderr));
         let err = text(&out.stderr);
