@@ -1,19 +1,13 @@
 //! The CustomResourceDefinitions of deploy/crds/ against the real control plane (see
 //! kube_server.rs): the server accepts them and a sample object of each kind, and refuses a
-//! misspelt field in a sample (the schemas are structural, so validation is strict); the agent
-//! started before the CRDs exist syncs and enforces, says once that a CRD is absent, and holds
-//! the custom objects once the CRDs are applied.
+//! misspelt field in a sample (the schemas are structural, so validation is strict).
 //!
-//! Needs root (network namespaces, BPF). Everything is removed on exit, also on failure.
-
-mod agent_lab;
+//! Needs root (network namespaces). Everything is removed on exit, also on failure.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
 
-use agent_lab::*;
 use control_plane::{ControlPlane, Options};
 
 fn deploy_dir() -> PathBuf {
@@ -113,7 +107,11 @@ spec:
       to:
         - networks: [192.0.2.0/24]
 "#,
-        ("destinationNamedPort:", "destinationNamePort:", "destinationNamePort"),
+        (
+            "destinationNamedPort:",
+            "destinationNamePort:",
+            "destinationNamePort",
+        ),
     ),
     (
         "adminnetworkpolicy.policy.networking.k8s.io/cluster-control",
@@ -206,7 +204,9 @@ fn the_crds_and_a_sample_of_each_kind_are_accepted_and_a_misspelt_field_refused(
         "globalnetworkpolicies.crd.projectcalico.org",
     ] {
         assert!(
-            applied.contains(&format!("customresourcedefinition.apiextensions.k8s.io/{crd} created")),
+            applied.contains(&format!(
+                "customresourcedefinition.apiextensions.k8s.io/{crd} created"
+            )),
             "{crd}: {applied}"
         );
     }
@@ -221,7 +221,10 @@ fn the_crds_and_a_sample_of_each_kind_are_accepted_and_a_misspelt_field_refused(
         assert!(out.contains(&format!("{name} created")), "{name}: {out}");
         // Read back as stored.
         ok(
-            &cp.kubectl().args(["get", name, "-o", "json"]).output().unwrap(),
+            &cp.kubectl()
+                .args(["get", name, "-o", "json"])
+                .output()
+                .unwrap(),
             &format!("reading {name}"),
         );
         assert!(yaml.contains(field), "{name}: {field}");
