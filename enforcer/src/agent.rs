@@ -430,6 +430,18 @@ impl Source {
         }
     }
 
+    /// Kube: the custom resources held, not enforced (see `held_kinds`).
+    fn held_kinds(&self) -> BTreeMap<String, Option<usize>> {
+        match self {
+            Source::Kube { src, .. } => src
+                .held_kinds()
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
+            Source::Manifests { .. } => BTreeMap::new(),
+        }
+    }
+
     /// Copies the source's counters into the metrics.
     fn export(&self, m: &Metrics) {
         let Source::Kube { src, .. } = self else {

@@ -322,6 +322,8 @@ pub struct KubeSource {
     store: Arc<Mutex<Store>>,
     changed: Arc<Notify>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// The custom resources of the next policy kinds: counted, not enforced, never waited for.
+    held: crate::held_kinds::HeldKinds,
 }
 
 impl KubeSource {
@@ -334,13 +336,20 @@ impl KubeSource {
             spawn_watch::<KPod>(Api::all(client.clone()), &store, &changed),
             spawn_watch::<KPolicy>(Api::all(client.clone()), &store, &changed),
             spawn_watch::<KService>(Api::all(client.clone()), &store, &changed),
-            spawn_watch::<KEndpointSlice>(Api::all(client), &store, &changed),
+            spawn_watch::<KEndpointSlice>(Api::all(client.clone()), &store, &changed),
         ];
+        let held = crate::held_kinds::HeldKinds::start(client, changed.clone());
         KubeSource {
             store,
             changed,
             tasks,
+            held,
         }
+    }
+
+    /// Per held kind: `None` while its CRD is absent, else the objects held.
+    pub fn held_kinds(&self) -> crate::held_kinds::Counts {
+        self.held.counts()
     }
 
     /// Resolves when the store changed since the last call (changes coalesce).

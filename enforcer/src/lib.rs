@@ -39,6 +39,7 @@ pub mod discover;
 pub mod dump;
 pub mod events;
 pub mod explain;
+pub mod held_kinds;
 pub mod kube_source;
 pub mod logging;
 pub mod lookup;

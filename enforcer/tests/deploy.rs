@@ -28,6 +28,12 @@ const READS: &[(&str, &str)] = &[
     ("", "services"),
     ("networking.k8s.io", "networkpolicies"),
     ("discovery.k8s.io", "endpointslices"),
+    // The next policy kinds (deploy/crds/), held and counted until they are enforced.
+    ("policy.networking.k8s.io", "clusternetworkpolicies"),
+    ("policy.networking.k8s.io", "adminnetworkpolicies"),
+    ("policy.networking.k8s.io", "baselineadminnetworkpolicies"),
+    ("crd.projectcalico.org", "hostendpoints"),
+    ("crd.projectcalico.org", "globalnetworkpolicies"),
 ];
 /// The agent's default --bpffs.
 const DEFAULT_BPFFS: &str = "/sys/fs/bpf/enforcer";

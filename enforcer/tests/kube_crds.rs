@@ -2,7 +2,13 @@
 //! kube_server.rs): the server accepts them and a sample object of each kind, and refuses a
 //! misspelt field in a sample (the schemas are structural, so validation is strict).
 //!
+//! And the agent on a cluster without them: it syncs and enforces NetworkPolicies, says once
+//! per CRD that it is absent, and once the CRDs are installed holds their objects (counted in
+//! `enforcer status`, not enforced by this version).
+//!
 //! Needs root (network namespaces). Everything is removed on exit, also on failure.
+
+mod agent_lab;
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -250,4 +256,158 @@ fn the_crds_and_a_sample_of_each_kind_are_accepted_and_a_misspelt_field_refused(
         !out.status.success() && err.contains("Unsupported value: \"Allow\""),
         "ClusterNetworkPolicy's action is Accept|Deny|Pass: {err}"
     );
+}
+
+const CNP: &str = r#"
+apiVersion: policy.networking.k8s.io/v1alpha2
+kind: ClusterNetworkPolicy
+metadata: {name: admin-deny-x}
+spec:
+  tier: Admin
+  priority: 10
+  subject: {namespaces: {matchLabels: {kubernetes.io/metadata.name: x}}}
+  ingress:
+    - action: Deny
+      from: [{namespaces: {}}]
+"#;
+
+const POD: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: x}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: default, namespace: x}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: a, namespace: x, labels: {app: a}}
+spec: {nodeName: node-1, containers: [{name: c, image: i}]}
+"#;
+
+fn held(lab: &agent_lab::Lab) -> serde_json::Value {
+    let out = lab.cli(&[
+        "status",
+        "--bpffs",
+        lab.bpffs.to_str().unwrap(),
+        "--output",
+        "json",
+    ]);
+    serde_json::from_slice::<serde_json::Value>(&out.stdout)
+        .map(|v| v["agent"]["held_kinds"].clone())
+        .unwrap_or_default()
+}
+
+#[test]
+fn the_agent_works_without_the_crds_and_holds_their_objects_once_they_appear() {
+    use std::time::{Duration, Instant};
+    let mut lab = agent_lab::Lab::new("crds");
+    let cp = start(Options {
+        netns: Some(lab.node_ns.clone()),
+        ..Default::default()
+    });
+    ok(
+        &cp.kubectl()
+            .arg("apply")
+            .arg("-f")
+            .arg(deploy_dir())
+            .output()
+            .unwrap(),
+        "kubectl apply -f deploy/",
+    );
+    ok(
+        &with_stdin(cp.kubectl().args(["apply", "-f", "-"]), POD),
+        "the pod",
+    );
+    let ip = agent_lab::POD_IP;
+    ok(
+        &cp.kubectl()
+            .args([
+                "patch",
+                "pod",
+                "a",
+                "-n",
+                "x",
+                "--subresource=status",
+                "--type=merge",
+                "-p",
+            ])
+            .arg(format!(
+                r#"{{"status":{{"phase":"Running","podIP":"{ip}","podIPs":[{{"ip":"{ip}"}}]}}}}"#
+            ))
+            .output()
+            .unwrap(),
+        "the pod's status",
+    );
+    ok(
+        &with_stdin(
+            cp.kubectl().args(["apply", "-f", "-"]),
+            agent_lab::DENY_INGRESS,
+        ),
+        "the NetworkPolicy",
+    );
+    let kc = cp
+        .service_account_kubeconfig("enforcer-system", "enforcer")
+        .unwrap_or_else(|e| panic!("{e}"));
+    lab.start(&["--source", "kube", "--kubeconfig", kc.to_str().unwrap()]);
+    lab.wait_status("synced without the CRDs", |s| {
+        s["endpoints"] == 1 && s["error"].is_null()
+    });
+    let modes = agent_lab::endpoint_modes(&lab.dump());
+    assert_eq!(
+        modes,
+        [("enforce".to_string(), "allow-all".to_string())],
+        "the policy enforced"
+    );
+
+    // Looked for again (1 s, 2 s, 4 s...) but said once per CRD.
+    std::thread::sleep(Duration::from_secs(4));
+    let log = std::fs::read_to_string(lab.dir.join("agent.log")).unwrap_or_default();
+    for crd in [
+        "clusternetworkpolicies.policy.networking.k8s.io",
+        "adminnetworkpolicies.policy.networking.k8s.io",
+        "baselineadminnetworkpolicies.policy.networking.k8s.io",
+        "hostendpoints.crd.projectcalico.org",
+        "globalnetworkpolicies.crd.projectcalico.org",
+    ] {
+        let said = log
+            .lines()
+            .filter(|l| l.contains("CRD absent") && l.contains(&format!("crd=\"{crd}\"")))
+            .count();
+        assert_eq!(said, 1, "{crd} said absent once; agent log:\n{log}");
+    }
+    let h = held(&lab);
+    assert_eq!(h["ClusterNetworkPolicy"], serde_json::Value::Null, "{h}");
+    assert_eq!(h.as_object().map(|o| o.len()), Some(5), "{h}");
+
+    apply_crds(&cp);
+    ok(
+        &with_stdin(cp.kubectl().args(["apply", "-f", "-"]), CNP),
+        "the ClusterNetworkPolicy",
+    );
+    let start = Instant::now();
+    loop {
+        let h = held(&lab);
+        if h["ClusterNetworkPolicy"] == 1 && h["HostEndpoint"] == 0 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(40),
+            "the agent holds the ClusterNetworkPolicy: {h}; agent log:\n{}",
+            std::fs::read_to_string(lab.dir.join("agent.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let text = lab.cli(&["status", "--bpffs", lab.bpffs.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("NOT ENFORCED BY THIS VERSION")
+            && text.contains("ClusterNetworkPolicy         1 object held"),
+        "{text}"
+    );
+    // Still enforcing what it enforces.
+    let modes = agent_lab::endpoint_modes(&lab.dump());
+    assert_eq!(modes, [("enforce".to_string(), "allow-all".to_string())]);
+    assert!(lab.stop(), "the agent exits cleanly on SIGTERM");
 }

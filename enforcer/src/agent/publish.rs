@@ -52,6 +52,7 @@ impl Agent {
                 .iter()
                 .map(|(ip, pod)| (ip.to_string(), pod.to_string()))
                 .collect(),
+            held_kinds: self.source.held_kinds(),
         }
     }
 

@@ -100,6 +100,8 @@ pub struct AgentRecordView {
     pub generation: Option<u64>,
     pub error: Option<String>,
     pub rejected: Vec<String>,
+    /// Kube: objects of kinds not enforced yet (`null`: CRD absent).
+    pub held_kinds: BTreeMap<String, Option<usize>>,
 }
 
 fn view(r: &AgentRecord, running: bool) -> AgentRecordView {
@@ -116,6 +118,7 @@ fn view(r: &AgentRecord, running: bool) -> AgentRecordView {
         generation: r.generation,
         error: r.error.clone(),
         rejected: r.rejected.clone(),
+        held_kinds: r.held_kinds.clone(),
     }
 }
 
@@ -320,6 +323,16 @@ pub fn render(r: &Report) -> String {
                 .map(|l| format!(" {l}"))
                 .unwrap_or_default()
         );
+        if !a.held_kinds.is_empty() {
+            let _ = writeln!(s, "\nNOT ENFORCED BY THIS VERSION");
+            for (kind, n) in &a.held_kinds {
+                let what = match n {
+                    Some(n) => format!("{} held", plural(*n, "object")),
+                    None => "CRD absent (watched for)".to_string(),
+                };
+                let _ = writeln!(s, "  {kind:<28} {what}");
+            }
+        }
         if !a.rejected.is_empty() {
             let _ = writeln!(s, "\nREJECTED OBJECTS");
             for e in &a.rejected {
@@ -379,6 +392,7 @@ mod tests {
             held: BTreeMap::new(),
             pods: BTreeMap::from([(7, "x/a".to_string())]),
             pod_ips: BTreeMap::new(),
+            held_kinds: BTreeMap::new(),
         }
     }
 
@@ -406,6 +420,21 @@ mod tests {
         assert!(text.contains("running, pid 42, node node-1"), "{text}");
         assert!(
             text.contains("manifests /m: synced, generation 3"),
+            "{text}"
+        );
+        assert!(!text.contains("NOT ENFORCED"), "{text}");
+
+        // Kinds this version holds but does not enforce: not a health problem, but said.
+        let mut held = rec();
+        held.held_kinds = BTreeMap::from([
+            ("ClusterNetworkPolicy".to_string(), Some(2)),
+            ("HostEndpoint".to_string(), None),
+        ]);
+        let r = assess(b, &Probe::Live(Some(held)), Ok(maps()), true);
+        assert_eq!(r.health, Health::Healthy, "{:?}", r.problems);
+        let text = render(&r);
+        assert!(
+            text.contains("NOT ENFORCED BY THIS VERSION\n  ClusterNetworkPolicy         2 objects held\n  HostEndpoint                 CRD absent (watched for)"),
             "{text}"
         );
 

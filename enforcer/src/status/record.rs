@@ -59,6 +59,10 @@ pub struct AgentRecord {
     /// Pod addresses → `namespace/name` (every pod of the cluster, local or not).
     #[serde(default)]
     pub pod_ips: BTreeMap<String, String>,
+    /// Kube: custom resources of kinds this version does not enforce yet, by kind: how many
+    /// it holds (`null`: the CRD is absent from the cluster).
+    #[serde(default)]
+    pub held_kinds: BTreeMap<String, Option<usize>>,
 }
 
 /// The folder records are kept in.
@@ -231,6 +235,7 @@ mod tests {
             held: BTreeMap::new(),
             pods: BTreeMap::from([(3, "x/a".to_string())]),
             pod_ips: BTreeMap::new(),
+            held_kinds: BTreeMap::new(),
         };
         owner.write(&rec).unwrap();
         match probe(&dir, bpffs) {
