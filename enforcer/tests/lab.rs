@@ -1,10 +1,11 @@
 //! The lab tier: every scenario under tests/scenarios and every example under examples/ runs
 //! on the real datapath, in throwaway network namespaces, and every probe with an expectation
-//! must match. Needs root.
+//! must match, with the manifests folder and again through the real kube-apiserver
+//! (`--source kube`). Needs root.
 
 mod common;
 
-use common::{ONE_AT_A_TIME, require_root, run_suite, scenarios};
+use common::{ONE_AT_A_TIME, require_root, run_suite, run_suite_with, scenarios};
 use serde_json::Value;
 
 #[test]
@@ -14,6 +15,20 @@ fn every_scenario_matches_its_expectations() {
     let files = scenarios("tests/scenarios");
     assert!(files.len() >= 3, "expected at least three lab scenarios");
     run_suite(&files, "tests/scenarios");
+}
+
+/// The same scenarios with the real control plane: every object written through
+/// kube-apiserver (and so validated as a cluster would), every agent watching it.
+#[test]
+fn every_scenario_matches_its_expectations_through_the_api_server() {
+    let _guard = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    require_root("the lab tests");
+    let files = scenarios("tests/scenarios");
+    run_suite_with(
+        &files,
+        "tests/scenarios, --source kube",
+        &["--source", "kube"],
+    );
 }
 
 #[test]

@@ -74,6 +74,11 @@ pub fn mismatches(report: &Value) -> Vec<String> {
 /// Runs every scenario with the real agent and fails listing every probe that differs from its
 /// expectation (and every scenario that could not run or expects nothing).
 pub fn run_suite(files: &[PathBuf], label: &str) {
+    run_suite_with(files, label, &[]);
+}
+
+/// `run_suite` with more arguments for `lab run` (`--source kube`).
+pub fn run_suite_with(files: &[PathBuf], label: &str, extra: &[&str]) {
     let started = Instant::now();
     let mut failures = Vec::new();
     let (mut probes, mut expectations, mut unsupported) = (0, 0, 0);
@@ -84,6 +89,7 @@ pub fn run_suite(files: &[PathBuf], label: &str) {
             .args(["lab", "run"])
             .arg(file)
             .args(["--output", "json"])
+            .args(extra)
             .output()
             .expect("running enforcer lab");
         let stdout = String::from_utf8_lossy(&out.stdout);
