@@ -9,52 +9,10 @@
 //! Needs root (network namespaces). Everything is removed on exit, also on failure.
 
 mod agent_lab;
-
-use std::io::Write as _;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+mod kube_common;
 
 use control_plane::{ControlPlane, Options};
-
-fn deploy_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
-}
-
-fn start(options: Options) -> ControlPlane {
-    assert!(
-        unsafe { libc::geteuid() } == 0,
-        "the control-plane tests need root (network namespaces)"
-    );
-    let cp = ControlPlane::start(options).unwrap_or_else(|e| panic!("{e}"));
-    eprintln!("control plane ready in {:.1?}", cp.started_in());
-    cp
-}
-
-fn with_stdin(cmd: &mut Command, input: &str) -> Output {
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("starting kubectl");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
-}
-
-fn ok(out: &Output, what: &str) -> String {
-    assert!(
-        out.status.success(),
-        "{what} failed: {}{}",
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+use kube_common::*;
 
 fn apply_crds(cp: &ControlPlane) -> String {
     let out = ok(
@@ -271,21 +229,6 @@ spec:
       from: [{namespaces: {}}]
 "#;
 
-const POD: &str = r#"
-apiVersion: v1
-kind: Namespace
-metadata: {name: x}
----
-apiVersion: v1
-kind: ServiceAccount
-metadata: {name: default, namespace: x}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: a, namespace: x, labels: {app: a}}
-spec: {nodeName: node-1, containers: [{name: c, image: i}]}
-"#;
-
 fn held(lab: &agent_lab::Lab) -> serde_json::Value {
     let out = lab.cli(&[
         "status",
@@ -307,39 +250,8 @@ fn the_agent_works_without_the_crds_and_holds_their_objects_once_they_appear() {
         netns: Some(lab.node_ns.clone()),
         ..Default::default()
     });
-    ok(
-        &cp.kubectl()
-            .arg("apply")
-            .arg("-f")
-            .arg(deploy_dir())
-            .output()
-            .unwrap(),
-        "kubectl apply -f deploy/",
-    );
-    ok(
-        &with_stdin(cp.kubectl().args(["apply", "-f", "-"]), POD),
-        "the pod",
-    );
-    let ip = agent_lab::POD_IP;
-    ok(
-        &cp.kubectl()
-            .args([
-                "patch",
-                "pod",
-                "a",
-                "-n",
-                "x",
-                "--subresource=status",
-                "--type=merge",
-                "-p",
-            ])
-            .arg(format!(
-                r#"{{"status":{{"phase":"Running","podIP":"{ip}","podIPs":[{{"ip":"{ip}"}}]}}}}"#
-            ))
-            .output()
-            .unwrap(),
-        "the pod's status",
-    );
+    apply_bundle(&cp);
+    create_pod(&cp, agent_lab::POD_IP);
     ok(
         &with_stdin(
             cp.kubectl().args(["apply", "-f", "-"]),

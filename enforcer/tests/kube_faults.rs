@@ -17,10 +17,10 @@
 
 mod agent_lab;
 mod fault_proxy;
+mod kube_common;
 
-use std::io::Write as _;
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Command, Output, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 use agent_lab::*;
 use control_plane::{ControlPlane, Options, Process};
 use fault_proxy::{Counts, Fault, FaultProxy, enter_netns};
+use kube_common::*;
 
 const METRICS_PORT: u16 = 19964;
 
@@ -45,59 +46,12 @@ struct Setup {
     lab: Lab,
 }
 
-fn output(cmd: &mut Command) -> Output {
-    cmd.output().expect("running kubectl")
-}
-
-fn ok(out: &Output, what: &str) -> String {
-    assert!(
-        out.status.success(),
-        "{what} failed: {}{}",
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn apply(cp: &ControlPlane, text: &str, what: &str) {
-    let mut child = cp
-        .kubectl()
-        .args(["apply", "-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("starting kubectl");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    ok(&child.wait_with_output().unwrap(), what);
-}
-
 fn kubectl(cp: &ControlPlane, args: &[&str]) {
     ok(
         &output(cp.kubectl().args(args)),
         &format!("kubectl {args:?}"),
     );
 }
-
-const POD: &str = r#"
-apiVersion: v1
-kind: Namespace
-metadata: {name: x}
----
-apiVersion: v1
-kind: ServiceAccount
-metadata: {name: default, namespace: x}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: a, namespace: x, labels: {app: a}}
-spec: {nodeName: node-1, containers: [{name: c, image: i}]}
-"#;
 
 /// The pod's ingress: TCP 8080 only, from anywhere.
 const ALLOW_8080: &str = r#"
@@ -132,32 +86,8 @@ fn setup(tag: &str, apiserver_args: &[&str], policy: Option<&str>, agent_args: &
         ..Default::default()
     })
     .unwrap_or_else(|e| panic!("{e}"));
-    kubectl(
-        &cp,
-        &[
-            "apply",
-            "-f",
-            &format!("{}/../deploy", env!("CARGO_MANIFEST_DIR")),
-        ],
-    );
-    apply(&cp, POD, "creating the pod");
-    let status = format!(
-        r#"{{"status":{{"phase":"Running","podIP":"{POD_IP}","podIPs":[{{"ip":"{POD_IP}"}}]}}}}"#
-    );
-    kubectl(
-        &cp,
-        &[
-            "patch",
-            "pod",
-            "a",
-            "-n",
-            "x",
-            "--subresource=status",
-            "--type=merge",
-            "-p",
-            &status,
-        ],
-    );
+    apply_bundle(&cp);
+    create_pod(&cp, POD_IP);
     if let Some(p) = policy {
         apply(&cp, p, "the first policy");
     }

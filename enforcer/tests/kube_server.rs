@@ -12,68 +12,16 @@
 //! Needs root (network namespaces, BPF). Everything is removed on exit, also on failure.
 
 mod agent_lab;
+mod kube_common;
 
-use std::io::Write as _;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use agent_lab::*;
-use control_plane::{ControlPlane, Options};
+use control_plane::Options;
+use kube_common::*;
 
 const SA_USER: &str = "system:serviceaccount:enforcer-system:enforcer";
-
-fn deploy_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
-}
-
-fn start(options: Options) -> ControlPlane {
-    assert!(
-        unsafe { libc::geteuid() } == 0,
-        "the control-plane tests need root (network namespaces)"
-    );
-    let cp = ControlPlane::start(options).unwrap_or_else(|e| panic!("{e}"));
-    eprintln!("control plane ready in {:.1?}", cp.started_in());
-    cp
-}
-
-fn output(cmd: &mut Command) -> Output {
-    cmd.output().expect("running kubectl")
-}
-
-/// Runs the command with `input` on its stdin.
-fn with_stdin(cmd: &mut Command, input: &str) -> Output {
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("starting kubectl");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
-}
-
-fn ok(out: &Output, what: &str) -> String {
-    assert!(
-        out.status.success(),
-        "{what} failed: {}{}",
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn apply_bundle(cp: &ControlPlane) -> String {
-    ok(
-        &output(cp.kubectl().arg("apply").arg("-f").arg(deploy_dir())),
-        "kubectl apply -f deploy/",
-    )
-}
 
 #[test]
 fn the_bundle_is_accepted_and_its_service_account_reads_but_never_writes() {
@@ -193,21 +141,6 @@ fn the_bundle_is_accepted_and_its_service_account_reads_but_never_writes() {
     }
 }
 
-const POD: &str = r#"
-apiVersion: v1
-kind: Namespace
-metadata: {name: x}
----
-apiVersion: v1
-kind: ServiceAccount
-metadata: {name: default, namespace: x}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: a, namespace: x, labels: {app: a}}
-spec: {nodeName: node-1, containers: [{name: c, image: i}]}
-"#;
-
 /// Polls `maps dump` until the endpoints' modes are `want`.
 fn wait_modes(lab: &Lab, want: (&str, &str), what: &str) {
     let want = vec![(want.0.to_string(), want.1.to_string())];
@@ -237,26 +170,7 @@ fn the_agent_syncs_policies_written_through_kubectl() {
     apply_bundle(&cp);
     // The pod as the scheduler and the kubelet would write it: spec.nodeName, then its
     // addresses through the status subresource.
-    ok(
-        &with_stdin(cp.kubectl().args(["apply", "-f", "-"]), POD),
-        "creating the pod",
-    );
-    ok(
-        &output(cp.kubectl().args([
-            "patch",
-            "pod",
-            "a",
-            "-n",
-            "x",
-            "--subresource=status",
-            "--type=merge",
-            "-p",
-            &format!(
-                r#"{{"status":{{"phase":"Running","podIP":"{POD_IP}","podIPs":[{{"ip":"{POD_IP}"}}]}}}}"#
-            ),
-        ])),
-        "the pod's status",
-    );
+    create_pod(&cp, POD_IP);
 
     let kc = cp
         .service_account_kubeconfig("enforcer-system", "enforcer")
