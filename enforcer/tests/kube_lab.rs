@@ -133,8 +133,15 @@ fn api_writes_flip_verdicts_on_every_node() {
         // Changed back, then deleted: allowed again.
         run.apply(&policy(false));
         until_flipped(&client, &targets, false, Instant::now());
+        let mark = |run: &Run| run.lab().api().unwrap().mark().kinds["NetworkPolicy"];
+        let before = mark(&run);
         let t0 = Instant::now();
         run.delete(&policy(false));
+        // What the lab waits for carries the deletion (a DELETE's answer does not say it).
+        assert!(
+            mark(&run) > before,
+            "the deletion's resourceVersion is in the mark"
+        );
         delete.push(
             *until_flipped(&client, &targets, true, t0)
                 .iter()

@@ -33,11 +33,19 @@ impl Body {
     }
 }
 
-struct Call {
-    method: http::Method,
-    path: String,
-    body: Option<(Body, Vec<u8>)>,
-    reply: oneshot::Sender<Result<(u16, Value)>>,
+enum Call {
+    Request {
+        method: http::Method,
+        path: String,
+        body: Option<(Body, Vec<u8>)>,
+        reply: oneshot::Sender<Result<(u16, Value)>>,
+    },
+    /// The resourceVersion of an object's deletion (see [`ApiClient::deletion_rv`]).
+    Deleted {
+        object: Value,
+        after: u64,
+        reply: oneshot::Sender<Result<u64>>,
+    },
 }
 
 /// A client of the lab's API server; its thread ends when it is dropped.
@@ -88,11 +96,27 @@ impl ApiClient {
                     while let Some(call) = rx.recv().await {
                         let client = client.clone();
                         tokio::spawn(async move {
-                            let what = format!("{} {}", call.method, call.path);
-                            let r = send(&client, call.method, &call.path, call.body)
-                                .await
-                                .with_context(|| what);
-                            let _ = call.reply.send(r);
+                            match call {
+                                Call::Request {
+                                    method,
+                                    path,
+                                    body,
+                                    reply,
+                                } => {
+                                    let what = format!("{method} {path}");
+                                    let r = send(&client, method, &path, body)
+                                        .await
+                                        .with_context(|| what);
+                                    let _ = reply.send(r);
+                                }
+                                Call::Deleted {
+                                    object,
+                                    after,
+                                    reply,
+                                } => {
+                                    let _ = reply.send(deleted_at(&client, &object, after).await);
+                                }
+                            }
                         });
                     }
                 });
@@ -115,7 +139,7 @@ impl ApiClient {
         let (reply, rx) = oneshot::channel();
         let body = body.map(|(kind, v)| (kind, v.to_string().into_bytes()));
         self.tx
-            .send(Call {
+            .send(Call::Request {
                 method,
                 path: path.to_string(),
                 body,
@@ -125,6 +149,53 @@ impl ApiClient {
         rx.await
             .map_err(|_| anyhow!("the API client's thread ended"))?
     }
+
+    /// The resourceVersion of the deletion of `object`, whose last version was `after`: a
+    /// DELETE answers with the object as it was (its last resourceVersion, not the
+    /// deletion's), so the deletion's is read from a watch of that one object from `after`.
+    pub async fn deletion_rv(&self, object: &Value, after: u64) -> Result<u64> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Call::Deleted {
+                object: object.clone(),
+                after,
+                reply,
+            })
+            .map_err(|_| anyhow!("the API client's thread ended"))?;
+        rx.await
+            .map_err(|_| anyhow!("the API client's thread ended"))?
+    }
+}
+
+async fn deleted_at(client: &kube::Client, object: &Value, after: u64) -> Result<u64> {
+    use futures::StreamExt as _;
+    use kube::api::{Api, ApiResource, DynamicObject, WatchEvent, WatchParams};
+    let kind = object["kind"].as_str().unwrap_or("");
+    let api_version = object["apiVersion"].as_str().unwrap_or("");
+    let name = object["metadata"]["name"].as_str().unwrap_or("");
+    let gvk = kube::api::GroupVersionKind::try_from(&kube::core::TypeMeta {
+        api_version: api_version.into(),
+        kind: kind.into(),
+    })?;
+    let plural = super::plural_of(kind);
+    let ar = ApiResource::from_gvk_with_plural(&gvk, &plural);
+    let api: Api<DynamicObject> = match object["metadata"]["namespace"].as_str() {
+        Some(ns) if kind != "Namespace" => Api::namespaced_with(client.clone(), ns, &ar),
+        _ => Api::all_with(client.clone(), &ar),
+    };
+    let wp = WatchParams::default()
+        .fields(&format!("metadata.name={name}"))
+        .timeout(10);
+    let mut events = api.watch(&wp, &after.to_string()).await?.boxed();
+    while let Some(ev) = events.next().await {
+        if let WatchEvent::Deleted(o) = ev? {
+            let rv = o.metadata.resource_version.unwrap_or_default();
+            return rv
+                .parse()
+                .with_context(|| format!("the deletion's resourceVersion {rv:?}"));
+        }
+    }
+    anyhow::bail!("no deletion of {kind} {name} after resourceVersion {after} within 10 s")
 }
 
 async fn send(

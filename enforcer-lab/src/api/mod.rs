@@ -114,18 +114,23 @@ pub fn path_of(obj: &Value) -> Result<String> {
     } else {
         format!("/api/{api_version}")
     };
+    let plural = plural_of(kind);
+    Ok(match obj["metadata"]["namespace"].as_str() {
+        Some(ns) if kind != "Namespace" => format!("{root}/namespaces/{ns}/{plural}/{name}"),
+        _ => format!("{root}/{plural}/{name}"),
+    })
+}
+
+/// The lowercase kind with an English plural (as every kind the lab writes has).
+fn plural_of(kind: &str) -> String {
     let lower = kind.to_ascii_lowercase();
-    let plural = if let Some(stem) = lower.strip_suffix('y') {
+    if let Some(stem) = lower.strip_suffix('y') {
         format!("{stem}ies")
     } else if lower.ends_with('s') {
         format!("{lower}es")
     } else {
         format!("{lower}s")
-    };
-    Ok(match obj["metadata"]["namespace"].as_str() {
-        Some(ns) if kind != "Namespace" => format!("{root}/namespaces/{ns}/{plural}/{name}"),
-        _ => format!("{root}/{plural}/{name}"),
-    })
+    }
 }
 
 fn is_namespace(v: &Value) -> bool {
@@ -344,6 +349,14 @@ impl Api {
     pub async fn delete(&mut self, obj: &Value) -> Result<()> {
         let path = path_of(obj)?;
         let kind = obj["kind"].as_str().unwrap_or("").to_string();
+        // Its last resourceVersion: the deletion's comes after it (a DELETE answers with a
+        // Status for most kinds, or the object as it was, never with the deletion's).
+        let (code, current) = self.client.request(Method::GET, &path, None).await?;
+        if code == 404 {
+            return Ok(());
+        }
+        ok(code, &current, &format!("reading {path}"))?;
+        let last = rv_of(&current);
         let (code, resp) = self
             .client
             .request(
@@ -356,7 +369,18 @@ impl Api {
             return Ok(());
         }
         ok(code, &resp, &format!("deleting {path}"))?;
-        self.mark.note(&kind, rv_of(&resp));
+        // The agents must see the deletion's resourceVersion, which only a watch tells (a
+        // namespace's DELETE answers with it: the update that sets its deletionTimestamp, the
+        // event the agents see at once; the lab finalizes it below).
+        let rv = if is_namespace(obj) {
+            rv_of(&resp)
+        } else {
+            self.client
+                .deletion_rv(obj, last)
+                .await
+                .with_context(|| format!("the deletion of {path}"))?
+        };
+        self.mark.note(&kind, rv);
         if is_namespace(obj) {
             // No namespace controller empties and finalizes it: the lab does.
             let name = obj["metadata"]["name"].as_str().unwrap_or("");
