@@ -156,10 +156,26 @@ pub struct EndpointInfo {
     pub ingress_mode: u32,
     /// `mode::*` for traffic out of the endpoint.
     pub egress_mode: u32,
+    /// The ordered tiers holding rules for this endpoint, per direction (`tier::bit`): the
+    /// datapath looks a tier up only when its bit is set, so NetworkPolicy-only endpoints pay
+    /// nothing for the cluster-wide tiers.
+    pub tiers: u32,
 }
-const _: () = assert!(core::mem::size_of::<EndpointInfo>() == 16);
+const _: () = assert!(core::mem::size_of::<EndpointInfo>() == 20);
 
 impl EndpointInfo {
+    /// Whether some ordered tier holds rules for this endpoint in direction `dir`.
+    #[inline(always)]
+    pub const fn tiered(&self, dir: u8) -> bool {
+        self.tiers & (0xff << ((dir as u32) * 8)) != 0
+    }
+
+    /// Whether `tier` holds rules for this endpoint in direction `dir`.
+    #[inline(always)]
+    pub const fn has_tier(&self, dir: u8, tier: u8) -> bool {
+        self.tiers & tier::bit(dir, tier) != 0
+    }
+
     /// Why an endpoint in `DENY_ALL` is held, as reported. A `DENY_ALL` slot has no policy set,
     /// so its `policy_set` carries the reason (a `reason::*`, e.g. `ENDPOINT_CAPACITY`); 0
     /// means `ENDPOINT_UNKNOWN` for endpoint id 0 (an interface no known pod claims), else
@@ -182,8 +198,10 @@ pub struct EndpointSlot {
     pub policy_set: u32,
     pub ingress_mode: u32,
     pub egress_mode: u32,
+    /// `EndpointInfo::tiers`.
+    pub tiers: u32,
 }
-const _: () = assert!(core::mem::size_of::<EndpointSlot>() == 12);
+const _: () = assert!(core::mem::size_of::<EndpointSlot>() == 16);
 
 /// `ENDPOINTS` map value: key = ifindex of the host-side interface (u32).
 ///
@@ -198,7 +216,7 @@ pub struct EndpointValue {
     pub endpoint_id: u32,
     pub slots: [EndpointSlot; 2],
 }
-const _: () = assert!(core::mem::size_of::<EndpointValue>() == 28);
+const _: () = assert!(core::mem::size_of::<EndpointValue>() == 36);
 
 // --- Identities -------------------------------------------------------------------------------
 
@@ -277,17 +295,25 @@ const _: () = assert!(core::mem::size_of::<IdentitySlots>() == 16);
 
 /// Data of a `POLICY` LPM-trie key (the trie prepends the u32 prefix length).
 ///
-/// Lookup precedence, written once here: for a new flow the datapath looks up, in order,
-/// 1. `(policy_set, direction, peer label identity, proto, port)`
-/// 2. `(policy_set, direction, peer CIDR identity, proto, port)` when the peer address falls in
-///    a registered ipBlock prefix,
-/// 3. `(policy_set, direction, identity::ANY, proto, port)`.
+/// Lookup precedence, written once here. Policy is a sequence of ordered tiers (`tier::*`):
+/// ClusterNetworkPolicy Admin, then NetworkPolicy, then ClusterNetworkPolicy Baseline, then
+/// "allowed". In each tier the datapath looks up, for a new flow,
+/// 1. `(policy_set, direction, tier, peer label identity, proto, port)`
+/// 2. `(policy_set, direction, tier, peer CIDR identity, proto, port)` when the peer address
+///    falls in a registered prefix (ipBlocks, `networks` peers),
+/// 3. `(policy_set, direction, tier, identity::ANY, proto, port)`.
 ///
 /// Each lookup is longest-prefix over the trailing fields, so one lookup matches an exact port,
 /// a port range (split into port prefixes), any port of the protocol (prefix stops before the
-/// port) or any protocol (prefix stops before the protocol). NetworkPolicy v1 entries are all
-/// allows, so the first hit allows and names the rule; `POLICY_ACTION_DENY` entries are reserved
-/// for deny rules and win over allows found in the same lookup order.
+/// port) or any protocol (prefix stops before the protocol).
+///
+/// - The NetworkPolicy tier holds allows only: the first hit allows and names the rule; a miss
+///   at an isolated endpoint is `NO_RULE`. It always decides for an isolated direction, so the
+///   Baseline tier is consulted only where no NetworkPolicy isolates.
+/// - An ordered tier (Admin, Baseline) holds the first matching rule's verdict: each entry's
+///   value is already the lowest-`rank` rule covering its whole prefix (the compiler settles
+///   nested prefixes), and of the three lookups the lowest `rank` wins. Accept and Deny decide;
+///   Pass, or no hit, goes on to the next tier.
 ///
 /// Field order is the wildcard order: everything before `proto` is always exact.
 #[repr(C)]
@@ -296,24 +322,86 @@ pub struct PolicyKey {
     pub policy_set: u32,
     pub identity: u32,
     pub direction: u8,
+    /// `tier::*`.
+    pub tier: u8,
     /// IP protocol number (6 TCP, 17 UDP, 132 SCTP, 1 ICMP, 58 ICMPv6, ...).
     pub proto: u8,
+    /// Always 0: it lies inside every port prefix, so it must never differ.
+    pub _pad: u8,
     /// Destination port, big-endian so that port prefixes are bit prefixes. 0 for ICMP.
     pub port_be: u16,
+    /// Always 0 (past every prefix).
+    pub _reserved: u16,
 }
-const _: () = assert!(core::mem::size_of::<PolicyKey>() == 12);
+const _: () = assert!(core::mem::size_of::<PolicyKey>() == 16);
+
+impl PolicyKey {
+    #[inline(always)]
+    pub const fn new(
+        policy_set: u32,
+        identity: u32,
+        direction: u8,
+        tier: u8,
+        proto: u8,
+        port_be: u16,
+    ) -> Self {
+        Self {
+            policy_set,
+            identity,
+            direction,
+            tier,
+            proto,
+            _pad: 0,
+            port_be,
+            _reserved: 0,
+        }
+    }
+}
 
 /// Prefix lengths of `PolicyKey` (bits), for the LPM trie.
 pub mod policy_prefix {
-    /// `policy_set` + `identity` + `direction`: any protocol, any port.
-    pub const ANY_PROTO: u32 = 72;
-    /// ... + `proto`: any port of that protocol.
-    pub const ANY_PORT: u32 = 80;
+    /// `policy_set` + `identity` + `direction` + `tier`: any protocol, any port.
+    pub const ANY_PROTO: u32 = 80;
+    /// ... + `proto` (and the zero pad byte): any port of that protocol.
+    pub const ANY_PORT: u32 = 96;
     /// Exact port.
-    pub const FULL: u32 = 96;
+    pub const FULL: u32 = 112;
     /// Prefix length for a port prefix of `bits` leading bits.
     pub const fn port_prefix(bits: u32) -> u32 {
         ANY_PORT + bits
+    }
+}
+
+/// The tiers of policy, in evaluation order (`PolicyKey::tier`).
+pub mod tier {
+    /// Entries under a Service identity: the endpoint's final egress verdict for a Service port
+    /// (all tiers already applied by the agent), looked up alone.
+    pub const SERVICE: u8 = 0;
+    /// ClusterNetworkPolicy `tier: Admin` (and AdminNetworkPolicy v1alpha1): ordered.
+    pub const ADMIN: u8 = 1;
+    /// Reserved for Calico's ordered policies (GlobalNetworkPolicy), between Admin and
+    /// NetworkPolicy.
+    pub const CALICO: u8 = 2;
+    /// NetworkPolicy v1: allows only; decides for the directions it isolates.
+    pub const NETWORK_POLICY: u8 = 3;
+    /// ClusterNetworkPolicy `tier: Baseline` (and BaselineAdminNetworkPolicy v1alpha1): ordered.
+    pub const BASELINE: u8 = 4;
+
+    /// `EndpointInfo::tiers` bit of an ordered tier in a direction.
+    #[inline(always)]
+    pub const fn bit(dir: u8, tier: u8) -> u32 {
+        1 << ((dir as u32) * 8 + tier as u32)
+    }
+
+    pub const fn name(t: u8) -> &'static str {
+        match t {
+            SERVICE => "Service",
+            ADMIN => "Admin",
+            CALICO => "Calico",
+            NETWORK_POLICY => "NetworkPolicy",
+            BASELINE => "Baseline",
+            _ => "unknown",
+        }
     }
 }
 
@@ -328,6 +416,8 @@ pub const POLICY_ACTION_DEFER: u8 = 3;
 /// a host-networked backend), or the backends are unknown (a Service without a selector): the
 /// flow is dropped as `SERVICE_UNBOUND` rather than passed unjudged.
 pub const POLICY_ACTION_UNBOUND: u8 = 4;
+/// An ordered tier's Pass: leaves the tier, the next tier decides.
+pub const POLICY_ACTION_PASS: u8 = 5;
 
 /// Value of a `POLICY` entry: the verdict, and the policy and rule that produced it.
 #[repr(C)]
@@ -340,8 +430,11 @@ pub struct PolicyValue {
     pub action: u8,
     /// `policy_flags::*`.
     pub flags: u8,
+    /// In an ordered tier, the rule's place in the tier's order (lower decides first); the
+    /// compiler numbers the rules of each tier by (priority, policy, rule). 0 elsewhere.
+    pub rank: u32,
 }
-const _: () = assert!(core::mem::size_of::<PolicyValue>() == 8);
+const _: () = assert!(core::mem::size_of::<PolicyValue>() == 12);
 
 pub mod policy_flags {
     /// Would-be drop is reported but passes (audit mode).
@@ -891,7 +984,8 @@ pub struct Event {
     pub rule_index: u16,
     /// IPv4 or IPv6 (4 or 6).
     pub family: u8,
-    pub _pad: u8,
+    /// `tier::*` of the rule that decided (meaningful when `policy_id` is not 0).
+    pub tier: u8,
     /// Length of the packet on the wire.
     pub packet_len: u32,
     pub policy_set: u32,

@@ -409,7 +409,9 @@ fn recheck(
         service_rejudge(&ep, opened_mode, &pkt.opened, &opened_key, config)
     } else {
         match opened_mode {
-            mode::ENFORCE | mode::AUDIT => decide(&ep, opened_dir, &pkt.opened, config, host_ok),
+            m if judged(&ep, opened_dir, m) => {
+                decide(&ep, opened_dir, &pkt.opened, config, host_ok)
+            }
             mode::DENY_ALL => Why::new(ep.held_reason()),
             _ => Why::new(reason::ALLOWED_NOT_ISOLATED),
         }

@@ -11,6 +11,7 @@ pub(crate) const NO_ENDPOINT: EndpointInfo = EndpointInfo {
     policy_set: 0,
     ingress_mode: mode::DENY_ALL,
     egress_mode: mode::DENY_ALL,
+    tiers: 0,
 };
 
 /// An attached interface no endpoint entry names: the agent attached to it when it appeared,
@@ -66,6 +67,7 @@ pub(crate) fn endpoint(ifindex: u32, config: &Config) -> Option<EndpointInfo> {
         policy_set: s.policy_set,
         ingress_mode: s.ingress_mode,
         egress_mode: s.egress_mode,
+        tiers: s.tiers,
     })
 }
 

@@ -112,7 +112,7 @@ pub(crate) fn write_event(
         (*e).policy_id = why.policy_id;
         (*e).rule_index = why.rule_index;
         (*e).family = flow.family;
-        (*e)._pad = 0;
+        (*e).tier = why.tier;
         (*e).packet_len = ctx.len();
         (*e).policy_set = ep.policy_set;
     }

@@ -13,9 +13,11 @@
 //! 4. source (what the endpoint sends, on a conntrack miss, in every mode): its source address,
 //!    ARP sender and neighbour advertisement target must be its own, or it drops as `SPOOFED`;
 //!    neighbour discovery passes without policy only when genuine;
-//! 5. policy: for a new flow in an isolated direction, the peer's label identity, then the
-//!    ipBlock partition cell it falls in, then "any peer", each one longest-prefix lookup over
-//!    (protocol, port); the first entry found decides. An allowed flow gets two conntrack entries
+//! 5. policy: for a new flow in a judged direction (isolated, or holding cluster-wide rules),
+//!    tier by tier (Admin, NetworkPolicy, Baseline): the peer's label identity, then the
+//!    prefix partition cell it falls in, then "any peer", each one longest-prefix lookup over
+//!    (protocol, port); in an ordered tier the lowest-ranked entry is the first matching rule,
+//!    whose Accept or Deny decides and whose Pass goes on. An allowed flow gets two conntrack entries
 //!    (its own tuple and the reversed one) so every later packet, either way, costs one lookup;
 //! 6. every drop is counted and emitted on the `EVENTS` ring buffer; every first fragment that
 //!    passes leaves its ports for the later fragments.
@@ -48,7 +50,7 @@ use crate::{
     events::{count, drop_packet, emit},
     maps::{SCRATCH, SERVICE_IPS, config},
     parse::*,
-    policy::{Why, audit, decide},
+    policy::{Why, audit, decide, judged},
     service::{service_egress, service_new_flow},
     source::{error_matches, forged, from_the_node, genuine_nd, is_absent},
 };
@@ -238,8 +240,8 @@ fn try_new_flow(
         let why = Why::new(reason::FRAGMENT_UNKNOWN);
         return drop_packet(ctx, ep, ifindex, dir, &pkt.flow, &why);
     }
-    let isolated = ep_mode == mode::ENFORCE || ep_mode == mode::AUDIT;
-    if isolated
+    let judged = judged(ep, dir, ep_mode);
+    if judged
         && dir == direction::EGRESS
         && pkt.kind != KIND_ICMP_ERROR
         && let Some(service_id) = SERVICE_IPS.get_ptr(&addr_key(&pkt.flow.daddr))
@@ -250,7 +252,7 @@ fn try_new_flow(
         let service_id = unsafe { *service_id };
         return service_new_flow(ctx, ep, ifindex, ep_mode, service_id, pkt, config);
     }
-    let mut why = if isolated {
+    let mut why = if judged {
         decide(
             ep,
             dir,

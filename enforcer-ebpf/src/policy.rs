@@ -22,6 +22,8 @@ pub(crate) struct Why {
     pub(crate) peer_cidr_identity: u32,
     pub(crate) policy_id: u32,
     pub(crate) rule_index: u16,
+    /// `tier::*` of the rule that decided.
+    pub(crate) tier: u8,
 }
 
 impl Why {
@@ -37,13 +39,35 @@ impl Why {
             peer_cidr_identity: 0,
             policy_id: 0,
             rule_index: 0,
+            tier: 0,
         }
     }
 }
 
-/// The new-flow decision of an isolated direction; `enforcer::lookup::decide_from` is its
-/// mirror. `host_ok`: a peer with the node's address counts as the node (HOST) only when the
-/// packet really comes from it (see `source::from_the_node`); otherwise it is WORLD.
+/// Whether new flows in `dir` are judged by policy: isolated by NetworkPolicy (or audit), or
+/// holding rules of an ordered tier (a pod selected only by ClusterNetworkPolicies is not
+/// isolated, but their Deny and Accept rules still decide first).
+#[inline(always)]
+pub(crate) fn judged(ep: &EndpointInfo, dir: u8, ep_mode: u32) -> bool {
+    ep_mode == mode::ENFORCE
+        || ep_mode == mode::AUDIT
+        || (ep_mode == mode::ALLOW_ALL && ep.tiered(dir))
+}
+
+/// The peer of a new flow as the lookups key it.
+struct Peer {
+    policy_set: u32,
+    dir: u8,
+    identity: u32,
+    cidr_identity: u32,
+    proto: u8,
+    port_be: u16,
+}
+
+/// The new-flow decision of a judged direction (see `judged`), tier by tier as `PolicyKey`
+/// documents; `enforcer::lookup::decide_from` is its mirror. `host_ok`: a peer with the node's
+/// address counts as the node (HOST) only when the packet really comes from it (see
+/// `source::from_the_node`); otherwise it is WORLD.
 #[inline(always)]
 pub(crate) fn decide(
     ep: &EndpointInfo,
@@ -69,67 +93,131 @@ pub(crate) fn decide(
         Some(v) => v.identity[slot],
         None => 0,
     };
-    let port_be = if flow.has_ports != 0 {
-        flow.dport_be
-    } else {
-        0
+    let p = Peer {
+        policy_set: ep.policy_set,
+        dir,
+        identity: peer_identity,
+        cidr_identity: peer_cidr_identity,
+        proto: flow.proto,
+        port_be: if flow.has_ports != 0 {
+            flow.dport_be
+        } else {
+            0
+        },
     };
     let mut why = Why::new(reason::NO_RULE);
     why.allowed = false;
     why.peer_identity = peer_identity;
     why.peer_cidr_identity = peer_cidr_identity;
 
-    let mut found = policy_lookup(ep.policy_set, peer_identity, dir, flow.proto, port_be);
-    let mut matched = peer_identity;
-    // Found under the CIDR identity: an ipBlock rule admitted the peer, even when the peer is
-    // the node (HOST), so the reason is the rule's, not the host's.
-    if found.is_none() && peer_cidr_identity != 0 {
-        found = policy_lookup(ep.policy_set, peer_cidr_identity, dir, flow.proto, port_be);
-        matched = peer_cidr_identity;
+    if ep.has_tier(dir, tier::ADMIN) && ordered_tier(&p, tier::ADMIN, &mut why) {
+        return why;
     }
-    if found.is_none() {
-        found = policy_lookup(ep.policy_set, identity::ANY, dir, flow.proto, port_be);
-        matched = identity::ANY;
+    let ep_mode = crate::endpoint::mode_of(ep, dir);
+    if ep_mode == mode::ENFORCE || ep_mode == mode::AUDIT {
+        // NetworkPolicy decides for what it isolates: a miss is NO_RULE.
+        network_policy_tier(&p, &mut why);
+        return why;
     }
-    if let Some(v) = found {
-        why.policy_id = v.policy_id;
-        why.rule_index = v.rule_index;
-        if v.action == POLICY_ACTION_DENY {
-            why.reason = reason::DENY_RULE;
-        } else if v.action == POLICY_ACTION_ALLOW {
-            why.allowed = true;
-            why.reason = if matched == identity::HOST {
-                reason::ALLOWED_HOST
-            } else {
-                reason::ALLOWED_BY_RULE
-            };
-        }
+    if ep.has_tier(dir, tier::BASELINE) && ordered_tier(&p, tier::BASELINE, &mut why) {
+        return why;
     }
+    why.allowed = true;
+    why.reason = reason::ALLOWED_NOT_ISOLATED;
+    why.policy_id = 0;
+    why.rule_index = 0;
+    why.tier = 0;
     why
 }
 
-/// One longest-prefix lookup over (protocol, port) for one peer identity. Entries whose action
-/// is neither allow nor deny do not count as found, as in the userspace mirror.
+/// The NetworkPolicy tier: allows only, so the first hit allows (identity, CIDR, any).
+#[inline(always)]
+fn network_policy_tier(p: &Peer, why: &mut Why) {
+    let t = tier::NETWORK_POLICY;
+    let mut found = policy_lookup(p.policy_set, p.identity, p.dir, t, p.proto, p.port_be);
+    let mut matched = p.identity;
+    // Found under the CIDR identity: an ipBlock rule admitted the peer, even when the peer is
+    // the node (HOST), so the reason is the rule's, not the host's.
+    if found.is_none() && p.cidr_identity != 0 {
+        found = policy_lookup(p.policy_set, p.cidr_identity, p.dir, t, p.proto, p.port_be);
+        matched = p.cidr_identity;
+    }
+    if found.is_none() {
+        found = policy_lookup(p.policy_set, identity::ANY, p.dir, t, p.proto, p.port_be);
+        matched = identity::ANY;
+    }
+    if let Some(v) = found
+        && v.action == POLICY_ACTION_ALLOW
+    {
+        why.policy_id = v.policy_id;
+        why.rule_index = v.rule_index;
+        why.tier = t;
+        why.allowed = true;
+        why.reason = if matched == identity::HOST {
+            reason::ALLOWED_HOST
+        } else {
+            reason::ALLOWED_BY_RULE
+        };
+    }
+}
+
+/// An ordered tier: the lowest-ranked of the three lookups' entries is the first rule that
+/// matches. Returns whether it decided (Accept or Deny); Pass and no match go on.
+#[inline(always)]
+fn ordered_tier(p: &Peer, t: u8, why: &mut Why) -> bool {
+    let mut best = policy_lookup(p.policy_set, p.identity, p.dir, t, p.proto, p.port_be);
+    if p.cidr_identity != 0
+        && let Some(v) = policy_lookup(p.policy_set, p.cidr_identity, p.dir, t, p.proto, p.port_be)
+        && best.is_none_or(|b| v.rank < b.rank)
+    {
+        best = Some(v);
+    }
+    if let Some(v) = policy_lookup(p.policy_set, identity::ANY, p.dir, t, p.proto, p.port_be)
+        && best.is_none_or(|b| v.rank < b.rank)
+    {
+        best = Some(v);
+    }
+    let Some(v) = best else {
+        return false;
+    };
+    match v.action {
+        POLICY_ACTION_ALLOW => {
+            why.allowed = true;
+            why.reason = reason::ALLOWED_BY_RULE;
+        }
+        POLICY_ACTION_DENY => {
+            why.allowed = false;
+            why.reason = reason::DENY_RULE;
+        }
+        _ => return false,
+    }
+    why.policy_id = v.policy_id;
+    why.rule_index = v.rule_index;
+    why.tier = t;
+    true
+}
+
+/// One longest-prefix lookup over (protocol, port) for one peer identity in one tier. Entries
+/// whose action is not a rule's (allow, deny, pass) do not count as found, as in the userspace
+/// mirror.
 #[inline(always)]
 pub(crate) fn policy_lookup(
     policy_set: u32,
     id: u32,
     dir: u8,
+    t: u8,
     proto: u8,
     port_be: u16,
 ) -> Option<PolicyValue> {
     let key = Key::new(
         policy_prefix::FULL,
-        PolicyKey {
-            policy_set,
-            identity: id,
-            direction: dir,
-            proto,
-            port_be,
-        },
+        PolicyKey::new(policy_set, id, dir, t, proto, port_be),
     );
     let v = *POLICY.get(&key)?;
-    if v.action == POLICY_ACTION_ALLOW || v.action == POLICY_ACTION_DENY {
+    if v.action == POLICY_ACTION_ALLOW
+        || v.action == POLICY_ACTION_DENY
+        || v.action == POLICY_ACTION_PASS
+    {
         Some(v)
     } else {
         None

@@ -27,17 +27,18 @@ pub(crate) const CONTINUE: i32 = i32::MIN;
 fn service_entry(policy_set: u32, service_id: u32, flow: &Flow) -> Option<PolicyValue> {
     let key = Key::new(
         policy_prefix::FULL,
-        PolicyKey {
+        PolicyKey::new(
             policy_set,
-            identity: service_id,
-            direction: direction::EGRESS,
-            proto: flow.proto,
-            port_be: if flow.has_ports != 0 {
+            service_id,
+            direction::EGRESS,
+            tier::SERVICE,
+            flow.proto,
+            if flow.has_ports != 0 {
                 flow.dport_be
             } else {
                 0
             },
-        },
+        ),
     );
     POLICY.get(&key).copied()
 }
@@ -298,7 +299,7 @@ pub(crate) fn service_egress(ctx: &TcContext, pkt: &mut Packet, config: &Config)
     let Some(ep) = endpoint(pending.ifindex, config) else {
         return CONTINUE;
     };
-    if ep.egress_mode != mode::ENFORCE && ep.egress_mode != mode::AUDIT {
+    if !judged(&ep, direction::EGRESS, ep.egress_mode) {
         return CONTINUE;
     }
     let mut why = decide(&ep, direction::EGRESS, &pkt.flow, config, true);
@@ -385,7 +386,7 @@ pub(crate) fn service_rejudge(
     config: &Config,
 ) -> Why {
     match opened_mode {
-        mode::ENFORCE | mode::AUDIT => {}
+        _ if judged(ep, direction::EGRESS, opened_mode) => {}
         mode::DENY_ALL => return Why::new(ep.held_reason()),
         _ => return Why::new(reason::ALLOWED_NOT_ISOLATED),
     }

@@ -26,7 +26,10 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+pub mod policy_api;
 pub mod schema;
+
+pub use policy_api::{AdminNetworkPolicy, BaselineAdminNetworkPolicy, ClusterNetworkPolicy};
 
 /// A kind enforcer reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -36,15 +39,21 @@ pub enum Kind {
     Service,
     NetworkPolicy,
     EndpointSlice,
+    ClusterNetworkPolicy,
+    AdminNetworkPolicy,
+    BaselineAdminNetworkPolicy,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 5] = [
+    pub const ALL: [Kind; 8] = [
         Kind::Namespace,
         Kind::Pod,
         Kind::Service,
         Kind::NetworkPolicy,
         Kind::EndpointSlice,
+        Kind::ClusterNetworkPolicy,
+        Kind::AdminNetworkPolicy,
+        Kind::BaselineAdminNetworkPolicy,
     ];
 
     pub fn name(self) -> &'static str {
@@ -54,6 +63,9 @@ impl Kind {
             Kind::Service => "Service",
             Kind::NetworkPolicy => "NetworkPolicy",
             Kind::EndpointSlice => "EndpointSlice",
+            Kind::ClusterNetworkPolicy => "ClusterNetworkPolicy",
+            Kind::AdminNetworkPolicy => "AdminNetworkPolicy",
+            Kind::BaselineAdminNetworkPolicy => "BaselineAdminNetworkPolicy",
         }
     }
 
@@ -63,12 +75,22 @@ impl Kind {
             Kind::Namespace | Kind::Pod | Kind::Service => "v1",
             Kind::NetworkPolicy => "networking.k8s.io/v1",
             Kind::EndpointSlice => "discovery.k8s.io/v1",
+            Kind::ClusterNetworkPolicy => "policy.networking.k8s.io/v1alpha2",
+            Kind::AdminNetworkPolicy | Kind::BaselineAdminNetworkPolicy => {
+                "policy.networking.k8s.io/v1alpha1"
+            }
         }
     }
 
     /// Whether objects of the kind live in a namespace.
     pub fn namespaced(self) -> bool {
-        self != Kind::Namespace
+        !matches!(
+            self,
+            Kind::Namespace
+                | Kind::ClusterNetworkPolicy
+                | Kind::AdminNetworkPolicy
+                | Kind::BaselineAdminNetworkPolicy
+        )
     }
 
     pub fn from_name(name: &str) -> Option<Kind> {
@@ -108,6 +130,9 @@ pub enum Object {
     Service(Box<Service>),
     NetworkPolicy(Box<NetworkPolicy>),
     EndpointSlice(Box<EndpointSlice>),
+    ClusterNetworkPolicy(Box<ClusterNetworkPolicy>),
+    AdminNetworkPolicy(Box<AdminNetworkPolicy>),
+    BaselineAdminNetworkPolicy(Box<BaselineAdminNetworkPolicy>),
 }
 
 impl Object {
@@ -118,6 +143,9 @@ impl Object {
             Object::Service(_) => Kind::Service,
             Object::NetworkPolicy(_) => Kind::NetworkPolicy,
             Object::EndpointSlice(_) => Kind::EndpointSlice,
+            Object::ClusterNetworkPolicy(_) => Kind::ClusterNetworkPolicy,
+            Object::AdminNetworkPolicy(_) => Kind::AdminNetworkPolicy,
+            Object::BaselineAdminNetworkPolicy(_) => Kind::BaselineAdminNetworkPolicy,
         }
     }
 
@@ -128,6 +156,9 @@ impl Object {
             Object::Service(o) => &o.metadata,
             Object::NetworkPolicy(o) => &o.metadata,
             Object::EndpointSlice(o) => &o.metadata,
+            Object::ClusterNetworkPolicy(o) => &o.metadata,
+            Object::AdminNetworkPolicy(o) => &o.metadata,
+            Object::BaselineAdminNetworkPolicy(o) => &o.metadata,
         }
     }
 
@@ -338,6 +369,9 @@ pub fn decode(v: &Value) -> Result<Object, ObjectError> {
         Kind::Service => Object::Service(typed(v)?),
         Kind::NetworkPolicy => Object::NetworkPolicy(typed(v)?),
         Kind::EndpointSlice => Object::EndpointSlice(typed(v)?),
+        Kind::ClusterNetworkPolicy => Object::ClusterNetworkPolicy(typed(v)?),
+        Kind::AdminNetworkPolicy => Object::AdminNetworkPolicy(typed(v)?),
+        Kind::BaselineAdminNetworkPolicy => Object::BaselineAdminNetworkPolicy(typed(v)?),
     })
 }
 

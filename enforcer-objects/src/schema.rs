@@ -35,6 +35,9 @@ pub fn of(kind: Kind) -> &'static Value {
                 Kind::Service => root::<Service>(),
                 Kind::NetworkPolicy => root::<NetworkPolicy>(),
                 Kind::EndpointSlice => root::<EndpointSlice>(),
+                Kind::ClusterNetworkPolicy => root::<crate::ClusterNetworkPolicy>(),
+                Kind::AdminNetworkPolicy => root::<crate::AdminNetworkPolicy>(),
+                Kind::BaselineAdminNetworkPolicy => root::<crate::BaselineAdminNetworkPolicy>(),
             })
             .collect()
     });

@@ -20,9 +20,10 @@ use enforcer_common::{
 };
 use ipnet::IpNet;
 
+use crate::cluster_policy::ClusterPolicy;
 use crate::model::{
     ContainerPort, EndpointSlice, IpBlock, Labels, Namespace, ObjectRef, Peer, Pod, Policy,
-    PortRef, Protocol, Rule, Service, implicit_namespace,
+    PortRef, PortSpec, Protocol, Rule, Service, implicit_namespace,
 };
 use crate::state::{Lpm, MapState};
 
@@ -40,6 +41,8 @@ pub struct Cluster {
     pub services: BTreeMap<ObjectRef, Service>,
     /// EndpointSlices: the backends of the Services without a selector.
     pub slices: BTreeMap<ObjectRef, EndpointSlice>,
+    /// ClusterNetworkPolicies (and the v1alpha1 kinds), by [`ClusterPolicy::key`].
+    pub cluster_policies: BTreeMap<ObjectRef, ClusterPolicy>,
 }
 
 impl Cluster {
@@ -295,6 +298,8 @@ pub struct CompiledEndpoint {
     /// Policies that select this endpoint, per direction (for events: "isolated by …").
     pub ingress_policies: Vec<ObjectRef>,
     pub egress_policies: Vec<ObjectRef>,
+    /// `EndpointInfo::tiers`: the ordered tiers holding rules for it, per direction.
+    pub tiers: u32,
     /// Entries with `policy_set == 0`.
     pub entries: BTreeMap<Lpm<PolicyKey>, PolicyValue>,
 }
@@ -326,6 +331,9 @@ pub struct Compiled {
     /// Event limits of endpoints selected by policies with limit annotations: the strictest
     /// rate and burst among them (ifindex → limit).
     pub event_limits: BTreeMap<u32, enforcer_common::EventLimit>,
+    /// Policies of one tier and one priority that select a common pod (the API leaves their
+    /// order to the implementation: [`ClusterPolicy::order`] picks), for the agent to report.
+    pub conflicts: BTreeSet<tiers::Conflict>,
 }
 
 pub fn ip_key(ip: IpAddr) -> IpAddrKey {
@@ -433,6 +441,7 @@ fn cidr_partition(cluster: &Cluster) -> BTreeMap<IpNet, Vec<IpBlock>> {
             }
         }
     }
+    blocks.extend(tiers::network_blocks(cluster));
     if blocks.is_empty() {
         return BTreeMap::new();
     }
@@ -459,31 +468,29 @@ fn cidr_partition(cluster: &Cluster) -> BTreeMap<IpNet, Vec<IpBlock>> {
     out
 }
 
-/// Where a rule's peers resolve to.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
-enum Target {
-    /// Any peer at all (`from`/`to` empty or missing).
-    Any,
-    Identity(u32),
-}
-
-struct Resolver<'a> {
-    cluster: &'a Cluster,
+pub(crate) struct Resolver<'a> {
+    pub(crate) cluster: &'a Cluster,
     /// Every pod identity in the cluster with the key it stands for.
-    identities: &'a BTreeMap<u32, IdentityKey>,
+    pub(crate) identities: &'a BTreeMap<u32, IdentityKey>,
 
     /// CIDR identity → blocks covering it.
-    cidr_ids: &'a BTreeMap<u32, Vec<IpBlock>>,
+    pub(crate) cidr_ids: &'a BTreeMap<u32, Vec<IpBlock>>,
 }
 
 impl Resolver<'_> {
     fn peer_identities(&self, policy: &Policy, peer: &Peer) -> Vec<u32> {
+        self.peer_identities_in(&policy.namespace, peer)
+    }
+
+    /// `peer`'s identities, for a policy of namespace `own` (a peer without a namespace
+    /// selector means that namespace).
+    pub(crate) fn peer_identities_in(&self, own: &str, peer: &Peer) -> Vec<u32> {
         match peer {
             Peer::Pods { namespaces, pods } => self
                 .identities
                 .iter()
                 .filter(|(_, k)| match namespaces {
-                    None => k.namespace == policy.namespace,
+                    None => k.namespace == own,
                     Some(sel) => sel.matches(&self.cluster.namespace_labels(&k.namespace)),
                 })
                 .filter(|(_, k)| pods.as_ref().is_none_or(|sel| sel.matches(&k.labels)))
@@ -500,7 +507,7 @@ impl Resolver<'_> {
 
     /// The pod identities whose addresses lie in `b` (a block of a named-port egress rule,
     /// which identities record exactly; see [`IdentityKey`]).
-    fn pod_identities_in_block(&self, b: &IpBlock) -> Vec<u32> {
+    pub(crate) fn pod_identities_in_block(&self, b: &IpBlock) -> Vec<u32> {
         self.identities
             .iter()
             .filter(|(_, k)| k.named_port_blocks.contains(b))
@@ -509,9 +516,11 @@ impl Resolver<'_> {
     }
 }
 
-fn push_entry(
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn push_entry(
     entries: &mut BTreeMap<Lpm<PolicyKey>, PolicyValue>,
     dir: u8,
+    tier: u8,
     ident: u32,
     proto: u8,
     port: u16,
@@ -520,17 +529,21 @@ fn push_entry(
 ) {
     let key = Lpm {
         prefix_len,
-        data: PolicyKey {
-            policy_set: 0,
-            identity: ident,
-            direction: dir,
-            proto,
-            port_be: port.to_be(),
-        },
+        data: PolicyKey::new(0, ident, dir, tier, proto, port.to_be()),
     };
-    // First writer wins: policies are visited in name order, rules in order, so the attribution
-    // of a key is deterministic.
+    // First writer wins: policies are visited in order (NetworkPolicies by name, ordered tiers
+    // by rank), rules in order, so the attribution of a key is deterministic.
     entries.entry(key).or_insert(value);
+}
+
+/// What one rule's peers resolve to.
+#[derive(Default)]
+pub(crate) struct Targets {
+    /// Any peer at all (`from`/`to` empty, or a peer that fails closed).
+    pub(crate) any: bool,
+    pub(crate) ids: BTreeSet<u32>,
+    /// The pod identities an egress named port is resolved on (the peers that are pods).
+    pub(crate) named_pods: BTreeSet<u32>,
 }
 
 /// Adds the entries of one rule of `policy` for the local pod `local`.
@@ -550,103 +563,94 @@ fn rule_entries(
         rule_index: u16::try_from(rule_index).unwrap_or(u16::MAX),
         action: POLICY_ACTION_ALLOW,
         flags: 0,
+        rank: 0,
     };
-    let targets: Vec<Target> = if rule.peers.is_empty() {
-        vec![Target::Any]
-    } else {
-        let mut t: BTreeSet<u32> = BTreeSet::new();
-        for peer in &rule.peers {
-            t.extend(r.peer_identities(policy, peer));
+    let mut t = Targets {
+        any: rule.peers.is_empty(),
+        ..Default::default()
+    };
+    if t.any {
+        t.named_pods.extend(r.identities.keys().copied());
+    }
+    for peer in &rule.peers {
+        let ids = r.peer_identities(policy, peer);
+        match peer {
+            Peer::Pods { .. } => t.named_pods.extend(ids.iter().copied()),
+            Peer::IpBlock(b) => t.named_pods.extend(r.pod_identities_in_block(b)),
         }
-        t.into_iter().map(Target::Identity).collect()
+        t.ids.extend(ids);
+    }
+    emit_rule(
+        r,
+        entries,
+        &t,
+        &rule.ports,
+        dir,
+        enforcer_common::tier::NETWORK_POLICY,
+        local,
+        value,
+    );
+}
+
+/// The entries of one rule whose peers resolved to `t`, with ports `ports` (empty: every port
+/// and protocol), all carrying `value`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn emit_rule(
+    r: &Resolver<'_>,
+    entries: &mut BTreeMap<Lpm<PolicyKey>, PolicyValue>,
+    t: &Targets,
+    ports: &[PortSpec],
+    dir: u8,
+    tier: u8,
+    local: &Pod,
+    value: PolicyValue,
+) {
+    let targets: Vec<u32> = if t.any {
+        vec![identity::ANY]
+    } else {
+        t.ids.iter().copied().collect()
     };
-    let target_id = |t: &Target| match t {
-        Target::Any => identity::ANY,
-        Target::Identity(id) => *id,
+    let mut push = |id: u32, proto: u8, port: u16, len: u32| {
+        push_entry(entries, dir, tier, id, proto, port, len, value);
     };
-    if rule.ports.is_empty() {
-        for t in &targets {
-            push_entry(
-                entries,
-                dir,
-                target_id(t),
-                0,
-                0,
-                policy_prefix::ANY_PROTO,
-                value,
-            );
+    if ports.is_empty() {
+        for id in &targets {
+            push(*id, 0, 0, policy_prefix::ANY_PROTO);
         }
         return;
     }
-    for spec in &rule.ports {
+    for spec in ports {
         let proto = spec.protocol.number();
         match &spec.port {
             PortRef::Any => {
-                for t in &targets {
-                    push_entry(
-                        entries,
-                        dir,
-                        target_id(t),
-                        proto,
-                        0,
-                        policy_prefix::ANY_PORT,
-                        value,
-                    );
+                for id in &targets {
+                    push(*id, proto, 0, policy_prefix::ANY_PORT);
                 }
             }
             PortRef::Range(a, b) => {
                 for (port, bits) in port_range_prefixes(*a, *b) {
-                    for t in &targets {
-                        push_entry(
-                            entries,
-                            dir,
-                            target_id(t),
-                            proto,
-                            port,
-                            policy_prefix::port_prefix(bits),
-                            value,
-                        );
+                    for id in &targets {
+                        push(*id, proto, port, policy_prefix::port_prefix(bits));
                     }
                 }
             }
             PortRef::Named(name) if dir == direction::INGRESS => {
                 // Ingress: the name is the local pod's own container port.
                 if let Some(port) = local.named_port(name, spec.protocol) {
-                    for t in &targets {
-                        push_entry(
-                            entries,
-                            dir,
-                            target_id(t),
-                            proto,
-                            port,
-                            policy_prefix::FULL,
-                            value,
-                        );
+                    for id in &targets {
+                        push(*id, proto, port, policy_prefix::FULL);
                     }
                 }
             }
             PortRef::Named(name) => {
                 // Egress: the name is each destination pod's port, so it only ever matches pods.
-                let mut pod_targets: BTreeSet<u32> = BTreeSet::new();
-                if rule.peers.is_empty() {
-                    pod_targets.extend(r.identities.keys().copied());
-                } else {
-                    for peer in &rule.peers {
-                        match peer {
-                            Peer::Pods { .. } => {
-                                pod_targets.extend(r.peer_identities(policy, peer));
-                            }
-                            Peer::IpBlock(b) => pod_targets.extend(r.pod_identities_in_block(b)),
-                        }
-                    }
-                }
-                for id in pod_targets {
+                for id in &t.named_pods {
                     if let Some(port) = r
                         .identities
-                        .get(&id)
+                        .get(id)
                         .and_then(|k| identity_named_port(k, name, spec.protocol))
                     {
-                        push_entry(entries, dir, id, proto, port, policy_prefix::FULL, value);
+                        push(*id, proto, port, policy_prefix::FULL);
                     }
                 }
             }
@@ -715,6 +719,10 @@ pub fn compile(
     for p in cluster.policies.values() {
         out.policies.insert(ids.policy(&p.key()), p.key());
     }
+    for p in cluster.cluster_policies.values() {
+        out.policies.insert(ids.policy(&p.key()), p.key());
+    }
+    let ranks = tiers::ranks(cluster);
     for svc in cluster.services.values() {
         for ip in &svc.cluster_ips {
             let k = ip_key(*ip);
@@ -773,6 +781,7 @@ pub fn compile(
             egress_mode: mode::ALLOW_ALL,
             ingress_policies: Vec::new(),
             egress_policies: Vec::new(),
+            tiers: 0,
             entries: BTreeMap::new(),
         };
         // Policies in audit mode isolate only where no enforcing policy does, and then only
@@ -847,10 +856,12 @@ pub fn compile(
                 ep.egress_mode = mode;
             }
         }
+        tiers::endpoint_entries(&resolver, &ranks, pod, &mut ep, ids, &mut out.conflicts);
         if matches!(ep.ingress_mode, mode::ENFORCE | mode::AUDIT) && node.allow_host_ingress {
             push_entry(
                 &mut ep.entries,
                 direction::INGRESS,
+                enforcer_common::tier::NETWORK_POLICY,
                 identity::HOST,
                 0,
                 0,
@@ -860,16 +871,25 @@ pub fn compile(
                     rule_index: 0,
                     action: POLICY_ACTION_ALLOW,
                     flags: 0,
+                    rank: 0,
                 },
             );
         }
-        if matches!(ep.egress_mode, mode::ENFORCE | mode::AUDIT) {
+        let info = EndpointInfo {
+            endpoint_id,
+            policy_set: 0,
+            ingress_mode: ep.ingress_mode,
+            egress_mode: ep.egress_mode,
+            tiers: ep.tiers,
+        };
+        if crate::lookup::judged(&info, direction::EGRESS) {
             crate::services::verdicts(
                 &services,
                 &out.service_ips,
                 &out.ip_identity,
                 &out.cidr_identity,
                 &node.host_ips,
+                &info,
                 &mut ep.entries,
                 &mut out.service_backends,
             );
@@ -932,6 +952,7 @@ pub fn held_endpoint(endpoint_id: u32, why: u8) -> EndpointInfo {
         policy_set: u32::from(why),
         ingress_mode: mode::DENY_ALL,
         egress_mode: mode::DENY_ALL,
+        tiers: 0,
     }
 }
 
@@ -1101,6 +1122,7 @@ pub fn plan_with(
                     policy_set: set,
                     ingress_mode: ep.ingress_mode,
                     egress_mode: ep.egress_mode,
+                    tiers: ep.tiers,
                 },
             );
         }
@@ -1114,6 +1136,7 @@ pub fn plan_with(
             policy_set: 0,
             ingress_mode: mode::DENY_ALL,
             egress_mode: mode::DENY_ALL,
+            tiers: 0,
         });
     }
     // Interfaces whose pod is ambiguous (`binding`): held whatever else is known of them.
@@ -1124,6 +1147,8 @@ pub fn plan_with(
     }
     out
 }
+
+mod tiers;
 
 #[cfg(test)]
 mod fail_closed_tests;

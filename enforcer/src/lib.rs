@@ -32,6 +32,7 @@ pub const VERSION: &str = concat!(
 pub mod agent;
 pub mod binding;
 pub mod bpf;
+pub mod cluster_policy;
 pub mod compiler;
 pub mod conntrack;
 pub mod describe;

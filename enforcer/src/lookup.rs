@@ -9,22 +9,26 @@ use std::net::IpAddr;
 use std::collections::BTreeMap;
 
 use enforcer_common::{
-    IdentityValue, IpAddrKey, POLICY_ACTION_ALLOW, POLICY_ACTION_DEFER, POLICY_ACTION_DENY,
-    POLICY_ACTION_UNBOUND, PolicyKey, PolicyValue, direction, identity, mode, policy_prefix,
-    reason,
+    EndpointInfo, IdentityValue, IpAddrKey, POLICY_ACTION_ALLOW, POLICY_ACTION_DEFER,
+    POLICY_ACTION_DENY, POLICY_ACTION_PASS, POLICY_ACTION_UNBOUND, PolicyKey, PolicyValue,
+    direction, identity, mode, policy_prefix, reason, tier,
 };
 
 use crate::compiler::ip_key;
 use crate::state::{Lpm, MapState};
 
 /// What the datapath decides for the first packet of a flow.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Decision {
     pub allowed: bool,
     /// `enforcer_common::reason::*`.
     pub reason: u8,
     /// The entry that decided, when one did.
     pub entry: Option<PolicyValue>,
+    /// The tier of that entry (`enforcer_common::tier::*`).
+    pub tier: u8,
+    /// The Pass rules that sent the flow on to a later tier, in order.
+    pub passes: Vec<(u8, PolicyValue)>,
     pub peer_identity: u32,
     pub peer_cidr_identity: u32,
     /// Egress to a Service port whose backends the policy partly allows: passed at the pod,
@@ -142,6 +146,8 @@ pub fn decide_from(
         allowed: true,
         reason: reason::ALLOWED_NOT_ISOLATED,
         entry: None,
+        tier: 0,
+        passes: Vec::new(),
         peer_identity: identity::WORLD,
         peer_cidr_identity: 0,
         deferred: false,
@@ -154,120 +160,165 @@ pub fn decide_from(
     } else {
         ep.egress_mode
     };
-    let audit = m == mode::AUDIT;
-    match m {
-        mode::ENFORCE | mode::AUDIT => {}
-        mode::DENY_ALL => {
-            d.allowed = false;
-            d.reason = ep.held_reason();
-            return d;
-        }
-        _ => return d,
+    if m == mode::DENY_ALL {
+        d.allowed = false;
+        d.reason = ep.held_reason();
+        return d;
+    }
+    if !judged(ep, dir) {
+        return d;
     }
     if dir == direction::EGRESS
         && let Some(service_id) = state.service_ips.get(&ip_key(peer))
     {
-        return service_decision(state, ep.policy_set, *service_id, proto, port, audit);
+        return service_decision(
+            state,
+            ep.policy_set,
+            *service_id,
+            proto,
+            port,
+            m == mode::AUDIT,
+        );
     }
     // A node address in a packet that entered from elsewhere is forged or masqueraded.
     let host_ok = !(dir == direction::INGRESS && arrival == Arrival::Forwarded);
-    let r = rule_lookup(
-        &state.policy,
-        &state.ip_identity,
-        &state.cidr_identity,
-        ep.policy_set,
-        dir,
-        peer,
-        proto,
-        port,
-        host_ok,
-    );
-    d.peer_identity = r.peer_identity;
-    d.peer_cidr_identity = r.peer_cidr_identity;
-    if let Some((v, matched)) = r.entry {
-        d.entry = Some(v);
-        if v.action == POLICY_ACTION_DENY {
-            d.allowed = false;
-            d.reason = reason::DENY_RULE;
-            return d;
-        }
-        d.allowed = true;
-        d.reason = if matched == identity::HOST {
-            reason::ALLOWED_HOST
-        } else {
-            reason::ALLOWED_BY_RULE
-        };
-        return d;
-    }
-    if audit {
+    let view = PolicyView {
+        policy: &state.policy,
+        ip_identity: &state.ip_identity,
+        cidr_identity: &state.cidr_identity,
+    };
+    let mut d = view.judge(ep, dir, peer, proto, port, host_ok);
+    if m == mode::AUDIT && !d.allowed && d.reason == reason::NO_RULE {
         d.allowed = true;
         d.reason = reason::AUDIT_WOULD_DROP;
-    } else {
-        d.allowed = false;
-        d.reason = reason::NO_RULE;
     }
     d
 }
 
-/// What the rule lookups of a new flow find (the datapath's precedence, see `PolicyKey`).
-pub struct RuleLookup {
-    pub peer_identity: u32,
-    pub peer_cidr_identity: u32,
-    /// The entry that decides (an allow or a deny), with the identity it was found under.
-    pub entry: Option<(PolicyValue, u32)>,
+/// Whether new flows of `ep` in `dir` are judged by policy (the datapath's `judged`).
+pub fn judged(ep: &EndpointInfo, dir: u8) -> bool {
+    let m = if dir == direction::INGRESS {
+        ep.ingress_mode
+    } else {
+        ep.egress_mode
+    };
+    m == mode::ENFORCE || m == mode::AUDIT || (m == mode::ALLOW_ALL && ep.tiered(dir))
 }
 
-/// The peer's identity, then its CIDR identity, then "any peer", in the entries of one
-/// policy set (`policy_set` 0 for the compiler's unplaced entries). Without `host_ok` the
-/// node's address counts as WORLD (see [`Arrival::Forwarded`]).
-#[allow(clippy::too_many_arguments)]
-pub fn rule_lookup(
-    policy: &BTreeMap<Lpm<PolicyKey>, PolicyValue>,
-    ip_identity: &BTreeMap<IpAddrKey, IdentityValue>,
-    cidr_identity: &BTreeMap<Lpm<IpAddrKey>, IdentityValue>,
-    policy_set: u32,
-    dir: u8,
-    peer: IpAddr,
-    proto: u8,
-    port: u16,
-    host_ok: bool,
-) -> RuleLookup {
-    let addr = ip_key(peer);
-    let mut peer_identity = ip_identity
-        .get(&addr)
-        .map(|v| v.identity)
-        .unwrap_or(identity::WORLD);
-    if peer_identity == identity::HOST && !host_ok {
-        peer_identity = identity::WORLD;
-    }
-    let peer_cidr_identity = cidr_lookup_in(cidr_identity, addr)
-        .map(|v| v.identity)
-        .unwrap_or(0);
-    let mut ids = vec![peer_identity];
-    if peer_cidr_identity != 0 {
-        ids.push(peer_cidr_identity);
-    }
-    ids.push(identity::ANY);
-    let mut entry = None;
-    for id in ids {
-        let key = PolicyKey {
-            policy_set,
-            identity: id,
-            direction: dir,
-            proto,
-            port_be: port.to_be(),
-        };
-        if let Some(v) = policy_lookup_in(policy, key)
-            && (v.action == POLICY_ACTION_ALLOW || v.action == POLICY_ACTION_DENY)
-        {
-            entry = Some((v, id));
-            break;
+/// The maps the tiered decision reads.
+pub struct PolicyView<'a> {
+    pub policy: &'a BTreeMap<Lpm<PolicyKey>, PolicyValue>,
+    pub ip_identity: &'a BTreeMap<IpAddrKey, IdentityValue>,
+    pub cidr_identity: &'a BTreeMap<Lpm<IpAddrKey>, IdentityValue>,
+}
+
+impl PolicyView<'_> {
+    /// The datapath's `decide` (enforcer-ebpf policy.rs), tier by tier, for an endpoint whose
+    /// direction is judged; audit mode is the caller's. Without `host_ok` the node's address
+    /// counts as WORLD (see [`Arrival::Forwarded`]).
+    pub fn judge(
+        &self,
+        ep: &EndpointInfo,
+        dir: u8,
+        peer: IpAddr,
+        proto: u8,
+        port: u16,
+        host_ok: bool,
+    ) -> Decision {
+        let addr = ip_key(peer);
+        let mut peer_identity = self
+            .ip_identity
+            .get(&addr)
+            .map(|v| v.identity)
+            .unwrap_or(identity::WORLD);
+        if peer_identity == identity::HOST && !host_ok {
+            peer_identity = identity::WORLD;
         }
-    }
-    RuleLookup {
-        peer_identity,
-        peer_cidr_identity,
-        entry,
+        let peer_cidr_identity = cidr_lookup_in(self.cidr_identity, addr)
+            .map(|v| v.identity)
+            .unwrap_or(0);
+        let mut d = Decision {
+            allowed: false,
+            reason: reason::NO_RULE,
+            entry: None,
+            tier: 0,
+            passes: Vec::new(),
+            peer_identity,
+            peer_cidr_identity,
+            deferred: false,
+        };
+        let lookup = |id: u32, t: u8| {
+            policy_lookup_in(
+                self.policy,
+                PolicyKey::new(ep.policy_set, id, dir, t, proto, port.to_be()),
+            )
+            .filter(|v| {
+                matches!(
+                    v.action,
+                    POLICY_ACTION_ALLOW | POLICY_ACTION_DENY | POLICY_ACTION_PASS
+                )
+            })
+        };
+        let mut ids = vec![peer_identity];
+        if peer_cidr_identity != 0 {
+            ids.push(peer_cidr_identity);
+        }
+        ids.push(identity::ANY);
+        let ordered = |t: u8, d: &mut Decision| -> bool {
+            let best = ids
+                .iter()
+                .filter_map(|id| lookup(*id, t))
+                .reduce(|a, b| if b.rank < a.rank { b } else { a });
+            let Some(v) = best else {
+                return false;
+            };
+            match v.action {
+                POLICY_ACTION_ALLOW => {
+                    d.allowed = true;
+                    d.reason = reason::ALLOWED_BY_RULE;
+                }
+                POLICY_ACTION_DENY => d.reason = reason::DENY_RULE,
+                _ => {
+                    d.passes.push((t, v));
+                    return false;
+                }
+            }
+            d.entry = Some(v);
+            d.tier = t;
+            true
+        };
+        if ep.has_tier(dir, tier::ADMIN) && ordered(tier::ADMIN, &mut d) {
+            return d;
+        }
+        let m = if dir == direction::INGRESS {
+            ep.ingress_mode
+        } else {
+            ep.egress_mode
+        };
+        if m == mode::ENFORCE || m == mode::AUDIT {
+            // The NetworkPolicy tier: allows only, the first hit in lookup order.
+            if let Some((v, matched)) = ids
+                .iter()
+                .find_map(|id| lookup(*id, tier::NETWORK_POLICY).map(|v| (v, *id)))
+                .filter(|(v, _)| v.action == POLICY_ACTION_ALLOW)
+            {
+                d.entry = Some(v);
+                d.tier = tier::NETWORK_POLICY;
+                d.allowed = true;
+                d.reason = if matched == identity::HOST {
+                    reason::ALLOWED_HOST
+                } else {
+                    reason::ALLOWED_BY_RULE
+                };
+            }
+            return d;
+        }
+        if ep.has_tier(dir, tier::BASELINE) && ordered(tier::BASELINE, &mut d) {
+            return d;
+        }
+        d.allowed = true;
+        d.reason = reason::ALLOWED_NOT_ISOLATED;
+        d
     }
 }
 
@@ -285,19 +336,22 @@ fn service_decision(
         .policy
         .get(&Lpm {
             prefix_len: policy_prefix::FULL,
-            data: PolicyKey {
+            data: PolicyKey::new(
                 policy_set,
-                identity: service_id,
-                direction: direction::EGRESS,
+                service_id,
+                direction::EGRESS,
+                tier::SERVICE,
                 proto,
-                port_be: port.to_be(),
-            },
+                port.to_be(),
+            ),
         })
         .copied();
     let mut d = Decision {
         allowed: false,
         reason: reason::NO_RULE,
         entry,
+        tier: tier::SERVICE,
+        passes: Vec::new(),
         peer_identity: service_id,
         peer_cidr_identity: 0,
         deferred: false,
@@ -338,6 +392,7 @@ mod tests {
                 policy_set: 2,
                 ingress_mode: mode::ENFORCE,
                 egress_mode: mode::ENFORCE,
+                tiers: 0,
             },
         );
         let node: IpAddr = "10.0.0.1".parse().unwrap();
@@ -350,13 +405,14 @@ mod tests {
         );
         let host_rule = Lpm {
             prefix_len: policy_prefix::ANY_PROTO,
-            data: PolicyKey {
-                policy_set: 2,
-                identity: identity::HOST,
-                direction: direction::INGRESS,
-                proto: 0,
-                port_be: 0,
-            },
+            data: PolicyKey::new(
+                2,
+                identity::HOST,
+                direction::INGRESS,
+                enforcer_common::tier::NETWORK_POLICY,
+                0,
+                0,
+            ),
         };
         st.policy.insert(
             host_rule,
@@ -365,6 +421,7 @@ mod tests {
                 rule_index: 0,
                 action: POLICY_ACTION_ALLOW,
                 flags: 0,
+                rank: 0,
             },
         );
         let sent = decide_from(&st, 5, direction::INGRESS, node, 6, 80, Arrival::FromSource);

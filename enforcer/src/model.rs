@@ -425,13 +425,13 @@ impl Policy {
 
 // --- conversion ---------------------------------------------------------------------------------
 
-struct Ctx<'a> {
-    kind: &'static str,
-    object: &'a str,
+pub(crate) struct Ctx<'a> {
+    pub(crate) kind: &'static str,
+    pub(crate) object: &'a str,
 }
 
 impl Ctx<'_> {
-    fn err(&self, field: impl Into<String>, reason: impl Into<String>) -> InvalidObject {
+    pub(crate) fn err(&self, field: impl Into<String>, reason: impl Into<String>) -> InvalidObject {
         InvalidObject {
             kind: self.kind,
             object: self.object.to_string(),
@@ -441,7 +441,10 @@ impl Ctx<'_> {
     }
 }
 
-fn meta_name(name: &Option<String>, kind: &'static str) -> Result<String, InvalidObject> {
+pub(crate) fn meta_name(
+    name: &Option<String>,
+    kind: &'static str,
+) -> Result<String, InvalidObject> {
     match name.as_deref() {
         Some(n) if !n.is_empty() => Ok(n.to_string()),
         _ => Err(InvalidObject {
@@ -759,7 +762,7 @@ pub fn pod_from_api(pod: &KPod) -> Result<Pod, InvalidObject> {
     })
 }
 
-fn selector_from_api(
+pub(crate) fn selector_from_api(
     ctx: &Ctx<'_>,
     field: &str,
     sel: &KSelector,
@@ -845,7 +848,7 @@ fn ipblock_from_api(ctx: &Ctx<'_>, field: &str, b: &IPBlock) -> Result<IpBlock, 
 /// A prefix inside `::ffff:0:0/96`: IPv4 addresses are keyed IPv4-mapped in the maps, so such a
 /// block would silently match IPv4 peers (and no IPv6 packet carries one: the datapath drops
 /// them). Blocks that merely contain the range (`::/0`) are fine: IPv4 is partitioned apart.
-fn is_v4_mapped_net(net: &IpNet) -> bool {
+pub(crate) fn is_v4_mapped_net(net: &IpNet) -> bool {
     match net {
         IpNet::V6(n) => {
             let mapped =
@@ -857,7 +860,7 @@ fn is_v4_mapped_net(net: &IpNet) -> bool {
     }
 }
 
-fn v4_mapped_reason(net: &IpNet) -> String {
+pub(crate) fn v4_mapped_reason(net: &IpNet) -> String {
     format!(
         "{net} is an IPv4-mapped IPv6 block (::ffff:0:0/96), which would alias IPv4 addresses; \
          write the IPv4 block instead"

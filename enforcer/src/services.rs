@@ -29,12 +29,13 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use enforcer_common::{
-    IdentityValue, IpAddrKey, POLICY_ACTION_ALLOW, POLICY_ACTION_DEFER, POLICY_ACTION_UNBOUND,
-    PolicyKey, PolicyValue, ServiceBackendKey, direction, policy_prefix,
+    EndpointInfo, IdentityValue, IpAddrKey, POLICY_ACTION_ALLOW, POLICY_ACTION_DEFER,
+    POLICY_ACTION_DENY, POLICY_ACTION_UNBOUND, PolicyKey, PolicyValue, ServiceBackendKey,
+    direction, policy_prefix, reason, tier,
 };
 
 use crate::compiler::{Cluster, ip_key};
-use crate::lookup::rule_lookup;
+use crate::lookup::{Decision, PolicyView};
 use crate::model::{EndpointSlice, Labels, Protocol, Service, ServicePort, ServiceTarget};
 use crate::state::Lpm;
 
@@ -164,6 +165,7 @@ pub fn verdicts(
     ip_identity: &BTreeMap<IpAddrKey, IdentityValue>,
     cidr_identity: &BTreeMap<Lpm<IpAddrKey>, IdentityValue>,
     host_ips: &[IpAddr],
+    ep: &EndpointInfo,
     entries: &mut BTreeMap<Lpm<PolicyKey>, PolicyValue>,
     service_backends: &mut BTreeMap<ServiceBackendKey, u32>,
 ) {
@@ -175,45 +177,64 @@ pub fn verdicts(
         let proto = s.protocol.number();
         let key = Lpm {
             prefix_len: policy_prefix::FULL,
-            data: PolicyKey {
-                policy_set: 0,
-                identity: *service_id,
-                direction: direction::EGRESS,
+            data: PolicyKey::new(
+                0,
+                *service_id,
+                direction::EGRESS,
+                tier::SERVICE,
                 proto,
-                port_be: s.port.to_be(),
-            },
+                s.port.to_be(),
+            ),
         };
         let mark = |action| PolicyValue {
             policy_id: 0,
             rule_index: 0,
             action,
             flags: 0,
+            rank: 0,
         };
         let Some(backends) = &s.backends else {
             add.push((key, mark(POLICY_ACTION_UNBOUND)));
             continue;
         };
+        let view = PolicyView {
+            policy: entries,
+            ip_identity,
+            cidr_identity,
+        };
+        let decisions: Vec<Decision> = backends
+            .iter()
+            .map(|(ip, port)| view.judge(ep, direction::EGRESS, *ip, proto, *port, true))
+            .collect();
         let judged: Vec<(IpAddr, u16, Option<PolicyValue>)> = backends
             .iter()
-            .map(|(ip, port)| {
-                let r = rule_lookup(
-                    entries,
-                    ip_identity,
-                    cidr_identity,
-                    0,
-                    direction::EGRESS,
+            .zip(&decisions)
+            .map(|((ip, port), d)| {
+                let allowed = d
+                    .allowed
+                    .then(|| d.entry.unwrap_or(mark(POLICY_ACTION_ALLOW)));
+                (
                     *ip,
-                    proto,
                     *port,
-                    true,
-                );
-                let allowed = r
-                    .entry
-                    .map(|(v, _)| v)
-                    .filter(|v| v.action == POLICY_ACTION_ALLOW);
-                (*ip, *port, allowed)
+                    allowed.map(|v| PolicyValue {
+                        action: POLICY_ACTION_ALLOW,
+                        ..v
+                    }),
+                )
             })
             .collect();
+        // Every backend denied by a rule: the first one's rule names the drop.
+        if !decisions.is_empty() && decisions.iter().all(|d| d.reason == reason::DENY_RULE) {
+            let v = decisions[0].entry.unwrap_or(mark(POLICY_ACTION_DENY));
+            add.push((
+                key,
+                PolicyValue {
+                    action: POLICY_ACTION_DENY,
+                    ..v
+                },
+            ));
+            continue;
+        }
         let allowed = judged.iter().filter(|b| b.2.is_some()).count();
         if allowed == 0 {
             // None (or no backend at all): no entry, dropped at the pod as no rule allows it.

@@ -20,6 +20,8 @@ use crate::model::{
     endpoint_slice_from_api, namespace_from_api, pod_from_api, policy_from_api, service_from_api,
 };
 
+use crate::cluster_policy::{self, ClusterPolicy};
+
 /// A validated object, as the index stores it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Object {
@@ -28,6 +30,8 @@ pub enum Object {
     Policy(Policy),
     Service(Service),
     EndpointSlice(EndpointSlice),
+    /// ClusterNetworkPolicy, AdminNetworkPolicy or BaselineAdminNetworkPolicy.
+    ClusterPolicy(ClusterPolicy),
 }
 
 impl Cluster {
@@ -48,6 +52,9 @@ impl Cluster {
             }
             Object::EndpointSlice(s) => {
                 self.slices.insert(s.key(), s);
+            }
+            Object::ClusterPolicy(p) => {
+                self.cluster_policies.insert(p.key(), p);
             }
         }
     }
@@ -81,7 +88,7 @@ impl Object {
     /// The namespace of a namespaced object.
     fn namespace(&self) -> Option<&str> {
         match self {
-            Object::Namespace(_) => None,
+            Object::Namespace(_) | Object::ClusterPolicy(_) => None,
             Object::Pod(p) => Some(&p.namespace),
             Object::Policy(p) => Some(&p.namespace),
             Object::Service(s) => Some(&s.namespace),
@@ -93,6 +100,7 @@ impl Object {
     fn label(&self) -> String {
         let (kind, key) = match self {
             Object::Namespace(n) => return format!("Namespace {}", n.name),
+            Object::ClusterPolicy(p) => return format!("{} {}", p.kind.name(), p.name),
             Object::Pod(p) => ("Pod", p.key()),
             Object::Policy(p) => ("NetworkPolicy", p.key()),
             Object::Service(s) => ("Service", s.key()),
@@ -128,6 +136,15 @@ fn objects_of(
                 K8s::Service(s) => Object::Service(service_from_api(&s).map_err(invalid)?),
                 K8s::EndpointSlice(s) => {
                     Object::EndpointSlice(endpoint_slice_from_api(&s).map_err(invalid)?)
+                }
+                K8s::ClusterNetworkPolicy(p) => {
+                    Object::ClusterPolicy(cluster_policy::from_cnp(&p).map_err(invalid)?)
+                }
+                K8s::AdminNetworkPolicy(p) => {
+                    Object::ClusterPolicy(cluster_policy::from_anp(&p).map_err(invalid)?)
+                }
+                K8s::BaselineAdminNetworkPolicy(p) => {
+                    Object::ClusterPolicy(cluster_policy::from_banp(&p).map_err(invalid)?)
                 }
             })
         })

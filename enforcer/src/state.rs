@@ -255,6 +255,7 @@ const ABSENT_SLOT: EndpointSlot = EndpointSlot {
     policy_set: 0,
     ingress_mode: mode::UNMANAGED,
     egress_mode: mode::UNMANAGED,
+    tiers: 0,
 };
 
 fn slot_of(e: &EndpointInfo) -> EndpointSlot {
@@ -262,6 +263,7 @@ fn slot_of(e: &EndpointInfo) -> EndpointSlot {
         policy_set: e.policy_set,
         ingress_mode: e.ingress_mode,
         egress_mode: e.egress_mode,
+        tiers: e.tiers,
     }
 }
 
@@ -312,6 +314,7 @@ impl PhysState {
                             policy_set: v.slots[g].policy_set,
                             ingress_mode: v.slots[g].ingress_mode,
                             egress_mode: v.slots[g].egress_mode,
+                            tiers: v.slots[g].tiers,
                         },
                     )
                 })
@@ -603,6 +606,7 @@ mod tests {
             policy_set: set,
             ingress_mode: 2,
             egress_mode: 1,
+            tiers: 0,
         }
     }
 

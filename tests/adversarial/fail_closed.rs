@@ -96,6 +96,7 @@ fn a_torn_config_read_is_impossible() {
         policy_set: 0,
         ingress_mode: m,
         egress_mode: m,
+        tiers: 0,
     };
     let data = MapData::from_pin(p.bpffs.join("ENDPOINTS")).expect("the pinned ENDPOINTS");
     let mut endpoints: BpfHashMap<MapData, u32, EndpointValue> =

@@ -215,25 +215,28 @@ fn a_flood_of_deferrals_from_one_pod_does_not_evict_another_pods() {
                 policy_set: SET,
                 ingress_mode: mode::ENFORCE,
                 egress_mode: mode::ENFORCE,
+                tiers: 0,
             },
         );
         // UDP 80 of the Service is mixed too, so the flood has twice 65535 ports.
         st.policy.insert(
             Lpm {
                 prefix_len: policy_prefix::FULL,
-                data: PolicyKey {
-                    policy_set: SET,
-                    identity: ID_SVC,
-                    direction: direction::EGRESS,
-                    proto: UDP,
-                    port_be: 80u16.to_be(),
-                },
+                data: PolicyKey::new(
+                    SET,
+                    ID_SVC,
+                    direction::EGRESS,
+                    enforcer_common::tier::SERVICE,
+                    UDP,
+                    80u16.to_be(),
+                ),
             },
             PolicyValue {
                 policy_id: 0,
                 rule_index: 0,
                 action: enforcer_common::POLICY_ACTION_DEFER,
                 flags: 0,
+                rank: 0,
             },
         );
         let mut f = Fixture::new(&st);
@@ -352,13 +355,14 @@ fn a_revoked_service_flow_is_cut() {
     let mut all = state();
     let key = Lpm {
         prefix_len: policy_prefix::FULL,
-        data: PolicyKey {
-            policy_set: SET,
-            identity: ID_SVC,
-            direction: direction::EGRESS,
-            proto: TCP,
-            port_be: 80u16.to_be(),
-        },
+        data: PolicyKey::new(
+            SET,
+            ID_SVC,
+            direction::EGRESS,
+            enforcer_common::tier::SERVICE,
+            TCP,
+            80u16.to_be(),
+        ),
     };
     all.policy.insert(
         key,
@@ -367,6 +371,7 @@ fn a_revoked_service_flow_is_cut() {
             rule_index: 0,
             action: enforcer_common::POLICY_ACTION_ALLOW,
             flags: 0,
+            rank: 0,
         },
     );
     let mut f = Fixture::new(&all);

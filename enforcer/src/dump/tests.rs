@@ -13,6 +13,7 @@ fn one_section_or_all_with_names_or_numbers() {
             policy_set: 2,
             ingress_mode: mode::ENFORCE,
             egress_mode: mode::ALLOW_ALL,
+            tiers: 0,
         },
     );
     let mut verdicts = vec![0u64; enforcer_common::counter::LEN as usize];
@@ -59,13 +60,14 @@ fn one_section_or_all_with_names_or_numbers() {
     st.policy.insert(
         crate::state::Lpm {
             prefix_len: policy_prefix::FULL,
-            data: enforcer_common::PolicyKey {
-                policy_set: 2,
-                identity: 256,
-                direction: direction::INGRESS,
-                proto: 6,
-                port_be: 80u16.to_be(),
-            },
+            data: enforcer_common::PolicyKey::new(
+                2,
+                256,
+                direction::INGRESS,
+                enforcer_common::tier::NETWORK_POLICY,
+                6,
+                80u16.to_be(),
+            ),
         },
         enforcer_common::PolicyValue {
             policy_id: 9,

@@ -235,19 +235,21 @@ pub fn allow(
     st.policy.insert(
         Lpm {
             prefix_len: prefix,
-            data: PolicyKey {
-                policy_set: SET,
-                identity: id,
-                direction: dir,
+            data: PolicyKey::new(
+                SET,
+                id,
+                dir,
+                enforcer_common::tier::NETWORK_POLICY,
                 proto,
-                port_be: port.to_be(),
-            },
+                port.to_be(),
+            ),
         },
         PolicyValue {
             policy_id,
             rule_index: rule,
             action: POLICY_ACTION_ALLOW,
             flags: 0,
+            rank: 0,
         },
     );
 }
@@ -262,6 +264,7 @@ pub fn base_state(ingress_mode: u32, egress_mode: u32) -> MapState {
             policy_set: SET,
             ingress_mode,
             egress_mode,
+            tiers: 0,
         },
     );
     for (ip, id, ep) in [
@@ -302,19 +305,21 @@ pub fn base_state(ingress_mode: u32, egress_mode: u32) -> MapState {
         st.policy.insert(
             Lpm {
                 prefix_len: policy_prefix::FULL,
-                data: PolicyKey {
-                    policy_set: SET,
-                    identity: ID_SVC,
-                    direction: eg,
+                data: PolicyKey::new(
+                    SET,
+                    ID_SVC,
+                    eg,
+                    enforcer_common::tier::SERVICE,
                     proto,
-                    port_be: port.to_be(),
-                },
+                    port.to_be(),
+                ),
             },
             PolicyValue {
                 policy_id: 0,
                 rule_index: 0,
                 action: enforcer_common::POLICY_ACTION_DEFER,
                 flags: 0,
+                rank: 0,
             },
         );
         for backend in [PEER_A, PEER_B] {
