@@ -1,5 +1,10 @@
-//! A reference evaluator that reads the NetworkPolicy v1 spec literally: cluster state, a local
-//! pod, a direction and a flow in; allow or deny out. No identities, no maps, no prefixes.
+//! A reference evaluator that reads the specs literally: cluster state, a local pod, a direction
+//! and a flow in; allow or deny out. No identities, no maps, no prefixes, no ranks.
+//!
+//! Tiers as the ClusterNetworkPolicy API documents them: the Admin tier (policies by
+//! [`ClusterPolicy::order`], rules in order: the first matching rule decides, Pass leaves the
+//! tier), then NetworkPolicy (for a pod it isolates it decides; a policy in audit mode stands
+//! in for it and passes what it would drop), then the Baseline tier, then allowed.
 //!
 //! It exists to be obviously right, not fast; the compiler is tested against it.
 
@@ -7,8 +12,9 @@ use std::net::IpAddr;
 
 use enforcer_common::direction;
 
+use crate::cluster_policy::{Action, ClusterPeer, ClusterPolicy, ClusterRule, Tier};
 use crate::compiler::Cluster;
-use crate::model::{Peer, Pod, Policy, PortRef, Protocol, Rule};
+use crate::model::{Peer, Pod, Policy, PortRef, PortSpec, Protocol};
 
 /// The flow as seen at the local pod.
 #[derive(Clone, Copy, Debug)]
@@ -52,14 +58,14 @@ impl Env<'_> {
         }
     }
 
-    fn port_matches(&self, rule: &Rule, local: &Pod, flow: &Flow) -> bool {
-        if rule.ports.is_empty() {
+    fn port_matches(&self, ports: &[PortSpec], local: &Pod, flow: &Flow) -> bool {
+        if ports.is_empty() {
             return true;
         }
         let Some(proto) = Protocol::from_number(flow.proto) else {
             return false;
         };
-        rule.ports.iter().any(|spec| {
+        ports.iter().any(|spec| {
             spec.protocol == proto
                 && match &spec.port {
                     PortRef::Any => true,
@@ -77,24 +83,61 @@ impl Env<'_> {
         })
     }
 
-    /// Whether the spec allows `flow` at the local pod `local`.
-    pub fn allows(&self, local: &Pod, flow: &Flow) -> bool {
-        let ingress = flow.direction == direction::INGRESS;
-        if ingress && self.allow_host_ingress && self.host_ips.contains(&flow.peer) {
-            return true;
+    /// Whether a cluster-wide rule matches the flow.
+    fn cluster_rule_matches(&self, rule: &ClusterRule, local: &Pod, flow: &Flow) -> bool {
+        let fails_closed = rule.action != Action::Accept;
+        let mut peer_ok = false;
+        for peer in &rule.peers {
+            match peer {
+                // Fails closed: a Deny or Pass matches everything, an Accept nothing.
+                ClusterPeer::Unknown if fails_closed => return true,
+                ClusterPeer::Unknown => {}
+                ClusterPeer::Networks(nets) => {
+                    peer_ok |= nets.iter().any(|n| n.contains(&flow.peer));
+                }
+                ClusterPeer::Pods { namespaces, pods } => {
+                    if let Some(pod) = self.peer_pod(flow.peer) {
+                        peer_ok |= namespaces
+                            .matches(&self.cluster.namespace_labels(&pod.namespace))
+                            && pods.matches(&pod.labels);
+                    }
+                }
+            }
         }
+        peer_ok && self.port_matches(&rule.ports, local, flow)
+    }
+
+    /// The first matching rule of `tier` for the flow, by policy order then rule order.
+    fn tier_action(&self, tier: Tier, local: &Pod, flow: &Flow) -> Option<Action> {
+        let ns_labels = self.cluster.namespace_labels(&local.namespace);
+        let mut policies: Vec<&ClusterPolicy> = self
+            .cluster
+            .cluster_policies
+            .values()
+            .filter(|p| p.tier == tier && !local.host_network && p.selects(&ns_labels, &local.labels))
+            .collect();
+        policies.sort_by(|a, b| a.order().cmp(&b.order()));
+        for p in policies {
+            let rules = if flow.direction == direction::INGRESS {
+                &p.ingress
+            } else {
+                &p.egress
+            };
+            if let Some(r) = rules.iter().find(|r| self.cluster_rule_matches(r, local, flow)) {
+                return Some(r.action);
+            }
+        }
+        None
+    }
+
+    /// The NetworkPolicy tier: `Some(verdict)` for a pod it isolates (or a policy in audit mode
+    /// stands in for), `None` when no NetworkPolicy isolates it in this direction.
+    fn network_policy(&self, local: &Pod, flow: &Flow) -> Option<bool> {
+        let ingress = flow.direction == direction::INGRESS;
         let mut isolated = false;
+        let mut audited = false;
         for policy in self.cluster.policies.values() {
             if policy.namespace != local.namespace || !policy.pod_selector.matches(&local.labels) {
-                continue;
-            }
-            // Audit mode reports what a policy would drop but enforces nothing.
-            let ns_audit = self
-                .cluster
-                .namespaces
-                .get(&policy.namespace)
-                .is_some_and(|n| n.audit);
-            if policy.audit || ns_audit {
                 continue;
             }
             let (applies, rules) = if ingress {
@@ -105,6 +148,16 @@ impl Env<'_> {
             if !applies {
                 continue;
             }
+            // Audit mode reports what a policy would drop but enforces nothing.
+            let ns_audit = self
+                .cluster
+                .namespaces
+                .get(&policy.namespace)
+                .is_some_and(|n| n.audit);
+            if policy.audit || ns_audit {
+                audited = true;
+                continue;
+            }
             isolated = true;
             for rule in rules {
                 let peer_ok = rule.peers.is_empty()
@@ -112,11 +165,31 @@ impl Env<'_> {
                         .peers
                         .iter()
                         .any(|p| self.peer_matches(policy, p, flow.peer));
-                if peer_ok && self.port_matches(rule, local, flow) {
-                    return true;
+                if peer_ok && self.port_matches(&rule.ports, local, flow) {
+                    return Some(true);
                 }
             }
         }
-        !isolated
+        if isolated {
+            // The node reaches the pods it isolates (kubelet probes), unless told otherwise.
+            return Some(ingress && self.allow_host_ingress && self.host_ips.contains(&flow.peer));
+        }
+        audited.then_some(true)
+    }
+
+    /// Whether the specs allow `flow` at the local pod `local`.
+    pub fn allows(&self, local: &Pod, flow: &Flow) -> bool {
+        match self.tier_action(Tier::Admin, local, flow) {
+            Some(Action::Accept) => return true,
+            Some(Action::Deny) => return false,
+            Some(Action::Pass) | None => {}
+        }
+        if let Some(v) = self.network_policy(local, flow) {
+            return v;
+        }
+        !matches!(
+            self.tier_action(Tier::Baseline, local, flow),
+            Some(Action::Deny)
+        )
     }
 }

@@ -5,6 +5,7 @@ use enforcer_common::{direction, mode};
 use proptest::prelude::*;
 
 use super::*;
+use crate::cluster_policy::{Action, ClusterKind, ClusterPeer, ClusterPolicy, ClusterRule, Tier};
 use crate::lookup::decide;
 use crate::model::{ContainerPort, IpBlock, Operator, PortSpec, Requirement, Selector};
 use crate::reference::{Env, Flow};
@@ -441,6 +442,84 @@ fn arb_policy_with(i: usize, ip_blocks: bool) -> impl Strategy<Value = Policy> {
         })
 }
 
+fn arb_cluster_peer() -> impl Strategy<Value = ClusterPeer> {
+    prop_oneof![
+        4 => (arb_ns_selector(), arb_selector())
+            .prop_map(|(namespaces, pods)| ClusterPeer::Pods { namespaces, pods }),
+        2 => prop::collection::vec(
+            prop::sample::select(vec![
+                "10.0.0.0/24",
+                "10.0.0.0/30",
+                "0.0.0.0/0",
+                "192.0.2.0/25",
+                "fd00::/64",
+                "fd00::8/126",
+                "::/0",
+            ]),
+            1..3,
+        )
+        .prop_map(|v| {
+            let mut nets: Vec<ipnet::IpNet> = v.iter().map(|s| s.parse().unwrap()).collect();
+            nets.sort();
+            nets.dedup();
+            ClusterPeer::Networks(nets)
+        }),
+        1 => Just(ClusterPeer::Unknown),
+    ]
+}
+
+fn arb_cluster_rule() -> impl Strategy<Value = ClusterRule> {
+    (
+        prop_oneof![Just(Action::Accept), Just(Action::Deny), Just(Action::Pass)],
+        prop::collection::vec(arb_cluster_peer(), 1..3),
+        prop::collection::vec(arb_port(), 0..3),
+        prop::bool::weighted(0.3),
+    )
+        .prop_map(|(action, peers, mut ports, named)| {
+            // Named ports only towards pods (the API refuses them with networks).
+            if peers.iter().any(|p| matches!(p, ClusterPeer::Networks(_))) || !named {
+                ports.retain(|p| !matches!(p.port, PortRef::Named(_)));
+            }
+            ClusterRule {
+                name: None,
+                action,
+                peers,
+                ports,
+            }
+        })
+}
+
+fn arb_cluster_policy(i: usize) -> impl Strategy<Value = ClusterPolicy> {
+    (
+        prop_oneof![Just(Tier::Admin), Just(Tier::Baseline)],
+        prop::sample::select(vec![0u32, 10, 10, 20]),
+        arb_ns_selector(),
+        arb_selector(),
+        prop::collection::vec(arb_cluster_rule(), 0..4),
+        prop::collection::vec(arb_cluster_rule(), 0..4),
+    )
+        .prop_map(
+            move |(tier, priority, subject_namespaces, subject_pods, ingress, mut egress)| {
+                // Ingress peers are pods only.
+                let ingress = ingress
+                    .into_iter()
+                    .filter(|r| r.peers.iter().all(|p| matches!(p, ClusterPeer::Pods { .. })))
+                    .collect();
+                egress.truncate(4);
+                ClusterPolicy {
+                    kind: ClusterKind::ClusterNetworkPolicy,
+                    name: format!("c{i}"),
+                    tier,
+                    priority,
+                    subject_namespaces,
+                    subject_pods,
+                    ingress,
+                    egress,
+                }
+            },
+        )
+}
+
 fn arb_pod(i: usize) -> impl Strategy<Value = Pod> {
     (
         prop::sample::select(vec!["x", "y", "z"]),
@@ -493,8 +572,9 @@ fn arb_cluster_with(ip_blocks: bool) -> impl Strategy<Value = Cluster> {
                 .map(|i| arb_policy_with(i, ip_blocks))
                 .collect::<Vec<_>>()
         }),
+        (0..4usize).prop_flat_map(|n| (0..n).map(arb_cluster_policy).collect::<Vec<_>>()),
     )
-        .prop_map(|(teams, pods, policies)| {
+        .prop_map(|(teams, pods, policies, cluster_policies)| {
             let mut c = Cluster::default();
             for (ns, t) in ["x", "y", "z"].iter().zip(teams) {
                 let mut n = crate::model::implicit_namespace(ns);
@@ -507,6 +587,9 @@ fn arb_cluster_with(ip_blocks: bool) -> impl Strategy<Value = Cluster> {
             }
             for p in policies {
                 c.policies.insert(p.key(), p);
+            }
+            for p in cluster_policies {
+                c.cluster_policies.insert(p.key(), p);
             }
             c
         })
@@ -598,11 +681,11 @@ proptest! {
 fn arb_change() -> impl Strategy<Value = (Cluster, Cluster)> {
     (
         arb_cluster_with(true),
-        0..6usize,
+        0..10usize,
         any::<prop::sample::Index>(),
         arb_labels(),
         arb_policy_with(9, true),
-        0..3usize,
+        (0..3usize, arb_cluster_policy(9)),
         prop::sample::select(vec![
             "10.0.0.5",
             "10.0.1.9",
@@ -611,7 +694,7 @@ fn arb_change() -> impl Strategy<Value = (Cluster, Cluster)> {
             "fd00::9",
         ]),
     )
-        .prop_map(|(c, kind, idx, new_labels, new_policy, team, new_ip)| {
+        .prop_map(|(c, kind, idx, new_labels, new_policy, (team, new_cnp), new_ip)| {
             let mut next = c.clone();
             let pods: Vec<ObjectRef> = c.pods.keys().cloned().collect();
             match kind {
@@ -632,6 +715,30 @@ fn arb_change() -> impl Strategy<Value = (Cluster, Cluster)> {
                 }
                 4 => {
                     next.pods.get_mut(idx.get(&pods)).unwrap().ips = vec![new_ip.parse().unwrap()];
+                }
+                6 => {
+                    next.cluster_policies.insert(new_cnp.key(), new_cnp);
+                }
+                7..=9 if !c.cluster_policies.is_empty() => {
+                    // A priority change, a rule reorder or an action change.
+                    let keys: Vec<ObjectRef> = c.cluster_policies.keys().cloned().collect();
+                    let p = next.cluster_policies.get_mut(idx.get(&keys)).unwrap();
+                    match kind {
+                        7 => p.priority = [0, 10, 20][team],
+                        8 => {
+                            p.ingress.reverse();
+                            p.egress.reverse();
+                        }
+                        _ => {
+                            for r in p.ingress.iter_mut().chain(p.egress.iter_mut()) {
+                                r.action = match r.action {
+                                    Action::Accept => Action::Deny,
+                                    Action::Deny => Action::Pass,
+                                    Action::Pass => Action::Accept,
+                                };
+                            }
+                        }
+                    }
                 }
                 _ => {
                     let ns = idx.get(&["x", "y", "z"]).to_string();
