@@ -134,23 +134,21 @@ pub(crate) fn decide(
 #[inline(always)]
 fn network_policy_tier(p: &Peer, why: &mut Why) {
     let t = tier::NETWORK_POLICY;
-    let mut found = policy_lookup(p.policy_set, p.identity, p.dir, t, p.proto, p.port_be);
+    let mut found = rule_entry(p.policy_set, p.identity, p.dir, t, p.proto, p.port_be);
     let mut matched = p.identity;
     // Found under the CIDR identity: an ipBlock rule admitted the peer, even when the peer is
     // the node (HOST), so the reason is the rule's, not the host's.
-    if found.is_none() && p.cidr_identity != 0 {
-        found = policy_lookup(p.policy_set, p.cidr_identity, p.dir, t, p.proto, p.port_be);
+    if found.action == 0 && p.cidr_identity != 0 {
+        found = rule_entry(p.policy_set, p.cidr_identity, p.dir, t, p.proto, p.port_be);
         matched = p.cidr_identity;
     }
-    if found.is_none() {
-        found = policy_lookup(p.policy_set, identity::ANY, p.dir, t, p.proto, p.port_be);
+    if found.action == 0 {
+        found = rule_entry(p.policy_set, identity::ANY, p.dir, t, p.proto, p.port_be);
         matched = identity::ANY;
     }
-    if let Some(v) = found
-        && v.action == POLICY_ACTION_ALLOW
-    {
-        why.policy_id = v.policy_id;
-        why.rule_index = v.rule_index;
+    if found.action == POLICY_ACTION_ALLOW {
+        why.policy_id = found.policy_id;
+        why.rule_index = found.rule_index;
         why.tier = t;
         why.allowed = true;
         why.reason = if matched == identity::HOST {
@@ -165,36 +163,49 @@ fn network_policy_tier(p: &Peer, why: &mut Why) {
 /// matches. Returns whether it decided (Accept or Deny); Pass and no match go on.
 #[inline(always)]
 fn ordered_tier(p: &Peer, t: u8, why: &mut Why) -> bool {
-    let mut best = policy_lookup(p.policy_set, p.identity, p.dir, t, p.proto, p.port_be);
-    if p.cidr_identity != 0
-        && let Some(v) = policy_lookup(p.policy_set, p.cidr_identity, p.dir, t, p.proto, p.port_be)
-        && best.is_none_or(|b| v.rank < b.rank)
-    {
-        best = Some(v);
+    // Plain values with action 0 for "none" rather than `Option`s: the verifier must see every
+    // field written on every path.
+    let mut best = rule_entry(p.policy_set, p.identity, p.dir, t, p.proto, p.port_be);
+    if p.cidr_identity != 0 {
+        let v = rule_entry(p.policy_set, p.cidr_identity, p.dir, t, p.proto, p.port_be);
+        if v.action != 0 && (best.action == 0 || v.rank < best.rank) {
+            best = v;
+        }
     }
-    if let Some(v) = policy_lookup(p.policy_set, identity::ANY, p.dir, t, p.proto, p.port_be)
-        && best.is_none_or(|b| v.rank < b.rank)
-    {
-        best = Some(v);
+    let v = rule_entry(p.policy_set, identity::ANY, p.dir, t, p.proto, p.port_be);
+    if v.action != 0 && (best.action == 0 || v.rank < best.rank) {
+        best = v;
     }
-    let Some(v) = best else {
+    if best.action == POLICY_ACTION_ALLOW {
+        why.allowed = true;
+        why.reason = reason::ALLOWED_BY_RULE;
+    } else if best.action == POLICY_ACTION_DENY {
+        why.allowed = false;
+        why.reason = reason::DENY_RULE;
+    } else {
         return false;
-    };
-    match v.action {
-        POLICY_ACTION_ALLOW => {
-            why.allowed = true;
-            why.reason = reason::ALLOWED_BY_RULE;
-        }
-        POLICY_ACTION_DENY => {
-            why.allowed = false;
-            why.reason = reason::DENY_RULE;
-        }
-        _ => return false,
     }
-    why.policy_id = v.policy_id;
-    why.rule_index = v.rule_index;
+    why.policy_id = best.policy_id;
+    why.rule_index = best.rule_index;
     why.tier = t;
     true
+}
+
+/// A rule's entry (allow, deny or pass) for one peer identity in one tier, or a zero value
+/// (action 0) when there is none.
+#[inline(always)]
+fn rule_entry(policy_set: u32, id: u32, dir: u8, t: u8, proto: u8, port_be: u16) -> PolicyValue {
+    let none = PolicyValue {
+        policy_id: 0,
+        rule_index: 0,
+        action: 0,
+        flags: 0,
+        rank: 0,
+    };
+    match policy_lookup(policy_set, id, dir, t, proto, port_be) {
+        Some(v) => v,
+        None => none,
+    }
 }
 
 /// One longest-prefix lookup over (protocol, port) for one peer identity in one tier. Entries

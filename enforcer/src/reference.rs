@@ -114,7 +114,9 @@ impl Env<'_> {
             .cluster
             .cluster_policies
             .values()
-            .filter(|p| p.tier == tier && !local.host_network && p.selects(&ns_labels, &local.labels))
+            .filter(|p| {
+                p.tier == tier && !local.host_network && p.selects(&ns_labels, &local.labels)
+            })
             .collect();
         policies.sort_by(|a, b| a.order().cmp(&b.order()));
         for p in policies {
@@ -123,7 +125,10 @@ impl Env<'_> {
             } else {
                 &p.egress
             };
-            if let Some(r) = rules.iter().find(|r| self.cluster_rule_matches(r, local, flow)) {
+            if let Some(r) = rules
+                .iter()
+                .find(|r| self.cluster_rule_matches(r, local, flow))
+            {
                 return Some(r.action);
             }
         }

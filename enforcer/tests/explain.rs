@@ -175,6 +175,94 @@ fn rules(r: &mut Rng, word: &str) -> String {
     out
 }
 
+/// A ClusterNetworkPolicy peer: pods, namespaces, or (egress) networks.
+fn cluster_peer(r: &mut Rng, egress: bool) -> String {
+    match r.below(if egress { 4 } else { 3 }) {
+        0 => format!("{{namespaces: {}}}", selector(r, "team", &["a", "b"])),
+        1 | 2 => format!(
+            "{{pods: {{namespaceSelector: {}, podSelector: {}}}}}",
+            selector(r, "team", &["a", "b"]),
+            selector(r, "app", &APPS)
+        ),
+        _ => {
+            let nets: Vec<String> = (0..1 + r.below(2))
+                .map(|_| format!("\"{}\"", r.pick(&BLOCKS).0))
+                .collect();
+            format!("{{networks: [{}]}}", nets.join(", "))
+        }
+    }
+}
+
+/// ClusterNetworkPolicy `protocols` (named ports only towards pods).
+fn cluster_protocols(r: &mut Rng, named: bool) -> String {
+    let items: Vec<String> = (0..1 + r.below(2))
+        .map(|_| match r.below(if named { 4 } else { 3 }) {
+            0 => {
+                let p = *r.pick(&PORTS);
+                format!(
+                    "{{{}: {{destinationPort: {{range: {{start: {p}, end: {}}}}}}}}}",
+                    r.pick(&["tcp", "udp", "sctp"]),
+                    p + 1 + r.below(40) as u16
+                )
+            }
+            3 => format!(
+                "{{destinationNamedPort: {}}}",
+                r.pick(&["http", "dns", "sig", "metrics"])
+            ),
+            _ => format!(
+                "{{{}: {{destinationPort: {{number: {}}}}}}}",
+                r.pick(&["tcp", "udp", "sctp"]),
+                r.pick(&PORTS)
+            ),
+        })
+        .collect();
+    format!("protocols: [{}]", items.join(", "))
+}
+
+fn cluster_rules(r: &mut Rng, egress: bool) -> String {
+    let word = if egress { "to" } else { "from" };
+    let rules: Vec<String> = (0..r.below(4))
+        .map(|_| {
+            let peers: Vec<String> = (0..1 + r.below(2))
+                .map(|_| cluster_peer(r, egress))
+                .collect();
+            let named = !peers.iter().any(|p| p.contains("networks"));
+            let mut parts = vec![
+                format!("action: {}", r.pick(&["Accept", "Deny", "Pass"])),
+                format!("{word}: [{}]", peers.join(", ")),
+            ];
+            if r.chance(60) {
+                parts.push(cluster_protocols(r, named));
+            }
+            format!("{{{}}}", parts.join(", "))
+        })
+        .collect();
+    format!("[{}]", rules.join(", "))
+}
+
+fn cluster_policies(r: &mut Rng, y: &mut String) {
+    for i in 0..r.below(4) {
+        let subject = if r.chance(50) {
+            format!("{{namespaces: {}}}", selector(r, "team", &["a", "b"]))
+        } else {
+            format!(
+                "{{pods: {{namespaceSelector: {}, podSelector: {}}}}}",
+                selector(r, "team", &["a", "b"]),
+                selector(r, "app", &APPS)
+            )
+        };
+        let _ = writeln!(
+            y,
+            "apiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy\nmetadata: {{name: cnp{i}}}\n\
+             spec: {{tier: {}, priority: {}, subject: {subject}, ingress: {}, egress: {}}}\n---",
+            r.pick(&["Admin", "Baseline"]),
+            r.pick(&[5, 10, 10, 20]),
+            cluster_rules(r, false),
+            cluster_rules(r, true),
+        );
+    }
+}
+
 fn generate(seed: u64) -> Generated {
     let mut r = Rng(seed);
     let mut y = String::new();
@@ -214,7 +302,8 @@ fn generate(seed: u64) -> Generated {
         "apiVersion: v1\nkind: Pod\nmetadata: {{name: node-agent, namespace: kube-system}}\n\
          spec: {{hostNetwork: true, containers: [{{name: c, image: i}}]}}\nstatus: {{podIP: {NODE_IP}}}\n---"
     );
-    for i in 0..1 + r.below(4) {
+    cluster_policies(&mut r, &mut y);
+    for i in 0..r.below(4) {
         let (ns, _) = *r.pick(&NAMESPACES);
         let types = match r.below(4) {
             0 => "",
@@ -393,6 +482,7 @@ fn explain_answers_what_the_datapath_answers() {
     let (mut sport, mut revision) = (20000u16, 0u32);
     let mut failures = Vec::new();
     let (mut judged, mut sides, mut denied, mut ipv6) = (0, 0, 0, 0);
+    let mut by_deny_rule = 0;
     for &seed in &seeds {
         let g = generate(seed);
         let c = cluster(&g, seed);
@@ -425,6 +515,11 @@ fn explain_answers_what_the_datapath_answers() {
             }
             judged += 1;
             sides += e.sides.len();
+            by_deny_rule += e
+                .sides
+                .iter()
+                .filter(|s| s.reason == reason::name(reason::DENY_RULE))
+                .count();
             denied += usize::from(e.allowed == Some(false));
             if !e.agree {
                 failed_here.push(format!(
@@ -479,12 +574,16 @@ fn explain_answers_what_the_datapath_answers() {
         }
     }
     eprintln!(
-        "{} clusters, {judged} judged flows ({denied} denied, {ipv6} IPv6), {sides} sides run through the datapath",
+        "{} clusters, {judged} judged flows ({denied} denied, {ipv6} IPv6), {sides} sides run through the datapath, {by_deny_rule} denied by a cluster policy's Deny rule",
         seeds.len()
     );
     assert!(
         denied > 0 && denied < judged,
         "the generator makes both verdicts"
+    );
+    assert!(
+        seeds.len() < 10 || by_deny_rule > 0,
+        "the generator makes Deny rules decide"
     );
     assert!(
         failures.is_empty(),

@@ -503,7 +503,11 @@ fn arb_cluster_policy(i: usize) -> impl Strategy<Value = ClusterPolicy> {
                 // Ingress peers are pods only.
                 let ingress = ingress
                     .into_iter()
-                    .filter(|r| r.peers.iter().all(|p| matches!(p, ClusterPeer::Pods { .. })))
+                    .filter(|r| {
+                        r.peers
+                            .iter()
+                            .all(|p| matches!(p, ClusterPeer::Pods { .. }))
+                    })
                     .collect();
                 egress.truncate(4);
                 ClusterPolicy {
@@ -694,63 +698,66 @@ fn arb_change() -> impl Strategy<Value = (Cluster, Cluster)> {
             "fd00::9",
         ]),
     )
-        .prop_map(|(c, kind, idx, new_labels, new_policy, (team, new_cnp), new_ip)| {
-            let mut next = c.clone();
-            let pods: Vec<ObjectRef> = c.pods.keys().cloned().collect();
-            match kind {
-                0 => {
-                    next.pods.get_mut(idx.get(&pods)).unwrap().labels = new_labels;
-                }
-                1 => {
-                    next.policies.insert(new_policy.key(), new_policy);
-                }
-                2 if !c.policies.is_empty() => {
-                    let k = idx
-                        .get(&c.policies.keys().cloned().collect::<Vec<_>>())
-                        .clone();
-                    next.policies.remove(&k);
-                }
-                3 => {
-                    next.pods.remove(idx.get(&pods));
-                }
-                4 => {
-                    next.pods.get_mut(idx.get(&pods)).unwrap().ips = vec![new_ip.parse().unwrap()];
-                }
-                6 => {
-                    next.cluster_policies.insert(new_cnp.key(), new_cnp);
-                }
-                7..=9 if !c.cluster_policies.is_empty() => {
-                    // A priority change, a rule reorder or an action change.
-                    let keys: Vec<ObjectRef> = c.cluster_policies.keys().cloned().collect();
-                    let p = next.cluster_policies.get_mut(idx.get(&keys)).unwrap();
-                    match kind {
-                        7 => p.priority = [0, 10, 20][team],
-                        8 => {
-                            p.ingress.reverse();
-                            p.egress.reverse();
-                        }
-                        _ => {
-                            for r in p.ingress.iter_mut().chain(p.egress.iter_mut()) {
-                                r.action = match r.action {
-                                    Action::Accept => Action::Deny,
-                                    Action::Deny => Action::Pass,
-                                    Action::Pass => Action::Accept,
-                                };
+        .prop_map(
+            |(c, kind, idx, new_labels, new_policy, (team, new_cnp), new_ip)| {
+                let mut next = c.clone();
+                let pods: Vec<ObjectRef> = c.pods.keys().cloned().collect();
+                match kind {
+                    0 => {
+                        next.pods.get_mut(idx.get(&pods)).unwrap().labels = new_labels;
+                    }
+                    1 => {
+                        next.policies.insert(new_policy.key(), new_policy);
+                    }
+                    2 if !c.policies.is_empty() => {
+                        let k = idx
+                            .get(&c.policies.keys().cloned().collect::<Vec<_>>())
+                            .clone();
+                        next.policies.remove(&k);
+                    }
+                    3 => {
+                        next.pods.remove(idx.get(&pods));
+                    }
+                    4 => {
+                        next.pods.get_mut(idx.get(&pods)).unwrap().ips =
+                            vec![new_ip.parse().unwrap()];
+                    }
+                    6 => {
+                        next.cluster_policies.insert(new_cnp.key(), new_cnp);
+                    }
+                    7..=9 if !c.cluster_policies.is_empty() => {
+                        // A priority change, a rule reorder or an action change.
+                        let keys: Vec<ObjectRef> = c.cluster_policies.keys().cloned().collect();
+                        let p = next.cluster_policies.get_mut(idx.get(&keys)).unwrap();
+                        match kind {
+                            7 => p.priority = [0, 10, 20][team],
+                            8 => {
+                                p.ingress.reverse();
+                                p.egress.reverse();
+                            }
+                            _ => {
+                                for r in p.ingress.iter_mut().chain(p.egress.iter_mut()) {
+                                    r.action = match r.action {
+                                        Action::Accept => Action::Deny,
+                                        Action::Deny => Action::Pass,
+                                        Action::Pass => Action::Accept,
+                                    };
+                                }
                             }
                         }
                     }
+                    _ => {
+                        let ns = idx.get(&["x", "y", "z"]).to_string();
+                        next.namespaces
+                            .get_mut(&ns)
+                            .unwrap()
+                            .labels
+                            .insert("team".into(), ["red", "blue", "green"][team].into());
+                    }
                 }
-                _ => {
-                    let ns = idx.get(&["x", "y", "z"]).to_string();
-                    next.namespaces
-                        .get_mut(&ns)
-                        .unwrap()
-                        .labels
-                        .insert("team".into(), ["red", "blue", "green"][team].into());
-                }
-            }
-            (c, next)
-        })
+                (c, next)
+            },
+        )
 }
 
 proptest! {
