@@ -167,6 +167,9 @@ pub struct EventRecord {
     pub peer_blocks: Vec<String>,
     pub policy: Option<String>,
     pub rule: Option<u16>,
+    /// The tier of the rule that decided: `Admin`, `NetworkPolicy` or `Baseline`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tier: Option<String>,
     /// For drops by isolation: the policies that isolate the endpoint in this direction.
     #[serde(default)]
     pub isolated_by: Vec<String>,
@@ -283,6 +286,14 @@ impl EventRecord {
                 })
                 .flatten(),
             rule: (e.policy_id != 0).then_some(e.rule_index),
+            tier: (e.policy_id != 0
+                && matches!(
+                    e.tier,
+                    enforcer_common::tier::ADMIN
+                        | enforcer_common::tier::NETWORK_POLICY
+                        | enforcer_common::tier::BASELINE
+                ))
+            .then(|| enforcer_common::tier::name(e.tier).to_string()),
             isolated_by,
         }
     }

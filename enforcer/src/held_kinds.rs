@@ -1,7 +1,8 @@
-//! The custom resources of the next policy kinds (ClusterNetworkPolicy and Admin/Baseline
-//! AdminNetworkPolicy of `policy.networking.k8s.io`, Calico's HostEndpoint and
-//! GlobalNetworkPolicy of `crd.projectcalico.org`; `deploy/crds/`): watched and counted, not yet
-//! enforced, so that `enforcer status` says plainly what this version holds and ignores.
+//! The custom resources of the next policy kinds (Calico's HostEndpoint and GlobalNetworkPolicy
+//! of `crd.projectcalico.org`; `deploy/crds/`): watched and counted, not yet enforced, so that
+//! `enforcer status` says plainly what this version holds and ignores. (The cluster-wide
+//! policies of `policy.networking.k8s.io` are enforced: `kube_source` watches them, the same
+//! way when their CRD is absent.)
 //!
 //! A cluster may lack any of these CRDs. The agent must not wait for them (the first sync needs
 //! only the built-in kinds), says once that one is absent, polls for it with backoff, and
@@ -33,7 +34,7 @@ impl HeldKind {
         format!("{}.{}", self.plural, self.group)
     }
 
-    fn resource(&self) -> ApiResource {
+    pub fn resource(&self) -> ApiResource {
         ApiResource {
             group: self.group.into(),
             version: self.version.into(),
@@ -44,25 +45,7 @@ impl HeldKind {
     }
 }
 
-pub const KINDS: [HeldKind; 5] = [
-    HeldKind {
-        group: "policy.networking.k8s.io",
-        version: "v1alpha2",
-        kind: "ClusterNetworkPolicy",
-        plural: "clusternetworkpolicies",
-    },
-    HeldKind {
-        group: "policy.networking.k8s.io",
-        version: "v1alpha1",
-        kind: "AdminNetworkPolicy",
-        plural: "adminnetworkpolicies",
-    },
-    HeldKind {
-        group: "policy.networking.k8s.io",
-        version: "v1alpha1",
-        kind: "BaselineAdminNetworkPolicy",
-        plural: "baselineadminnetworkpolicies",
-    },
+pub const KINDS: [HeldKind; 2] = [
     HeldKind {
         group: "crd.projectcalico.org",
         version: "v1",

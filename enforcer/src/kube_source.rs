@@ -16,17 +16,20 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::{Namespace as KNamespace, Pod as KPod, Service as KService};
 use k8s_openapi::api::discovery::v1::EndpointSlice as KEndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy as KPolicy;
+use kube::api::{DynamicObject, ListParams};
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::{WatchStreamExt as _, watcher::watcher};
 use kube::{Api, Client, Resource, ResourceExt as _};
 use tokio::sync::Notify;
 use tracing::{info, warn};
 
+use crate::cluster_policy;
 use crate::compiler::Cluster;
 use crate::model::{
     InvalidObject, ObjectRef, SERVICE_NAME_LABEL, endpoint_slice_from_api, namespace_from_api,
@@ -42,15 +45,21 @@ pub enum Kind {
     NetworkPolicy,
     Service,
     EndpointSlice,
+    ClusterNetworkPolicy,
+    AdminNetworkPolicy,
+    BaselineAdminNetworkPolicy,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 5] = [
+    pub const ALL: [Kind; 8] = [
         Kind::Namespace,
         Kind::Pod,
         Kind::NetworkPolicy,
         Kind::Service,
         Kind::EndpointSlice,
+        Kind::ClusterNetworkPolicy,
+        Kind::AdminNetworkPolicy,
+        Kind::BaselineAdminNetworkPolicy,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -60,7 +69,26 @@ impl Kind {
             Kind::NetworkPolicy => "NetworkPolicy",
             Kind::Service => "Service",
             Kind::EndpointSlice => "EndpointSlice",
+            Kind::ClusterNetworkPolicy => "ClusterNetworkPolicy",
+            Kind::AdminNetworkPolicy => "AdminNetworkPolicy",
+            Kind::BaselineAdminNetworkPolicy => "BaselineAdminNetworkPolicy",
         }
+    }
+
+    /// The custom resource a kind is served by (its CRD may be absent).
+    pub fn custom(self) -> Option<crate::held_kinds::HeldKind> {
+        let (version, plural) = match self {
+            Kind::ClusterNetworkPolicy => ("v1alpha2", "clusternetworkpolicies"),
+            Kind::AdminNetworkPolicy => ("v1alpha1", "adminnetworkpolicies"),
+            Kind::BaselineAdminNetworkPolicy => ("v1alpha1", "baselineadminnetworkpolicies"),
+            _ => return None,
+        };
+        Some(crate::held_kinds::HeldKind {
+            group: enforcer_objects::policy_api::GROUP,
+            version,
+            kind: self.as_str(),
+            plural,
+        })
     }
 
     fn index(self) -> usize {
@@ -81,6 +109,9 @@ pub enum Change {
     Applied(Entry),
     /// Deleted (the entry carries the deletion's resourceVersion).
     Deleted { key: ObjectRef, rv: u64 },
+    /// The API server does not serve the kind (its CRD is absent): no object of it exists,
+    /// and the first sync need not wait for it.
+    Absent,
 }
 
 /// An object as the store takes it: its key, its resourceVersion, and either its validated form
@@ -176,6 +207,15 @@ impl Store {
                     }
                 }
                 self.changes += 1;
+            }
+            Change::Absent => {
+                if !k.objects.is_empty() || !k.synced {
+                    self.changes += 1;
+                }
+                k.objects.clear();
+                k.invalid.clear();
+                k.listing = None;
+                k.synced = true;
             }
             Change::Deleted { key, rv } => {
                 k.stats.events += 1;
@@ -337,6 +377,9 @@ impl KubeSource {
             spawn_watch::<KPolicy>(Api::all(client.clone()), &store, &changed),
             spawn_watch::<KService>(Api::all(client.clone()), &store, &changed),
             spawn_watch::<KEndpointSlice>(Api::all(client.clone()), &store, &changed),
+            spawn_custom_watch(Kind::ClusterNetworkPolicy, &client, &store, &changed),
+            spawn_custom_watch(Kind::AdminNetworkPolicy, &client, &store, &changed),
+            spawn_custom_watch(Kind::BaselineAdminNetworkPolicy, &client, &store, &changed),
         ];
         let held = crate::held_kinds::HeldKinds::start(client, changed.clone());
         KubeSource {
@@ -404,6 +447,112 @@ fn spawn_watch<K: Watched>(
             if done {
                 info!(kind = kind.as_str(), "listed");
             }
+            changed.notify_one();
+        }
+    })
+}
+
+/// A cluster-wide policy from the API server (not strict: a newer CRD may carry fields this
+/// version does not know; a peer made only of such fields fails closed).
+fn custom_entry(kind: Kind, o: &DynamicObject) -> Entry {
+    let name = o.metadata.name.clone().unwrap_or_default();
+    let rv = o
+        .metadata
+        .resource_version
+        .as_deref()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let invalid = |reason: String| InvalidObject {
+        kind: kind.as_str(),
+        object: name.clone(),
+        field: "(object)".into(),
+        reason,
+    };
+    let value = serde_json::to_value(o).map_err(|e| invalid(e.to_string()));
+    let object = value.and_then(|v| match kind {
+        Kind::ClusterNetworkPolicy => serde_json::from_value(v)
+            .map_err(|e| invalid(e.to_string()))
+            .and_then(|p| cluster_policy::from_cnp(&p)),
+        Kind::AdminNetworkPolicy => serde_json::from_value(v)
+            .map_err(|e| invalid(e.to_string()))
+            .and_then(|p| cluster_policy::from_anp(&p)),
+        _ => serde_json::from_value(v)
+            .map_err(|e| invalid(e.to_string()))
+            .and_then(|p| cluster_policy::from_banp(&p)),
+    });
+    Entry {
+        key: ObjectRef::new(kind.as_str(), name.clone()),
+        rv,
+        object: object.map(Object::ClusterPolicy),
+    }
+}
+
+/// Watches a kind served by a custom resource: while the API server answers 404 the kind is
+/// absent (said once, looked for again from 1 s doubling to 30 s, and the first sync does not
+/// wait for it); from the moment it is served, a watcher as for every kind.
+fn spawn_custom_watch(
+    kind: Kind,
+    client: &Client,
+    store: &Arc<Mutex<Store>>,
+    changed: &Arc<Notify>,
+) -> tokio::task::JoinHandle<()> {
+    let (store, changed) = (store.clone(), changed.clone());
+    let custom = kind.custom().expect("a custom kind");
+    let api: Api<DynamicObject> = Api::all_with(client.clone(), &custom.resource());
+    tokio::spawn(async move {
+        let mut delay = Duration::ZERO;
+        let mut said = false;
+        loop {
+            match api.list_metadata(&ListParams::default().limit(1)).await {
+                Ok(_) => break,
+                Err(kube::Error::Api(e)) if e.code == 404 => {
+                    if !said {
+                        warn!(
+                            crd = custom.crd_name(),
+                            "CRD absent: no {} exists until it is installed (the agent watches \
+                             for it)",
+                            kind.as_str()
+                        );
+                        said = true;
+                        store
+                            .lock()
+                            .expect("kube store lock")
+                            .apply(kind, Change::Absent);
+                        changed.notify_one();
+                    }
+                }
+                Err(e) => warn!(kind = kind.as_str(), "looking for the CRD: {e}"),
+            }
+            delay = crate::held_kinds::next_delay(delay);
+            tokio::time::sleep(delay).await;
+        }
+        info!(crd = custom.crd_name(), "watching {}", kind.as_str());
+        let mut stream = watcher(api, watcher::Config::default())
+            .default_backoff()
+            .boxed();
+        while let Some(ev) = stream.next().await {
+            let change = match ev {
+                Ok(Event::Init) => Change::ListStart,
+                Ok(Event::InitApply(o)) => Change::Listed(custom_entry(kind, &o)),
+                Ok(Event::InitDone) => Change::ListDone,
+                Ok(Event::Apply(o)) => Change::Applied(custom_entry(kind, &o)),
+                Ok(Event::Delete(o)) => {
+                    let e = custom_entry(kind, &o);
+                    Change::Deleted {
+                        key: e.key,
+                        rv: e.rv,
+                    }
+                }
+                Err(e) => {
+                    warn!(kind = kind.as_str(), "watch: {e}");
+                    store.lock().expect("kube store lock").watch_error(kind);
+                    continue;
+                }
+            };
+            if let Change::Applied(Entry { object: Err(e), .. }) = &change {
+                warn!("rejected (its last valid version keeps enforcing): {e}");
+            }
+            store.lock().expect("kube store lock").apply(kind, change);
             changed.notify_one();
         }
     })

@@ -60,6 +60,9 @@ struct EndpointRow {
     policy_set: u32,
     ingress: &'static str,
     egress: &'static str,
+    /// The ordered tiers holding rules for it, per direction (`ingress:Admin`, ...).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    tiers: Vec<String>,
     /// For an endpoint held closed (`deny-all`): why (`endpoint-capacity`, `endpoint-unknown`,
     /// ...); its `policy_set` is that reason, not a set.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -84,14 +87,54 @@ struct CidrRow {
 struct PolicyRow {
     policy_set: u32,
     direction: &'static str,
+    /// `Admin`, `NetworkPolicy`, `Baseline`, or `Service` (a Service port's verdict).
+    tier: &'static str,
     /// The peer identity, by what it stands for (`--numeric`: its number).
     peer: String,
     protocol: String,
     port: String,
-    /// `namespace/name` (`--numeric`: `#id`).
+    /// `namespace/name` or `Kind/name` (`--numeric`: `#id`).
     policy: String,
     rule: u16,
     action: &'static str,
+    /// In an ordered tier: the rule's place in the tier's order (lower first).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rank: Option<u32>,
+}
+
+/// The name of a `POLICY` entry's action.
+pub fn action_name(a: u8) -> &'static str {
+    match a {
+        enforcer_common::POLICY_ACTION_ALLOW => "allow",
+        enforcer_common::POLICY_ACTION_DENY => "deny",
+        enforcer_common::POLICY_ACTION_PASS => "pass",
+        enforcer_common::POLICY_ACTION_DEFER => "defer",
+        enforcer_common::POLICY_ACTION_UNBOUND => "unbound",
+        _ => "unknown",
+    }
+}
+
+/// The ordered tiers an endpoint holds, as `direction:Tier`.
+fn tiers_of(e: &enforcer_common::EndpointInfo) -> Vec<String> {
+    let mut out = Vec::new();
+    for dir in [
+        enforcer_common::direction::INGRESS,
+        enforcer_common::direction::EGRESS,
+    ] {
+        for t in [
+            enforcer_common::tier::ADMIN,
+            enforcer_common::tier::BASELINE,
+        ] {
+            if e.has_tier(dir, t) {
+                out.push(format!(
+                    "{}:{}",
+                    dir_name(dir),
+                    enforcer_common::tier::name(t)
+                ));
+            }
+        }
+    }
+    out
 }
 
 #[derive(Serialize)]
@@ -203,6 +246,7 @@ fn build(i: &Input, o: &Options) -> Dump {
                         policy_set: e.policy_set,
                         ingress: mode_name(e.ingress_mode),
                         egress: mode_name(e.egress_mode),
+                        tiers: tiers_of(e),
                         held_for: (e.ingress_mode == mode::DENY_ALL)
                             .then(|| reason::name(e.held_reason())),
                     },
@@ -246,16 +290,18 @@ fn build(i: &Input, o: &Options) -> Dump {
                 PolicyRow {
                     policy_set: k.data.policy_set,
                     direction: dir_name(k.data.direction),
+                    tier: enforcer_common::tier::name(k.data.tier),
                     peer: n.identity(k.data.identity),
                     protocol,
                     port,
                     policy: n.policy(v.policy_id),
                     rule: v.rule_index,
-                    action: if v.action == enforcer_common::POLICY_ACTION_DENY {
-                        "deny"
-                    } else {
-                        "allow"
-                    },
+                    action: action_name(v.action),
+                    rank: matches!(
+                        k.data.tier,
+                        enforcer_common::tier::ADMIN | enforcer_common::tier::BASELINE
+                    )
+                    .then_some(v.rank),
                 }
             })
             .collect(),
@@ -421,7 +467,7 @@ fn render_endpoints(s: &mut String, d: &Dump) {
     for (ifindex, e) in &d.endpoints {
         let _ = writeln!(
             s,
-            "{:<8} {:<9} {:<6} {:<10} {:<10} {}{}",
+            "{:<8} {:<9} {:<6} {:<10} {:<10} {}{}{}",
             ifindex,
             e.endpoint_id,
             e.policy_set,
@@ -430,7 +476,12 @@ fn render_endpoints(s: &mut String, d: &Dump) {
             e.pod.as_deref().unwrap_or("-"),
             e.held_for
                 .map(|r| format!(" (held: {r})"))
-                .unwrap_or_default()
+                .unwrap_or_default(),
+            if e.tiers.is_empty() {
+                String::new()
+            } else {
+                format!(" (tiers: {})", e.tiers.join(", "))
+            }
         );
     }
     s.push('\n');
@@ -457,15 +508,16 @@ fn render_identities(s: &mut String, d: &Dump) {
 fn render_policy(s: &mut String, d: &Dump) {
     let _ = writeln!(
         s,
-        "POLICY ENTRIES\n{:<6} {:<8} {:<7} {:<12} {:<6} {:<44} PEER",
-        "SET", "DIR", "PROTO", "PORT", "ACTION", "POLICY (RULE)"
+        "POLICY ENTRIES\n{:<6} {:<8} {:<14} {:<7} {:<12} {:<7} {:<44} PEER",
+        "SET", "DIR", "TIER", "PROTO", "PORT", "ACTION", "POLICY (RULE)"
     );
     for p in &d.policy {
         let _ = writeln!(
             s,
-            "{:<6} {:<8} {:<7} {:<12} {:<6} {:<44} {}",
+            "{:<6} {:<8} {:<14} {:<7} {:<12} {:<7} {:<44} {}",
             p.policy_set,
             p.direction,
+            p.tier,
             p.protocol,
             p.port,
             p.action,

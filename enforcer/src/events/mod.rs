@@ -70,8 +70,11 @@ pub fn render(e: &EventLine, tz: &TimeZone) -> String {
             "would be dropped by {} (audit mode: passed)",
             e.isolated_by.join(", ")
         ),
-        (_, r) => match (&e.policy, e.rule) {
-            (Some(p), Some(rule)) => format!("{r} ({p}, rule {rule})"),
+        (_, r) => match (&e.policy, e.rule, &e.tier) {
+            (Some(p), Some(rule), Some(t)) if t != "NetworkPolicy" => {
+                format!("{r} ({t} tier: {p}, rule {rule})")
+            }
+            (Some(p), Some(rule), _) => format!("{r} ({p}, rule {rule})"),
             _ => r.to_string(),
         },
     };
@@ -214,6 +217,7 @@ pub(crate) mod tests {
             peer_blocks: vec![],
             policy: None,
             rule: None,
+            tier: None,
             isolated_by: vec!["x/deny".into(), "x/allow-c".into()],
         }
     }

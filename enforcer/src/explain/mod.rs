@@ -48,11 +48,31 @@ pub struct Side {
     pub reason: &'static str,
     pub policy: Option<String>,
     pub rule: Option<u16>,
+    /// The tier of the rule that decided (`Admin`, `NetworkPolicy`, `Baseline`; `Service` for
+    /// a Service port's verdict).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tier: Option<&'static str>,
+    /// The name of that rule, when it has one (cluster-wide rules may be named).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule_name: Option<String>,
+    /// The Pass rules that sent the flow on to a later tier, in order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub passes: Vec<PassedBy>,
     /// What the reference evaluator says.
     pub reference_allows: bool,
     /// What the running agent's maps say, when the pod is an endpoint of this node and the
     /// maps were asked (`--live`).
     pub live: Option<LiveSide>,
+}
+
+/// A Pass rule on the way to the decision.
+#[derive(Serialize, Debug, Clone, PartialEq, Eq)]
+pub struct PassedBy {
+    pub tier: &'static str,
+    pub policy: String,
+    pub rule: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule_name: Option<String>,
 }
 
 /// The datapath's decision as the live maps give it.
@@ -247,9 +267,49 @@ fn side(
             }
         }),
         rule: d.entry.map(|e| e.rule_index),
+        tier: d
+            .entry
+            .filter(|e| e.policy_id != POLICY_ID_HOST)
+            .map(|_| enforcer_common::tier::name(d.tier)),
+        rule_name: d
+            .entry
+            .and_then(|e| rule_name(c, env.cluster, e.policy_id, dir, e.rule_index)),
+        passes: d
+            .passes
+            .iter()
+            .map(|(t, v)| PassedBy {
+                tier: enforcer_common::tier::name(*t),
+                policy: c
+                    .compiled
+                    .policies
+                    .get(&v.policy_id)
+                    .map(ObjectRef::to_string)
+                    .unwrap_or_else(|| format!("#{}", v.policy_id)),
+                rule: v.rule_index,
+                rule_name: rule_name(c, env.cluster, v.policy_id, dir, v.rule_index),
+            })
+            .collect(),
         reference_allows: env.allows(p, &flow),
         live: None,
     }
+}
+
+/// The name a cluster-wide policy gives its rule, if any.
+fn rule_name(
+    c: &Compiled,
+    cluster: &Cluster,
+    policy_id: u32,
+    dir: u8,
+    rule: u16,
+) -> Option<String> {
+    let key = c.compiled.policies.get(&policy_id)?;
+    let p = cluster.cluster_policies.get(key)?;
+    let rules = if dir == direction::INGRESS {
+        &p.ingress
+    } else {
+        &p.egress
+    };
+    rules.get(usize::from(rule))?.name.clone()
 }
 
 /// Adds what the live maps of this node's agent decide for the sides that are local endpoints

@@ -35,17 +35,52 @@ pub fn render(e: &Explanation) -> String {
     }
     for side in &e.sides {
         let verdict = if side.allowed { "allow" } else { "deny" };
+        let named = |name: &Option<String>| {
+            name.as_deref()
+                .map(|n| format!(" ({n:?})"))
+                .unwrap_or_default()
+        };
+        for p in &side.passes {
+            let _ = writeln!(
+                s,
+                "  {:<7} at {}: passed on by {} tier {} {} rule {}{}",
+                side.direction,
+                side.pod,
+                p.tier,
+                p.policy,
+                side.direction,
+                p.rule,
+                named(&p.rule_name)
+            );
+        }
         let why = match (&side.policy, side.reason) {
             (Some(p), _) if p == "<host>" => {
                 "allowed: the node's own address reaches its pods (the agent's default; \
                  --no-allow-host turns it off)"
                     .into()
             }
-            (Some(p), _) => format!(
-                "allowed by {p} {} rule {}",
-                side.direction,
-                side.rule.unwrap_or(0)
-            ),
+            (Some(p), r) => {
+                let tier = match side.tier {
+                    Some(t @ ("Admin" | "Baseline")) => format!("{t} tier "),
+                    _ => String::new(),
+                };
+                format!(
+                    "{} by {tier}{p} {} rule {}{}",
+                    if r == "denied-by-rule" {
+                        "denied"
+                    } else {
+                        "allowed"
+                    },
+                    side.direction,
+                    side.rule.unwrap_or(0),
+                    named(&side.rule_name)
+                )
+            }
+            (None, "not-isolated") if !side.passes.is_empty() => {
+                "not isolated: no NetworkPolicy selects it for this direction, and no later \
+                 rule decides"
+                    .into()
+            }
             (None, "not-isolated") => {
                 "not isolated: no policy selects it for this direction".into()
             }
