@@ -530,6 +530,8 @@ struct Agent {
     started: String,
     /// Objects the source rejected at the last read, with the reason.
     rejected: Vec<String>,
+    /// Cluster-wide policies tied on tier and priority over a common pod, as reported.
+    priority_conflicts: Vec<String>,
 }
 
 impl Agent {
@@ -862,6 +864,27 @@ impl Agent {
         }
     }
 
+    /// Says (once per change) which cluster-wide policies tie on tier and priority over a
+    /// common pod, and in which order they are evaluated.
+    fn report_conflicts(&mut self, conflicts: &BTreeSet<crate::compiler::Conflict>) {
+        let now: Vec<String> = conflicts
+            .iter()
+            .map(|c| {
+                format!(
+                    "{} and {} share priority {} in the {} tier (both select {}): {} is \
+                     evaluated first",
+                    c.first, c.second, c.priority, c.tier, c.pod, c.first
+                )
+            })
+            .collect();
+        if now != self.priority_conflicts {
+            for c in now.iter().filter(|c| !self.priority_conflicts.contains(c)) {
+                warn!("priority conflict: {c}");
+            }
+            self.priority_conflicts = now;
+        }
+    }
+
     fn install(
         &mut self,
         interfaces: BTreeMap<ObjectRef, u32>,
@@ -888,6 +911,7 @@ impl Agent {
         );
         let desired = planned.state;
         self.report_capacity(planned.held);
+        self.report_conflicts(&compiled.conflicts);
         let diff = self.installed.diff(&desired);
         let compiled_us = started.elapsed().as_micros() as u64;
 

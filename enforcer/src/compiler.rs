@@ -1149,6 +1149,7 @@ pub fn plan_with(
 }
 
 mod tiers;
+pub use tiers::Conflict;
 
 #[cfg(test)]
 mod fail_closed_tests;

@@ -29,6 +29,7 @@ impl Agent {
             generation: self.generation,
             error: self.last_error.clone(),
             rejected: self.rejected.clone(),
+            priority_conflicts: self.priority_conflicts.clone(),
             held: self
                 .capacity_held
                 .iter()

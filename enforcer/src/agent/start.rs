@@ -76,6 +76,7 @@ pub(super) async fn start(
         owner: None,
         started: crate::events::rfc3339_ms(jiff::Timestamp::now(), &jiff::tz::TimeZone::UTC),
         rejected: Vec::new(),
+        priority_conflicts: Vec::new(),
     };
     // Links, addresses, routes and neighbours as they change: a new pod interface is
     // programmed within milliseconds, not at the next rescan. Opened before the first scan so

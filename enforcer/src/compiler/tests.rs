@@ -998,3 +998,5 @@ fn conflicted_interfaces_are_held_with_the_conflict_reason() {
     // The pod's address keeps its identity (others' policies still name it).
     assert!(!state.ip_identity.is_empty());
 }
+
+mod tiers;

@@ -100,6 +100,7 @@ pub struct AgentRecordView {
     pub generation: Option<u64>,
     pub error: Option<String>,
     pub rejected: Vec<String>,
+    pub priority_conflicts: Vec<String>,
     /// Kube: objects of kinds not enforced yet (`null`: CRD absent).
     pub held_kinds: BTreeMap<String, Option<usize>>,
 }
@@ -118,6 +119,7 @@ fn view(r: &AgentRecord, running: bool) -> AgentRecordView {
         generation: r.generation,
         error: r.error.clone(),
         rejected: r.rejected.clone(),
+        priority_conflicts: r.priority_conflicts.clone(),
         held_kinds: r.held_kinds.clone(),
     }
 }
@@ -333,6 +335,12 @@ pub fn render(r: &Report) -> String {
                 let _ = writeln!(s, "  {kind:<28} {what}");
             }
         }
+        if !a.priority_conflicts.is_empty() {
+            let _ = writeln!(s, "\nPRIORITY CONFLICTS");
+            for c in &a.priority_conflicts {
+                let _ = writeln!(s, "  {c}");
+            }
+        }
         if !a.rejected.is_empty() {
             let _ = writeln!(s, "\nREJECTED OBJECTS");
             for e in &a.rejected {
@@ -389,6 +397,7 @@ mod tests {
             generation: Some(3),
             error: None,
             rejected: vec![],
+            priority_conflicts: vec![],
             held: BTreeMap::new(),
             pods: BTreeMap::from([(7, "x/a".to_string())]),
             pod_ips: BTreeMap::new(),

@@ -50,6 +50,10 @@ pub struct AgentRecord {
     /// Objects the source rejected, with the reason (their last valid state keeps enforcing).
     #[serde(default)]
     pub rejected: Vec<String>,
+    /// Cluster-wide policies of one tier and one priority that select a common pod: the API
+    /// leaves their order to the implementation (ours: kind, then name).
+    #[serde(default)]
+    pub priority_conflicts: Vec<String>,
     /// Pods held closed by the agent (capacity), by `namespace/name`.
     #[serde(default)]
     pub held: BTreeMap<String, Held>,
@@ -232,6 +236,7 @@ mod tests {
             generation: Some(1),
             error: None,
             rejected: vec![],
+            priority_conflicts: vec![],
             held: BTreeMap::new(),
             pods: BTreeMap::from([(3, "x/a".to_string())]),
             pod_ips: BTreeMap::new(),
