@@ -620,6 +620,42 @@ mod tests {
     }
 
     #[test]
+    fn a_custom_kind_lists_like_any_once_its_crd_appears() {
+        let cnp = |name: &str, rv: u64, action: &str| {
+            let o: DynamicObject = serde_json::from_value(serde_json::json!({
+                "apiVersion": "policy.networking.k8s.io/v1alpha2",
+                "kind": "ClusterNetworkPolicy",
+                "metadata": {"name": name, "resourceVersion": rv.to_string()},
+                "spec": {"tier": "Admin", "priority": 3, "subject": {"namespaces": {}},
+                         "ingress": [{"action": action, "from": [{"namespaces": {},
+                                      "aFieldOfANewerCrd": true}]}]},
+            }))
+            .unwrap();
+            custom_entry(Kind::ClusterNetworkPolicy, &o)
+        };
+        let mut s = Store::default();
+        let k = Kind::ClusterNetworkPolicy;
+        s.apply(k, Change::Absent);
+        assert!(s.cluster().0.cluster_policies.is_empty());
+        s.apply(k, Change::ListStart);
+        s.apply(k, Change::Listed(cnp("a", 5, "Deny")));
+        s.apply(k, Change::ListDone);
+        let (c, errors) = s.cluster();
+        assert!(errors.is_empty(), "{errors:?}");
+        let key = ObjectRef::new("ClusterNetworkPolicy", "a");
+        assert_eq!(c.cluster_policies[&key].priority, 3);
+        // An invalid update keeps the last valid version and is reported with its field.
+        s.apply(k, Change::Applied(cnp("a", 6, "Allow")));
+        let (c, errors) = s.cluster();
+        assert!(c.cluster_policies.contains_key(&key));
+        assert!(
+            errors[0].contains("spec.ingress[0].action") && errors[0].contains("Allow"),
+            "{errors:?}"
+        );
+        assert_eq!(s.resource_versions()["ClusterNetworkPolicy"], 6);
+    }
+
+    #[test]
     fn relist_replaces_the_world_and_sync_needs_every_kind() {
         let mut s = Store::default();
         s.apply(Kind::Namespace, Change::ListStart);
@@ -633,6 +669,14 @@ mod tests {
         for k in [Kind::Pod, Kind::NetworkPolicy, Kind::Service] {
             s.apply(k, Change::ListStart);
             s.apply(k, Change::ListDone);
+        }
+        // The cluster-wide policies' CRDs are absent: nothing to wait for.
+        for k in [
+            Kind::ClusterNetworkPolicy,
+            Kind::AdminNetworkPolicy,
+            Kind::BaselineAdminNetworkPolicy,
+        ] {
+            s.apply(k, Change::Absent);
         }
         // Not yet: the EndpointSlices have not listed.
         assert!(!s.synced());

@@ -243,7 +243,7 @@ fn held(lab: &agent_lab::Lab) -> serde_json::Value {
 }
 
 #[test]
-fn the_agent_works_without_the_crds_and_holds_their_objects_once_they_appear() {
+fn the_agent_works_without_the_crds_and_enforces_or_holds_their_objects_once_they_appear() {
     use std::time::{Duration, Instant};
     let mut lab = agent_lab::Lab::new("crds");
     let cp = start(Options {
@@ -290,23 +290,45 @@ fn the_agent_works_without_the_crds_and_holds_their_objects_once_they_appear() {
         assert_eq!(said, 1, "{crd} said absent once; agent log:\n{log}");
     }
     let h = held(&lab);
-    assert_eq!(h["ClusterNetworkPolicy"], serde_json::Value::Null, "{h}");
-    assert_eq!(h.as_object().map(|o| o.len()), Some(5), "{h}");
+    assert_eq!(h["HostEndpoint"], serde_json::Value::Null, "{h}");
+    // The cluster-wide policies are enforced, not held.
+    assert_eq!(h.as_object().map(|o| o.len()), Some(2), "{h}");
 
     apply_crds(&cp);
     ok(
         &with_stdin(cp.kubectl().args(["apply", "-f", "-"]), CNP),
         "the ClusterNetworkPolicy",
     );
+    // Enforced from the moment its CRD is served: the pod's ingress gets the Admin tier, and
+    // the Deny rule's entry names the policy.
     let start = Instant::now();
     loop {
-        let h = held(&lab);
-        if h["ClusterNetworkPolicy"] == 1 && h["HostEndpoint"] == 0 {
+        let d = lab.dump();
+        let tiers = d["endpoints"]
+            .as_object()
+            .and_then(|e| e.values().next())
+            .map(|e| e["tiers"].clone())
+            .unwrap_or_default();
+        if tiers == serde_json::json!(["ingress:Admin"]) && held(&lab)["HostEndpoint"] == 0 {
+            let admin: Vec<&serde_json::Value> = d["policy"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|p| p["tier"] == "Admin")
+                .collect();
+            assert!(
+                !admin.is_empty()
+                    && admin
+                        .iter()
+                        .all(|p| p["policy"] == "ClusterNetworkPolicy/admin-deny-x"
+                            && p["action"] == "deny"),
+                "{admin:?}"
+            );
             break;
         }
         assert!(
             start.elapsed() < Duration::from_secs(40),
-            "the agent holds the ClusterNetworkPolicy: {h}; agent log:\n{}",
+            "the agent enforces the ClusterNetworkPolicy: {tiers}; agent log:\n{}",
             std::fs::read_to_string(lab.dir.join("agent.log")).unwrap_or_default()
         );
         std::thread::sleep(Duration::from_millis(200));
@@ -315,10 +337,11 @@ fn the_agent_works_without_the_crds_and_holds_their_objects_once_they_appear() {
     let text = String::from_utf8_lossy(&text.stdout);
     assert!(
         text.contains("NOT ENFORCED BY THIS VERSION")
-            && text.contains("ClusterNetworkPolicy         1 object held"),
+            && text.contains("HostEndpoint                 0 objects held")
+            && !text.contains("ClusterNetworkPolicy "),
         "{text}"
     );
-    // Still enforcing what it enforces.
+    // Still enforcing what it enforced.
     let modes = agent_lab::endpoint_modes(&lab.dump());
     assert_eq!(modes, [("enforce".to_string(), "allow-all".to_string())]);
     assert!(lab.stop(), "the agent exits cleanly on SIGTERM");
