@@ -11,6 +11,12 @@
 //!   identity + CIDR + policy lookups, two conntrack inserts);
 //! - `new denied`: the first packet of a flow no rule allows (lookups, counter, drop event).
 //!
+//! Each size runs twice: NetworkPolicies only, and with both cluster-wide tiers populated
+//! beside them (100 Admin and 100 Baseline ClusterNetworkPolicies, all selecting the measured
+//! endpoint, none matching the measured flows, so a new flow pays every Admin lookup before the
+//! NetworkPolicy tier decides). The tiers table gives the tiered cost over the NetworkPolicy-only
+//! cost at the same sizes.
+//!
 //! `empty` and `established` run one packet many times inside the kernel (`repeat`), the most
 //! precise figure. A new flow is new only once, so new flows run as many distinct packets, one
 //! run each; the baseline is measured the same way (`empty/1`), and new-flow ratios are against
@@ -38,12 +44,18 @@ const NAMESPACES: usize = 100;
 struct Sizes {
     pods: usize,
     policies: usize,
+    /// 100 Admin and 100 Baseline ClusterNetworkPolicies beside the NetworkPolicies.
+    tiers: bool,
 }
+
+/// Cluster-wide policies per tier in the tiered runs.
+const TIER_POLICIES: usize = 100;
 
 #[derive(serde::Serialize)]
 struct Row {
     pods: usize,
     policies: usize,
+    tiers: bool,
     policy_entries: usize,
     ip_entries: usize,
     install_ms: f64,
@@ -104,11 +116,43 @@ fn cluster(s: &Sizes) -> Result<Cluster> {
             rule
         ));
     }
+    if s.tiers {
+        y.push_str(&tier_policies());
+    }
     let mut c = Cluster::default();
     for obj in parse_objects("bench.yaml", &y).context("generated manifests")? {
         c.insert(obj);
     }
     Ok(c)
+}
+
+/// Admin and Baseline policies that select every pod (so the measured endpoint holds both
+/// tiers) with rules on ports no measured flow uses (20000 and up) from the first 25 apps, so a
+/// measured flow pays the tiers' lookups and the NetworkPolicy tier still decides it.
+fn tier_policies() -> String {
+    let mut y = String::new();
+    for (tier, word) in [("Admin", "Deny"), ("Baseline", "Accept")] {
+        for i in 0..TIER_POLICIES {
+            y.push_str(&format!(
+                "---\napiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy\n\
+                 metadata: {{name: {}-{i}}}\nspec:\n  tier: {tier}\n  priority: {}\n  \
+                 subject: {{namespaces: {{}}}}\n  ingress:\n  \
+                 - action: {word}\n    from: [{{pods: {{namespaceSelector: {{matchLabels: {{team: t-{}}}}}, podSelector: {{matchLabels: {{app: app-{}}}}}}}}}]\n    \
+                 protocols: [{{tcp: {{destinationPort: {{number: {}}}}}}}]\n  \
+                 - action: Pass\n    from: [{{namespaces: {{matchLabels: {{team: t-{}}}}}}}]\n    \
+                 protocols: [{{udp: {{destinationPort: {{range: {{start: {}, end: {}}}}}}}}}]\n",
+                tier.to_lowercase(),
+                i % 1000,
+                i % 10,
+                i % 25,
+                20000 + i,
+                (i + 3) % 10,
+                30000 + i,
+                30010 + i,
+            ));
+        }
+    }
+    y
 }
 
 const SYN: u8 = 0x02;
@@ -132,6 +176,7 @@ fn pick_flows(state: &MapState, set: u32) -> Result<((Ipv4Addr, u16), Ipv4Addr)>
         .iter()
         .filter(|(k, _)| {
             k.data.policy_set == set
+                && k.data.tier == enforcer_common::tier::NETWORK_POLICY
                 && k.data.direction == direction::INGRESS
                 && k.prefix_len == policy_prefix::FULL
                 && k.data.identity >= identity::FIRST_LABEL
@@ -305,6 +350,7 @@ fn measure(s: &Sizes, samples: usize, repeat: u32, established_only: bool) -> Re
     Ok(Row {
         pods: s.pods,
         policies: s.policies,
+        tiers: s.tiers,
         policy_entries: state.policy.len(),
         ip_entries: state.ip_identity.len(),
         install_ms,
@@ -338,23 +384,28 @@ fn main() -> Result<()> {
     let mut rows = Vec::new();
     for &p in pods {
         for &q in policies {
-            let row = measure(
-                &Sizes {
-                    pods: p,
-                    policies: q,
-                },
-                samples,
-                repeat,
-                established_only,
-            )
-            .with_context(|| format!("{p} pods, {q} policies"))?;
-            if !json {
-                eprintln!(
-                    "measured {p} pods x {q} policies ({} policy entries, install {:.0} ms)",
-                    row.policy_entries, row.install_ms
-                );
+            for tiers in [false, true] {
+                let row = measure(
+                    &Sizes {
+                        pods: p,
+                        policies: q,
+                        tiers,
+                    },
+                    samples,
+                    repeat,
+                    established_only,
+                )
+                .with_context(|| format!("{p} pods, {q} policies, tiers {tiers}"))?;
+                if !json {
+                    eprintln!(
+                        "measured {p} pods x {q} policies{} ({} policy entries, install {:.0} ms)",
+                        if tiers { " + 100 Admin + 100 Baseline" } else { "" },
+                        row.policy_entries,
+                        row.install_ms
+                    );
+                }
+                rows.push(row);
             }
-            rows.push(row);
         }
     }
     if json {
@@ -377,7 +428,7 @@ fn main() -> Result<()> {
         "ok/e",
         "no/e"
     );
-    for r in &rows {
+    for r in rows.iter().filter(|r| !r.tiers) {
         println!(
             "{:>7} {:>6} {:>8} | {:>6.1}n {:>6.1}n {:>5.2}x {:>6.1}n {:>5.2}x | {:>7.0}n {:>6.0}n {:>6.0}n {:>5.2}x {:>5.2}x",
             r.pods,
@@ -395,10 +446,44 @@ fn main() -> Result<()> {
             r.new_denied_ns / r.empty_single_ns,
         );
     }
+    // The tiers: the same sizes with 100 Admin and 100 Baseline policies, over the
+    // NetworkPolicy-only figures of the same run.
+    println!(
+        "\nwith both tiers populated (100 Admin + 100 Baseline), against NetworkPolicies only:\n\
+         {:>7} {:>6} {:>8} | {:>7} {:>7} {:>6} | {:>7} {:>7} {:>6} | {:>7} {:>7} {:>6}",
+        "pods", "pols", "entries", "new-ok", "tiered", "ratio", "new-no", "tiered", "ratio",
+        "estab", "tiered", "ratio"
+    );
+    for t in rows.iter().filter(|r| r.tiers) {
+        let Some(b) = rows
+            .iter()
+            .find(|r| !r.tiers && r.pods == t.pods && r.policies == t.policies)
+        else {
+            continue;
+        };
+        println!(
+            "{:>7} {:>6} {:>8} | {:>6.0}n {:>6.0}n {:>5.2}x | {:>6.0}n {:>6.0}n {:>5.2}x | {:>6.1}n {:>6.1}n {:>5.2}x",
+            t.pods,
+            t.policies,
+            t.policy_entries,
+            b.new_allowed_ns,
+            t.new_allowed_ns,
+            t.new_allowed_ns / b.new_allowed_ns,
+            b.new_denied_ns,
+            t.new_denied_ns,
+            t.new_denied_ns / b.new_denied_ns,
+            b.established_ns,
+            t.established_ns,
+            t.established_ns / b.established_ns,
+        );
+    }
     // Scaling: a new flow's cost at the largest pod count against the smallest, per policy count.
     println!("\nnew-flow cost, largest vs smallest pod count (same policy count):");
     for &q in policies {
-        let at = |p: usize| rows.iter().find(|r| r.pods == p && r.policies == q);
+        let at = |p: usize| {
+            rows.iter()
+                .find(|r| !r.tiers && r.pods == p && r.policies == q)
+        };
         if let (Some(lo), Some(hi)) = (at(pods[0]), at(*pods.last().unwrap())) {
             println!(
                 "  {q:>6} policies: allowed {:.2}x, denied {:.2}x ({} → {} pods)",
