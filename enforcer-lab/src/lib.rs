@@ -545,7 +545,7 @@ mod tests {
         .unwrap_err();
         assert_eq!(
             format!("{e:#}"),
-            "f.yaml: bad scenario: pods[0].lables: unknown key (expected one of: namespace, name, node, labels, ips, ports)"
+            "f.yaml: bad scenario: pods[0].lables: unknown key (expected one of: namespace, name, node, labels, ips, ports, hostNetwork)"
         );
     }
 }
