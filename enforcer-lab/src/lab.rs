@@ -523,9 +523,9 @@ pub async fn run(plan: &Plan, exe: &Path, opts: &Options, res: &mut Resources) -
                 apply_services: plan.services.clone(),
                 ..Changes::default()
             }
-            .describe(&plan.pods)
+            .describe(&plan.pods, &plan.nodes)
         } else {
-            step.changes.describe(&plan.pods)
+            step.changes.describe(&plan.pods, &plan.nodes)
         };
         // With --source kube, the policies went in through kubectl: what it said.
         if let Some(api) = lab.api_mut() {

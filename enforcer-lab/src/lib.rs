@@ -36,7 +36,10 @@
 //! bridge node (`cni: bridge`) the host-side veths are ports of the bridge `cni0`, and the agent
 //! finds its pods as on a flannel or K3s node. With several nodes, or hosts outside
 //! the cluster, nodes and hosts share a bridge in a fabric namespace and route each other's
-//! addresses individually (see [`netns`]).
+//! addresses individually (see [`netns`]). A host-networked pod (`hostNetwork: true`) has no
+//! namespace or veth: its servers, and the node's own `ports`, listen in the node namespace on
+//! the node's addresses, and it is written with `hostNetwork: true` and its node's address as
+//! its `podIP`; `node:NAME` probes start or end in the node namespace.
 
 pub mod agent;
 pub mod api;
@@ -545,7 +548,7 @@ mod tests {
         .unwrap_err();
         assert_eq!(
             format!("{e:#}"),
-            "f.yaml: bad scenario: pods[0].lables: unknown key (expected one of: namespace, name, node, labels, ips, ports)"
+            "f.yaml: bad scenario: pods[0].lables: unknown key (expected one of: namespace, name, node, labels, ips, ports, hostNetwork)"
         );
     }
 }

@@ -19,6 +19,10 @@ pub struct ClusterState {
     pub namespaces: BTreeMap<String, Labels>,
     /// Labels of each pod of the plan, by index.
     pub pod_labels: Vec<Labels>,
+    /// Labels of each node of the plan, by index. The agent does not read Node objects yet,
+    /// so they are not written out; they are kept for what the lab reports.
+    #[serde(default)]
+    pub node_labels: Vec<Labels>,
     #[serde(with = "object_list")]
     pub objects: BTreeMap<ObjectKey, Value>,
     /// `namespace/name` → the Service with its cluster IP.
@@ -69,6 +73,7 @@ impl ClusterState {
         ClusterState {
             namespaces: plan.namespaces.clone(),
             pod_labels: plan.pods.iter().map(|p| p.labels.clone()).collect(),
+            node_labels: plan.nodes.iter().map(|n| n.labels.clone()).collect(),
             objects: plan
                 .objects
                 .iter()
@@ -103,6 +108,11 @@ impl ClusterState {
         }
         for (ns, labels) in &c.relabel_namespaces {
             self.namespaces.insert(ns.clone(), labels.clone());
+        }
+        for (i, labels) in &c.relabel_nodes {
+            if let Some(l) = self.node_labels.get_mut(*i) {
+                *l = labels.clone();
+            }
         }
     }
 
@@ -154,14 +164,19 @@ pub fn pod_manifest(plan: &Plan, pod: &PodPlan, labels: &Labels) -> Value {
         })
         .collect();
     let ips: Vec<String> = pod.ips.iter().map(|i| i.to_string()).collect();
+    let mut spec = json!({
+        "nodeName": plan.nodes[pod.node].name,
+        "containers": [{"name": "main", "image": "enforcer-lab", "ports": ports}],
+    });
+    if pod.host_network {
+        // Its addresses (below) are its node's, as the kubelet reports them.
+        spec["hostNetwork"] = json!(true);
+    }
     json!({
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {"namespace": pod.namespace, "name": pod.name, "labels": labels},
-        "spec": {
-            "nodeName": plan.nodes[pod.node].name,
-            "containers": [{"name": "main", "image": "enforcer-lab", "ports": ports}],
-        },
+        "spec": spec,
         "status": {
             "phase": "Running",
             "podIP": ips.first(),

@@ -202,12 +202,12 @@ pub async fn build(plan: &Plan, created: &mut Vec<String>) -> Result<()> {
         .chain(plan.nodes.iter().map(|n| n.netns.as_str()))
         .chain(plan.hosts.iter().map(|h| h.netns.as_str()))
         .chain(plan.control_plane.iter().map(|c| c.netns.as_str()))
-        .chain(plan.pods.iter().map(|p| p.netns.as_str()));
+        .chain(plan.netns_pods().map(|p| p.netns.as_str()));
     for ns in all_ns {
         created.push(ns.to_string());
         root.push(format!("netns add {ns}"));
     }
-    for p in &plan.pods {
+    for p in plan.netns_pods() {
         let node = &plan.nodes[p.node];
         // Routed: every host side has Calico's MAC; a bridge's ports keep their own.
         let mac = if node.is_bridge() {
@@ -268,8 +268,7 @@ pub async fn build(plan: &Plan, created: &mut Vec<String>) -> Result<()> {
         })?;
     }
     let ends = plan
-        .pods
-        .iter()
+        .netns_pods()
         .map(|p| (&p.netns, &p.ips))
         .chain(plan.hosts.iter().map(|h| (&h.netns, &h.ips)));
     for (ns, ips) in ends {
@@ -380,7 +379,7 @@ pub async fn build(plan: &Plan, created: &mut Vec<String>) -> Result<()> {
                 lines.push(format!("route add {} dev eth0 scope link", host_prefix(ip)));
             }
         }
-        for p in &plan.pods {
+        for p in plan.netns_pods() {
             let node = &plan.nodes[p.node];
             for ip in &p.ips {
                 if let Some(via) = same_family(&node.fabric_ips, ip) {
@@ -398,7 +397,7 @@ pub async fn build(plan: &Plan, created: &mut Vec<String>) -> Result<()> {
 
     // 6. Pods: their addresses, the gateway, routes to every other lab address.
     let all = plan.lab_addresses();
-    for p in &plan.pods {
+    for p in plan.netns_pods() {
         let node = &plan.nodes[p.node];
         let mut lines = vec!["link set lo up".to_string(), "link set eth0 up".to_string()];
         let (has4, has6) = (v4(&p.ips), v6(&p.ips));
@@ -452,7 +451,7 @@ pub async fn build(plan: &Plan, created: &mut Vec<String>) -> Result<()> {
         .into_iter()
         .chain(plan.nodes.iter().map(|n| n.netns.as_str()))
         .chain(plan.hosts.iter().map(|h| h.netns.as_str()))
-        .chain(plan.pods.iter().map(|p| p.netns.as_str()));
+        .chain(plan.netns_pods().map(|p| p.netns.as_str()));
     for ns in every_ns {
         Netns::open(ns)?.run(rp_filter_off)?;
     }
@@ -626,7 +625,7 @@ pub fn links_to_check(plan: &Plan) -> Vec<(String, Vec<LinkCheck>)> {
     }
     let ends = plan.hosts.iter().map(|h| &h.netns);
     let cp = plan.control_plane.iter().map(|c| &c.netns);
-    for ns in ends.chain(cp).chain(plan.pods.iter().map(|p| &p.netns)) {
+    for ns in ends.chain(cp).chain(plan.netns_pods().map(|p| &p.netns)) {
         out.push((ns.clone(), vec![link("eth0")]));
     }
     out
@@ -787,7 +786,7 @@ pub async fn add_service_routes(plan: &Plan, routes: &[(IpAddr, u8)]) -> Result<
     for n in &plan.nodes {
         ip_batch(Some(&n.netns), &node_service_routes(routes, "replace")).await?;
     }
-    for p in &plan.pods {
+    for p in plan.netns_pods() {
         ip_batch(
             Some(&p.netns),
             &pod_service_routes(plan, p, routes, "replace"),

@@ -13,6 +13,17 @@ use crate::services::{ClusterIps, ServicePlan};
 
 /// The label every namespace carries.
 pub const NS_NAME_LABEL: &str = "kubernetes.io/metadata.name";
+/// The labels every node carries (the kubelet sets them).
+pub const NODE_HOSTNAME_LABEL: &str = "kubernetes.io/hostname";
+pub const NODE_OS_LABEL: &str = "kubernetes.io/os";
+
+/// A node's labels: those given, with `kubernetes.io/hostname` and `kubernetes.io/os`.
+pub fn node_labels(name: &str, given: &Labels) -> Labels {
+    let mut l = given.clone();
+    l.insert(NODE_HOSTNAME_LABEL.into(), name.to_string());
+    l.insert(NODE_OS_LABEL.into(), "linux".into());
+    l
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodePlan {
@@ -30,6 +41,12 @@ pub struct NodePlan {
     /// prefix: podCIDR's, and one of the other family where the lab uses it), which are its
     /// pods' gateways. Empty on a routed node.
     pub bridge_ips: Vec<Cidr>,
+    /// Its labels at the start (with `kubernetes.io/hostname` and `kubernetes.io/os`). The
+    /// agent does not read Node objects yet: they are kept for the report.
+    pub labels: Labels,
+    /// Host processes listening in the node's namespace (on its fabric addresses); the ports
+    /// of its host-networked pods are served there too, as those pods'.
+    pub ports: Vec<PortSpec>,
 }
 
 impl NodePlan {
@@ -67,6 +84,8 @@ pub struct HostPlan {
 pub enum Ep {
     Pod(usize),
     Host(usize),
+    /// A node's own namespace (`node:NAME`).
+    Node(usize),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,9 +97,13 @@ pub struct PodPlan {
     pub labels: Labels,
     pub ips: Vec<IpAddr>,
     pub ports: Vec<PortSpec>,
+    /// Its network namespace: its node's for a host-networked pod.
     pub netns: String,
-    /// The host side of the pod's veth, in the node namespace.
+    /// The host side of the pod's veth, in the node namespace (empty for a host-networked
+    /// pod, which has none).
     pub host_if: String,
+    /// `hostNetwork: true`: in its node's namespace, with its node's addresses (`ips`).
+    pub host_network: bool,
 }
 
 impl PodPlan {
@@ -102,11 +125,13 @@ pub struct Changes {
     pub relabel_pods: Vec<(usize, Labels)>,
     /// Namespace → its new labels (with the name label).
     pub relabel_namespaces: Vec<(String, Labels)>,
+    /// Node index → its new labels (with the hostname and os labels).
+    pub relabel_nodes: Vec<(usize, Labels)>,
 }
 
 impl Changes {
     /// One line per change, for people: `+` applied, `-` deleted, `~` relabelled.
-    pub fn describe(&self, pods: &[PodPlan]) -> Vec<String> {
+    pub fn describe(&self, pods: &[PodPlan], nodes: &[NodePlan]) -> Vec<String> {
         let labels = |l: &Labels| {
             let v: Vec<String> = l.iter().map(|(k, v)| format!("{k}={v}")).collect();
             if v.is_empty() {
@@ -132,6 +157,11 @@ impl Changes {
                 .iter()
                 .map(|(n, l)| format!("~ namespace {n} labels {}", labels(l))),
         );
+        out.extend(
+            self.relabel_nodes
+                .iter()
+                .map(|(i, l)| format!("~ node {} labels {}", nodes[*i].name, labels(l))),
+        );
         out
     }
 
@@ -141,6 +171,7 @@ impl Changes {
             && self.delete.is_empty()
             && self.relabel_pods.is_empty()
             && self.relabel_namespaces.is_empty()
+            && self.relabel_nodes.is_empty()
     }
 }
 
@@ -240,10 +271,10 @@ impl Plan {
 }
 
 impl Plan {
-    /// Every pod and host address (what a pod has routes to, with the nodes' addresses).
+    /// Every pod and host address (what a pod has routes to, with the nodes' addresses). A
+    /// host-networked pod's are its node's, so they are not among them.
     pub fn lab_addresses(&self) -> BTreeSet<IpAddr> {
-        self.pods
-            .iter()
+        self.netns_pods()
             .flat_map(|p| p.ips.iter().copied())
             .chain(self.hosts.iter().flat_map(|h| h.ips.iter().copied()))
             .collect()
@@ -253,6 +284,7 @@ impl Plan {
         match ep {
             Ep::Pod(i) => &self.pods[i].ips,
             Ep::Host(i) => &self.hosts[i].ips,
+            Ep::Node(i) => &self.nodes[i].fabric_ips,
         }
     }
 
@@ -261,6 +293,7 @@ impl Plan {
         match ep {
             Ep::Pod(i) => self.pods[i].key(),
             Ep::Host(i) => self.hosts[i].name.clone(),
+            Ep::Node(i) => format!("node:{}", self.nodes[i].name),
         }
     }
 
@@ -268,6 +301,7 @@ impl Plan {
         match ep {
             Ep::Pod(i) => &self.pods[i].netns,
             Ep::Host(i) => &self.hosts[i].netns,
+            Ep::Node(i) => &self.nodes[i].netns,
         }
     }
 
@@ -275,22 +309,30 @@ impl Plan {
         match ep {
             Ep::Pod(i) => &self.pods[i].ports,
             Ep::Host(i) => &self.hosts[i].ports,
+            Ep::Node(i) => &self.nodes[i].ports,
         }
     }
 
-    /// Every pod, then every host.
+    /// Every pod, then every host, then every node.
     pub fn endpoints(&self) -> impl Iterator<Item = Ep> {
         (0..self.pods.len())
             .map(Ep::Pod)
             .chain((0..self.hosts.len()).map(Ep::Host))
+            .chain((0..self.nodes.len()).map(Ep::Node))
     }
 
     pub fn uses_ipv6(&self) -> bool {
         self.lab_addresses().iter().any(IpAddr::is_ipv6)
     }
 
+    /// The pods of a node that have their own namespace and veth (not the host-networked).
     pub fn pods_on(&self, node: usize) -> impl Iterator<Item = &PodPlan> {
-        self.pods.iter().filter(move |p| p.node == node)
+        self.netns_pods().filter(move |p| p.node == node)
+    }
+
+    /// The pods with their own namespace (all but the host-networked ones).
+    pub fn netns_pods(&self) -> impl Iterator<Item = &PodPlan> {
+        self.pods.iter().filter(|p| !p.host_network)
     }
 
     /// What pods (by way of their node) and nodes route to `svc0` (see
@@ -311,7 +353,7 @@ impl Plan {
         services: &[ServicePlan],
         spec: &ProbeSpec,
     ) -> Result<ProbePlan, ScenarioError> {
-        resolve_probe(&self.pods, &self.hosts, services, spec)
+        resolve_probe(&self.nodes, &self.pods, &self.hosts, services, spec)
     }
 }
 
@@ -486,6 +528,8 @@ pub fn plan(s: &Scenario, prefix: &str) -> Result<Plan, ScenarioError> {
                 }
             });
             NodePlan {
+                labels: node_labels(&n.name, &n.labels),
+                ports: n.ports.clone(),
                 name: n.name.clone(),
                 netns: netns_name(prefix, &n.name, &mut taken_netns),
                 fabric_ips: node_ips(n.ips.as_ref(), i, ipv6),
@@ -568,7 +612,7 @@ pub fn plan(s: &Scenario, prefix: &str) -> Result<Plan, ScenarioError> {
         });
     }
     for (i, p) in s.pods.iter().enumerate() {
-        for ip in p.ips.iter().flatten() {
+        for ip in p.ips.iter().flatten().filter(|_| !p.host_network) {
             let who = format!("{}/{}", p.namespace, p.name);
             if let Some(other) = used.insert(*ip, who) {
                 return err(
@@ -601,6 +645,7 @@ pub fn plan(s: &Scenario, prefix: &str) -> Result<Plan, ScenarioError> {
             },
         };
         let ips = match &p.ips {
+            _ if p.host_network => nodes[node].fabric_ips.clone(),
             Some(ips) => ips.clone(),
             None => {
                 let cidr = nodes[node].pod_cidr;
@@ -627,6 +672,18 @@ pub fn plan(s: &Scenario, prefix: &str) -> Result<Plan, ScenarioError> {
             }
         };
         let key = format!("{}/{}", p.namespace, p.name);
+        let (netns, host_if) = if p.host_network {
+            (nodes[node].netns.clone(), String::new())
+        } else {
+            (
+                netns_name(
+                    prefix,
+                    &format!("{}-{}", p.namespace, p.name),
+                    &mut taken_netns,
+                ),
+                host_if_name(&key, &mut taken_if),
+            )
+        };
         pods.push(PodPlan {
             namespace: p.namespace.clone(),
             name: p.name.clone(),
@@ -634,13 +691,35 @@ pub fn plan(s: &Scenario, prefix: &str) -> Result<Plan, ScenarioError> {
             labels: p.labels.clone(),
             ips,
             ports: p.ports.clone(),
-            netns: netns_name(
-                prefix,
-                &format!("{}-{}", p.namespace, p.name),
-                &mut taken_netns,
-            ),
-            host_if: host_if_name(&key, &mut taken_if),
+            netns,
+            host_if,
+            host_network: p.host_network,
         });
+    }
+    // A node's namespace serves its own ports and those of its host-networked pods: no
+    // port twice (a second host-networked pod with the same port cannot run on that node).
+    for (ni, n) in nodes.iter().enumerate() {
+        let mut served: BTreeMap<(u16, crate::scenario::Protocol), String> = BTreeMap::new();
+        for x in &n.ports {
+            served.insert((x.port, x.protocol), format!("node {}", n.name));
+        }
+        for (i, p) in pods.iter().enumerate() {
+            if !p.host_network || p.node != ni {
+                continue;
+            }
+            for x in &p.ports {
+                if let Some(other) = served.insert((x.port, x.protocol), p.key()) {
+                    return err(
+                        &format!("pods[{i}].ports"),
+                        format!(
+                            "{} port {} is already served on node {} by {other} (a \
+                             host-networked pod's ports are its node's)",
+                            x.protocol, x.port, n.name
+                        ),
+                    );
+                }
+            }
+        }
     }
 
     let find_pod = |ns: &str, name: &str| {
@@ -690,7 +769,7 @@ pub fn plan(s: &Scenario, prefix: &str) -> Result<Plan, ScenarioError> {
     let resolve_all = |probes: &[ProbeSpec], svcs: &[ServicePlan]| {
         probes
             .iter()
-            .map(|p| resolve_probe(&pods, &hosts, svcs, p))
+            .map(|p| resolve_probe(&nodes, &pods, &hosts, svcs, p))
             .collect::<Result<Vec<_>, _>>()
     };
     let mut steps = vec![StepPlan {
@@ -761,6 +840,15 @@ pub fn plan(s: &Scenario, prefix: &str) -> Result<Plan, ScenarioError> {
                     labels.insert(NS_NAME_LABEL.into(), name.clone());
                     changes.relabel_namespaces.push((name.clone(), labels));
                 }
+                Relabel::Node { path, name, labels } => {
+                    let Some(i) = nodes.iter().position(|n| &n.name == name) else {
+                        return err(
+                            &format!("{path}.node"),
+                            format!("no node {name:?} (nodes: {})", node_names.join(", ")),
+                        );
+                    };
+                    changes.relabel_nodes.push((i, node_labels(name, labels)));
+                }
             }
         }
         steps.push(StepPlan {
@@ -787,22 +875,32 @@ pub fn plan(s: &Scenario, prefix: &str) -> Result<Plan, ScenarioError> {
 /// Resolves one probe: its source endpoint and address, its destination address and port
 /// number (a Service's cluster IP and port for `svc:`), with the Services that exist.
 pub fn resolve_probe(
+    nodes: &[NodePlan],
     pods: &[PodPlan],
     hosts: &[HostPlan],
     services: &[ServicePlan],
     spec: &ProbeSpec,
 ) -> Result<ProbePlan, ScenarioError> {
+    let path = &spec.path;
     let find_pod = |ns: &str, name: &str| {
         pods.iter()
             .position(|p| p.namespace == ns && p.name == name)
     };
     let find_host = |name: &str| hosts.iter().position(|h| h.name == name);
+    let find_node = |name: &str| nodes.iter().position(|n| n.name == name);
     let ips_of = |ep: Ep| match ep {
         Ep::Pod(i) => &pods[i].ips,
         Ep::Host(i) => &hosts[i].ips,
+        Ep::Node(i) => &nodes[i].fabric_ips,
+    };
+    let no_node = |key: &str, name: &str| {
+        let names: Vec<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
+        err(
+            &format!("{path}.{key}"),
+            format!("no node {name:?} (nodes: {})", names.join(", ")),
+        )
     };
     let mut service: Option<&ServicePlan> = None;
-    let path = &spec.path;
     let src = match &spec.from {
         Endpoint::Pod { namespace, name } => match find_pod(namespace, name) {
             Some(i) => Ep::Pod(i),
@@ -817,6 +915,10 @@ pub fn resolve_probe(
             Some(i) => Ep::Host(i),
             None => return err(&format!("{path}.from"), format!("no host {h:?}")),
         },
+        Endpoint::Node(n) => match find_node(n) {
+            Some(i) => Ep::Node(i),
+            None => return no_node("from", n),
+        },
     };
     let (dst, candidates): (Option<Ep>, Vec<IpAddr>) = match &spec.to {
         Target::Pod { namespace, name } => match find_pod(namespace, name) {
@@ -826,14 +928,24 @@ pub fn resolve_probe(
         Target::Ip(ip) => {
             let owner = pods
                 .iter()
-                .position(|p| p.ips.contains(ip))
+                .position(|p| !p.host_network && p.ips.contains(ip))
                 .map(Ep::Pod)
-                .or_else(|| hosts.iter().position(|h| h.ips.contains(ip)).map(Ep::Host));
+                .or_else(|| hosts.iter().position(|h| h.ips.contains(ip)).map(Ep::Host))
+                .or_else(|| {
+                    nodes
+                        .iter()
+                        .position(|n| n.fabric_ips.contains(ip))
+                        .map(Ep::Node)
+                });
             (owner, vec![*ip])
         }
         Target::Host(h) => match find_host(h) {
             Some(i) => (Some(Ep::Host(i)), hosts[i].ips.clone()),
             None => return err(&format!("{path}.to"), format!("no host {h:?}")),
+        },
+        Target::Node(n) => match find_node(n) {
+            Some(i) => (Some(Ep::Node(i)), nodes[i].fabric_ips.clone()),
+            None => return no_node("to", n),
         },
         Target::Service { namespace, name } => {
             let Some(svc) = services
@@ -883,7 +995,19 @@ pub fn resolve_probe(
         },
         (PortRef::Number(n), None) => *n,
         (PortRef::Name(name), None) => {
-            let Some(Ep::Pod(t)) = dst else {
+            // On a node: the named port of one of its host-networked pods.
+            let on_node = match dst {
+                Some(Ep::Node(ni)) => pods.iter().position(|p| {
+                    p.host_network
+                        && p.node == ni
+                        && p.ports.iter().any(|x| x.name.as_deref() == Some(name))
+                }),
+                _ => None,
+            };
+            let Some(t) = on_node.or(match dst {
+                Some(Ep::Pod(t)) => Some(t),
+                _ => None,
+            }) else {
                 return err(
                     &format!("{path}.port"),
                     format!(
@@ -1062,12 +1186,60 @@ pods:
                 "probes[0].to",
                 "no Service x/s at this step",
             ),
+            (
+                "{from: 'node:n9', to: x/a, port: 80}",
+                "probes[0].from",
+                "no node \"n9\" (nodes: node-1)",
+            ),
+            (
+                "{from: x/a, to: 'node:n9', port: 80}",
+                "probes[0].to",
+                "no node \"n9\"",
+            ),
+            (
+                "{from: x/a, to: 'node:node-1', port: metrics}",
+                "probes[0].port",
+                "needs a pod target",
+            ),
         ];
         for (probe, path, why) in cases {
             let e = plan_of(&format!("{PODS}probes: [{probe}]\n")).unwrap_err();
             assert_eq!(e.path, path, "{probe}: {e}");
             assert!(e.reason.contains(why), "{probe}: {e}");
         }
+    }
+
+    #[test]
+    fn host_networked_pods_and_nodes_resolve_to_node_addresses() {
+        let p = plan_of(
+            "nodes: [n1, {name: n2, ports: [{port: 22}]}]
+pods:
+  - {namespace: x, name: a}
+  - {namespace: kube-system, name: h, node: n2, hostNetwork: true, ports: [{name: metrics, port: 9100}]}
+probes:
+  - {from: x/a, to: kube-system/h, port: metrics}
+  - {from: x/a, to: 'node:n2', port: metrics}
+  - {from: 'node:n1', to: 'node:n2', port: 22}
+  - {from: x/a, to: 198.18.0.2, port: 22}
+",
+        )
+        .unwrap();
+        let h = &p.pods[1];
+        assert!(h.host_network && h.host_if.is_empty());
+        assert_eq!(h.netns, p.nodes[1].netns);
+        assert_eq!(h.ips, vec![ip("198.18.0.2")]);
+        // Its address is its node's: not a pod address of the lab.
+        assert!(!p.lab_addresses().contains(&ip("198.18.0.2")));
+        assert_eq!(p.pods_on(1).count(), 0);
+        let pr = &p.steps[0].probes;
+        assert_eq!((pr[0].dst_ip, pr[0].dst_port), (ip("198.18.0.2"), 9100));
+        assert_eq!(pr[0].dst, Some(Ep::Pod(1)));
+        assert_eq!((pr[1].dst_ip, pr[1].dst_port), (ip("198.18.0.2"), 9100));
+        assert_eq!(pr[1].dst, Some(Ep::Node(1)));
+        assert_eq!((pr[2].src, pr[2].src_ip), (Ep::Node(0), ip("198.18.0.1")));
+        assert_eq!(pr[3].dst, Some(Ep::Node(1)));
+        assert_eq!(p.name_of(Ep::Node(1)), "node:n2");
+        assert_eq!(p.ports_of(Ep::Node(1)).len(), 1);
     }
 
     #[test]
@@ -1104,6 +1276,33 @@ pods:
         ))
         .unwrap_err();
         assert_eq!(e.path, "steps[0].relabel[0].namespace");
+        let e = plan_of(&format!(
+            "{PODS}steps: [{{relabel: [{{node: n9, labels: {{}}}}]}}]"
+        ))
+        .unwrap_err();
+        assert_eq!(e.path, "steps[0].relabel[0].node");
+        assert!(e.reason.contains("no node \"n9\" (nodes: node-1)"), "{e}");
+        // A node serves a port once: its own, or one host-networked pod's.
+        let e = plan_of(
+            "nodes: [{name: n1, ports: [{port: 22}]}]\npods: [{namespace: x, name: h, hostNetwork: true, ports: [{port: 22}]}]",
+        )
+        .unwrap_err();
+        assert_eq!(e.path, "pods[0].ports");
+        assert!(
+            e.reason.contains("already served on node n1 by node n1"),
+            "{e}"
+        );
+        let e = plan_of(
+            "pods:\n  - {namespace: x, name: h1, hostNetwork: true, ports: [{port: 9100}]}\n  - {namespace: x, name: h2, hostNetwork: true, ports: [{port: 9100}]}",
+        )
+        .unwrap_err();
+        assert_eq!(e.path, "pods[1].ports");
+        assert!(e.reason.contains("by x/h1"), "{e}");
+        // On different nodes, or different protocols, they do not clash.
+        plan_of(
+            "nodes: [n1, n2]\npods:\n  - {namespace: x, name: h1, hostNetwork: true, ports: [{port: 9100}]}\n  - {namespace: x, name: h2, node: n2, hostNetwork: true, ports: [{port: 9100}, {port: 22, protocol: UDP}]}\n",
+        )
+        .unwrap();
         // Objects and Services live in the lab's namespaces (or one every cluster has).
         let e = plan_of(&format!(
             "{PODS}steps: [{{apply: [{{apiVersion: networking.k8s.io/v1, kind: NetworkPolicy, metadata: {{name: p, namespace: ghost}}, spec: {{podSelector: {{}}}}}}]}}]"

@@ -282,7 +282,7 @@ fn render_table(out: &mut String, title: &str, probes: &[&ProbeResult]) {
         let to = p.probe.spec.to_text.as_str();
         if !cols.iter().any(|c| c.3 == to) {
             cols.push(match p.probe.spec.to {
-                Target::Pod { .. } | Target::Host(_) => (0, p.probe.dst, i, to),
+                Target::Pod { .. } | Target::Host(_) | Target::Node(_) => (0, p.probe.dst, i, to),
                 _ => (1, None, i, to),
             });
         }

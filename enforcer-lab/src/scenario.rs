@@ -98,6 +98,9 @@ pub struct PodSpec {
     pub labels: Labels,
     pub ips: Option<Vec<IpAddr>>,
     pub ports: Vec<PortSpec>,
+    /// `hostNetwork: true`: the pod runs in its node's own network namespace, with the node's
+    /// addresses (no `ips`); its ports are host processes of that node.
+    pub host_network: bool,
 }
 
 /// How a node connects its pods (the scenario's `cni`).
@@ -198,6 +201,11 @@ pub struct NodeSpec {
     /// Where the node's pods take their addresses when they give none (default: assigned).
     pub pod_cidr: Option<Cidr>,
     pub cni: Cni,
+    /// The node's labels as given (the lab adds `kubernetes.io/hostname` and
+    /// `kubernetes.io/os`).
+    pub labels: Labels,
+    /// Host processes listening in the node's own network namespace (no names).
+    pub ports: Vec<PortSpec>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -230,17 +238,30 @@ pub struct ServiceSpec {
 /// The source of a probe.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Endpoint {
-    Pod { namespace: String, name: String },
+    Pod {
+        namespace: String,
+        name: String,
+    },
     Host(String),
+    /// `node:NAME`: a process in the node's own network namespace.
+    Node(String),
 }
 
 /// The destination of a probe.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Target {
-    Pod { namespace: String, name: String },
+    Pod {
+        namespace: String,
+        name: String,
+    },
     Host(String),
     Ip(IpAddr),
-    Service { namespace: String, name: String },
+    Service {
+        namespace: String,
+        name: String,
+    },
+    /// `node:NAME`: the node's own address (a node port, or a host-networked pod's).
+    Node(String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
@@ -350,6 +371,11 @@ pub enum Relabel {
         name: String,
         labels: Labels,
     },
+    Node {
+        path: String,
+        name: String,
+        labels: Labels,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -386,6 +412,8 @@ impl Scenario {
                 ips: None,
                 pod_cidr: None,
                 cni: Cni::Routed,
+                labels: Labels::new(),
+                ports: Vec::new(),
             }]
         })
     }
@@ -406,7 +434,15 @@ const ROOT_KEYS: &[&str] = &[
 ];
 const NODE_KEYS: &[&str] = &["name", "labels", "ips", "podCIDR", "cni", "ports"];
 const NAMESPACE_KEYS: &[&str] = &["name", "labels"];
-const POD_KEYS: &[&str] = &["namespace", "name", "node", "labels", "ips", "ports"];
+const POD_KEYS: &[&str] = &[
+    "namespace",
+    "name",
+    "node",
+    "labels",
+    "ips",
+    "ports",
+    "hostNetwork",
+];
 const POD_PORT_KEYS: &[&str] = &["name", "port", "protocol"];
 const HOST_KEYS: &[&str] = &["name", "ips", "ports"];
 const HOST_PORT_KEYS: &[&str] = &["port", "protocol"];
@@ -415,7 +451,7 @@ const SERVICE_PORT_KEYS: &[&str] = &["name", "port", "targetPort", "protocol"];
 const PROBE_KEYS: &[&str] = &["from", "to", "port", "protocol", "expect", "family"];
 const STEP_KEYS: &[&str] = &["apply", "delete", "relabel", "probes"];
 const DELETE_KEYS: &[&str] = &["apiVersion", "kind", "namespace", "name"];
-const RELABEL_KEYS: &[&str] = &["pod", "namespace", "labels"];
+const RELABEL_KEYS: &[&str] = &["pod", "namespace", "node", "labels"];
 
 /// Every mapping of a scenario file whose keys the parser checks, by its place in the file
 /// (`pods[].ports[]`), with the keys it accepts there. Kubernetes objects (`policies`, `apply`)
@@ -423,6 +459,7 @@ const RELABEL_KEYS: &[&str] = &["pod", "namespace", "labels"];
 pub const KEYS: &[(&str, &[&str])] = &[
     ("", ROOT_KEYS),
     ("nodes[]", NODE_KEYS),
+    ("nodes[].ports[]", HOST_PORT_KEYS),
     ("namespaces[]", NAMESPACE_KEYS),
     ("pods[]", POD_KEYS),
     ("pods[].ports[]", POD_PORT_KEYS),
@@ -776,8 +813,22 @@ fn namespaced_name(s: &str, path: &str) -> Result<(String, String), ScenarioErro
     }
 }
 
+/// `node:NAME`: the node's name, checked.
+fn node_ref(s: &str, path: &str) -> Result<Option<String>, ScenarioError> {
+    match s.strip_prefix("node:") {
+        Some(name) => {
+            dns_label(name, path)?;
+            Ok(Some(name.to_string()))
+        }
+        None => Ok(None),
+    }
+}
+
 fn endpoint(v: &Value, path: &str) -> Result<(String, Endpoint), ScenarioError> {
     let s = string(v, path)?;
+    if let Some(name) = node_ref(&s, path)? {
+        return Ok((s, Endpoint::Node(name)));
+    }
     if s.contains('/') {
         let (namespace, name) = namespaced_name(&s, path)?;
         Ok((s, Endpoint::Pod { namespace, name }))
@@ -797,6 +848,9 @@ fn target(v: &Value, path: &str) -> Result<(String, Target), ScenarioError> {
     if let Some(rest) = s.strip_prefix("svc:") {
         let (namespace, name) = namespaced_name(rest, path)?;
         return Ok((s, Target::Service { namespace, name }));
+    }
+    if let Some(name) = node_ref(&s, path)? {
+        return Ok((s, Target::Node(name)));
     }
     if let Ok(a) = s.parse::<IpAddr>() {
         return Ok((s, Target::Ip(a)));
@@ -1038,8 +1092,8 @@ fn step(v: &Value, path: &str) -> Result<StepSpec, ScenarioError> {
         let rm = mapping(v, &p, RELABEL_KEYS)?;
         let lp = join(&p, "labels");
         let new_labels = labels(Some(required(rm, &p, "labels")?), &lp)?;
-        match (field(rm, "pod"), field(rm, "namespace")) {
-            (Some(pod), None) => {
+        match (field(rm, "pod"), field(rm, "namespace"), field(rm, "node")) {
+            (Some(pod), None, None) => {
                 let pp = join(&p, "pod");
                 let (namespace, name) = namespaced_name(&string(pod, &pp)?, &pp)?;
                 relabel.push(Relabel::Pod {
@@ -1049,7 +1103,7 @@ fn step(v: &Value, path: &str) -> Result<StepSpec, ScenarioError> {
                     labels: new_labels,
                 });
             }
-            (None, Some(ns)) => {
+            (None, Some(ns), None) => {
                 let np = join(&p, "namespace");
                 let name = string(ns, &np)?;
                 dns_label(&name, &np)?;
@@ -1059,7 +1113,17 @@ fn step(v: &Value, path: &str) -> Result<StepSpec, ScenarioError> {
                     labels: new_labels,
                 });
             }
-            _ => return err(&p, "give exactly one of `pod` and `namespace`"),
+            (None, None, Some(node)) => {
+                let np = join(&p, "node");
+                let name = string(node, &np)?;
+                dns_label(&name, &np)?;
+                relabel.push(Relabel::Node {
+                    path: p,
+                    name,
+                    labels: new_labels,
+                });
+            }
+            _ => return err(&p, "give exactly one of `pod`, `namespace` and `node`"),
         }
     }
     let probes = probes(m, path)?;
@@ -1143,10 +1207,6 @@ pub fn parse_probe(
     Ok(p)
 }
 
-/// Keys of a node object that a later version of the lab implements: given, they are an error
-/// (never silently ignored).
-const NODE_KEYS_NOT_YET: &[&str] = &["labels", "ports"];
-
 /// An entry of `nodes`: a name, or `{name, labels, ips, podCIDR, cni, ports}`.
 fn node(v: &Value, path: &str) -> Result<NodeSpec, ScenarioError> {
     if let Value::String(_) = v {
@@ -1157,18 +1217,14 @@ fn node(v: &Value, path: &str) -> Result<NodeSpec, ScenarioError> {
             ips: None,
             pod_cidr: None,
             cni: Cni::Routed,
+            labels: Labels::new(),
+            ports: Vec::new(),
         });
     }
     let nm = mapping(v, path, NODE_KEYS)?;
-    for key in NODE_KEYS_NOT_YET {
-        if field(nm, key).is_some() {
-            return err(
-                &join(path, key),
-                "not supported yet by this lab (node labels and host processes come later)",
-            );
-        }
-    }
     let name = name_field(nm, path, "name")?;
+    let labels = labels(field(nm, "labels"), &join(path, "labels"))?;
+    let ports = ports(nm, path, false)?;
     let ips = ips(nm, path)?;
     let pod_cidr = match field(nm, "podCIDR") {
         None => None,
@@ -1201,6 +1257,8 @@ fn node(v: &Value, path: &str) -> Result<NodeSpec, ScenarioError> {
         ips,
         pod_cidr,
         cni,
+        labels,
+        ports,
     })
 }
 
@@ -1261,9 +1319,27 @@ pub fn parse(text: &str) -> Result<Scenario, ScenarioError> {
             None => None,
             Some(v) => Some(string(v, &join(&p, "node"))?),
         };
+        let host_network = match field(pm, "hostNetwork") {
+            None => false,
+            Some(Value::Bool(b)) => *b,
+            Some(other) => {
+                return err(
+                    &join(&p, "hostNetwork"),
+                    format!("expected true or false, got {}", kind_of(other)),
+                );
+            }
+        };
+        let ips = ips(pm, &p)?;
+        if host_network && ips.is_some() {
+            return err(
+                &join(&p, "ips"),
+                "a host-networked pod has its node's addresses: give no `ips`",
+            );
+        }
         pods.push(PodSpec {
             labels: labels(field(pm, "labels"), &join(&p, "labels"))?,
-            ips: ips(pm, &p)?,
+            ips,
+            host_network,
             ports: ports(pm, &p, true)?,
             namespace,
             name,
@@ -1572,14 +1648,34 @@ steps:
                 "unknown key",
             ),
             (
-                "nodes: [{name: n, labels: {zone: a}}]",
-                "nodes[0].labels",
-                "not supported yet",
+                "nodes: [{name: n, labels: {zone: 1}}]",
+                "nodes[0].labels.zone",
+                "quote it",
             ),
             (
-                "nodes: [{name: n, ports: [{port: 22}]}]",
-                "nodes[0].ports",
-                "not supported yet",
+                "nodes: [{name: n, ports: [{name: ssh, port: 22}]}]",
+                "nodes[0].ports[0].name",
+                "unknown key",
+            ),
+            (
+                "pods: [{namespace: x, name: a, hostNetwork: true, ips: [10.0.0.1]}]",
+                "pods[0].ips",
+                "give no `ips`",
+            ),
+            (
+                "pods: [{namespace: x, name: a, hostNetwork: yes please}]",
+                "pods[0].hostNetwork",
+                "true or false",
+            ),
+            (
+                "probes: [{from: \"node:Node1\", to: x/a, port: 80}]",
+                "probes[0].from",
+                "not a valid name",
+            ),
+            (
+                "steps: [{relabel: [{node: n, pod: x/a, labels: {}}]}]",
+                "steps[0].relabel[0]",
+                "exactly one",
             ),
             ("nodes: [{cni: bridge}]", "nodes[0].name", "required"),
             ("nodes: [n, {name: n}]", "nodes[1]", "listed twice"),
@@ -1607,6 +1703,17 @@ steps:
         assert_eq!(n[1].pod_cidr, Some("10.42.2.0/24".parse().unwrap()));
         assert_eq!(n[1].ips, Some(vec!["172.18.0.12".parse().unwrap()]));
         assert_eq!(n[2].pod_cidr, None);
+        let s = parse(
+            "nodes: [{name: n1, labels: {zone: a}, ports: [{port: 22}, {port: 53, protocol: UDP}]}]\npods: [{namespace: x, name: h, hostNetwork: true, ports: [{name: metrics, port: 9100}]}]\nprobes: [{from: \"node:n1\", to: \"node:n1\", port: 22}]\nsteps: [{relabel: [{node: n1, labels: {zone: b}}]}]",
+        )
+        .unwrap();
+        let n = &s.node_specs()[0];
+        assert_eq!(n.labels["zone"], "a");
+        assert_eq!(n.ports[1].protocol, Protocol::Udp);
+        assert!(s.pods[0].host_network);
+        assert_eq!(s.probes[0].from, Endpoint::Node("n1".into()));
+        assert_eq!(s.probes[0].to, Target::Node("n1".into()));
+        assert!(matches!(&s.steps[0].relabel[0], Relabel::Node { name, .. } if name == "n1"));
         let c: Cidr = "fd00:42:2::/64".parse().unwrap();
         assert!(c.contains(&"fd00:42:2::5".parse().unwrap()));
         assert!(!c.contains(&"fd00:42:3::5".parse().unwrap()));

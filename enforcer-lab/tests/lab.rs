@@ -320,3 +320,73 @@ fn the_build_returns_with_every_link_up() {
         }
     }
 }
+
+/// Nodes' own ports, a host-networked pod (served in its node's namespace, on the node's
+/// address) and `node:NAME` as source and target, across nodes, from a pod, from an outside
+/// host and from a node; IPv4 and IPv6. Without enforcement every served port answers, and an
+/// unserved one is refused by the node itself.
+const NODES_AND_HOST_NETWORK: &str = "
+nodes:
+  - {name: node-1, labels: {zone: a}, ports: [{port: 22}, {port: 53, protocol: UDP}]}
+  - node-2
+namespaces: [{name: x}, {name: kube-system}]
+pods:
+  - {namespace: x, name: a, ips: [10.42.1.10, 'fd00::a'], ports: [{port: 80}]}
+  - {namespace: x, name: b, node: node-2, ports: [{port: 80}, {port: 81, protocol: UDP}]}
+  - namespace: kube-system
+    name: exporter
+    node: node-2
+    hostNetwork: true
+    ports: [{name: metrics, port: 9100}, {name: dns, port: 5353, protocol: UDP}]
+hosts:
+  - {name: ext-1, ips: [192.0.2.10, '2001:db8::10'], ports: [{port: 443}]}
+probes:
+  - {from: x/a, to: 'node:node-1', port: 22, expect: allow}
+  - {from: x/b, to: 'node:node-1', port: 22, expect: allow}
+  - {from: x/b, to: 'node:node-1', port: 53, protocol: UDP, expect: allow}
+  - {from: x/a, to: 'node:node-1', port: 23, expect: deny}
+  - {from: x/a, to: kube-system/exporter, port: metrics, expect: allow}
+  - {from: x/b, to: kube-system/exporter, port: dns, protocol: UDP, expect: allow}
+  - {from: x/a, to: 'node:node-2', port: metrics, expect: allow}
+  - {from: x/a, to: 198.18.0.2, port: 9100, expect: allow}
+  - {from: ext-1, to: 'node:node-1', port: 22, expect: allow}
+  - {from: ext-1, to: kube-system/exporter, port: 9100, expect: allow}
+  - {from: 'node:node-1', to: x/a, port: 80, expect: allow}
+  - {from: 'node:node-1', to: x/b, port: 81, protocol: UDP, expect: allow}
+  - {from: 'node:node-2', to: 'node:node-1', port: 22, expect: allow}
+  - {from: 'node:node-1', to: ext-1, port: 443, expect: allow}
+  - {from: kube-system/exporter, to: x/a, port: 80, expect: allow}
+  - {from: 'node:node-1', to: x/a, port: 80, family: 6, expect: allow}
+  - {from: x/a, to: 'node:node-2', port: 9100, family: 6, expect: allow}
+steps:
+  - relabel: [{node: node-2, labels: {zone: b}}]
+    probes:
+      - {from: x/a, to: 'node:node-2', port: 9100, expect: allow}
+";
+
+#[test]
+fn nodes_and_host_networked_pods_serve_on_the_node() {
+    need_root!();
+    let prefix = runs::new_prefix();
+    let plan = load(NODES_AND_HOST_NETWORK, "nodes", &prefix).unwrap();
+    let exporter = plan.find_pod("kube-system", "exporter").unwrap();
+    assert!(plan.pods[exporter].host_network);
+    assert_eq!(plan.pods[exporter].ips, plan.nodes[1].fabric_ips);
+    assert_eq!(plan.pods[exporter].netns, plan.nodes[1].netns);
+    assert_eq!(plan.nodes[0].labels["zone"], "a");
+    assert_eq!(plan.nodes[0].labels["kubernetes.io/hostname"], "node-1");
+    assert_eq!(plan.nodes[1].labels["kubernetes.io/os"], "linux");
+    assert_eq!(
+        plan.steps[1].changes.describe(&plan.pods, &plan.nodes),
+        vec!["~ node node-2 labels kubernetes.io/hostname=node-2,kubernetes.io/os=linux,zone=b"]
+    );
+    let r = run_plan(&plan, &common::fake_agent(""), &common::options()).unwrap();
+    assert_eq!(r.mismatches(), 0, "{}", r.render());
+    let refused = &r.steps[0].probes[3];
+    assert_eq!(refused.outcome.detail, "refused", "{:?}", refused.outcome);
+    // A UDP answer says who served it: the host-networked pod, on its node's address.
+    let dns = &r.steps[0].probes[5];
+    let by = dns.outcome.backend.as_deref().unwrap_or("");
+    assert!(by.starts_with("kube-system/exporter 198.18.0.2:"), "{by}");
+    common::assert_clean(&prefix);
+}

@@ -10,6 +10,7 @@ use anyhow::{Result, anyhow, bail};
 use super::{Live, need_root};
 use crate::lab;
 use crate::netns::Netns;
+use crate::plan::Ep;
 use crate::report::{ProbeResult, match_events};
 use crate::{Output, scenario, traffic};
 
@@ -162,9 +163,22 @@ fn forge_inner(
     let find = |s: &str| {
         plan.endpoints()
             .find(|ep| plan.name_of(*ep) == s)
-            .ok_or_else(|| anyhow!("lab {name} has no pod or host {s:?}"))
+            .ok_or_else(|| anyhow!("lab {name} has no pod, host or node {s:?}"))
     };
     let (src_ep, dst_ep) = (find(from)?, find(to)?);
+    // Forged packets leave and are watched on an `eth0`: a pod's or a host's own namespace.
+    for (ep, text) in [(src_ep, from), (dst_ep, to)] {
+        let own_ns = match ep {
+            Ep::Pod(i) => !plan.pods[i].host_network,
+            Ep::Host(_) => true,
+            Ep::Node(_) => false,
+        };
+        if !own_ns {
+            bail!(
+                "{text} is in a node's namespace: `lab forge` works between pods and hosts with their own"
+            );
+        }
+    }
     let Some(dst) = forge::target_for(&source, plan.ips_of(dst_ep)) else {
         bail!("{to} has no address of the family of {source}");
     };

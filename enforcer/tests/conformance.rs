@@ -1,0 +1,133 @@
+//! The ClusterNetworkPolicy conformance suite of kubernetes-sigs/network-policy-api, ported to
+//! lab scenarios (tests/conformance, one file per upstream test): every file runs on the real
+//! datapath with `enforcer lab run` (two nodes, one lab per file, in sequence) and every probe
+//! must get what upstream expects. SCTP probes are `unsupported` where the kernel has no SCTP
+//! and are not counted. Needs root.
+//!
+//! The two node-peer tests are expected to be refused: the agent does not enforce `nodes`
+//! peers yet and rejects such a policy with an error naming them. The day it enforces them,
+//! this test fails and the files move to the ones that must match.
+
+mod common;
+
+use std::process::Command;
+use std::time::Instant;
+
+use common::{ONE_AT_A_TIME, mismatches, require_root, scenarios};
+use serde_json::Value;
+
+/// Files the agent refuses today, and what the refusal must name.
+const REFUSED: &[(&str, &str)] = &[
+    ("cnp-admin-tier-egress-node-peers.yaml", "nodes"),
+    ("cnp-baseline-tier-egress-node-peers.yaml", "nodes"),
+];
+
+/// The upstream suite has 24 tests (tests/conformance/README.md).
+const UPSTREAM_TESTS: usize = 24;
+
+#[test]
+fn every_conformance_test_gets_what_upstream_expects() {
+    let _guard = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    require_root("the conformance tests");
+    let files = scenarios("tests/conformance");
+    assert_eq!(
+        files.len(),
+        UPSTREAM_TESTS,
+        "one scenario per upstream test: {files:?}"
+    );
+    let started = Instant::now();
+    let mut failures = Vec::new();
+    let (mut probes, mut expectations, mut unsupported) = (0, 0, 0);
+    for file in &files {
+        let name = file.file_name().unwrap().to_string_lossy().into_owned();
+        let t = Instant::now();
+        let out = Command::new(env!("CARGO_BIN_EXE_enforcer"))
+            .args(["lab", "run"])
+            .arg(file)
+            .args(["--output", "json"])
+            .output()
+            .expect("running enforcer lab");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let took = t.elapsed();
+
+        if let Some((_, names)) = REFUSED.iter().find(|(f, _)| *f == name) {
+            // Refused by the agent (exit status 2: the scenario could not be run), naming
+            // what it does not enforce.
+            if out.status.code() == Some(2) && stderr.contains(names) {
+                eprintln!("{name}: refused as expected, naming `{names}` ({took:.1?})");
+            } else {
+                failures.push(format!(
+                    "{name}: expected the agent to refuse it naming `{names}` (exit 2); got exit \
+                     {:?}. If the agent enforces `{names}` peers now, move the file out of \
+                     REFUSED.\nstdout:\n{stdout}\nstderr:\n{stderr}",
+                    out.status.code()
+                ));
+            }
+            continue;
+        }
+
+        let report: Value = match serde_json::from_str(&stdout) {
+            Ok(v) => v,
+            Err(e) => {
+                failures.push(format!(
+                    "{name}: no JSON report ({e}); exit {:?}\nstderr:\n{stderr}",
+                    out.status.code()
+                ));
+                continue;
+            }
+        };
+        let (mut expected, mut sctp_unsupported) = (0, 0);
+        for step in report["steps"].as_array().into_iter().flatten() {
+            for p in step["probes"].as_array().into_iter().flatten() {
+                probes += 1;
+                if p["expected"].is_string() {
+                    expected += 1;
+                }
+                if p["observed"] == "unsupported" {
+                    unsupported += 1;
+                    if p["protocol"] == "SCTP" {
+                        sctp_unsupported += 1;
+                    } else {
+                        failures.push(format!(
+                            "{name}: a probe other than SCTP is unsupported: {p}"
+                        ));
+                    }
+                }
+            }
+        }
+        expectations += expected;
+        let wrong = mismatches(&report);
+        if !wrong.is_empty() {
+            failures.push(format!(
+                "{name}: {} mismatching probes:\n  {}",
+                wrong.len(),
+                wrong.join("\n  ")
+            ));
+        } else if !out.status.success() || report["mismatches"].as_u64() != Some(0) || expected == 0
+        {
+            failures.push(format!(
+                "{name}: exit {:?}, mismatches {:?}, {expected} expectations\nstderr:\n{stderr}",
+                out.status.code(),
+                report["mismatches"]
+            ));
+        } else {
+            eprintln!(
+                "{name}: {expected} expectations met, {sctp_unsupported} SCTP unsupported ({took:.1?})"
+            );
+        }
+    }
+    eprintln!(
+        "tests/conformance: {} files, {probes} probes ({expectations} with an expectation, \
+         {unsupported} unsupported) in {:.1?}",
+        files.len(),
+        started.elapsed()
+    );
+    assert!(
+        failures.is_empty(),
+        "tests/conformance: {} of {} upstream tests fail:\n\n{}",
+        failures.len(),
+        files.len(),
+        failures.join("\n\n")
+    );
+}
