@@ -399,7 +399,11 @@ fn main() -> Result<()> {
                 if !json {
                     eprintln!(
                         "measured {p} pods x {q} policies{} ({} policy entries, install {:.0} ms)",
-                        if tiers { " + 100 Admin + 100 Baseline" } else { "" },
+                        if tiers {
+                            " + 100 Admin + 100 Baseline"
+                        } else {
+                            ""
+                        },
                         row.policy_entries,
                         row.install_ms
                     );
@@ -451,8 +455,18 @@ fn main() -> Result<()> {
     println!(
         "\nwith both tiers populated (100 Admin + 100 Baseline), against NetworkPolicies only:\n\
          {:>7} {:>6} {:>8} | {:>7} {:>7} {:>6} | {:>7} {:>7} {:>6} | {:>7} {:>7} {:>6}",
-        "pods", "pols", "entries", "new-ok", "tiered", "ratio", "new-no", "tiered", "ratio",
-        "estab", "tiered", "ratio"
+        "pods",
+        "pols",
+        "entries",
+        "new-ok",
+        "tiered",
+        "ratio",
+        "new-no",
+        "tiered",
+        "ratio",
+        "estab",
+        "tiered",
+        "ratio"
     );
     for t in rows.iter().filter(|r| r.tiers) {
         let Some(b) = rows

@@ -505,11 +505,32 @@ fn kubectl_stdin(cp: &control_plane::ControlPlane, args: &[&str], input: &str) -
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// `kubectl apply -f -` of the bundle, as admin.
+/// The CRDs of the policy kinds (deploy/crds/), as a cluster running the enforcer has them.
+const CRDS: &str = concat!(
+    include_str!("../../../deploy/crds/policy.networking.k8s.io.yaml"),
+    "\n---\n",
+    include_str!("../../../deploy/crds/crd.projectcalico.org.yaml")
+);
+
+/// `kubectl apply -f -` of the bundle and the CRDs, as admin; then waits until the API server
+/// serves the CRDs' kinds, so the scenario's cluster-wide policies can be applied.
 fn apply_bundle(cp: &control_plane::ControlPlane) -> Result<()> {
-    kubectl_stdin(cp, &["apply", "-f", "-"], BUNDLE)
-        .map(drop)
-        .context("installing the bundle's RBAC")
+    kubectl_stdin(cp, &["apply", "-f", "-"], BUNDLE).context("installing the bundle's RBAC")?;
+    kubectl_stdin(cp, &["apply", "-f", "-"], CRDS).context("installing the CRDs")?;
+    kubectl_stdin(
+        cp,
+        &[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=30s",
+            "crd",
+            "-l",
+            "app.kubernetes.io/part-of=enforcer",
+        ],
+        "",
+    )
+    .map(drop)
+    .context("waiting for the CRDs")
 }
 
 #[cfg(test)]
