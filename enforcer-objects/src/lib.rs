@@ -20,7 +20,7 @@
 
 use std::fmt;
 
-use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use serde::de::DeserializeOwned;
@@ -42,10 +42,11 @@ pub enum Kind {
     ClusterNetworkPolicy,
     AdminNetworkPolicy,
     BaselineAdminNetworkPolicy,
+    Node,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 8] = [
+    pub const ALL: [Kind; 9] = [
         Kind::Namespace,
         Kind::Pod,
         Kind::Service,
@@ -54,6 +55,7 @@ impl Kind {
         Kind::ClusterNetworkPolicy,
         Kind::AdminNetworkPolicy,
         Kind::BaselineAdminNetworkPolicy,
+        Kind::Node,
     ];
 
     pub fn name(self) -> &'static str {
@@ -66,13 +68,14 @@ impl Kind {
             Kind::ClusterNetworkPolicy => "ClusterNetworkPolicy",
             Kind::AdminNetworkPolicy => "AdminNetworkPolicy",
             Kind::BaselineAdminNetworkPolicy => "BaselineAdminNetworkPolicy",
+            Kind::Node => "Node",
         }
     }
 
     /// The apiVersion enforcer reads the kind in.
     pub fn api_version(self) -> &'static str {
         match self {
-            Kind::Namespace | Kind::Pod | Kind::Service => "v1",
+            Kind::Namespace | Kind::Pod | Kind::Service | Kind::Node => "v1",
             Kind::NetworkPolicy => "networking.k8s.io/v1",
             Kind::EndpointSlice => "discovery.k8s.io/v1",
             Kind::ClusterNetworkPolicy => "policy.networking.k8s.io/v1alpha2",
@@ -87,6 +90,7 @@ impl Kind {
         !matches!(
             self,
             Kind::Namespace
+                | Kind::Node
                 | Kind::ClusterNetworkPolicy
                 | Kind::AdminNetworkPolicy
                 | Kind::BaselineAdminNetworkPolicy
@@ -133,6 +137,7 @@ pub enum Object {
     ClusterNetworkPolicy(Box<ClusterNetworkPolicy>),
     AdminNetworkPolicy(Box<AdminNetworkPolicy>),
     BaselineAdminNetworkPolicy(Box<BaselineAdminNetworkPolicy>),
+    Node(Box<Node>),
 }
 
 impl Object {
@@ -146,6 +151,7 @@ impl Object {
             Object::ClusterNetworkPolicy(_) => Kind::ClusterNetworkPolicy,
             Object::AdminNetworkPolicy(_) => Kind::AdminNetworkPolicy,
             Object::BaselineAdminNetworkPolicy(_) => Kind::BaselineAdminNetworkPolicy,
+            Object::Node(_) => Kind::Node,
         }
     }
 
@@ -159,6 +165,7 @@ impl Object {
             Object::ClusterNetworkPolicy(o) => &o.metadata,
             Object::AdminNetworkPolicy(o) => &o.metadata,
             Object::BaselineAdminNetworkPolicy(o) => &o.metadata,
+            Object::Node(o) => &o.metadata,
         }
     }
 
@@ -372,6 +379,7 @@ pub fn decode(v: &Value) -> Result<Object, ObjectError> {
         Kind::ClusterNetworkPolicy => Object::ClusterNetworkPolicy(typed(v)?),
         Kind::AdminNetworkPolicy => Object::AdminNetworkPolicy(typed(v)?),
         Kind::BaselineAdminNetworkPolicy => Object::BaselineAdminNetworkPolicy(typed(v)?),
+        Kind::Node => Object::Node(typed(v)?),
     })
 }
 

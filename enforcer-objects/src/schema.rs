@@ -38,6 +38,7 @@ pub fn of(kind: Kind) -> &'static Value {
                 Kind::ClusterNetworkPolicy => root::<crate::ClusterNetworkPolicy>(),
                 Kind::AdminNetworkPolicy => root::<crate::AdminNetworkPolicy>(),
                 Kind::BaselineAdminNetworkPolicy => root::<crate::BaselineAdminNetworkPolicy>(),
+                Kind::Node => root::<k8s_openapi::api::core::v1::Node>(),
             })
             .collect()
     });

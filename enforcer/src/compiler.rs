@@ -43,6 +43,8 @@ pub struct Cluster {
     pub slices: BTreeMap<ObjectRef, EndpointSlice>,
     /// ClusterNetworkPolicies (and the v1alpha1 kinds), by [`ClusterPolicy::key`].
     pub cluster_policies: BTreeMap<ObjectRef, ClusterPolicy>,
+    /// Nodes by name (what `nodes` peers select).
+    pub nodes: BTreeMap<String, crate::model::Node>,
 }
 
 impl Cluster {

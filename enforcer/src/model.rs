@@ -679,6 +679,34 @@ pub fn implicit_namespace(name: &str) -> Namespace {
     }
 }
 
+/// A node as policy sees it: its labels and the addresses of `status.addresses` (what a
+/// ClusterNetworkPolicy `nodes` peer selects).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Node {
+    pub name: String,
+    pub labels: Labels,
+    pub addresses: Vec<IpAddr>,
+}
+
+/// Converts a Node: its labels and the IP addresses among its `status.addresses` (host names
+/// are not addresses a packet carries).
+pub fn node_from_api(node: &k8s_openapi::api::core::v1::Node) -> Result<Node, InvalidObject> {
+    let name = meta_name(&node.metadata.name, "Node")?;
+    let mut addresses: Vec<IpAddr> = node
+        .status
+        .iter()
+        .flat_map(|s| s.addresses.iter().flatten())
+        .filter_map(|a| a.address.parse().ok())
+        .collect();
+    addresses.sort();
+    addresses.dedup();
+    Ok(Node {
+        labels: node.metadata.labels.clone().unwrap_or_default(),
+        name,
+        addresses,
+    })
+}
+
 /// Converts a Pod, keeping only what policy needs.
 pub fn pod_from_api(pod: &KPod) -> Result<Pod, InvalidObject> {
     let name = meta_name(&pod.metadata.name, "Pod")?;

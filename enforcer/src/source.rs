@@ -32,6 +32,7 @@ pub enum Object {
     EndpointSlice(EndpointSlice),
     /// ClusterNetworkPolicy, AdminNetworkPolicy or BaselineAdminNetworkPolicy.
     ClusterPolicy(ClusterPolicy),
+    Node(crate::model::Node),
 }
 
 impl Cluster {
@@ -55,6 +56,9 @@ impl Cluster {
             }
             Object::ClusterPolicy(p) => {
                 self.cluster_policies.insert(p.key(), p);
+            }
+            Object::Node(n) => {
+                self.nodes.insert(n.name.clone(), n);
             }
         }
     }
@@ -88,7 +92,7 @@ impl Object {
     /// The namespace of a namespaced object.
     fn namespace(&self) -> Option<&str> {
         match self {
-            Object::Namespace(_) | Object::ClusterPolicy(_) => None,
+            Object::Namespace(_) | Object::ClusterPolicy(_) | Object::Node(_) => None,
             Object::Pod(p) => Some(&p.namespace),
             Object::Policy(p) => Some(&p.namespace),
             Object::Service(s) => Some(&s.namespace),
@@ -101,6 +105,7 @@ impl Object {
         let (kind, key) = match self {
             Object::Namespace(n) => return format!("Namespace {}", n.name),
             Object::ClusterPolicy(p) => return format!("{} {}", p.kind.name(), p.name),
+            Object::Node(n) => return format!("Node {}", n.name),
             Object::Pod(p) => ("Pod", p.key()),
             Object::Policy(p) => ("NetworkPolicy", p.key()),
             Object::Service(s) => ("Service", s.key()),
@@ -146,6 +151,7 @@ fn objects_of(
                 K8s::BaselineAdminNetworkPolicy(p) => {
                     Object::ClusterPolicy(cluster_policy::from_banp(&p).map_err(invalid)?)
                 }
+                K8s::Node(n) => Object::Node(crate::model::node_from_api(&n).map_err(invalid)?),
             })
         })
         .collect()
