@@ -236,6 +236,10 @@ pub mod identity {
     /// set. They are never an address's identity: only the Service lookup of a new flow to a
     /// Service address uses them (see `POLICY_ACTION_DEFER`).
     pub const SERVICE_FLAG: u32 = 1 << 25;
+    /// Node identities (the addresses of another node, by its labels: what a
+    /// ClusterNetworkPolicy `nodes` peer selects) have this bit set. This node's own addresses
+    /// are HOST.
+    pub const NODE_FLAG: u32 = 1 << 26;
 }
 
 /// A 16-byte address; IPv4 is IPv4-mapped. Key of `IP_IDENTITY` and data of `CIDR_IDENTITY`.

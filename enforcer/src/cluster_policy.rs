@@ -102,6 +102,9 @@ pub enum ClusterPeer {
     },
     /// `networks`: addresses in any of the CIDRs, pods' included.
     Networks(Vec<IpNet>),
+    /// `nodes` (egress only): the addresses (`status.addresses`) of the nodes whose labels the
+    /// selector matches; an empty selector is every node.
+    Nodes(Selector),
     /// No field this version understands (a newer CRD's peer): fails closed, so an Accept rule
     /// matches nothing through it and a Deny or Pass rule matches everything.
     Unknown,
@@ -311,12 +314,12 @@ fn egress_peer(
         let (namespaces, pods) = namespaced_pod(ctx, &format!("{field}.pods"), pods)?;
         return Ok(ClusterPeer::Pods { namespaces, pods });
     }
-    if p.nodes.is_some() {
-        return Err(ctx.err(
-            format!("{field}.nodes"),
-            "nodes peers are not enforced by this version of enforcer (the policy is refused \
-             rather than enforced without them)",
-        ));
+    if let Some(nodes) = &p.nodes {
+        return Ok(ClusterPeer::Nodes(selector_from_api(
+            ctx,
+            &format!("{field}.nodes"),
+            nodes,
+        )?));
     }
     if p.domain_names.is_some() {
         return Err(ctx.err(
@@ -505,7 +508,7 @@ fn check_named_ports(
     let not_pods = r
         .peers
         .iter()
-        .any(|p| matches!(p, ClusterPeer::Networks(_)));
+        .any(|p| matches!(p, ClusterPeer::Networks(_) | ClusterPeer::Nodes(_)));
     if named && not_pods {
         return Err(ctx.err(
             format!("{field}.{ports_field}"),

@@ -109,6 +109,8 @@ pub struct Ids {
     endpoints: BTreeMap<ObjectRef, u32>,
     policies: BTreeMap<ObjectRef, u32>,
     services: BTreeMap<IpAddrKey, u32>,
+    nodes: BTreeMap<Labels, u32>,
+    next_node: u32,
     next_service: u32,
     next_identity: u32,
     next_cidr: u32,
@@ -141,6 +143,10 @@ impl Ids {
     /// The Service identity of a Service address (`identity::SERVICE_FLAG`).
     fn service_identity(&mut self, k: &IpAddrKey) -> u32 {
         identity::SERVICE_FLAG | Self::get(&mut self.services, &mut self.next_service, 1, k)
+    }
+    /// The identity of the nodes with these labels (`identity::NODE_FLAG`).
+    fn node_identity(&mut self, k: &Labels) -> u32 {
+        identity::NODE_FLAG | Self::get(&mut self.nodes, &mut self.next_node, 1, k)
     }
     fn cidr_identity(&mut self, k: &Vec<IpBlock>) -> u32 {
         identity::CIDR_FLAG | Self::get(&mut self.cidr_identities, &mut self.next_cidr, 1, k)
@@ -312,6 +318,8 @@ pub enum IdentityInfo {
     Pods(IdentityKey),
     /// The ipBlocks covering a CIDR partition prefix.
     Cidr(Vec<IpBlock>),
+    /// Another node's addresses, by the node's labels.
+    Node(Labels),
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -477,6 +485,10 @@ pub(crate) struct Resolver<'a> {
 
     /// CIDR identity → blocks covering it.
     pub(crate) cidr_ids: &'a BTreeMap<u32, Vec<IpBlock>>,
+    /// Node identity → the labels of the (other) nodes it stands for.
+    pub(crate) nodes: &'a BTreeMap<u32, Labels>,
+    /// This node's labels, when its Node object is known (its addresses are HOST).
+    pub(crate) this_node: Option<&'a Labels>,
 }
 
 impl Resolver<'_> {
@@ -702,6 +714,21 @@ pub fn compile(
     for (id, k) in &identities {
         out.identities.insert(*id, IdentityInfo::Pods(k.clone()));
     }
+    // Other nodes' addresses, by their labels (what `nodes` peers select); this node's are
+    // HOST. A pod's address (none should be a node's) keeps the pod's identity.
+    let mut node_ids: BTreeMap<u32, Labels> = BTreeMap::new();
+    for n in cluster.nodes.values().filter(|n| n.name != node.node) {
+        let id = ids.node_identity(&n.labels);
+        node_ids.insert(id, n.labels.clone());
+        for ip in &n.addresses {
+            out.ip_identity.entry(ip_key(*ip)).or_insert(IdentityValue {
+                identity: id,
+                endpoint_id: 0,
+            });
+        }
+        out.identities
+            .insert(id, IdentityInfo::Node(n.labels.clone()));
+    }
 
     // CIDR partition.
     let mut cidr_ids: BTreeMap<u32, Vec<IpBlock>> = BTreeMap::new();
@@ -757,6 +784,8 @@ pub fn compile(
         cluster,
         identities: &all_identities,
         cidr_ids: &all_cidr_ids,
+        nodes: &node_ids,
+        this_node: cluster.nodes.get(&node.node).map(|n| &n.labels),
     };
 
     for (pod_ref, ifindex) in &node.interfaces {

@@ -48,10 +48,11 @@ pub enum Kind {
     ClusterNetworkPolicy,
     AdminNetworkPolicy,
     BaselineAdminNetworkPolicy,
+    Node,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 8] = [
+    pub const ALL: [Kind; 9] = [
         Kind::Namespace,
         Kind::Pod,
         Kind::NetworkPolicy,
@@ -60,6 +61,7 @@ impl Kind {
         Kind::ClusterNetworkPolicy,
         Kind::AdminNetworkPolicy,
         Kind::BaselineAdminNetworkPolicy,
+        Kind::Node,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -72,6 +74,7 @@ impl Kind {
             Kind::ClusterNetworkPolicy => "ClusterNetworkPolicy",
             Kind::AdminNetworkPolicy => "AdminNetworkPolicy",
             Kind::BaselineAdminNetworkPolicy => "BaselineAdminNetworkPolicy",
+            Kind::Node => "Node",
         }
     }
 
@@ -332,6 +335,12 @@ impl Watched for KPolicy {
         policy_from_api(self).map(Object::Policy)
     }
 }
+impl Watched for k8s_openapi::api::core::v1::Node {
+    const KIND: Kind = Kind::Node;
+    fn validate(&self) -> Result<Object, InvalidObject> {
+        crate::model::node_from_api(self).map(Object::Node)
+    }
+}
 impl Watched for KService {
     const KIND: Kind = Kind::Service;
     fn validate(&self) -> Result<Object, InvalidObject> {
@@ -377,6 +386,11 @@ impl KubeSource {
             spawn_watch::<KPolicy>(Api::all(client.clone()), &store, &changed),
             spawn_watch::<KService>(Api::all(client.clone()), &store, &changed),
             spawn_watch::<KEndpointSlice>(Api::all(client.clone()), &store, &changed),
+            spawn_watch::<k8s_openapi::api::core::v1::Node>(
+                Api::all(client.clone()),
+                &store,
+                &changed,
+            ),
             spawn_custom_watch(Kind::ClusterNetworkPolicy, &client, &store, &changed),
             spawn_custom_watch(Kind::AdminNetworkPolicy, &client, &store, &changed),
             spawn_custom_watch(Kind::BaselineAdminNetworkPolicy, &client, &store, &changed),
@@ -666,7 +680,7 @@ mod tests {
         s.apply(Kind::Namespace, Change::ListDone);
         assert_eq!(names(&s), ["a", "b"]);
         assert!(!s.synced());
-        for k in [Kind::Pod, Kind::NetworkPolicy, Kind::Service] {
+        for k in [Kind::Pod, Kind::NetworkPolicy, Kind::Service, Kind::Node] {
             s.apply(k, Change::ListStart);
             s.apply(k, Change::ListDone);
         }

@@ -95,6 +95,14 @@ impl Env<'_> {
                 ClusterPeer::Networks(nets) => {
                     peer_ok |= nets.iter().any(|n| n.contains(&flow.peer));
                 }
+                // A node's addresses are those of its Node object.
+                ClusterPeer::Nodes(sel) => {
+                    peer_ok |= self
+                        .cluster
+                        .nodes
+                        .values()
+                        .any(|n| n.addresses.contains(&flow.peer) && sel.matches(&n.labels));
+                }
                 ClusterPeer::Pods { namespaces, pods } => {
                     if let Some(pod) = self.peer_pod(flow.peer) {
                         peer_ok |= namespaces

@@ -26,9 +26,11 @@ const READS: &[(&str, &str)] = &[
     ("", "pods"),
     ("", "namespaces"),
     ("", "services"),
+    ("", "nodes"),
     ("networking.k8s.io", "networkpolicies"),
     ("discovery.k8s.io", "endpointslices"),
-    // The next policy kinds (deploy/crds/), held and counted until they are enforced.
+    // The cluster-wide policy kinds (deploy/crds/), enforced; then Calico's, held and counted
+    // until they are enforced.
     ("policy.networking.k8s.io", "clusternetworkpolicies"),
     ("policy.networking.k8s.io", "adminnetworkpolicies"),
     ("policy.networking.k8s.io", "baselineadminnetworkpolicies"),

@@ -465,6 +465,14 @@ fn arb_cluster_peer() -> impl Strategy<Value = ClusterPeer> {
             ClusterPeer::Networks(nets)
         }),
         1 => Just(ClusterPeer::Unknown),
+        1 => prop_oneof![
+            Just(Selector::default()),
+            prop::sample::select(vec!["a", "b"]).prop_map(|z| Selector {
+                match_labels: labels(&[("zone", z)]),
+                match_expressions: vec![],
+            }),
+        ]
+        .prop_map(ClusterPeer::Nodes),
     ]
 }
 
@@ -477,7 +485,11 @@ fn arb_cluster_rule() -> impl Strategy<Value = ClusterRule> {
     )
         .prop_map(|(action, peers, mut ports, named)| {
             // Named ports only towards pods (the API refuses them with networks).
-            if peers.iter().any(|p| matches!(p, ClusterPeer::Networks(_))) || !named {
+            if peers
+                .iter()
+                .any(|p| matches!(p, ClusterPeer::Networks(_) | ClusterPeer::Nodes(_)))
+                || !named
+            {
                 ports.retain(|p| !matches!(p.port, PortRef::Named(_)));
             }
             ClusterRule {
@@ -577,8 +589,9 @@ fn arb_cluster_with(ip_blocks: bool) -> impl Strategy<Value = Cluster> {
                 .collect::<Vec<_>>()
         }),
         (0..4usize).prop_flat_map(|n| (0..n).map(arb_cluster_policy).collect::<Vec<_>>()),
+        prop::collection::vec(prop::sample::select(vec!["a", "b"]), 2),
     )
-        .prop_map(|(teams, pods, policies, cluster_policies)| {
+        .prop_map(|(teams, pods, policies, cluster_policies, zones)| {
             let mut c = Cluster::default();
             for (ns, t) in ["x", "y", "z"].iter().zip(teams) {
                 let mut n = crate::model::implicit_namespace(ns);
@@ -595,6 +608,15 @@ fn arb_cluster_with(ip_blocks: bool) -> impl Strategy<Value = Cluster> {
             for p in cluster_policies {
                 c.cluster_policies.insert(p.key(), p);
             }
+            // This node (its address is the host's, see `node_all_local`) and another.
+            for (i, zone) in zones.iter().enumerate() {
+                let n = crate::model::Node {
+                    name: format!("node-{}", i + 1),
+                    labels: labels(&[("zone", zone)]),
+                    addresses: vec![format!("172.31.255.{}", i + 1).parse().unwrap()],
+                };
+                c.nodes.insert(n.name.clone(), n);
+            }
             c
         })
 }
@@ -610,6 +632,7 @@ fn peers_to_probe(c: &Cluster) -> Vec<IpAddr> {
         "fd00::9",
         "2001:db8::1",
         "172.31.255.1",
+        "172.31.255.2",
     ] {
         v.push(s.parse().unwrap());
     }

@@ -210,6 +210,17 @@ fn targets(r: &Resolver<'_>, rule: &ClusterRule) -> Targets {
                     );
                 }
             }
+            ClusterPeer::Nodes(sel) => {
+                t.ids.extend(
+                    r.nodes
+                        .iter()
+                        .filter(|(_, labels)| sel.matches(labels))
+                        .map(|(id, _)| *id),
+                );
+                if r.this_node.is_some_and(|l| sel.matches(l)) {
+                    t.ids.insert(enforcer_common::identity::HOST);
+                }
+            }
             // An Accept rule matches nothing through a peer it does not understand.
             ClusterPeer::Unknown => {}
         }

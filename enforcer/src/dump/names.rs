@@ -44,6 +44,10 @@ pub fn names_of(c: &Compiled) -> Names {
                 }
                 t
             }
+            IdentityInfo::Node(labels) => {
+                let l: Vec<String> = labels.iter().map(|(a, b)| format!("{a}={b}")).collect();
+                format!("node {{{}}}", l.join(","))
+            }
             IdentityInfo::Cidr(blocks) if blocks.is_empty() => "in no ipBlock".to_string(),
             IdentityInfo::Cidr(blocks) => {
                 let b: Vec<String> = blocks.iter().map(block_text).collect();
