@@ -130,6 +130,13 @@ fn every_api_rule_is_checked_and_named() {
             "destinationPort must be set",
         ),
         (
+            cnp(&format!(
+                "{{tier: Admin, priority: 1, {SUBJECT}, egress: [{{action: Deny, to: [{{nodes: {{}}}}], protocols: [{{destinationNamedPort: http}}]}}]}}"
+            )),
+            "spec.egress[0].protocols",
+            "cannot be set with namedPorts",
+        ),
+        (
             "apiVersion: policy.networking.k8s.io/v1alpha1\nkind: BaselineAdminNetworkPolicy\n\
              metadata: {name: other}\nspec: {subject: {namespaces: {}}}\n"
                 .to_string(),
@@ -187,6 +194,18 @@ fn a_peer_with_no_known_field_fails_closed() {
     )))
     .unwrap();
     assert_eq!(p.egress[0].peers, [ClusterPeer::Unknown]);
+}
+
+#[test]
+fn nodes_peers_select_nodes_by_label() {
+    let p = one(&cnp(&format!(
+        "{{tier: Baseline, priority: 1, {SUBJECT}, egress: [{{action: Accept, to: [{{nodes: {{matchLabels: {{zone: a}}}}}}]}}]}}"
+    )))
+    .unwrap();
+    let ClusterPeer::Nodes(sel) = &p.egress[0].peers[0] else {
+        panic!("{:?}", p.egress[0].peers)
+    };
+    assert_eq!(sel.match_labels.get("zone").map(String::as_str), Some("a"));
 }
 
 #[test]

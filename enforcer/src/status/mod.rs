@@ -436,14 +436,25 @@ mod tests {
         // Kinds this version holds but does not enforce: not a health problem, but said.
         let mut held = rec();
         held.held_kinds = BTreeMap::from([
-            ("ClusterNetworkPolicy".to_string(), Some(2)),
+            ("GlobalNetworkPolicy".to_string(), Some(2)),
             ("HostEndpoint".to_string(), None),
         ]);
+        // Priority ties are said too, and are no health problem either.
+        held.priority_conflicts = vec![
+            "ClusterNetworkPolicy/a and ClusterNetworkPolicy/b share \
+                                        priority 5 in the Admin tier (both select x/a): \
+                                        ClusterNetworkPolicy/a is evaluated first"
+                .into(),
+        ];
         let r = assess(b, &Probe::Live(Some(held)), Ok(maps()), true);
         assert_eq!(r.health, Health::Healthy, "{:?}", r.problems);
         let text = render(&r);
         assert!(
-            text.contains("NOT ENFORCED BY THIS VERSION\n  ClusterNetworkPolicy         2 objects held\n  HostEndpoint                 CRD absent (watched for)"),
+            text.contains("NOT ENFORCED BY THIS VERSION\n  GlobalNetworkPolicy          2 objects held\n  HostEndpoint                 CRD absent (watched for)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("PRIORITY CONFLICTS\n  ClusterNetworkPolicy/a and ClusterNetworkPolicy/b share priority 5"),
             "{text}"
         );
 
