@@ -786,7 +786,14 @@ impl Agent {
                 let Some(policy) = names.policies.get(&k.policy_id) else {
                     continue;
                 };
+                let tier = self
+                    .cluster
+                    .cluster_policies
+                    .get(policy)
+                    .map(|p| p.tier.to_string())
+                    .unwrap_or_else(|| "NetworkPolicy".to_string());
                 let labels = vec![
+                    ("tier", tier),
                     ("policy", policy.to_string()),
                     ("rule", k.rule_index.to_string()),
                     (
