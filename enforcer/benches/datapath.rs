@@ -199,7 +199,9 @@ fn pick_flows(state: &MapState, set: u32) -> Result<((Ipv4Addr, u16), Ipv4Addr)>
     let used: std::collections::BTreeSet<u32> = state
         .policy
         .keys()
-        .filter(|k| k.data.policy_set == set)
+        .filter(|k| {
+            k.data.policy_set == set && k.data.tier == enforcer_common::tier::NETWORK_POLICY
+        })
         .map(|k| k.data.identity)
         .collect();
     let denied = ip_of(&|i| !used.contains(&i)).context("no pod without a rule")?;
