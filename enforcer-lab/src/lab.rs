@@ -386,6 +386,11 @@ impl Lab {
     ) -> Result<Vec<(ProbePlan, traffic::Outcome)>> {
         probe_all(
             self.ep_ns.clone(),
+            Arc::new(
+                plan.endpoints()
+                    .filter(|ep| plan.has_own_netns(*ep))
+                    .collect(),
+            ),
             &plan.prefix,
             tag,
             probes,
@@ -436,9 +441,13 @@ pub fn expected_backends(
     )
 }
 
-/// Sends probes from the endpoints' namespaces, at most `parallel` at once.
+/// Sends probes from the endpoints' namespaces, at most `parallel` at once. Where the kernel
+/// has no SCTP sockets, an SCTP probe to an endpoint of `own_ns` (those with a namespace and
+/// an `eth0` of their own) is a hand-built INIT watched for there
+/// ([`traffic::sctp_one_way`]).
 pub async fn probe_all(
     ep_ns: Arc<BTreeMap<Ep, Netns>>,
+    own_ns: Arc<std::collections::BTreeSet<Ep>>,
     prefix: &str,
     tag: &str,
     probes: &[ProbePlan],
@@ -450,6 +459,7 @@ pub async fn probe_all(
     for (pi, probe) in probes.iter().enumerate() {
         let probe = probe.clone();
         let ns = ep_ns.clone();
+        let own_ns = own_ns.clone();
         let sem = sem.clone();
         let payload = format!("enforcer-lab {prefix} {tag} probe {pi}").into_bytes();
         jobs.push(tokio::spawn(async move {
@@ -464,7 +474,26 @@ pub async fn probe_all(
                 payload,
                 probe.service.is_some(),
             )
-            .await
+            .await;
+            let out = match out {
+                Ok(o)
+                    if o.observed == traffic::Observed::Unsupported
+                        && probe.spec.protocol == crate::scenario::Protocol::Sctp =>
+                {
+                    let target = probe
+                        .dst
+                        .filter(|ep| probe.service.is_none() && own_ns.contains(ep));
+                    traffic::sctp_one_way(
+                        &ns[&probe.src],
+                        target.and_then(|ep| ns.get(&ep)),
+                        probe.src_ip,
+                        dst,
+                        timeout,
+                    )
+                    .await
+                }
+                other => other,
+            }
             .with_context(|| format!("{}: sending the probe", probe.spec.path));
             (probe, out)
         }));

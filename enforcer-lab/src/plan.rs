@@ -297,6 +297,16 @@ impl Plan {
         }
     }
 
+    /// Whether `ep` has a network namespace of its own, with its `eth0` (a pod not on its
+    /// node's network, a host), rather than its node's.
+    pub fn has_own_netns(&self, ep: Ep) -> bool {
+        match ep {
+            Ep::Pod(i) => !self.pods[i].host_network,
+            Ep::Host(_) => true,
+            Ep::Node(_) => false,
+        }
+    }
+
     pub fn netns_of(&self, ep: Ep) -> &str {
         match ep {
             Ep::Pod(i) => &self.pods[i].netns,
