@@ -312,7 +312,8 @@ impl Api {
     }
 
     /// Creates or updates an object (server-side apply); a Pod's or Node's status follows
-    /// through its subresource (the server ignores status in the object's own writes). Notes the write's resourceVersion in the mark.
+    /// through its subresource (the server ignores status in the object's own writes). Notes
+    /// the write's resourceVersion in the mark.
     pub async fn apply(&mut self, obj: &Value) -> Result<()> {
         let path = path_of(obj)?;
         let kind = obj["kind"].as_str().unwrap_or("").to_string();
@@ -335,7 +336,22 @@ impl Api {
         if kind == "Namespace" {
             self.default_service_account(obj).await?;
         }
-        if let Some(status) = status.filter(|_| matches!(kind.as_str(), "Pod" | "Node")) {
+        if let Some(status) = status.clone().filter(|_| kind == "Node") {
+            // As a kubelet writes it, not by server-side apply: `status.addresses` is a list
+            // keyed by `type` there, and a dual-stack node has an InternalIP of each family.
+            let query = format!("?fieldManager={KUBELET_MANAGER}");
+            let (code, resp) = self
+                .client
+                .request(
+                    Method::PATCH,
+                    &format!("{path}/status{query}"),
+                    Some((Body::MergePatch, &json!({ "status": status }))),
+                )
+                .await?;
+            ok(code, &resp, &format!("the status of {path}"))?;
+            self.mark.note(&kind, rv_of(&resp));
+        }
+        if let Some(status) = status.filter(|_| kind == "Pod") {
             let patch = json!({
                 "apiVersion": obj["apiVersion"], "kind": kind,
                 "metadata": {"name": obj["metadata"]["name"], "namespace": obj["metadata"]["namespace"]},
