@@ -264,12 +264,14 @@ fn next_sctp_port() -> u16 {
 /// whose namespace is `src_ns`) to `dst`; `allow` when it arrives on the `eth0` of `dst_ns`
 /// (the target's own namespace) within `timeout`, else `deny`. The source's egress and the
 /// target's ingress programs judge it as the first packet of a new SCTP flow, as they would a
-/// real one's. `dst_ns` is `None` where there is no such interface to watch (a node's own
+/// real one's. An INIT that arrives at a port the target does not serve is `deny`, `refused`
+/// (`served` false: a real SCTP stack would answer it with an ABORT). `dst_ns` is `None` where there is no such interface to watch (a node's own
 /// namespace, where a packet socket sees packets before the node's ingress program, a
 /// Service, an address outside the lab): the probe stays `unsupported`.
 pub async fn sctp_one_way(
     src_ns: &Netns,
     dst_ns: Option<&Netns>,
+    served: bool,
     src: IpAddr,
     dst: SocketAddr,
     timeout: Duration,
@@ -297,6 +299,9 @@ pub async fn sctp_one_way(
     })
     .await
     .context("the SCTP INIT task")??;
+    if seen && !served {
+        return Ok(deny("refused", Some(tag)));
+    }
     Ok(Outcome {
         observed: if seen {
             Observed::Allow

@@ -91,15 +91,18 @@ fn probe_inner(
     ))?;
     if outcome.observed == traffic::Observed::Unsupported && spec.protocol == Protocol::Sctp {
         // No SCTP sockets here: a hand-built INIT, watched for on the target's eth0.
-        let target = match probe.dst {
-            Some(ep) if probe.service.is_none() && live.plan.has_own_netns(ep) => {
-                Some(Netns::open(live.plan.netns_of(ep))?)
-            }
-            _ => None,
+        let targets = lab::sctp_targets(&live.plan);
+        let (target, served) = match probe.dst.filter(|_| probe.service.is_none()) {
+            Some(ep) if targets.contains_key(&ep) => (
+                Some(Netns::open(live.plan.netns_of(ep))?),
+                targets[&ep].contains(&probe.dst_port),
+            ),
+            _ => (None, false),
         };
         outcome = rt.block_on(traffic::sctp_one_way(
             &ns,
             target.as_ref(),
+            served,
             probe.src_ip,
             dst,
             timeout,
