@@ -45,6 +45,15 @@ fn reached(path: &Path, mark: &Mark) -> Option<Result<()>> {
     if !mark.reached(s.generation, &s.resource_versions) {
         return None;
     }
+    let unwatched = mark.unwatched(&s.resource_versions);
+    if !unwatched.is_empty() {
+        // Written all the same (Nodes, to an agent that does not watch them yet).
+        tracing::debug!(
+            status = %path.display(),
+            kinds = ?unwatched,
+            "the agent does not report these kinds: not waited for"
+        );
+    }
     Some(match s.error {
         Some(e) => Err(anyhow!("rejected the manifests: {e}")),
         None => Ok(()),

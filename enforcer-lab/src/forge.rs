@@ -1,5 +1,5 @@
-//! Forged packets, as a hostile pod makes them: a TCP SYN, a UDP datagram or an ICMP echo
-//! request with any source address, built byte by byte and sent from a raw socket inside the
+//! Forged packets, as a hostile pod makes them: a TCP SYN, a UDP datagram, an ICMP echo
+//! request or an SCTP INIT with any source address, built byte by byte and sent from a raw socket inside the
 //! pod's network namespace (IPv4 with `IP_HDRINCL`, IPv6 with `IPV6_HDRINCL`: the kernel sends
 //! the header as written and resolves the next hop itself). A pod needs no privilege beyond the
 //! default container capabilities for this (`CAP_NET_RAW`).
@@ -7,6 +7,10 @@
 //! [`Sniffer`] watches an interface of another namespace (the target pod's `eth0`) with a
 //! packet socket, below the IP layer: what it sees has reached the target, whether or not the
 //! target's kernel would then accept it (a TCP SYN to a closed port, a v4-mapped source).
+//!
+//! The SCTP INIT is also how the lab probes SCTP where the kernel has no SCTP sockets
+//! ([`init_reaches`]): the INIT a pod's SCTP stack would send first, from the pod's own
+//! address, watched for on the target's `eth0`.
 //!
 //! Building packets ([`packet`]) is pure and tested here; sending and sniffing are thin edges.
 
@@ -27,6 +31,8 @@ pub enum Kind {
     Udp,
     /// An ICMP (ICMPv6) echo request; `dst_port` is unused.
     Echo,
+    /// An SCTP INIT chunk (the first packet of an association) to `dst_port`, with its CRC32c.
+    SctpInit,
 }
 
 impl Kind {
@@ -37,6 +43,7 @@ impl Kind {
             Kind::TcpSyn => "TCP",
             Kind::Udp => "UDP",
             Kind::Echo => "ICMP",
+            Kind::SctpInit => "SCTP",
         }
     }
 
@@ -46,6 +53,7 @@ impl Kind {
             (Kind::Udp, _) => 17,
             (Kind::Echo, false) => 1,
             (Kind::Echo, true) => 58,
+            (Kind::SctpInit, _) => 132,
         }
     }
 }
@@ -110,9 +118,50 @@ fn octets(ip: &IpAddr) -> Vec<u8> {
     }
 }
 
+/// CRC32c (Castagnoli, reflected, as SCTP uses it: RFC 9260 appendix A).
+fn crc32c(data: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in data {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0x82f6_3b78
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+/// An SCTP packet of one INIT chunk (RFC 9260 3.3.2, no parameters): source port `tag`,
+/// verification tag 0 (as an INIT must have), initiate tag and initial TSN from `tag`, one
+/// stream each way; the CRC32c over the packet goes in the checksum field, least significant
+/// byte first (as Linux writes it).
+fn sctp_init(f: &Forged) -> Vec<u8> {
+    let mut p = vec![0u8; 12 + 20];
+    p[0..2].copy_from_slice(&f.tag.to_be_bytes());
+    p[2..4].copy_from_slice(&f.dst_port.to_be_bytes());
+    // p[4..8]: verification tag 0; p[8..12]: checksum, below.
+    let c = &mut p[12..];
+    c[0] = 1; // INIT
+    c[2..4].copy_from_slice(&20u16.to_be_bytes());
+    c[4..8].copy_from_slice(&(u32::from(f.tag) << 16 | 0x5eed).to_be_bytes()); // initiate tag
+    c[8..12].copy_from_slice(&106_496u32.to_be_bytes()); // a_rwnd
+    c[12..14].copy_from_slice(&1u16.to_be_bytes()); // outbound streams
+    c[14..16].copy_from_slice(&1u16.to_be_bytes()); // inbound streams
+    c[16..20].copy_from_slice(&(u32::from(f.tag) << 8 | 1).to_be_bytes()); // initial TSN
+    let crc = crc32c(&p);
+    p[8..12].copy_from_slice(&crc.to_le_bytes());
+    p
+}
+
 /// The transport header and payload of `f`, with its checksum (over the pseudo-header for TCP,
-/// UDP and ICMPv6; over itself for ICMP).
+/// UDP and ICMPv6; over itself for ICMP; CRC32c over itself for SCTP).
 fn transport(f: &Forged) -> Vec<u8> {
+    if f.kind == Kind::SctpInit {
+        return sctp_init(f);
+    }
     let v6 = f.dst.is_ipv6();
     let proto = f.kind.ip_proto(v6);
     let mut l4 = match f.kind {
@@ -142,6 +191,7 @@ fn transport(f: &Forged) -> Vec<u8> {
             h.extend_from_slice(PAYLOAD);
             h
         }
+        Kind::SctpInit => unreachable!("built by sctp_init"),
     };
     let len = l4.len() as u32;
     let csum = if f.kind == Kind::Echo && !v6 {
@@ -168,6 +218,7 @@ fn transport(f: &Forged) -> Vec<u8> {
         Kind::TcpSyn => 16,
         Kind::Udp => 6,
         Kind::Echo => 2,
+        Kind::SctpInit => unreachable!("built by sctp_init"),
     };
     l4[at..at + 2].copy_from_slice(&csum.to_be_bytes());
     l4
@@ -237,6 +288,9 @@ pub fn matches(pkt: &[u8], f: &Forged) -> bool {
     match f.kind {
         Kind::TcpSyn | Kind::Udp => word(0) == f.tag && word(2) == f.dst_port,
         Kind::Echo => l4[0] == if v6 { 128 } else { 8 } && word(4) == f.tag,
+        Kind::SctpInit => {
+            word(0) == f.tag && word(2) == f.dst_port && l4.len() >= 16 && l4[12] == 1
+        }
     }
 }
 
@@ -395,6 +449,28 @@ impl Sniffer {
     }
 }
 
+/// Whether `f` (an SCTP INIT from the source's own address) sent from `src` reaches `dev` of
+/// `dst` within `timeout`: it is sent three times, spread over the timeout (as an SCTP stack
+/// retransmits its INIT), and the answer comes as soon as one copy is seen. Blocking.
+pub fn init_reaches(
+    src: &Netns,
+    dst: &Netns,
+    dev: &str,
+    f: &Forged,
+    timeout: Duration,
+) -> Result<bool> {
+    let mut sniffer = Sniffer::open(dst, dev)?;
+    let deadline = Instant::now() + timeout;
+    for _ in 0..3 {
+        send(src, f)?;
+        let left = deadline.saturating_duration_since(Instant::now());
+        if sniffer.saw(f, (timeout / 3).min(left))? {
+            return Ok(true);
+        }
+    }
+    sniffer.saw(f, deadline.saturating_duration_since(Instant::now()))
+}
+
 /// Parses what `lab forge` sends: `80/TCP`, `53/UDP`, `ICMP` (an echo request).
 pub fn parse_what(s: &str) -> Result<(Kind, u16)> {
     let up = s.to_ascii_uppercase();
@@ -471,6 +547,61 @@ mod tests {
                 };
                 assert_eq!(v, 0, "{f:?}");
             }
+        }
+    }
+
+    #[test]
+    fn crc32c_is_castagnoli() {
+        // The check value of CRC-32C, and RFC 3720's vector of 32 zero bytes.
+        assert_eq!(crc32c(b"123456789"), 0xe306_9283);
+        assert_eq!(crc32c(&[0u8; 32]), 0x8a91_36aa);
+    }
+
+    #[test]
+    fn sctp_inits_are_valid_inits_and_match_themselves() {
+        for (src, dst) in [("10.42.1.12", "10.42.1.11"), ("fd00::c", "fd00::b")] {
+            let f = Forged {
+                src: ip(src),
+                dst: ip(dst),
+                kind: Kind::SctpInit,
+                dst_port: 9003,
+                tag: 40_001,
+            };
+            let p = packet(&f).unwrap();
+            let (hdr, proto) = if f.dst.is_ipv4() {
+                assert_eq!(checksum(&[&p[..20]]), 0, "IPv4 header checksum");
+                (20, p[9])
+            } else {
+                (40, p[6])
+            };
+            assert_eq!(proto, 132);
+            let l4 = &p[hdr..];
+            assert_eq!(l4.len(), 32);
+            assert_eq!(&l4[0..4], &[0x9c, 0x41, 0x23, 0x2b], "ports 40001 > 9003");
+            assert_eq!(&l4[4..8], &[0; 4], "an INIT's verification tag is 0");
+            assert_eq!((l4[12], l4[13], &l4[14..16]), (1, 0, &[0u8, 20][..]));
+            assert_ne!(&l4[16..20], &[0; 4], "the initiate tag is not 0");
+            assert!(l4[24..26] != [0, 0] && l4[26..28] != [0, 0], "streams");
+            // The checksum: CRC32c of the packet with the field zeroed, low byte first.
+            let mut zeroed = l4.to_vec();
+            zeroed[8..12].fill(0);
+            assert_eq!(l4[8..12], crc32c(&zeroed).to_le_bytes());
+            assert!(matches(&p, &f));
+            assert!(!matches(&p, &Forged { tag: 40_002, ..f }));
+            assert!(!matches(
+                &p,
+                &Forged {
+                    dst_port: 9005,
+                    ..f
+                }
+            ));
+            assert!(!matches(
+                &p,
+                &Forged {
+                    kind: Kind::Udp,
+                    ..f
+                }
+            ));
         }
     }
 

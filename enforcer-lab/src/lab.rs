@@ -1,6 +1,6 @@
 //! One run of a scenario: build, start the agents, probe step by step, tear down.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,6 +15,7 @@ use crate::netns::{self, Netns};
 use crate::plan::{Changes, Ep, Plan, ProbePlan};
 use crate::report::{ProbeResult, Report, StepResult, match_events};
 use crate::runs;
+use crate::scenario::Protocol;
 use crate::services;
 use crate::traffic;
 
@@ -386,6 +387,7 @@ impl Lab {
     ) -> Result<Vec<(ProbePlan, traffic::Outcome)>> {
         probe_all(
             self.ep_ns.clone(),
+            Arc::new(sctp_targets(plan)),
             &plan.prefix,
             tag,
             probes,
@@ -436,9 +438,29 @@ pub fn expected_backends(
     )
 }
 
-/// Sends probes from the endpoints' namespaces, at most `parallel` at once.
+/// The endpoints with a namespace and an `eth0` of their own (where a hand-built SCTP INIT can
+/// be watched for), with the SCTP ports each serves.
+pub fn sctp_targets(plan: &Plan) -> BTreeMap<Ep, BTreeSet<u16>> {
+    plan.endpoints()
+        .filter(|ep| plan.has_own_netns(*ep))
+        .map(|ep| {
+            let ports = plan
+                .ports_of(ep)
+                .iter()
+                .filter(|p| p.protocol == Protocol::Sctp)
+                .map(|p| p.port)
+                .collect();
+            (ep, ports)
+        })
+        .collect()
+}
+
+/// Sends probes from the endpoints' namespaces, at most `parallel` at once. Where the kernel
+/// has no SCTP sockets, an SCTP probe to an endpoint of `sctp_targets` is a hand-built INIT
+/// watched for on its `eth0` ([`traffic::sctp_one_way`]).
 pub async fn probe_all(
     ep_ns: Arc<BTreeMap<Ep, Netns>>,
+    sctp_targets: Arc<BTreeMap<Ep, BTreeSet<u16>>>,
     prefix: &str,
     tag: &str,
     probes: &[ProbePlan],
@@ -450,6 +472,7 @@ pub async fn probe_all(
     for (pi, probe) in probes.iter().enumerate() {
         let probe = probe.clone();
         let ns = ep_ns.clone();
+        let sctp_targets = sctp_targets.clone();
         let sem = sem.clone();
         let payload = format!("enforcer-lab {prefix} {tag} probe {pi}").into_bytes();
         jobs.push(tokio::spawn(async move {
@@ -464,7 +487,28 @@ pub async fn probe_all(
                 payload,
                 probe.service.is_some(),
             )
-            .await
+            .await;
+            let out = match out {
+                Ok(o)
+                    if o.observed == traffic::Observed::Unsupported
+                        && probe.spec.protocol == Protocol::Sctp =>
+                {
+                    let target = probe
+                        .dst
+                        .filter(|_| probe.service.is_none())
+                        .and_then(|ep| Some((ns.get(&ep)?, sctp_targets.get(&ep)?)));
+                    traffic::sctp_one_way(
+                        &ns[&probe.src],
+                        target.map(|(n, _)| n),
+                        target.is_some_and(|(_, ports)| ports.contains(&probe.dst_port)),
+                        probe.src_ip,
+                        dst,
+                        timeout,
+                    )
+                    .await
+                }
+                other => other,
+            }
             .with_context(|| format!("{}: sending the probe", probe.spec.path));
             (probe, out)
         }));

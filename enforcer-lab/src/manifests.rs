@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde_json::{Value, json};
 
-use crate::plan::{Changes, Plan, PodPlan, fnv};
+use crate::plan::{Changes, NodePlan, Plan, PodPlan, fnv};
 use crate::scenario::{Labels, ObjectKey};
 use crate::services::{ClusterIps, ServicePlan};
 
@@ -19,8 +19,7 @@ pub struct ClusterState {
     pub namespaces: BTreeMap<String, Labels>,
     /// Labels of each pod of the plan, by index.
     pub pod_labels: Vec<Labels>,
-    /// Labels of each node of the plan, by index. The agent does not read Node objects yet,
-    /// so they are not written out; they are kept for what the lab reports.
+    /// Labels of each node of the plan, by index (written out as Node objects).
     #[serde(default)]
     pub node_labels: Vec<Labels>,
     #[serde(with = "object_list")]
@@ -129,6 +128,12 @@ impl ClusterState {
                 }),
             );
         }
+        for (node, labels) in plan.nodes.iter().zip(&self.node_labels) {
+            out.insert(
+                file_name(&["node", &node.name]),
+                node_manifest(node, labels),
+            );
+        }
         for (pod, labels) in plan.pods.iter().zip(&self.pod_labels) {
             out.insert(
                 file_name(&["pod", &pod.namespace, &pod.name]),
@@ -148,6 +153,24 @@ impl ClusterState {
         }
         out
     }
+}
+
+/// A Node as the API server holds it once its kubelet has registered it: its labels (with
+/// `kubernetes.io/hostname` and `kubernetes.io/os`, as the plan gives them) and, in
+/// `status.addresses`, an `InternalIP` for each of its fabric addresses and its `Hostname`.
+pub fn node_manifest(node: &NodePlan, labels: &Labels) -> Value {
+    let mut addresses: Vec<Value> = node
+        .fabric_ips
+        .iter()
+        .map(|ip| json!({"type": "InternalIP", "address": ip.to_string()}))
+        .collect();
+    addresses.push(json!({"type": "Hostname", "address": node.name}));
+    json!({
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": node.name, "labels": labels},
+        "status": {"addresses": addresses},
+    })
 }
 
 /// A Pod as the API server would hold it once running.
@@ -328,7 +351,65 @@ steps:
             m["networkpolicy_x_p.yaml"]["spec"],
             json!({"podSelector": {}})
         );
-        assert_eq!(m.len(), 3);
+        assert_eq!(m.len(), 4, "{:?}", m.keys());
+    }
+
+    #[test]
+    fn nodes_look_like_their_kubelet_registered_them_and_relabel_changes_them() {
+        let text = "
+nodes: [node-1, {name: node-2, labels: {zone: a}}]
+namespaces: [{name: x}]
+pods: [{namespace: x, name: a, ips: [10.0.0.1, 'fd00::1']}]
+steps:
+  - relabel: [{node: node-2, labels: {zone: b, disk: ssd}}]
+";
+        let p = plan(&parse(text).unwrap(), "enf-000000-").unwrap();
+        let mut s = ClusterState::initial(&p);
+        let m = s.manifests(&p);
+        let node = &m["node_node-2.yaml"];
+        assert_eq!(node["apiVersion"], json!("v1"));
+        assert_eq!(node["kind"], json!("Node"));
+        assert_eq!(
+            node["metadata"],
+            json!({"name": "node-2", "labels": {
+                "zone": "a",
+                "kubernetes.io/hostname": "node-2",
+                "kubernetes.io/os": "linux",
+            }})
+        );
+        assert_eq!(
+            node["status"]["addresses"],
+            json!([
+                {"type": "InternalIP", "address": "198.18.0.2"},
+                {"type": "InternalIP", "address": "fd00:198:18::2"},
+                {"type": "Hostname", "address": "node-2"},
+            ])
+        );
+        assert_eq!(
+            m["node_node-1.yaml"]["metadata"]["labels"],
+            json!({"kubernetes.io/hostname": "node-1", "kubernetes.io/os": "linux"})
+        );
+        // The agent's strict decoder takes it as a v1 Node.
+        assert!(matches!(
+            enforcer_objects::decode(node),
+            Ok(enforcer_objects::Object::Node(_))
+        ));
+
+        s.apply(&p.steps[1].changes);
+        let m = s.manifests(&p);
+        assert_eq!(
+            m["node_node-2.yaml"]["metadata"]["labels"],
+            json!({
+                "zone": "b",
+                "disk": "ssd",
+                "kubernetes.io/hostname": "node-2",
+                "kubernetes.io/os": "linux",
+            })
+        );
+        assert_eq!(
+            m["node_node-2.yaml"]["status"], node["status"],
+            "a relabel leaves the addresses"
+        );
     }
 
     #[test]

@@ -40,7 +40,7 @@ impl ProbeOutcome {
             Observed::Deny => match outcome.detail.as_str() {
                 "refused" => ProbeOutcome::Refused,
                 "unreachable" => ProbeOutcome::Unreachable,
-                "timeout" => ProbeOutcome::TimeoutNoEvent,
+                d if d.starts_with("timeout") => ProbeOutcome::TimeoutNoEvent,
                 _ => ProbeOutcome::Failed,
             },
         }
@@ -107,6 +107,16 @@ mod tests {
             (seen(Observed::Deny, "refused"), &allow_event[..], Refused),
             (seen(Observed::Deny, "unreachable"), &[][..], Unreachable),
             (seen(Observed::Deny, "timeout"), &[][..], TimeoutNoEvent),
+            (
+                seen(Observed::Deny, crate::traffic::SCTP_INIT_LOST),
+                &[][..],
+                TimeoutNoEvent,
+            ),
+            (
+                seen(Observed::Deny, crate::traffic::SCTP_INIT_LOST),
+                &drop[..],
+                Denied,
+            ),
             (seen(Observed::Deny, "not permitted"), &[][..], Failed),
             (seen(Observed::Unsupported, "no SCTP"), &[][..], Unsupported),
         ] {

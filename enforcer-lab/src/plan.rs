@@ -41,8 +41,8 @@ pub struct NodePlan {
     /// prefix: podCIDR's, and one of the other family where the lab uses it), which are its
     /// pods' gateways. Empty on a routed node.
     pub bridge_ips: Vec<Cidr>,
-    /// Its labels at the start (with `kubernetes.io/hostname` and `kubernetes.io/os`). The
-    /// agent does not read Node objects yet: they are kept for the report.
+    /// Its labels at the start (with `kubernetes.io/hostname` and `kubernetes.io/os`): its
+    /// Node object's, with `fabric_ips` as its `InternalIP` addresses.
     pub labels: Labels,
     /// Host processes listening in the node's namespace (on its fabric addresses); the ports
     /// of its host-networked pods are served there too, as those pods'.
@@ -294,6 +294,16 @@ impl Plan {
             Ep::Pod(i) => self.pods[i].key(),
             Ep::Host(i) => self.hosts[i].name.clone(),
             Ep::Node(i) => format!("node:{}", self.nodes[i].name),
+        }
+    }
+
+    /// Whether `ep` has a network namespace of its own, with its `eth0` (a pod not on its
+    /// node's network, a host), rather than its node's.
+    pub fn has_own_netns(&self, ep: Ep) -> bool {
+        match ep {
+            Ep::Pod(i) => !self.pods[i].host_network,
+            Ep::Host(_) => true,
+            Ep::Node(_) => false,
         }
     }
 

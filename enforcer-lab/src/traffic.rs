@@ -243,6 +243,77 @@ pub async fn probe(
     }
 }
 
+/// What an SCTP probe says where the kernel has no SCTP sockets: the INIT reached the target
+/// (one way: the target's kernel cannot answer it), or not within the timeout.
+pub const SCTP_INIT_SEEN: &str = "INIT received (SCTP one-way: this kernel has no SCTP)";
+pub const SCTP_INIT_LOST: &str =
+    "timeout: INIT not received (SCTP one-way: this kernel has no SCTP)";
+
+/// Source ports of forged SCTP INITs: distinct within a run (from 32768, as ephemeral ports),
+/// so no probe's INIT is taken for another's and no connection-tracking entry of one serves
+/// a later one.
+static NEXT_SCTP_PORT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+
+fn next_sctp_port() -> u16 {
+    let n = NEXT_SCTP_PORT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    32_768 + (u32::from(n) + std::process::id()) as u16 % 28_000
+}
+
+/// An SCTP probe where the kernel has no SCTP sockets: the INIT a pod's SCTP stack would send
+/// first, built by hand ([`crate::forge`]) and sent from `src` (an address of the source,
+/// whose namespace is `src_ns`) to `dst`; `allow` when it arrives on the `eth0` of `dst_ns`
+/// (the target's own namespace) within `timeout`, else `deny`. The source's egress and the
+/// target's ingress programs judge it as the first packet of a new SCTP flow, as they would a
+/// real one's. An INIT that arrives at a port the target does not serve is `deny`, `refused`
+/// (`served` false: a real SCTP stack would answer it with an ABORT). `dst_ns` is `None` where there is no such interface to watch (a node's own
+/// namespace, where a packet socket sees packets before the node's ingress program, a
+/// Service, an address outside the lab): the probe stays `unsupported`.
+pub async fn sctp_one_way(
+    src_ns: &Netns,
+    dst_ns: Option<&Netns>,
+    served: bool,
+    src: IpAddr,
+    dst: SocketAddr,
+    timeout: Duration,
+) -> Result<Outcome> {
+    let Some(dst_ns) = dst_ns else {
+        return Ok(Outcome {
+            observed: Observed::Unsupported,
+            detail: "this kernel has no SCTP sockets, and the target has no namespace of its                      own where the lab can watch for a hand-built INIT (a node, a                      host-networked pod, a Service, an address outside the lab)"
+                .into(),
+            src_port: None,
+            backend: None,
+        });
+    };
+    let tag = next_sctp_port();
+    let f = crate::forge::Forged {
+        src,
+        dst: dst.ip(),
+        kind: crate::forge::Kind::SctpInit,
+        dst_port: dst.port(),
+        tag,
+    };
+    let (src_ns, dst_ns) = (src_ns.clone(), dst_ns.clone());
+    let seen = tokio::task::spawn_blocking(move || {
+        crate::forge::init_reaches(&src_ns, &dst_ns, "eth0", &f, timeout)
+    })
+    .await
+    .context("the SCTP INIT task")??;
+    if seen && !served {
+        return Ok(deny("refused", Some(tag)));
+    }
+    Ok(Outcome {
+        observed: if seen {
+            Observed::Allow
+        } else {
+            Observed::Deny
+        },
+        detail: if seen { SCTP_INIT_SEEN } else { SCTP_INIT_LOST }.into(),
+        src_port: Some(tag),
+        backend: None,
+    })
+}
+
 /// The first line a TCP server sends (its name), if it comes within `wait`.
 async fn read_hello(sock: AsyncFd<Socket>, wait: Duration) -> Option<String> {
     use tokio::io::AsyncReadExt;

@@ -25,20 +25,30 @@ fn no_policy_scenario_observes_what_it_expects() {
     let r = run_plan(&plan, &common::fake_agent(""), &common::options()).unwrap();
     eprintln!("no-policy.yaml ran in {:?}", started.elapsed());
     assert_eq!(r.mismatches(), 0, "{}", r.render());
-    assert_eq!(r.probe_count(), 15);
-    let sctp = &r.steps[0].probes[14];
+    assert_eq!(r.probe_count(), 16);
     let has_sctp = socket2::Socket::new(
         socket2::Domain::IPV4,
         socket2::Type::STREAM,
         Some(socket2::Protocol::from(132)),
     )
     .is_ok();
-    let want = if has_sctp {
-        Observed::Allow
-    } else {
-        Observed::Unsupported
-    };
-    assert_eq!(sctp.outcome.observed, want, "{:?}", sctp.outcome);
+    // Where the kernel has no SCTP sockets, a hand-built INIT reaches the target (one way),
+    // and one to a port nothing serves is refused as an SCTP stack would.
+    let sctp = &r.steps[0].probes[14].outcome;
+    assert_eq!(sctp.observed, Observed::Allow, "{sctp:?}");
+    if !has_sctp {
+        assert_eq!(
+            sctp.detail,
+            enforcer_lab::traffic::SCTP_INIT_SEEN,
+            "{sctp:?}"
+        );
+    }
+    let unserved = &r.steps[0].probes[15].outcome;
+    assert_eq!(
+        (unserved.observed, unserved.detail.as_str()),
+        (Observed::Deny, "refused"),
+        "{unserved:?}"
+    );
     common::assert_clean(&prefix);
 }
 

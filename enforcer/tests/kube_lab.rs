@@ -487,3 +487,86 @@ fn the_demo_runs_through_the_api_server_and_kubectl() {
         .count();
     assert_eq!(created, 8, "{changes:?}");
 }
+
+const NODES: &str = r#"
+nodes: [node-1, {name: node-2, labels: {zone: a}}]
+namespaces: [{name: x}]
+pods:
+  - {namespace: x, name: a, node: node-1, ips: [10.42.1.10, "fd00:42::1:10"], ports: [{port: 80}]}
+  - {namespace: x, name: b, node: node-2, ips: [10.42.2.10, "fd00:42::2:10"], ports: [{port: 80}]}
+probes:
+  - {from: x/a, to: x/b, port: 80, expect: allow}
+steps:
+  - relabel: [{node: node-2, labels: {zone: b, disk: ssd}}]
+"#;
+
+/// Every node is a Node object in the API server, as its kubelet registers it (labels with
+/// `kubernetes.io/hostname` and `kubernetes.io/os`, an `InternalIP` per fabric address, one of
+/// each family here, through the status subresource); a step's `relabel` rewrites its labels and keeps its addresses,
+/// and the lab still waits for the agents (on the kinds they report).
+#[test]
+fn nodes_are_node_objects_in_the_api_and_relabel_rewrites_them() {
+    use axum::http::Method;
+    let _one = common::ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    common::require_root("the kube lab tests");
+    let mut run = Run::start(NODES, Source::Kube);
+    let get = |run: &Run, name: &str| -> Value {
+        let api = run.lab().api().expect("kube source");
+        let (code, v) = run
+            .block_on(
+                api.client()
+                    .request(Method::GET, &format!("/api/v1/nodes/{name}"), None),
+            )
+            .expect("reading a Node");
+        assert_eq!(code, 200, "{v}");
+        v
+    };
+    let node2 = get(&run, "node-2");
+    assert_eq!(
+        node2["metadata"]["labels"],
+        json!({"zone": "a", "kubernetes.io/hostname": "node-2", "kubernetes.io/os": "linux"}),
+        "{node2}"
+    );
+    let fabric = run.plan.nodes[run.node_index("node-2")].fabric_ips.clone();
+    let internal: Vec<String> = node2["status"]["addresses"]
+        .as_array()
+        .expect("status.addresses")
+        .iter()
+        .filter(|a| a["type"] == "InternalIP")
+        .map(|a| a["address"].as_str().unwrap().to_string())
+        .collect();
+    let want: Vec<String> = fabric.iter().map(ToString::to_string).collect();
+    assert_eq!(want.len(), 2, "dual-stack: {want:?}");
+    assert_eq!(internal, want, "{node2}");
+    assert_eq!(
+        get(&run, "node-1")["metadata"]["labels"],
+        json!({"kubernetes.io/hostname": "node-1", "kubernetes.io/os": "linux"})
+    );
+
+    let changes = run.plan.steps[1].changes.clone();
+    let Run {
+        rt,
+        res,
+        lab,
+        plan,
+        opts,
+    } = &mut run;
+    rt.as_ref()
+        .unwrap()
+        .block_on(lab.as_mut().unwrap().change(plan, &changes, res, opts))
+        .unwrap_or_else(|e| panic!("the relabel step: {e:#}"));
+    let after = get(&run, "node-2");
+    assert_eq!(
+        after["metadata"]["labels"],
+        json!({
+            "zone": "b",
+            "disk": "ssd",
+            "kubernetes.io/hostname": "node-2",
+            "kubernetes.io/os": "linux",
+        }),
+        "{after}"
+    );
+    assert_eq!(after["status"]["addresses"], node2["status"]["addresses"]);
+}

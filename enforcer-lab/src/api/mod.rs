@@ -81,13 +81,41 @@ impl Mark {
 
     /// Does an agent's status (`generation`, and `resource_versions` per kind with the kube
     /// source) show this mark applied? A kind the agent does not report is one it does not
-    /// watch.
+    /// watch (an agent that does not watch Nodes yet: the lab writes them all the same), so
+    /// neither it nor its resourceVersion is waited for: the agent's generation (the highest
+    /// resourceVersion it has applied) need only reach the kinds it reports.
     pub fn reached(&self, generation: Option<u64>, kinds: &BTreeMap<String, u64>) -> bool {
-        generation.is_some_and(|g| g >= self.generation)
+        let Some(g) = generation else {
+            return false;
+        };
+        let need = if kinds.is_empty() {
+            self.generation
+        } else {
+            self.kinds
+                .iter()
+                .filter(|(k, _)| kinds.contains_key(*k))
+                .map(|(_, rv)| *rv)
+                .max()
+                .unwrap_or(0)
+        };
+        g >= need
             && self
                 .kinds
                 .iter()
                 .all(|(k, rv)| kinds.get(k).is_none_or(|have| have >= rv))
+    }
+
+    /// The kinds of this mark an agent reporting `kinds` does not watch (none with the
+    /// manifests source, which reports no kinds).
+    pub fn unwatched<'a>(&'a self, kinds: &BTreeMap<String, u64>) -> Vec<&'a str> {
+        if kinds.is_empty() {
+            return Vec::new();
+        }
+        self.kinds
+            .keys()
+            .filter(|k| !kinds.contains_key(*k))
+            .map(String::as_str)
+            .collect()
     }
 
     fn note(&mut self, kind: &str, rv: u64) {
@@ -169,9 +197,12 @@ pub struct Api {
 }
 
 /// Written with kubectl, as an operator would: what is not the cluster's own furniture
-/// (Namespaces, Pods, Services, which its controllers and kubelets write).
+/// (Namespaces, Nodes, Pods, Services, which its controllers and kubelets write).
 fn is_policy(v: &Value) -> bool {
-    !matches!(v["kind"].as_str(), Some("Namespace" | "Pod" | "Service"))
+    !matches!(
+        v["kind"].as_str(),
+        Some("Namespace" | "Node" | "Pod" | "Service")
+    )
 }
 
 impl Api {
@@ -280,8 +311,9 @@ impl Api {
         &self.mark
     }
 
-    /// Creates or updates an object (server-side apply); a Pod's status follows through its
-    /// subresource. Notes the write's resourceVersion in the mark.
+    /// Creates or updates an object (server-side apply); a Pod's or Node's status follows
+    /// through its subresource (the server ignores status in the object's own writes). Notes
+    /// the write's resourceVersion in the mark.
     pub async fn apply(&mut self, obj: &Value) -> Result<()> {
         let path = path_of(obj)?;
         let kind = obj["kind"].as_str().unwrap_or("").to_string();
@@ -303,6 +335,21 @@ impl Api {
         self.mark.note(&kind, rv_of(&resp));
         if kind == "Namespace" {
             self.default_service_account(obj).await?;
+        }
+        if let Some(status) = status.clone().filter(|_| kind == "Node") {
+            // As a kubelet writes it, not by server-side apply: `status.addresses` is a list
+            // keyed by `type` there, and a dual-stack node has an InternalIP of each family.
+            let query = format!("?fieldManager={KUBELET_MANAGER}");
+            let (code, resp) = self
+                .client
+                .request(
+                    Method::PATCH,
+                    &format!("{path}/status{query}"),
+                    Some((Body::MergePatch, &json!({ "status": status }))),
+                )
+                .await?;
+            ok(code, &resp, &format!("the status of {path}"))?;
+            self.mark.note(&kind, rv_of(&resp));
         }
         if let Some(status) = status.filter(|_| kind == "Pod") {
             let patch = json!({
@@ -581,6 +628,21 @@ mod tests {
         // A kind the agent does not watch is not waited for.
         assert!(m.reached(Some(12), &kinds(&[("NetworkPolicy", 13)])));
         assert!(!m.reached(None, &kinds(&[])));
+        // A kind the agent does not report (Nodes, before it watches them) is not waited for,
+        // even when the lab's last write was one (so the highest resourceVersion).
+        let mut n = m.clone();
+        n.note("Node", 20);
+        assert_eq!(n.generation, 20);
+        assert!(n.reached(Some(12), &kinds(&[("Pod", 10), ("NetworkPolicy", 12)])));
+        assert_eq!(
+            n.unwatched(&kinds(&[("Pod", 10), ("NetworkPolicy", 12)])),
+            vec!["Node"]
+        );
+        let all = |node| kinds(&[("Pod", 10), ("NetworkPolicy", 12), ("Node", node)]);
+        assert!(!n.reached(Some(19), &all(19)));
+        assert!(n.reached(Some(20), &all(20)));
+        assert!(n.unwatched(&all(20)).is_empty());
+        assert!(n.unwatched(&BTreeMap::new()).is_empty());
         // The manifests source: the folder's generation only.
         assert!(Mark::generation(3).reached(Some(3), &BTreeMap::new()));
         assert!(!Mark::generation(3).reached(Some(2), &BTreeMap::new()));

@@ -10,8 +10,8 @@ use anyhow::{Result, anyhow, bail};
 use super::{Live, need_root};
 use crate::lab;
 use crate::netns::Netns;
-use crate::plan::Ep;
 use crate::report::{ProbeResult, match_events};
+use crate::scenario::Protocol;
 use crate::{Output, scenario, traffic};
 
 /// `80/TCP`, `http/udp`, `80` (TCP).
@@ -80,7 +80,7 @@ fn probe_inner(
         std::process::id()
     )
     .into_bytes();
-    let outcome = rt.block_on(traffic::probe(
+    let mut outcome = rt.block_on(traffic::probe(
         &ns,
         spec.protocol,
         probe.src_ip,
@@ -89,6 +89,25 @@ fn probe_inner(
         payload,
         probe.service.is_some(),
     ))?;
+    if outcome.observed == traffic::Observed::Unsupported && spec.protocol == Protocol::Sctp {
+        // No SCTP sockets here: a hand-built INIT, watched for on the target's eth0.
+        let targets = lab::sctp_targets(&live.plan);
+        let (target, served) = match probe.dst.filter(|_| probe.service.is_none()) {
+            Some(ep) if targets.contains_key(&ep) => (
+                Some(Netns::open(live.plan.netns_of(ep))?),
+                targets[&ep].contains(&probe.dst_port),
+            ),
+            _ => (None, false),
+        };
+        outcome = rt.block_on(traffic::sctp_one_way(
+            &ns,
+            target.as_ref(),
+            served,
+            probe.src_ip,
+            dst,
+            timeout,
+        ))?;
+    }
     if outcome.observed == traffic::Observed::Deny {
         std::thread::sleep(Duration::from_millis(150));
     }
@@ -168,12 +187,7 @@ fn forge_inner(
     let (src_ep, dst_ep) = (find(from)?, find(to)?);
     // Forged packets leave and are watched on an `eth0`: a pod's or a host's own namespace.
     for (ep, text) in [(src_ep, from), (dst_ep, to)] {
-        let own_ns = match ep {
-            Ep::Pod(i) => !plan.pods[i].host_network,
-            Ep::Host(_) => true,
-            Ep::Node(_) => false,
-        };
-        if !own_ns {
+        if !plan.has_own_netns(ep) {
             bail!(
                 "{text} is in a node's namespace: `lab forge` works between pods and hosts with their own"
             );
