@@ -116,6 +116,7 @@ fn dst_port(kind: Kind) -> u16 {
         Kind::TcpSyn => 80,
         Kind::Udp => 81,
         Kind::Echo => 0,
+        Kind::SctpInit => 9003,
     }
 }
 
@@ -159,6 +160,7 @@ fn drop_reason(events: &[Value], from: &str, f: &Forged) -> Option<String> {
         (Kind::Udp, _) => "UDP",
         (Kind::Echo, true) => "ICMP",
         (Kind::Echo, false) => "ICMPv6",
+        (Kind::SctpInit, _) => "SCTP",
     };
     events
         .iter()
