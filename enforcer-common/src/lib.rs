@@ -160,8 +160,13 @@ pub struct EndpointInfo {
     /// datapath looks a tier up only when its bit is set, so NetworkPolicy-only endpoints pay
     /// nothing for the cluster-wide tiers.
     pub tiers: u32,
+    /// The set of the ordered tiers' entries (`PolicyKey::policy_set` of the Admin and Baseline
+    /// lookups): a set of its own, shared by every endpoint the same cluster-wide rules
+    /// select, whatever NetworkPolicies select each of them (so a cluster-wide rule over every
+    /// pod costs its entries once, not once per endpoint). 0 when no tier bit is set.
+    pub tier_set: u32,
 }
-const _: () = assert!(core::mem::size_of::<EndpointInfo>() == 20);
+const _: () = assert!(core::mem::size_of::<EndpointInfo>() == 24);
 
 impl EndpointInfo {
     /// Whether some ordered tier holds rules for this endpoint in direction `dir`.
@@ -200,8 +205,10 @@ pub struct EndpointSlot {
     pub egress_mode: u32,
     /// `EndpointInfo::tiers`.
     pub tiers: u32,
+    /// `EndpointInfo::tier_set`.
+    pub tier_set: u32,
 }
-const _: () = assert!(core::mem::size_of::<EndpointSlot>() == 16);
+const _: () = assert!(core::mem::size_of::<EndpointSlot>() == 20);
 
 /// `ENDPOINTS` map value: key = ifindex of the host-side interface (u32).
 ///
@@ -216,7 +223,7 @@ pub struct EndpointValue {
     pub endpoint_id: u32,
     pub slots: [EndpointSlot; 2],
 }
-const _: () = assert!(core::mem::size_of::<EndpointValue>() == 36);
+const _: () = assert!(core::mem::size_of::<EndpointValue>() == 44);
 
 // --- Identities -------------------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ pub(crate) const NO_ENDPOINT: EndpointInfo = EndpointInfo {
     ingress_mode: mode::DENY_ALL,
     egress_mode: mode::DENY_ALL,
     tiers: 0,
+    tier_set: 0,
 };
 
 /// An attached interface no endpoint entry names: the agent attached to it when it appeared,
@@ -68,6 +69,7 @@ pub(crate) fn endpoint(ifindex: u32, config: &Config) -> Option<EndpointInfo> {
         ingress_mode: s.ingress_mode,
         egress_mode: s.egress_mode,
         tiers: s.tiers,
+        tier_set: s.tier_set,
     })
 }
 

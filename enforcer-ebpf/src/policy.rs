@@ -57,6 +57,8 @@ pub(crate) fn judged(ep: &EndpointInfo, dir: u8, ep_mode: u32) -> bool {
 /// The peer of a new flow as the lookups key it.
 struct Peer {
     policy_set: u32,
+    /// The set of the ordered tiers' entries (`EndpointInfo::tier_set`).
+    tier_set: u32,
     dir: u8,
     identity: u32,
     cidr_identity: u32,
@@ -95,6 +97,7 @@ pub(crate) fn decide(
     };
     let p = Peer {
         policy_set: ep.policy_set,
+        tier_set: ep.tier_set,
         dir,
         identity: peer_identity,
         cidr_identity: peer_cidr_identity,
@@ -165,14 +168,14 @@ fn network_policy_tier(p: &Peer, why: &mut Why) {
 fn ordered_tier(p: &Peer, t: u8, why: &mut Why) -> bool {
     // Plain values with action 0 for "none" rather than `Option`s: the verifier must see every
     // field written on every path.
-    let mut best = rule_entry(p.policy_set, p.identity, p.dir, t, p.proto, p.port_be);
+    let mut best = rule_entry(p.tier_set, p.identity, p.dir, t, p.proto, p.port_be);
     if p.cidr_identity != 0 {
-        let v = rule_entry(p.policy_set, p.cidr_identity, p.dir, t, p.proto, p.port_be);
+        let v = rule_entry(p.tier_set, p.cidr_identity, p.dir, t, p.proto, p.port_be);
         if v.action != 0 && (best.action == 0 || v.rank < best.rank) {
             best = v;
         }
     }
-    let v = rule_entry(p.policy_set, identity::ANY, p.dir, t, p.proto, p.port_be);
+    let v = rule_entry(p.tier_set, identity::ANY, p.dir, t, p.proto, p.port_be);
     if v.action != 0 && (best.action == 0 || v.rank < best.rank) {
         best = v;
     }

@@ -16,7 +16,7 @@ use std::net::IpAddr;
 
 use enforcer_common::{
     EndpointInfo, IdentityValue, IpAddrKey, POLICY_ACTION_ALLOW, PolicyKey, PolicyValue,
-    ServiceBackendKey, direction, identity, mode, policy_prefix, reason,
+    ServiceBackendKey, direction, identity, mode, policy_prefix,
 };
 use ipnet::IpNet;
 
@@ -308,8 +308,10 @@ pub struct CompiledEndpoint {
     pub egress_policies: Vec<ObjectRef>,
     /// `EndpointInfo::tiers`: the ordered tiers holding rules for it, per direction.
     pub tiers: u32,
-    /// Entries with `policy_set == 0`.
+    /// Entries with `policy_set == 0`: the NetworkPolicy tier and the Service verdicts.
     pub entries: BTreeMap<Lpm<PolicyKey>, PolicyValue>,
+    /// The ordered tiers' entries (Admin, Baseline), placed under a `tier_set` of their own.
+    pub tier_entries: BTreeMap<Lpm<PolicyKey>, PolicyValue>,
 }
 
 /// What an identity stands for (for events, dumps and explain).
@@ -814,6 +816,7 @@ pub fn compile(
             egress_policies: Vec::new(),
             tiers: 0,
             entries: BTreeMap::new(),
+            tier_entries: BTreeMap::new(),
         };
         // Policies in audit mode isolate only where no enforcing policy does, and then only
         // to report: the endpoint runs in AUDIT mode on their rules.
@@ -912,6 +915,7 @@ pub fn compile(
             ingress_mode: ep.ingress_mode,
             egress_mode: ep.egress_mode,
             tiers: ep.tiers,
+            tier_set: 0,
         };
         if crate::lookup::judged(&info, direction::EGRESS) {
             crate::services::verdicts(
@@ -921,6 +925,7 @@ pub fn compile(
                 &out.cidr_identity,
                 &node.host_ips,
                 &info,
+                &ep.tier_entries,
                 &mut ep.entries,
                 &mut out.service_backends,
             );
@@ -933,251 +938,8 @@ pub fn compile(
     out
 }
 
-fn live_identities<'a>(
-    ip: impl Iterator<Item = &'a IdentityValue>,
-    cidr: impl Iterator<Item = &'a IdentityValue>,
-    services: impl Iterator<Item = &'a u32>,
-) -> BTreeSet<u32> {
-    let mut s: BTreeSet<u32> = [identity::ANY, identity::HOST, identity::WORLD].into();
-    s.extend(ip.map(|v| v.identity));
-    s.extend(cidr.map(|v| v.identity));
-    s.extend(services.copied());
-    s
-}
-
-/// An endpoint held closed because its policy set does not fit in the `POLICY` map.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CapacityHold {
-    pub endpoint_id: u32,
-    pub pod: ObjectRef,
-    pub ifindex: u32,
-    /// Entries its policy set needs.
-    pub entries: usize,
-}
-
-/// What [`plan_with`] decides: the desired state, and the endpoints held for lack of room.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Planned {
-    pub state: MapState,
-    pub held: Vec<CapacityHold>,
-}
-
-/// Places the compiled entries under `policy_set` ids, given what is installed, and returns the
-/// complete desired map state (diff it against `installed` for the writes). The `POLICY` map's
-/// real capacity; see [`plan_with`].
-pub fn plan(installed: &MapState, compiled: &Compiled, ids: &mut Ids) -> MapState {
-    plan_with(
-        installed,
-        compiled,
-        ids,
-        enforcer_common::capacity::POLICY as usize,
-    )
-    .state
-}
-
-/// The slot of an endpoint held closed for `why` (a `reason::*`): `DENY_ALL` both ways, with
-/// the reason the datapath reports in `policy_set` (a `DENY_ALL` slot has no policy set).
-pub fn held_endpoint(endpoint_id: u32, why: u8) -> EndpointInfo {
-    EndpointInfo {
-        endpoint_id,
-        policy_set: u32::from(why),
-        ingress_mode: mode::DENY_ALL,
-        egress_mode: mode::DENY_ALL,
-        tiers: 0,
-    }
-}
-
-/// As [`plan`], for a `POLICY` map of `capacity` entries.
-///
-/// Endpoints whose entries are identical share one `policy_set`. Each distinct set is placed,
-/// in order of preference: on an installed set that holds exactly these entries (no write); in
-/// place on the installed set its endpoints use, when nobody else uses it and the change is
-/// invisible to live traffic (see the module doc); else under a fresh id. During the install the
-/// map holds the installed sets and the new ones at once (the old are deleted after the flip),
-/// so a set that is written costs its entries on top of what is installed: the sets are placed
-/// oldest endpoint first while they fit, and the endpoints of a set that does not fit are held
-/// closed (`DENY_ALL`, reported as `ENDPOINT_CAPACITY`) while every other change installs.
-pub fn plan_with(
-    installed: &MapState,
-    compiled: &Compiled,
-    ids: &mut Ids,
-    capacity: usize,
-) -> Planned {
-    let live_before = live_identities(
-        installed.ip_identity.values(),
-        installed.cidr_identity.values(),
-        installed.service_ips.values(),
-    );
-    let live_after = live_identities(
-        compiled.ip_identity.values(),
-        compiled.cidr_identity.values(),
-        compiled.service_ips.values(),
-    );
-    type Entries = BTreeMap<Lpm<PolicyKey>, PolicyValue>;
-    let mut installed_sets: BTreeMap<u32, Entries> = BTreeMap::new();
-    let mut max_set = 0;
-    for (k, v) in &installed.policy {
-        max_set = max_set.max(k.data.policy_set);
-        let mut bare = *k;
-        bare.data.policy_set = 0;
-        installed_sets
-            .entry(k.data.policy_set)
-            .or_default()
-            .insert(bare, *v);
-    }
-    // Which endpoints use each installed set (a held endpoint's slot names a reason, not a set).
-    let mut set_users: BTreeMap<u32, BTreeSet<u32>> = BTreeMap::new();
-    let mut installed_set_of: BTreeMap<u32, u32> = BTreeMap::new();
-    for e in installed.endpoints.values() {
-        if e.ingress_mode == mode::DENY_ALL && e.egress_mode == mode::DENY_ALL {
-            continue;
-        }
-        max_set = max_set.max(e.policy_set);
-        set_users
-            .entry(e.policy_set)
-            .or_default()
-            .insert(e.endpoint_id);
-        installed_set_of.insert(e.endpoint_id, e.policy_set);
-    }
-    let empty = Entries::new();
-
-    // Endpoints grouped by their entries, each group in the order of its oldest endpoint.
-    let mut groups: BTreeMap<&Entries, Vec<u32>> = BTreeMap::new();
-    for (id, ep) in &compiled.endpoints {
-        groups.entry(&ep.entries).or_default().push(*id);
-    }
-    let mut groups: Vec<(&Entries, Vec<u32>)> = groups.into_iter().collect();
-    groups.sort_by_key(|(_, users)| users[0]);
-
-    let mut taken: BTreeSet<u32> = BTreeSet::new();
-    let mut chosen: Vec<Option<u32>> = vec![None; groups.len()];
-    // 1. Sets installed with exactly these entries: nothing to write.
-    for (i, (entries, users)) in groups.iter().enumerate() {
-        let same =
-            |s: &u32| !taken.contains(s) && installed_sets.get(s).unwrap_or(&empty) == *entries;
-        let pick = users
-            .iter()
-            .filter_map(|u| installed_set_of.get(u))
-            .copied()
-            .find(|s| *s != 0 && same(s))
-            .or_else(|| {
-                installed_sets
-                    .keys()
-                    .copied()
-                    .find(|s| *s != 0 && same(s) && !entries.is_empty())
-            });
-        if let Some(s) = pick {
-            taken.insert(s);
-            chosen[i] = Some(s);
-        }
-    }
-    // 2. and 3. In place where invisible, else fresh; while the map has room.
-    let mut room = capacity.saturating_sub(installed.policy.len());
-    let mut out = Planned {
-        state: MapState {
-            endpoints: BTreeMap::new(),
-            ip_identity: compiled.ip_identity.clone(),
-            cidr_identity: compiled.cidr_identity.clone(),
-            policy: BTreeMap::new(),
-            service_ips: compiled.service_ips.clone(),
-            service_backends: compiled.service_backends.clone(),
-        },
-        held: Vec::new(),
-    };
-    for (i, (entries, users)) in groups.iter().enumerate() {
-        let set = match chosen[i] {
-            Some(s) => Some(s),
-            None => {
-                let in_place = users
-                    .iter()
-                    .filter_map(|u| installed_set_of.get(u))
-                    .copied()
-                    .find(|s| {
-                        let old = installed_sets.get(s).unwrap_or(&empty);
-                        *s != 0
-                            && !taken.contains(s)
-                            && set_users[s].iter().all(|u| users.contains(u))
-                            && entries.iter().all(|(k, v)| {
-                                old.get(k) == Some(v) || !live_before.contains(&k.data.identity)
-                            })
-                            && old.keys().all(|k| {
-                                entries.contains_key(k) || !live_after.contains(&k.data.identity)
-                            })
-                    });
-                let (set, cost) = match in_place {
-                    Some(s) => {
-                        let old = installed_sets.get(&s).unwrap_or(&empty);
-                        (
-                            Some(s),
-                            entries.keys().filter(|k| !old.contains_key(*k)).count(),
-                        )
-                    }
-                    None => (None, entries.len()),
-                };
-                if cost > room {
-                    None
-                } else {
-                    room -= cost;
-                    Some(set.unwrap_or_else(|| ids.fresh_set(max_set)))
-                }
-            }
-        };
-        let Some(set) = set else {
-            for id in users {
-                let ep = &compiled.endpoints[id];
-                out.held.push(CapacityHold {
-                    endpoint_id: *id,
-                    pod: ep.pod.clone(),
-                    ifindex: ep.ifindex,
-                    entries: entries.len(),
-                });
-                out.state.endpoints.insert(
-                    ep.ifindex,
-                    held_endpoint(*id, enforcer_common::reason::ENDPOINT_CAPACITY),
-                );
-            }
-            continue;
-        };
-        taken.insert(set);
-        for (k, v) in *entries {
-            let mut key = *k;
-            key.data.policy_set = set;
-            out.state.policy.insert(key, *v);
-        }
-        for id in users {
-            let ep = &compiled.endpoints[id];
-            out.state.endpoints.insert(
-                ep.ifindex,
-                EndpointInfo {
-                    endpoint_id: *id,
-                    policy_set: set,
-                    ingress_mode: ep.ingress_mode,
-                    egress_mode: ep.egress_mode,
-                    tiers: ep.tiers,
-                },
-            );
-        }
-    }
-    // Held interfaces: endpoint id 0 in DENY_ALL, which the datapath reports as
-    // `endpoint-unknown`; only IP traffic is refused (ARP and neighbour discovery pass, so the
-    // pod's address can be learnt and the pod discovered).
-    for ifindex in &compiled.held {
-        out.state.endpoints.entry(*ifindex).or_insert(EndpointInfo {
-            endpoint_id: 0,
-            policy_set: 0,
-            ingress_mode: mode::DENY_ALL,
-            egress_mode: mode::DENY_ALL,
-            tiers: 0,
-        });
-    }
-    // Interfaces whose pod is ambiguous (`binding`): held whatever else is known of them.
-    for ifindex in &compiled.conflicted {
-        out.state
-            .endpoints
-            .insert(*ifindex, held_endpoint(0, reason::ENDPOINT_CONFLICT));
-    }
-    out
-}
+mod plan;
+pub use plan::{CapacityHold, Planned, held_endpoint, plan, plan_with};
 
 mod tiers;
 pub use tiers::Conflict;

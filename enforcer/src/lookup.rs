@@ -248,9 +248,14 @@ impl PolicyView<'_> {
             deferred: false,
         };
         let lookup = |id: u32, t: u8| {
+            let set = if t == tier::NETWORK_POLICY {
+                ep.policy_set
+            } else {
+                ep.tier_set
+            };
             policy_lookup_in(
                 self.policy,
-                PolicyKey::new(ep.policy_set, id, dir, t, proto, port.to_be()),
+                PolicyKey::new(set, id, dir, t, proto, port.to_be()),
             )
             .filter(|v| {
                 matches!(
@@ -393,6 +398,7 @@ mod tests {
                 ingress_mode: mode::ENFORCE,
                 egress_mode: mode::ENFORCE,
                 tiers: 0,
+                tier_set: 0,
             },
         );
         let node: IpAddr = "10.0.0.1".parse().unwrap();

@@ -256,6 +256,7 @@ const ABSENT_SLOT: EndpointSlot = EndpointSlot {
     ingress_mode: mode::UNMANAGED,
     egress_mode: mode::UNMANAGED,
     tiers: 0,
+    tier_set: 0,
 };
 
 fn slot_of(e: &EndpointInfo) -> EndpointSlot {
@@ -264,6 +265,7 @@ fn slot_of(e: &EndpointInfo) -> EndpointSlot {
         ingress_mode: e.ingress_mode,
         egress_mode: e.egress_mode,
         tiers: e.tiers,
+        tier_set: e.tier_set,
     }
 }
 
@@ -315,6 +317,7 @@ impl PhysState {
                             ingress_mode: v.slots[g].ingress_mode,
                             egress_mode: v.slots[g].egress_mode,
                             tiers: v.slots[g].tiers,
+                            tier_set: v.slots[g].tier_set,
                         },
                     )
                 })
@@ -607,6 +610,7 @@ mod tests {
             ingress_mode: 2,
             egress_mode: 1,
             tiers: 0,
+            tier_set: 0,
         }
     }
 

@@ -97,6 +97,7 @@ fn a_torn_config_read_is_impossible() {
         ingress_mode: m,
         egress_mode: m,
         tiers: 0,
+        tier_set: 0,
     };
     let data = MapData::from_pin(p.bpffs.join("ENDPOINTS")).expect("the pinned ENDPOINTS");
     let mut endpoints: BpfHashMap<MapData, u32, EndpointValue> =
@@ -587,9 +588,10 @@ fn a_pod_held_for_room_is_named_in_the_status_file_metrics_log_and_events() {
         "type",
         "lpm_trie",
         "key",
-        "16",
+        // The LPM key: the prefix length, then the PolicyKey.
+        &(4 + std::mem::size_of::<enforcer_common::PolicyKey>()).to_string(),
         "value",
-        "8",
+        &std::mem::size_of::<enforcer_common::PolicyValue>().to_string(),
         "entries",
         "24",
         "name",

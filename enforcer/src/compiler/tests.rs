@@ -1,7 +1,7 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use enforcer_common::{direction, mode};
+use enforcer_common::{direction, mode, reason};
 use proptest::prelude::*;
 
 use super::*;

@@ -148,7 +148,7 @@ pub(super) fn endpoint_entries(
                     };
                     emit_rule(
                         r,
-                        &mut ep.entries,
+                        &mut ep.tier_entries,
                         &targets,
                         ports,
                         dir,
@@ -158,7 +158,7 @@ pub(super) fn endpoint_entries(
                     );
                 }
             }
-            settle(&mut ep.entries, dir, t.number());
+            settle(&mut ep.tier_entries, dir, t.number());
         }
     }
 }

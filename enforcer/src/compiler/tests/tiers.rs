@@ -173,3 +173,36 @@ fn a_deny_with_a_peer_this_version_cannot_read_denies_everything() {
     p.ingress[0].action = Action::Accept;
     assert!(!check(&c, "x/b", "x/a", TCP, 80));
 }
+
+#[test]
+fn endpoints_selected_by_the_same_cluster_rules_share_one_tier_set() {
+    // a and b are selected by the same ClusterNetworkPolicies but by different NetworkPolicies:
+    // their own sets differ, their tier set is one, and its entries are in the map once.
+    let c = with(&format!(
+        "{ADMIN_PASS_THEN_DENY}\n---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n\
+         metadata: {{name: only-b, namespace: x}}\n\
+         spec: {{podSelector: {{matchLabels: {{pod: b}}}}, ingress: [{{ports: [{{port: 81}}]}}]}}\n"
+    ));
+    let (state, node) = build(&c);
+    let a = state.endpoints[&node.interfaces[&ObjectRef::new("x", "a")]];
+    let b = state.endpoints[&node.interfaces[&ObjectRef::new("x", "b")]];
+    assert_ne!(a.policy_set, b.policy_set);
+    assert_eq!(a.tier_set, b.tier_set);
+    assert_ne!(a.tier_set, 0);
+    let in_set = |set: u32| {
+        state
+            .policy
+            .keys()
+            .filter(|k| k.data.policy_set == set)
+            .count()
+    };
+    let admin_entries = state
+        .policy
+        .keys()
+        .filter(|k| k.data.tier == enforcer_common::tier::ADMIN)
+        .count();
+    assert_eq!(admin_entries, in_set(a.tier_set));
+    // c (namespace y) is selected by neither: no tier set.
+    let cc = state.endpoints[&node.interfaces[&ObjectRef::new("y", "c")]];
+    assert_eq!((cc.tiers, cc.tier_set), (0, 0));
+}
