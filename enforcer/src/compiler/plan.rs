@@ -17,6 +17,8 @@ use crate::model::ObjectRef;
 use crate::state::{Lpm, MapState};
 
 type Entries = BTreeMap<Lpm<PolicyKey>, PolicyValue>;
+/// Endpoint id → its set (`None`: no room), and the entries to write under each set.
+type Placed<'c> = (BTreeMap<u32, Option<u32>>, Vec<(u32, &'c Entries)>);
 
 fn live_identities<'a>(
     ip: impl Iterator<Item = &'a IdentityValue>,
@@ -104,7 +106,7 @@ impl Placing<'_> {
         which: impl Fn(&EndpointInfo) -> u32,
         skip_empty: bool,
         ids: &mut Ids,
-    ) -> (BTreeMap<u32, Option<u32>>, Vec<(u32, &'c Entries)>) {
+    ) -> Placed<'c> {
         let empty = Entries::new();
         // Which endpoints use each installed set (a held endpoint's slot names a reason).
         let mut set_users: BTreeMap<u32, BTreeSet<u32>> = BTreeMap::new();
