@@ -109,27 +109,17 @@ fn set(counts: &Mutex<Counts>, kind: &'static str, n: Option<usize>, changed: &N
     }
 }
 
-/// Waits until the API server serves `kind` (saying once that its CRD is absent), then
-/// watches it, keeping the number of objects.
-async fn watch(
-    kind: HeldKind,
-    api: Api<DynamicObject>,
-    counts: Arc<Mutex<Counts>>,
-    changed: Arc<Notify>,
-) {
+/// Returns once the API server serves `kind`. While it answers 404 the CRD is absent:
+/// `absent` runs once (it says so), and the kind is looked for again, 1 s doubling to 30 s.
+pub async fn served(kind: &HeldKind, api: &Api<DynamicObject>, mut absent: impl FnMut()) {
     let mut delay = Duration::ZERO;
     let mut said = false;
     loop {
         match api.list_metadata(&ListParams::default().limit(1)).await {
-            Ok(_) => break,
+            Ok(_) => return,
             Err(kube::Error::Api(e)) if e.code == 404 => {
                 if !said {
-                    warn!(
-                        crd = kind.crd_name(),
-                        "CRD absent: {} objects are ignored until it is installed (the agent \
-                         watches for it)",
-                        kind.kind
-                    );
+                    absent();
                     said = true;
                 }
             }
@@ -138,6 +128,24 @@ async fn watch(
         delay = next_delay(delay);
         tokio::time::sleep(delay).await;
     }
+}
+
+/// Waits until the API server serves `kind` (saying once that its CRD is absent), then
+/// watches it, keeping the number of objects.
+async fn watch(
+    kind: HeldKind,
+    api: Api<DynamicObject>,
+    counts: Arc<Mutex<Counts>>,
+    changed: Arc<Notify>,
+) {
+    served(&kind, &api, || {
+        warn!(
+            crd = kind.crd_name(),
+            "CRD absent: {} objects are ignored until it is installed (the agent watches for it)",
+            kind.kind
+        )
+    })
+    .await;
     info!(
         crd = kind.crd_name(),
         "watching {} (held, not enforced by this version)", kind.kind

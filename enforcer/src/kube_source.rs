@@ -16,13 +16,12 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::{Namespace as KNamespace, Pod as KPod, Service as KService};
 use k8s_openapi::api::discovery::v1::EndpointSlice as KEndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy as KPolicy;
-use kube::api::{DynamicObject, ListParams};
+use kube::api::DynamicObject;
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::{WatchStreamExt as _, watcher::watcher};
 use kube::{Api, Client, Resource, ResourceExt as _};
@@ -514,32 +513,19 @@ fn spawn_custom_watch(
     let custom = kind.custom().expect("a custom kind");
     let api: Api<DynamicObject> = Api::all_with(client.clone(), &custom.resource());
     tokio::spawn(async move {
-        let mut delay = Duration::ZERO;
-        let mut said = false;
-        loop {
-            match api.list_metadata(&ListParams::default().limit(1)).await {
-                Ok(_) => break,
-                Err(kube::Error::Api(e)) if e.code == 404 => {
-                    if !said {
-                        warn!(
-                            crd = custom.crd_name(),
-                            "CRD absent: no {} exists until it is installed (the agent watches \
-                             for it)",
-                            kind.as_str()
-                        );
-                        said = true;
-                        store
-                            .lock()
-                            .expect("kube store lock")
-                            .apply(kind, Change::Absent);
-                        changed.notify_one();
-                    }
-                }
-                Err(e) => warn!(kind = kind.as_str(), "looking for the CRD: {e}"),
-            }
-            delay = crate::held_kinds::next_delay(delay);
-            tokio::time::sleep(delay).await;
-        }
+        crate::held_kinds::served(&custom, &api, || {
+            warn!(
+                crd = custom.crd_name(),
+                "CRD absent: no {} exists until it is installed (the agent watches for it)",
+                kind.as_str()
+            );
+            store
+                .lock()
+                .expect("kube store lock")
+                .apply(kind, Change::Absent);
+            changed.notify_one();
+        })
+        .await;
         info!(crd = custom.crd_name(), "watching {}", kind.as_str());
         let mut stream = watcher(api, watcher::Config::default())
             .default_backoff()
