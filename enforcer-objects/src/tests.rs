@@ -117,7 +117,7 @@ fn unknown_kinds_and_api_versions_say_what_is_read() {
         "apiVersion: networking.k8s.io/v1\nkind: NetworkPolcy\nmetadata: {name: p, namespace: x}\n",
     );
     assert!(
-        e.starts_with("NetworkPolcy x/p: kind: unknown kind \"NetworkPolcy\" (did you mean NetworkPolicy?): enforcer reads Namespace (v1), Pod (v1), Service (v1), NetworkPolicy (networking.k8s.io/v1), EndpointSlice (discovery.k8s.io/v1), and Lists of them"),
+        e.starts_with("NetworkPolcy x/p: kind: unknown kind \"NetworkPolcy\" (did you mean NetworkPolicy?): enforcer reads Namespace (v1), Pod (v1), Service (v1), NetworkPolicy (networking.k8s.io/v1), EndpointSlice (discovery.k8s.io/v1), ClusterNetworkPolicy (policy.networking.k8s.io/v1alpha2), AdminNetworkPolicy (policy.networking.k8s.io/v1alpha1), BaselineAdminNetworkPolicy (policy.networking.k8s.io/v1alpha1), Node (v1), and Lists of them"),
         "{e}"
     );
     let e = err("apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: p}\n");
