@@ -344,15 +344,12 @@ pub fn plan_with(
     // Held interfaces: endpoint id 0 in DENY_ALL, which the datapath reports as
     // `endpoint-unknown`; only IP traffic is refused (ARP and neighbour discovery pass, so the
     // pod's address can be learnt and the pod discovered).
+    // (No reason in the slot: endpoint id 0 with none is reported as `endpoint-unknown`.)
     for ifindex in &compiled.held {
-        out.state.endpoints.entry(*ifindex).or_insert(EndpointInfo {
-            endpoint_id: 0,
-            policy_set: 0,
-            ingress_mode: mode::DENY_ALL,
-            egress_mode: mode::DENY_ALL,
-            tiers: 0,
-            tier_set: 0,
-        });
+        out.state
+            .endpoints
+            .entry(*ifindex)
+            .or_insert(held_endpoint(0, 0));
     }
     // Interfaces whose pod is ambiguous (`binding`): held whatever else is known of them.
     for ifindex in &compiled.conflicted {
