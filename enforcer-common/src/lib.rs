@@ -502,6 +502,10 @@ pub mod ct_flags {
     pub const SERVICE: u16 = 4;
     /// TCP: a FIN was seen in this entry's direction (both directions: the flow is closing).
     pub const FIN: u16 = 8;
+    /// Opened by the endpoint's own packet back through a Service (the endpoint mark): a
+    /// re-check judges it so again, whichever direction's packet makes it (only the opening
+    /// direction carries the mark).
+    pub const HAIRPIN: u16 = 16;
 }
 
 /// Where a flow is in its life; both entries of a flow carry the same state. The lifetime the
@@ -599,9 +603,10 @@ pub struct Config {
     pub revision: u32,
     /// `config_flags::*`.
     pub flags: u32,
-    /// Unused (was a separate generation field, which a torn read could pair with the wrong
-    /// revision); kept so that the fields after it keep their offsets in pinned maps.
-    pub _reserved: u32,
+    /// Where the endpoint mark sits in `skb->mark` (`endpoint_mark`): its lowest bit; 0 turns
+    /// the mark off. (This word was once a separate generation field; an old pinned value of 0
+    /// reads as "off" until the agent writes its own.)
+    pub endpoint_mark_shift: u32,
     /// Events each endpoint may emit, in thousandths of an event per second (0: no limit); a
     /// token bucket per endpoint in the kernel, so a flood costs the event path nothing past
     /// the limit. `EVENT_LIMITS` overrides it per endpoint.
@@ -619,6 +624,42 @@ impl Config {
     /// lowest bit (every install bumps the revision by one and switches the slot, in one write).
     pub const fn generation(&self) -> u32 {
         self.revision & 1
+    }
+}
+
+/// The endpoint mark: `from_endpoint` writes the sending interface's slot into
+/// `endpoint_mark::BITS` bits of `skb->mark` (from bit `Config::endpoint_mark_shift`, every
+/// other bit kept), so a packet the node sends on, even masqueraded to a node address, still
+/// says which local endpoint it came from. `to_endpoint` reads it to know a pod's own packet
+/// coming back through a Service (hairpin): kube-proxy masquerades it to the node's address,
+/// yet it is the pod reaching itself, which the cluster-wide tiers judge as such.
+///
+/// A slot is the interface index modulo 4095, plus 1 (0 is "no mark"): a mark cannot be forged
+/// by a pod (the mark does not cross network namespaces, and every packet a pod sends gets its
+/// slot written over), and two live interfaces share a slot only when their indexes agree
+/// modulo 4095.
+pub mod endpoint_mark {
+    /// Width of the slot in the mark.
+    pub const BITS: u32 = 12;
+    /// The slot values: 1..=4095.
+    pub const SLOTS: u32 = (1 << BITS) - 1;
+    /// Default lowest bit: the mark's top 12 bits (0xfff00000), clear of kube-proxy's
+    /// 0x4000/0x8000, kube-router's 0x10000/0x20000, Tailscale's 0xff0000 and the low bits
+    /// routing rules usually match.
+    pub const DEFAULT_SHIFT: u32 = 20;
+    /// The largest shift that keeps all 12 bits in the word.
+    pub const MAX_SHIFT: u32 = 32 - BITS;
+
+    /// The slot of the interface `ifindex`.
+    #[inline(always)]
+    pub const fn slot(ifindex: u32) -> u32 {
+        ifindex % SLOTS + 1
+    }
+
+    /// The mark bits the slot occupies at `shift`.
+    #[inline(always)]
+    pub const fn mask(shift: u32) -> u32 {
+        SLOTS << shift
     }
 }
 

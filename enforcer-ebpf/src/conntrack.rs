@@ -58,12 +58,13 @@ fn count_by(index: u32, n: u64) {
 #[inline(always)]
 pub(crate) fn track(
     ctx: &TcContext,
-    ifindex: u32,
+    skb: &Skb,
     dir: u8,
     pkt: &mut Packet,
     related: bool,
     config: &Config,
 ) -> i32 {
+    let ifindex = skb.ifindex;
     let ct_key = if related {
         pkt.quoted
             .related_flow(pkt.flow.family)
@@ -81,7 +82,7 @@ pub(crate) fn track(
     };
     // SAFETY: a live map value; fields are read and written whole.
     if unsafe { (*ct).revision } != config.revision {
-        return recheck(ctx, ifindex, dir, pkt, related, &ct_key, ct, table, config);
+        return recheck(ctx, skb, dir, pkt, related, &ct_key, ct, table, config);
     }
     // Liveness for the garbage collector: written once per collector pass, not per packet.
     // SAFETY: as above.
@@ -359,7 +360,7 @@ fn close(key: &CtKey, v: &CtValue, table: u8) {
 #[allow(clippy::too_many_arguments)]
 fn recheck(
     ctx: &TcContext,
-    ifindex: u32,
+    skb: &Skb,
     dir: u8,
     pkt: &mut Packet,
     related: bool,
@@ -368,6 +369,7 @@ fn recheck(
     table: u8,
     config: &Config,
 ) -> i32 {
+    let ifindex = skb.ifindex;
     let Some(ep) = endpoint(ifindex, config) else {
         // No longer an endpoint: nothing to enforce here.
         return PASS;
@@ -397,8 +399,15 @@ fn recheck(
         dir
     };
     // A flow the node opened into the endpoint stays the node's: only a packet in the opening
-    // direction can show where it entered (replies enter from the pod).
-    let host_ok = opened_dir == direction::EGRESS || dir == direction::EGRESS || from_the_node(ctx);
+    // direction can show where it entered (replies enter from the pod). A hairpin stays one
+    // (its replies carry no endpoint mark).
+    let arrival = if flags & ct_flags::HAIRPIN != 0 {
+        Arrival::Hairpin
+    } else if opened_dir == direction::EGRESS || dir == direction::EGRESS {
+        Arrival::FromSource
+    } else {
+        arrival(skb, config)
+    };
     let opened_mode = mode_of(&ep, opened_dir);
     let mut why = if flags & ct_flags::SERVICE != 0 {
         let opened_key = if flags & ct_flags::REPLY != 0 {
@@ -410,7 +419,7 @@ fn recheck(
     } else {
         match opened_mode {
             m if judged(&ep, opened_dir, m) => {
-                decide(&ep, opened_dir, &pkt.opened, config, host_ok)
+                decide(&ep, opened_dir, &pkt.opened, config, arrival)
             }
             mode::DENY_ALL => Why::new(ep.held_reason()),
             _ => Why::new(reason::ALLOWED_NOT_ISOLATED),
@@ -471,14 +480,16 @@ pub(crate) fn admit(
     pkt: &Packet,
     why: &Why,
     config: &Config,
+    extra_flags: u16,
 ) -> i32 {
     // An error about an unknown flow opens nothing.
     if pkt.kind != KIND_ICMP_ERROR {
-        let flags = if why.reason == reason::AUDIT_WOULD_DROP {
-            ct_flags::AUDIT
-        } else {
-            0
-        };
+        let flags = extra_flags
+            | if why.reason == reason::AUDIT_WOULD_DROP {
+                ct_flags::AUDIT
+            } else {
+                0
+            };
         let Some(value) = insert_ct_pair(&pkt.flow.ct_key(ifindex, dir), why, config, flags) else {
             return drop_packet(
                 ctx,

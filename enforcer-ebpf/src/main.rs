@@ -50,9 +50,11 @@ use crate::{
     events::{count, drop_packet, emit},
     maps::{SCRATCH, SERVICE_IPS, config},
     parse::*,
-    policy::{Why, audit, decide, judged},
+    policy::{Arrival, Why, audit, decide, judged},
     service::{service_egress, service_new_flow},
-    source::{error_matches, forged, from_the_node, genuine_nd, is_absent},
+    source::{
+        Skb, arrival, error_matches, forged, genuine_nd, hairpin_flag, is_absent, mark_endpoint,
+    },
 };
 
 // --- Verdicts ---------------------------------------------------------------------------------
@@ -134,8 +136,13 @@ fn endpoint_program(ctx: &TcContext, dir: u8) -> i32 {
     // one CPU); reset before use.
     let pkt = unsafe { &mut *pkt };
     pkt.reset();
+    let config = config();
+    let skb = Skb::read(ctx);
+    if dir == direction::EGRESS {
+        mark_endpoint(ctx, &skb, &config);
+    }
     let parsed = parse(ctx, pkt);
-    let verdict = judge(ctx, dir, parsed, pkt);
+    let verdict = judge(ctx, dir, parsed, pkt, &config, &skb);
     // Every first fragment that passes, whatever let it pass (conntrack, a Service deferral, an
     // endpoint not isolated), leaves its ports for the later fragments of its datagram.
     if verdict == PASS && pkt.kind == KIND_FIRST_FRAGMENT && parsed == PARSE_IP {
@@ -145,9 +152,16 @@ fn endpoint_program(ctx: &TcContext, dir: u8) -> i32 {
 }
 
 #[inline(always)]
-fn judge(ctx: &TcContext, dir: u8, parsed: u8, pkt: &mut Packet) -> i32 {
-    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    let config = config();
+fn judge(
+    ctx: &TcContext,
+    dir: u8,
+    parsed: u8,
+    pkt: &mut Packet,
+    config: &Config,
+    skb: &Skb,
+) -> i32 {
+    let ifindex = skb.ifindex;
+    let config = *config;
     let slot = config.generation() as usize;
 
     // Conntrack first, before even the endpoint lookup: an established flow, a reply, or an ICMP
@@ -157,7 +171,7 @@ fn judge(ctx: &TcContext, dir: u8, parsed: u8, pkt: &mut Packet) -> i32 {
         // An error that does not travel between the ends of the flow it quotes is not about
         // that flow: it is judged as an ICMP packet of its own.
         if !related || error_matches(dir, pkt, slot) {
-            let v = track(ctx, ifindex, dir, pkt, related, &config);
+            let v = track(ctx, skb, dir, pkt, related, &config);
             if v != MISS {
                 return v;
             }
@@ -196,7 +210,7 @@ fn judge(ctx: &TcContext, dir: u8, parsed: u8, pkt: &mut Packet) -> i32 {
     if ep_mode == mode::UNMANAGED {
         return PASS;
     }
-    try_new_flow(ctx, &ep, ifindex, ep_mode, dir, parsed, pkt, &config)
+    try_new_flow(ctx, skb, &ep, ep_mode, dir, parsed, pkt, &config)
 }
 
 /// A packet conntrack did not admit, at an endpoint that manages this direction: held
@@ -205,14 +219,15 @@ fn judge(ctx: &TcContext, dir: u8, parsed: u8, pkt: &mut Packet) -> i32 {
 #[allow(clippy::too_many_arguments)]
 fn try_new_flow(
     ctx: &TcContext,
+    skb: &Skb,
     ep: &EndpointInfo,
-    ifindex: u32,
     ep_mode: u32,
     dir: u8,
     parsed: u8,
     pkt: &mut Packet,
     config: &Config,
 ) -> i32 {
+    let ifindex = skb.ifindex;
     let slot = config.generation() as usize;
     match parsed {
         PARSE_IP => {}
@@ -253,13 +268,14 @@ fn try_new_flow(
         return service_new_flow(ctx, ep, ifindex, ep_mode, service_id, pkt, config);
     }
     let mut why = if judged {
-        decide(
-            ep,
-            dir,
-            &pkt.flow,
-            config,
-            dir == direction::EGRESS || from_the_node(ctx),
-        )
+        // Who sent it is worked out here, where it is used, not carried from the top: a
+        // constant carried through every later stage multiplies the paths the verifier walks.
+        let arrival = if dir == direction::EGRESS {
+            Arrival::FromSource
+        } else {
+            arrival(skb, config)
+        };
+        decide(ep, dir, &pkt.flow, config, arrival)
     } else {
         Why::new(reason::ALLOWED_NOT_ISOLATED)
     };
@@ -271,7 +287,13 @@ fn try_new_flow(
     if audited {
         emit(ctx, ep, ifindex, dir, &pkt.flow, &why, verdict::AUDIT);
     }
-    admit(ctx, ep, ifindex, dir, pkt, &why, config)
+    // A hairpin, judged or not, stays one for the policies that judge it later.
+    let flags = if dir == direction::INGRESS {
+        hairpin_flag(skb, config)
+    } else {
+        0
+    };
+    admit(ctx, ep, ifindex, dir, pkt, &why, config, flags)
 }
 
 #[panic_handler]

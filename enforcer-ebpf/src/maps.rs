@@ -137,7 +137,7 @@ pub(crate) fn config() -> Config {
         None => Config {
             revision: 0,
             flags: 0,
-            _reserved: 0,
+            endpoint_mark_shift: 0,
             event_rate_milli: 0,
             event_burst: 0,
             drop_report_window_ms: 0,

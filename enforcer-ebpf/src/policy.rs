@@ -54,6 +54,24 @@ pub(crate) fn judged(ep: &EndpointInfo, dir: u8, ep_mode: u32) -> bool {
         || (ep_mode == mode::ALLOW_ALL && ep.tiered(dir))
 }
 
+/// How a packet into an endpoint reached it, which says who its source is (`FromSource` for
+/// everything out of an endpoint).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Arrival {
+    /// Sent by its source: a peer with the node's address is the node (HOST).
+    FromSource,
+    /// Entered the node through another interface (another pod's, the network): the node's
+    /// address in its source is forged or masqueraded, so it counts as WORLD (see
+    /// `source::from_the_node`).
+    Forwarded,
+    /// The endpoint's own packet coming back through a Service (its endpoint mark, see
+    /// `source::sent_by_this_endpoint`), masqueraded by kube-proxy to the node's address. The
+    /// NetworkPolicy tier sees the node, as it always has (a pod cannot block itself); the
+    /// ordered tiers see the pod itself, for a pod reaching itself through a Service is subject
+    /// to them.
+    Hairpin,
+}
+
 /// The peer of a new flow as the lookups key it.
 struct Peer {
     policy_set: u32,
@@ -66,41 +84,47 @@ struct Peer {
     port_be: u16,
 }
 
+/// The identities the lookups key address `a` by: its own (WORLD when none, or when it is the
+/// node's and not `host_ok`) and its CIDR identity (0: none).
+#[inline(always)]
+fn identities_at(a: &Addr, slot: usize, host_ok: bool) -> (u32, u32) {
+    let key = addr_key(a);
+    // Identity 0 in the current slot means "no entry in this generation".
+    let identity = match unsafe { IP_IDENTITY.get(&key) } {
+        Some(v) if v.identity[slot] == identity::HOST && !host_ok => identity::WORLD,
+        Some(v) if v.identity[slot] != 0 => v.identity[slot],
+        _ => identity::WORLD,
+    };
+    let cidr_identity = match CIDR_IDENTITY.get(Key::new(128, key)) {
+        Some(v) => v.identity[slot],
+        None => 0,
+    };
+    (identity, cidr_identity)
+}
+
 /// The new-flow decision of a judged direction (see `judged`), tier by tier as `PolicyKey`
-/// documents; `enforcer::lookup::decide_from` is its mirror. `host_ok`: a peer with the node's
-/// address counts as the node (HOST) only when the packet really comes from it (see
-/// `source::from_the_node`); otherwise it is WORLD.
+/// documents; `enforcer::lookup::decide_from` is its mirror.
 #[inline(always)]
 pub(crate) fn decide(
     ep: &EndpointInfo,
     dir: u8,
     flow: &Flow,
     config: &Config,
-    host_ok: bool,
+    arrival: Arrival,
 ) -> Why {
     let slot = config.generation() as usize;
     let peer = if dir == direction::EGRESS {
-        flow.daddr
+        &flow.daddr
     } else {
-        flow.saddr
+        &flow.saddr
     };
-    let peer_key = addr_key(&peer);
-    // Identity 0 in the current slot means "no entry in this generation".
-    let peer_identity = match unsafe { IP_IDENTITY.get(&peer_key) } {
-        Some(v) if v.identity[slot] == identity::HOST && !host_ok => identity::WORLD,
-        Some(v) if v.identity[slot] != 0 => v.identity[slot],
-        _ => identity::WORLD,
-    };
-    let peer_cidr_identity = match CIDR_IDENTITY.get(Key::new(128, peer_key)) {
-        Some(v) => v.identity[slot],
-        None => 0,
-    };
-    let p = Peer {
+    let (identity, cidr_identity) = identities_at(peer, slot, arrival != Arrival::Forwarded);
+    let mut p = Peer {
         policy_set: ep.policy_set,
         tier_set: ep.tier_set,
         dir,
-        identity: peer_identity,
-        cidr_identity: peer_cidr_identity,
+        identity,
+        cidr_identity,
         proto: flow.proto,
         port_be: if flow.has_ports != 0 {
             flow.dport_be
@@ -108,17 +132,25 @@ pub(crate) fn decide(
             0
         },
     };
+    // The ordered tiers' peer: the pod itself for its own packet back through a Service.
+    if arrival == Arrival::Hairpin {
+        (p.identity, p.cidr_identity) = identities_at(&flow.daddr, slot, true);
+    }
     let mut why = Why::new(reason::NO_RULE);
     why.allowed = false;
-    why.peer_identity = peer_identity;
-    why.peer_cidr_identity = peer_cidr_identity;
+    why.peer_identity = p.identity;
+    why.peer_cidr_identity = p.cidr_identity;
 
     if ep.has_tier(dir, tier::ADMIN) && ordered_tier(&p, tier::ADMIN, &mut why) {
         return why;
     }
     let ep_mode = crate::endpoint::mode_of(ep, dir);
     if ep_mode == mode::ENFORCE || ep_mode == mode::AUDIT {
-        // NetworkPolicy decides for what it isolates: a miss is NO_RULE.
+        // NetworkPolicy decides for what it isolates: a miss is NO_RULE. It sees the address
+        // the packet came from, hairpin or not.
+        (p.identity, p.cidr_identity) = (identity, cidr_identity);
+        why.peer_identity = identity;
+        why.peer_cidr_identity = cidr_identity;
         network_policy_tier(&p, &mut why);
         return why;
     }

@@ -302,7 +302,13 @@ pub(crate) fn service_egress(ctx: &TcContext, pkt: &mut Packet, config: &Config)
     if !judged(&ep, direction::EGRESS, ep.egress_mode) {
         return CONTINUE;
     }
-    let mut why = decide(&ep, direction::EGRESS, &pkt.flow, config, true);
+    let mut why = decide(
+        &ep,
+        direction::EGRESS,
+        &pkt.flow,
+        config,
+        Arrival::FromSource,
+    );
     let audited = audit(&mut why, ep.egress_mode);
     count(why.reason as u32);
     if audited {
@@ -391,7 +397,7 @@ pub(crate) fn service_rejudge(
         _ => return Why::new(reason::ALLOWED_NOT_ISOLATED),
     }
     let Some(service_id) = SERVICE_IPS.get_ptr(&addr_key(&opened.daddr)) else {
-        return decide(ep, direction::EGRESS, opened, config, true);
+        return decide(ep, direction::EGRESS, opened, config, Arrival::FromSource);
     };
     // SAFETY: a live map value, read whole.
     let service_id = unsafe { *service_id };
@@ -405,7 +411,7 @@ pub(crate) fn service_rejudge(
                 // SAFETY: 16 bytes of plain data either way.
                 f.daddr = unsafe { core::mem::transmute::<[u8; 16], Addr>(b.backend_addr) };
                 f.dport_be = b.backend_port_be;
-                decide(ep, direction::EGRESS, &f, config, true)
+                decide(ep, direction::EGRESS, &f, config, Arrival::FromSource)
             }
             // Admitted for every backend, or its backend forgotten: which one it reaches is
             // unknown, so it cannot be kept.

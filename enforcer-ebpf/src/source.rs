@@ -10,7 +10,7 @@
 use aya_ebpf::programs::TcContext;
 use enforcer_common::*;
 
-use crate::{maps::*, parse::*};
+use crate::{maps::*, parse::*, policy::Arrival};
 
 /// Who an address belongs to in the current generation.
 pub(crate) struct Owner {
@@ -171,17 +171,77 @@ pub(crate) fn genuine_nd(dir: u8, pkt: &Packet, slot: usize) -> bool {
     source_ok && (is_multicast6(d) || is_link_local6(d) || (!mld && owner(d, slot).known))
 }
 
-/// Whether a peer address that resolves to HOST may count as the node: only a packet the node
-/// itself sent, which has no ingress interface (`skb_iif` 0), or one that entered from this
-/// very endpoint's interface (the pod reaching itself through a Service, masqueraded to the
-/// node's address on the way back: hairpin; the pod's own from_endpoint checked its source). A
-/// packet that entered from another pod's interface (routed, or bridged from its port) or from
-/// the network keeps that interface's index, and is judged as WORLD plus its CIDR identity.
+/// The skb fields the endpoint programs read, loaded once at entry: reading one field from
+/// two places invites the compiler to keep an offset context pointer for later, which the
+/// verifier refuses.
+#[derive(Clone, Copy)]
+pub(crate) struct Skb {
+    pub(crate) ifindex: u32,
+    /// `skb_iif`: the interface the packet entered the node by (0: the node sent it).
+    ingress_ifindex: u32,
+    mark: u32,
+}
+
+impl Skb {
+    #[inline(always)]
+    pub(crate) fn read(ctx: &TcContext) -> Self {
+        // SAFETY: fields of the context the program was handed.
+        unsafe {
+            let s = ctx.skb.skb;
+            Skb {
+                ifindex: (*s).ifindex,
+                ingress_ifindex: (*s).ingress_ifindex,
+                mark: (*s).mark,
+            }
+        }
+    }
+}
+
+/// Who sent a packet into an endpoint (see `policy::Arrival`):
+/// - the endpoint itself, back through a Service, when the mark carries this interface's slot
+///   (`mark_endpoint` wrote it on the way out; kube-proxy masqueraded the source to the node);
+/// - the node, when the packet has no ingress interface (`skb_iif` 0: the node sent it) or
+///   entered from this very interface (a hairpin with the mark off: the pod's own
+///   from_endpoint checked its source);
+/// - else it entered from another pod's interface (routed, or bridged from its port) or from
+///   the network, and a node address in its source is judged as WORLD plus its CIDR identity.
 #[inline(always)]
-pub(crate) fn from_the_node(ctx: &TcContext) -> bool {
-    // SAFETY: fields of the context the program was handed.
-    let (iif, ifindex) = unsafe { ((*ctx.skb.skb).ingress_ifindex, (*ctx.skb.skb).ifindex) };
-    iif == 0 || iif == ifindex
+pub(crate) fn arrival(skb: &Skb, config: &Config) -> Arrival {
+    if hairpin_flag(skb, config) != 0 {
+        Arrival::Hairpin
+    } else if skb.ingress_ifindex == 0 || skb.ingress_ifindex == skb.ifindex {
+        Arrival::FromSource
+    } else {
+        Arrival::Forwarded
+    }
+}
+
+/// `ct_flags::HAIRPIN` when the packet's endpoint mark is this interface's own slot, else 0
+/// (the mark off: `Config::endpoint_mark_shift` 0). Arithmetic without a branch, so that the
+/// verifier carries one unknown value rather than walking the rest of the program twice.
+#[inline(always)]
+pub(crate) fn hairpin_flag(skb: &Skb, config: &Config) -> u16 {
+    let shift = config.endpoint_mark_shift as u64;
+    // 1 when the mark is off (shift 0); a bit no slot has then keeps the comparison false.
+    let off = shift.wrapping_sub(1) >> 63;
+    let seen = (((skb.mark as u64) >> (shift & 31)) & endpoint_mark::SLOTS as u64) | (off << 20);
+    let differs = seen ^ endpoint_mark::slot(skb.ifindex) as u64;
+    // 1 exactly when `differs` is 0 (it is below 2^21).
+    let same = differs.wrapping_sub(1) >> 63;
+    (same as u16) * ct_flags::HAIRPIN
+}
+
+/// Writes this interface's slot into the endpoint mark of what the endpoint sends (see
+/// `enforcer_common::endpoint_mark`), over whatever the pod left there: it is how the packet,
+/// once the node has routed and perhaps masqueraded it, still says which endpoint sent it.
+#[inline(always)]
+pub(crate) fn mark_endpoint(ctx: &TcContext, skb: &Skb, config: &Config) {
+    let shift = config.endpoint_mark_shift;
+    if shift == 0 || shift > endpoint_mark::MAX_SHIFT {
+        return;
+    }
+    let ours = endpoint_mark::slot(skb.ifindex) << shift;
+    ctx.set_mark((skb.mark & !endpoint_mark::mask(shift)) | ours);
 }
 
 /// An ICMP error belongs to the flow it quotes only when it travels between that flow's ends:

@@ -57,6 +57,8 @@ pub struct AgentOptions {
     pub no_rule_counters: bool,
     /// A flow's drops are reported once per this window.
     pub drop_report_window: Duration,
+    /// Where the endpoint mark sits in `skb->mark` (`None`: no mark).
+    pub endpoint_mark_shift: Option<u32>,
     /// How long a deferred Service verdict waits for its translated packet.
     pub service_defer: Duration,
     /// Deferred Service verdicts an endpoint may have outstanding per `service_defer`.

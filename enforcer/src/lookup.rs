@@ -110,12 +110,16 @@ pub fn policy_lookup_in(
 /// the node's own counts as the node (the datapath reads `skb_iif`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Arrival {
-    /// Sent by its source: a node address is the node (HOST). Also a pod's own packet back to
-    /// itself through a Service, masqueraded to a node address (hairpin).
+    /// Sent by its source: a node address is the node (HOST).
     FromSource,
     /// Entered through another interface (another pod's, the network): a node address in its
     /// source is forged or masqueraded, and is judged as WORLD plus its CIDR identity.
     Forwarded,
+    /// The endpoint's own packet back through a Service, masqueraded to the node's address
+    /// (the datapath knows it by the endpoint mark): the NetworkPolicy tier judges the address
+    /// it arrives from as `FromSource` does, the ordered tiers judge the endpoint itself, at
+    /// `own` (its address).
+    Hairpin { own: IpAddr },
 }
 
 /// The decision for a new flow at the endpoint on `ifindex`, in `dir`, with `peer` the remote
@@ -180,14 +184,17 @@ pub fn decide_from(
             m == mode::AUDIT,
         );
     }
-    // A node address in a packet that entered from elsewhere is forged or masqueraded.
-    let host_ok = !(dir == direction::INGRESS && arrival == Arrival::Forwarded);
+    let arrival = if dir == direction::EGRESS {
+        Arrival::FromSource
+    } else {
+        arrival
+    };
     let view = PolicyView {
         policy: &state.policy,
         ip_identity: &state.ip_identity,
         cidr_identity: &state.cidr_identity,
     };
-    let mut d = view.judge(ep, dir, peer, proto, port, host_ok);
+    let mut d = view.judge(ep, dir, peer, proto, port, arrival);
     if m == mode::AUDIT && !d.allowed && d.reason == reason::NO_RULE {
         d.allowed = true;
         d.reason = reason::AUDIT_WOULD_DROP;
@@ -213,9 +220,27 @@ pub struct PolicyView<'a> {
 }
 
 impl PolicyView<'_> {
+    /// The identities an address is looked up under: its own (WORLD when it has none, or when
+    /// it is the node's and `host_ok` is false) and its CIDR identity (0: none).
+    fn identities_of(&self, addr: IpAddr, host_ok: bool) -> (u32, u32) {
+        let addr = ip_key(addr);
+        let mut id = self
+            .ip_identity
+            .get(&addr)
+            .map(|v| v.identity)
+            .unwrap_or(identity::WORLD);
+        if id == identity::HOST && !host_ok {
+            id = identity::WORLD;
+        }
+        let cidr = cidr_lookup_in(self.cidr_identity, addr)
+            .map(|v| v.identity)
+            .unwrap_or(0);
+        (id, cidr)
+    }
+
     /// The datapath's `decide` (enforcer-ebpf policy.rs), tier by tier, for an endpoint whose
-    /// direction is judged; audit mode is the caller's. Without `host_ok` the node's address
-    /// counts as WORLD (see [`Arrival::Forwarded`]).
+    /// direction is judged; audit mode is the caller's. `arrival` says who the peer is (see
+    /// [`Arrival`]).
     pub fn judge(
         &self,
         ep: &EndpointInfo,
@@ -223,28 +248,24 @@ impl PolicyView<'_> {
         peer: IpAddr,
         proto: u8,
         port: u16,
-        host_ok: bool,
+        arrival: Arrival,
     ) -> Decision {
-        let addr = ip_key(peer);
-        let mut peer_identity = self
-            .ip_identity
-            .get(&addr)
-            .map(|v| v.identity)
-            .unwrap_or(identity::WORLD);
-        if peer_identity == identity::HOST && !host_ok {
-            peer_identity = identity::WORLD;
-        }
-        let peer_cidr_identity = cidr_lookup_in(self.cidr_identity, addr)
-            .map(|v| v.identity)
-            .unwrap_or(0);
+        let (peer_identity, peer_cidr_identity) =
+            self.identities_of(peer, arrival != Arrival::Forwarded);
+        // The ordered tiers' peer: the endpoint itself for its own packet back through a
+        // Service.
+        let (tier_identity, tier_cidr_identity) = match arrival {
+            Arrival::Hairpin { own } => self.identities_of(own, true),
+            _ => (peer_identity, peer_cidr_identity),
+        };
         let mut d = Decision {
             allowed: false,
             reason: reason::NO_RULE,
             entry: None,
             tier: 0,
             passes: Vec::new(),
-            peer_identity,
-            peer_cidr_identity,
+            peer_identity: tier_identity,
+            peer_cidr_identity: tier_cidr_identity,
             deferred: false,
         };
         let lookup = |id: u32, t: u8| {
@@ -264,13 +285,17 @@ impl PolicyView<'_> {
                 )
             })
         };
-        let mut ids = vec![peer_identity];
-        if peer_cidr_identity != 0 {
-            ids.push(peer_cidr_identity);
-        }
-        ids.push(identity::ANY);
+        // The lookups of a tier, in order: identity, CIDR identity (if any), "any peer".
+        let ids = |id: u32, cidr: u32| {
+            let mut v = vec![id];
+            if cidr != 0 {
+                v.push(cidr);
+            }
+            v.push(identity::ANY);
+            v
+        };
         let ordered = |t: u8, d: &mut Decision| -> bool {
-            let best = ids
+            let best = ids(tier_identity, tier_cidr_identity)
                 .iter()
                 .filter_map(|id| lookup(*id, t))
                 .reduce(|a, b| if b.rank < a.rank { b } else { a });
@@ -302,7 +327,9 @@ impl PolicyView<'_> {
         };
         if m == mode::ENFORCE || m == mode::AUDIT {
             // The NetworkPolicy tier: allows only, the first hit in lookup order.
-            if let Some((v, matched)) = ids
+            d.peer_identity = peer_identity;
+            d.peer_cidr_identity = peer_cidr_identity;
+            if let Some((v, matched)) = ids(peer_identity, peer_cidr_identity)
                 .iter()
                 .find_map(|id| lookup(*id, tier::NETWORK_POLICY).map(|v| (v, *id)))
                 .filter(|(v, _)| v.action == POLICY_ACTION_ALLOW)

@@ -149,6 +149,13 @@ struct RunArgs {
     /// as events-repeated.
     #[arg(long, default_value = "5s", value_parser = parse_window)]
     drop_report_window: Duration,
+    /// The lowest bit of the 12 bits of the packet mark (skb->mark) where the agent's programs
+    /// note which local pod sent a packet (0xfff00000 by default), or `off`. It is how a pod
+    /// reaching itself through a Service (masqueraded to the node's address by kube-proxy) is
+    /// still judged as itself by the cluster-wide tiers; move it if something else on the node
+    /// owns those bits.
+    #[arg(long, default_value = "20", value_parser = parse_mark_shift)]
+    endpoint_mark_shift: Option<u32>,
     /// How long the egress verdict of a flow to a Service port with mixed backends waits for
     /// the translated packet (the DNAT takes microseconds; a packet that died leaves it behind).
     #[arg(long, default_value = "1s", value_parser = parse_window)]
@@ -235,6 +242,19 @@ fn parse_window(s: &str) -> Result<Duration, String> {
         return Ok(Duration::ZERO);
     }
     enforcer_lab::parse_duration(s)
+}
+
+fn parse_mark_shift(s: &str) -> Result<Option<u32>, String> {
+    use enforcer_common::endpoint_mark::MAX_SHIFT;
+    if s.trim() == "off" {
+        return Ok(None);
+    }
+    match s.trim().parse::<u32>() {
+        Ok(n) if (1..=MAX_SHIFT).contains(&n) => Ok(Some(n)),
+        _ => Err(format!(
+            "{s:?} is not a bit from 1 to {MAX_SHIFT} (the mark's 12 bits must fit in 32), or `off`"
+        )),
+    }
 }
 
 fn parse_protocol(s: &str) -> Result<enforcer::model::Protocol, String> {
@@ -390,6 +410,7 @@ fn main() -> ExitCode {
                 events_off: a.no_events,
                 no_rule_counters: a.no_rule_counters,
                 drop_report_window: a.drop_report_window,
+                endpoint_mark_shift: a.endpoint_mark_shift,
                 service_defer: a.service_defer,
                 service_defer_budget: a.service_defer_budget,
                 event_rate: a.event_rate,

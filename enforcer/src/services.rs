@@ -208,7 +208,16 @@ pub fn verdicts(
         };
         let decisions: Vec<Decision> = backends
             .iter()
-            .map(|(ip, port)| view.judge(ep, direction::EGRESS, *ip, proto, *port, true))
+            .map(|(ip, port)| {
+                view.judge(
+                    ep,
+                    direction::EGRESS,
+                    *ip,
+                    proto,
+                    *port,
+                    crate::lookup::Arrival::FromSource,
+                )
+            })
             .collect();
         let judged: Vec<(IpAddr, u16, Option<PolicyValue>)> = backends
             .iter()

@@ -471,6 +471,104 @@ fn datapath_sides(
     wrong
 }
 
+/// Every ingress side of `e` again as the datapath meets it on the other arrivals, against
+/// `lookup::decide_from`: the endpoint's own packet back through a Service (the endpoint mark
+/// of its interface: the ordered tiers judge the endpoint itself) and a packet forwarded from
+/// another interface (the node's address counts as WORLD). Returns the mismatches and how many
+/// sides ran.
+fn arrival_sides(
+    dp: &mut Datapath,
+    compiled: &enforcer::explain::Compiled,
+    e: &Explanation,
+    protocol: Protocol,
+    sport: &mut u16,
+    revision: &mut u32,
+) -> (Vec<String>, usize) {
+    use enforcer::bpf::TestSkb;
+    use enforcer::lookup::{Arrival, decide_from};
+    use enforcer_common::{direction, endpoint_mark};
+    let (mut wrong, mut ran) = (Vec::new(), 0);
+    for side in e.sides.iter().filter(|s| s.direction == "ingress") {
+        let (ns, name) = side.pod.split_once('/').unwrap();
+        let key = enforcer::model::ObjectRef::new(ns, name);
+        let ifindex = compiled.node.interfaces[&key];
+        let mut state = compiled.state.clone();
+        let info = state
+            .endpoints
+            .remove(&ifindex)
+            .expect("every pod is an endpoint");
+        state.endpoints.insert(IFINDEX, info);
+        *revision += 1;
+        dp.install(&state, *revision, 0).expect("installing");
+        let mark = endpoint_mark::slot(IFINDEX) << endpoint_mark::DEFAULT_SHIFT;
+        let arrivals = [
+            (
+                "hairpin",
+                Arrival::Hairpin { own: e.to.address },
+                TestSkb {
+                    mark: mark | 0x4000,
+                    ..Default::default()
+                },
+            ),
+            (
+                "forwarded",
+                Arrival::Forwarded,
+                TestSkb {
+                    ingress_ifindex: IFINDEX + 100,
+                    ..Default::default()
+                },
+            ),
+        ];
+        for (what, arrival, skb) in arrivals {
+            *sport += 1;
+            let l4 = match protocol {
+                Protocol::Tcp => tcp(*sport, e.port),
+                Protocol::Udp => udp(*sport, e.port),
+                Protocol::Sctp => sctp(*sport, e.port),
+            };
+            let (src, dst) = (e.from.address.to_string(), e.to.address.to_string());
+            let packet = if e.from.address.is_ipv6() {
+                ipv6(&src, &dst, protocol.number(), &l4)
+            } else {
+                ipv4(&src, &dst, protocol.number(), &l4)
+            };
+            let want = decide_from(
+                &state,
+                IFINDEX,
+                direction::INGRESS,
+                e.from.address,
+                protocol.number(),
+                e.port,
+                arrival,
+            );
+            let before = dp.counters().unwrap();
+            let verdict = dp
+                .test_run_skb(IN, &packet, 1, &skb)
+                .expect("test run")
+                .verdict;
+            let after = dp.counters().unwrap();
+            dp.drain_events();
+            ran += 1;
+            let names: Vec<&str> = counted(&before, &after)
+                .iter()
+                .map(|r| reason::name(*r))
+                .collect();
+            let passed = verdict == TC_PASS;
+            if passed != want.allowed || names != [reason::name(want.reason)] {
+                wrong.push(format!(
+                    "ingress at {} ({what}): lookup {} ({}), datapath {} ({})",
+                    side.pod,
+                    if want.allowed { "allow" } else { "deny" },
+                    reason::name(want.reason),
+                    if passed { "pass" } else { "drop" },
+                    names.join(", ")
+                ));
+            }
+        }
+    }
+    (wrong, ran)
+}
+
 #[test]
 fn explain_answers_what_the_datapath_answers() {
     require_root();
@@ -482,7 +580,7 @@ fn explain_answers_what_the_datapath_answers() {
     let (mut sport, mut revision) = (20000u16, 0u32);
     let mut failures = Vec::new();
     let (mut judged, mut sides, mut denied, mut ipv6) = (0, 0, 0, 0);
-    let mut by_deny_rule = 0;
+    let (mut by_deny_rule, mut arrivals) = (0, 0);
     for &seed in &seeds {
         let g = generate(seed);
         let c = cluster(&g, seed);
@@ -565,6 +663,16 @@ fn explain_answers_what_the_datapath_answers() {
             ) {
                 failed_here.push(format!("{flow}: {w}"));
             }
+            let (wrong, ran) = arrival_sides(
+                &mut dp,
+                &compiled,
+                &e,
+                f.protocol,
+                &mut sport,
+                &mut revision,
+            );
+            arrivals += ran;
+            failed_here.extend(wrong.into_iter().map(|w| format!("{flow}: {w}")));
         }
         if !failed_here.is_empty() {
             if failures.is_empty() {
@@ -574,7 +682,7 @@ fn explain_answers_what_the_datapath_answers() {
         }
     }
     eprintln!(
-        "{} clusters, {judged} judged flows ({denied} denied, {ipv6} IPv6), {sides} sides run through the datapath, {by_deny_rule} denied by a cluster policy's Deny rule",
+        "{} clusters, {judged} judged flows ({denied} denied, {ipv6} IPv6), {sides} sides run through the datapath, {by_deny_rule} denied by a cluster policy's Deny rule, {arrivals} ingress sides run again as hairpin and forwarded",
         seeds.len()
     );
     assert!(

@@ -331,12 +331,14 @@ fn check_skb(f: &mut Fixture, rows: Vec<(Row, TestSkb)>) {
 
 const FROM_THE_NODE: TestSkb = TestSkb {
     ingress_ifindex: 0,
+    mark: 0,
     gso_size: 0,
     gso_segs: 0,
 };
 /// Entered through another pod's interface (routed, or bridged from its port).
 const FROM_A_POD: TestSkb = TestSkb {
     ingress_ifindex: 5,
+    mark: 0,
     gso_size: 0,
     gso_segs: 0,
 };
@@ -965,6 +967,7 @@ fn ipv4_big_tcp_is_not_dropped_as_malformed() {
     };
     let gso = TestSkb {
         ingress_ifindex: 3,
+        mark: 0,
         gso_size: 1448,
         gso_segs: 46,
     };

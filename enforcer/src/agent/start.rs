@@ -112,6 +112,9 @@ fn prepare(opts: &AgentOptions, datapath: &mut Datapath, health: &Arc<Health>) -
         .set_drop_report_window(opts.drop_report_window)
         .context("writing the drop report window")?;
     datapath
+        .set_endpoint_mark(opts.endpoint_mark_shift)
+        .context("writing the endpoint mark")?;
+    datapath
         .set_ct_settings(enforcer_common::CtSettings {
             endpoint_budget: opts.ct_endpoint_budget,
             _pad: 0,

@@ -164,6 +164,8 @@ pub struct RunResult {
     pub verdict: i32,
     /// Kernel-measured time per run.
     pub duration: Duration,
+    /// `skb->mark` as the program left it.
+    pub mark: u32,
 }
 
 /// The `__sk_buff` fields `BPF_PROG_TEST_RUN` takes from a test (the kernel's
@@ -173,6 +175,8 @@ pub struct TestSkb {
     /// `skb_iif`: the interface the packet entered the node through; 0 for a packet the node
     /// sent itself.
     pub ingress_ifindex: u32,
+    /// `skb->mark` (the endpoint mark lives there: `enforcer_common::endpoint_mark`).
+    pub mark: u32,
     /// GSO segment size and count: non-zero make a GSO packet (e.g. IPv4 BIG TCP).
     pub gso_size: u32,
     pub gso_segs: u32,
@@ -181,12 +185,14 @@ pub struct TestSkb {
 impl TestSkb {
     /// `struct __sk_buff` (uapi/linux/bpf.h), 192 bytes, with the settable fields filled in.
     fn to_ctx(self, ifindex: u32) -> [u8; 192] {
+        const MARK: usize = 8;
         const INGRESS_IFINDEX: usize = 36;
         const IFINDEX: usize = 40;
         const GSO_SEGS: usize = 164;
         const GSO_SIZE: usize = 176;
         let mut c = [0u8; 192];
         let mut put = |off: usize, v: u32| c[off..off + 4].copy_from_slice(&v.to_ne_bytes());
+        put(MARK, self.mark);
         put(INGRESS_IFINDEX, self.ingress_ifindex);
         // The device the packet is handed in on: loopback unless said otherwise.
         put(IFINDEX, ifindex.max(1));
@@ -215,6 +221,8 @@ pub struct Datapath {
     /// Events per second and burst per endpoint (0: unlimited), written with every `Config`.
     event_limits: (u32, u32),
     drop_report_window_ms: u32,
+    /// `Config::endpoint_mark_shift` (0: off).
+    endpoint_mark_shift: u32,
 }
 
 /// What an install did.
@@ -313,6 +321,7 @@ impl Datapath {
             phys: PhysState::default(),
             event_limits: (0, 0),
             drop_report_window_ms: 0,
+            endpoint_mark_shift: enforcer_common::endpoint_mark::DEFAULT_SHIFT,
         };
         dp.phys = dp.read_phys()?;
         Ok(dp)
@@ -557,7 +566,7 @@ impl Datapath {
         let config = Config {
             revision,
             flags,
-            _reserved: 0,
+            endpoint_mark_shift: self.endpoint_mark_shift,
             event_rate_milli: self.event_limits.0,
             event_burst: self.event_limits.1,
             drop_report_window_ms: self.drop_report_window_ms,
@@ -732,6 +741,16 @@ impl Datapath {
         self.drop_report_window_ms = window.as_millis().min(u32::MAX as u128) as u32;
         let mut c = self.config()?;
         c.drop_report_window_ms = self.drop_report_window_ms;
+        self.set_config(c)
+    }
+
+    /// Where `from_endpoint` writes the endpoint mark in `skb->mark` (see
+    /// `enforcer_common::endpoint_mark`): its lowest bit, or `None` for no mark (then a pod's own
+    /// packet back through a Service is judged as the node's).
+    pub fn set_endpoint_mark(&mut self, shift: Option<u32>) -> Result<()> {
+        self.endpoint_mark_shift = shift.unwrap_or(0);
+        let mut c = self.config()?;
+        c.endpoint_mark_shift = self.endpoint_mark_shift;
         self.set_config(c)
     }
 
@@ -921,10 +940,13 @@ impl Datapath {
         let ctx = skb.to_ctx(ifindex);
         let p = self.program(prog)?;
         let mut out = vec![0u8; packet.len() + 256];
+        let mut ctx_out = [0u8; 192];
+        let with_ctx = *skb != TestSkb::default() || ifindex > 1;
         let opts = TestRunOptions {
             data_in: Some(packet),
             data_out: Some(&mut out),
-            ctx_in: (*skb != TestSkb::default() || ifindex > 1).then_some(&ctx[..]),
+            ctx_in: with_ctx.then_some(&ctx[..]),
+            ctx_out: with_ctx.then_some(&mut ctx_out[..]),
             repeat: repeat.max(1),
             ..Default::default()
         };
@@ -935,6 +957,7 @@ impl Datapath {
         Ok(RunResult {
             verdict: r.return_value as i32,
             duration: r.duration,
+            mark: u32::from_ne_bytes(ctx_out[8..12].try_into().unwrap_or_default()),
         })
     }
 
