@@ -8,9 +8,10 @@
 //! packet socket, below the IP layer: what it sees has reached the target, whether or not the
 //! target's kernel would then accept it (a TCP SYN to a closed port, a v4-mapped source).
 //!
-//! The SCTP INIT is also how the lab probes SCTP where the kernel has no SCTP sockets
-//! ([`init_reaches`]): the INIT a pod's SCTP stack would send first, from the pod's own
-//! address, watched for on the target's `eth0`.
+//! The SCTP INIT is also how the lab probes SCTP where the kernel has no SCTP sockets: the
+//! INIT a pod's SCTP stack would send first, from the pod's own address, watched for on the
+//! target's `eth0` ([`init_reaches`]), or, for a node's own address, counted on the input hook
+//! of the node's namespace by an nftables table of the probe's own ([`init_delivered`]).
 //!
 //! Building packets ([`packet`]) is pure and tested here; sending and sniffing are thin edges.
 
@@ -449,9 +450,28 @@ impl Sniffer {
     }
 }
 
+/// Sends `f` from `src` three times, spread over `timeout` (as an SCTP stack retransmits its
+/// INIT), asking `arrived(wait)` after each whether it has arrived, waiting at most `wait`; the
+/// answer comes as soon as one copy has.
+fn init_arrives(
+    src: &Netns,
+    f: &Forged,
+    timeout: Duration,
+    mut arrived: impl FnMut(Duration) -> Result<bool>,
+) -> Result<bool> {
+    let deadline = Instant::now() + timeout;
+    for _ in 0..3 {
+        send(src, f)?;
+        let left = deadline.saturating_duration_since(Instant::now());
+        if arrived((timeout / 3).min(left))? {
+            return Ok(true);
+        }
+    }
+    arrived(deadline.saturating_duration_since(Instant::now()))
+}
+
 /// Whether `f` (an SCTP INIT from the source's own address) sent from `src` reaches `dev` of
-/// `dst` within `timeout`: it is sent three times, spread over the timeout (as an SCTP stack
-/// retransmits its INIT), and the answer comes as soon as one copy is seen. Blocking.
+/// `dst` within `timeout` ([`init_arrives`]), seen by a packet socket there. Blocking.
 pub fn init_reaches(
     src: &Netns,
     dst: &Netns,
@@ -460,15 +480,100 @@ pub fn init_reaches(
     timeout: Duration,
 ) -> Result<bool> {
     let mut sniffer = Sniffer::open(dst, dev)?;
-    let deadline = Instant::now() + timeout;
-    for _ in 0..3 {
-        send(src, f)?;
-        let left = deadline.saturating_duration_since(Instant::now());
-        if sniffer.saw(f, (timeout / 3).min(left))? {
-            return Ok(true);
+    init_arrives(src, f, timeout, |wait| sniffer.saw(f, wait))
+}
+
+/// The nftables table that counts one probe's INIT in a node's namespace: the process and the
+/// probe's source port make it unique (two `lab probe` runs may share a live lab).
+pub fn init_counter_table(f: &Forged) -> String {
+    format!("enforcer-lab-sctp-{}-{}", std::process::id(), f.tag)
+}
+
+/// The script that creates `table` (failing if it exists) with a counter `init` of the INITs
+/// that are `f` (addresses, ports, chunk type 1) on the input hook, at the last priority: a
+/// packet counted there was let through by every TC program on its way (the source pod's
+/// egress at its veth, before the bridge or the route) and by every earlier input chain, and
+/// is what the node's SCTP stack would be handed. A packet socket in the node's namespace
+/// would see it on the pod's host-side veth before that veth's TC ingress program judged it.
+/// Payload matches only (`sctp sport` is `th` at an SCTP `meta l4proto`): no SCTP module.
+pub fn init_counter_script(table: &str, f: &Forged) -> String {
+    let fam = if f.dst.is_ipv6() { "ip6" } else { "ip" };
+    let rule = format!(
+        "{fam} saddr {} {fam} daddr {} sctp sport {} sctp dport {} @th,96,8 1 counter name init",
+        f.src, f.dst, f.tag, f.dst_port
+    );
+    [
+        format!("create table inet {table}"),
+        format!("table inet {table} {{"),
+        "  counter init {}".into(),
+        "  chain input {".into(),
+        format!("    type filter hook input priority {INPUT_LAST}; policy accept;"),
+        format!("    {rule}"),
+        "  }".into(),
+        "}".into(),
+    ]
+    .map(|l| l + "\n")
+    .concat()
+}
+
+/// The last priority of a hook (`NF_IP_PRI_LAST`).
+const INPUT_LAST: i32 = i32::MAX;
+
+/// The packets count of `nft -j list counter` output.
+fn counter_packets(json: &str) -> Result<u64> {
+    let v: serde_json::Value = serde_json::from_str(json).context("nft's JSON")?;
+    v["nftables"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find_map(|o| o["counter"]["packets"].as_u64())
+        .context("no counter in nft's answer")
+}
+
+/// Deletes a counting table when the probe ends, however it ends.
+struct CounterTable<'a> {
+    ns: &'a Netns,
+    table: String,
+}
+
+impl Drop for CounterTable<'_> {
+    fn drop(&mut self) {
+        let script = format!("delete table inet {}\n", self.table);
+        if let Err(e) = crate::netns::nft_blocking(self.ns, &["-f", "-"], Some(&script)) {
+            tracing::warn!("removing the SCTP probe's table: {e:#}");
         }
     }
-    sniffer.saw(f, deadline.saturating_duration_since(Instant::now()))
+}
+
+/// Whether `f` (an SCTP INIT from the source's own address) sent from `src` is handed to the
+/// stack of `node` (a node's namespace: the target is the node's address, or a host-networked
+/// pod's) within `timeout` ([`init_arrives`]): counted by a table of its own on the input hook
+/// ([`init_counter_script`]), which is removed again. Blocking.
+pub fn init_delivered(src: &Netns, node: &Netns, f: &Forged, timeout: Duration) -> Result<bool> {
+    let table = init_counter_table(f);
+    crate::netns::nft_blocking(node, &["-f", "-"], Some(&init_counter_script(&table, f)))
+        .context("counting the SCTP INIT in the node's namespace")?;
+    let guard = CounterTable { ns: node, table };
+    let count = || -> Result<u64> {
+        let out = crate::netns::nft_blocking(
+            guard.ns,
+            &["-j", "list", "counter", "inet", &guard.table, "init"],
+            None,
+        )?;
+        counter_packets(&out)
+    };
+    init_arrives(src, f, timeout, |wait| {
+        let until = Instant::now() + wait;
+        loop {
+            if count()? > 0 {
+                return Ok(true);
+            }
+            if Instant::now() >= until {
+                return Ok(false);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    })
 }
 
 /// Parses what `lab forge` sends: `80/TCP`, `53/UDP`, `ICMP` (an echo request).
@@ -603,6 +708,53 @@ mod tests {
                 }
             ));
         }
+    }
+
+    #[test]
+    fn init_counters_match_one_probe_on_the_input_hook() {
+        let f = Forged {
+            src: ip("10.42.1.12"),
+            dst: ip("198.18.0.1"),
+            kind: Kind::SctpInit,
+            dst_port: 34351,
+            tag: 40_001,
+        };
+        let table = init_counter_table(&f);
+        assert_eq!(
+            table,
+            format!("enforcer-lab-sctp-{}-40001", std::process::id())
+        );
+        assert_eq!(
+            init_counter_script("t", &f),
+            "create table inet t\n\
+             table inet t {\n  counter init {}\n  chain input {\n    \
+             type filter hook input priority 2147483647; policy accept;\n    \
+             ip saddr 10.42.1.12 ip daddr 198.18.0.1 sctp sport 40001 sctp dport 34351 \
+             @th,96,8 1 counter name init\n  }\n}\n"
+        );
+        // The chunk type the rule reads (bits 96..104 of the SCTP header) is an INIT's.
+        let p = packet(&f).unwrap();
+        assert_eq!(p[20 + 96 / 8], 1);
+        let v6 = init_counter_script(
+            "t",
+            &Forged {
+                src: ip("fd00:42:1::c"),
+                dst: ip("fd00:198:18::1"),
+                ..f
+            },
+        );
+        assert!(v6.contains("ip6 saddr fd00:42:1::c ip6 daddr fd00:198:18::1 sctp sport 40001"));
+        assert!(!v6.contains("ip saddr"));
+    }
+
+    #[test]
+    fn counters_read_from_nft_json() {
+        let out = r#"{"nftables": [{"metainfo": {"version": "1.0.6", "json_schema_version": 1}},
+            {"counter": {"family": "inet", "name": "init", "table": "t", "handle": 2,
+            "packets": 3, "bytes": 156}}]}"#;
+        assert_eq!(counter_packets(out).unwrap(), 3);
+        assert!(counter_packets(r#"{"nftables": [{"metainfo": {}}]}"#).is_err());
+        assert!(counter_packets("Error: No such file or directory").is_err());
     }
 
     #[test]

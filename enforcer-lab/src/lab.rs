@@ -438,29 +438,46 @@ pub fn expected_backends(
     )
 }
 
-/// The endpoints with a namespace and an `eth0` of their own (where a hand-built SCTP INIT can
-/// be watched for), with the SCTP ports each serves.
-pub fn sctp_targets(plan: &Plan) -> BTreeMap<Ep, BTreeSet<u16>> {
+/// Where a hand-built SCTP INIT to each endpoint is watched for, with the SCTP ports served
+/// where it arrives: a pod or host on its own `eth0`, with its ports; a node, or a
+/// host-networked pod, on its node's input hook, with every port served in the node's
+/// namespace (the node's and all its host-networked pods': one stack would answer them all).
+pub fn sctp_targets(plan: &Plan) -> BTreeMap<Ep, (traffic::InitWatch, BTreeSet<u16>)> {
+    let sctp = |ports: &[crate::scenario::PortSpec]| -> BTreeSet<u16> {
+        ports
+            .iter()
+            .filter(|p| p.protocol == Protocol::Sctp)
+            .map(|p| p.port)
+            .collect()
+    };
+    let node_ports = |node: usize| -> BTreeSet<u16> {
+        plan.pods
+            .iter()
+            .filter(|p| p.host_network && p.node == node)
+            .flat_map(|p| sctp(&p.ports))
+            .chain(sctp(&plan.nodes[node].ports))
+            .collect()
+    };
     plan.endpoints()
-        .filter(|ep| plan.has_own_netns(*ep))
         .map(|ep| {
-            let ports = plan
-                .ports_of(ep)
-                .iter()
-                .filter(|p| p.protocol == Protocol::Sctp)
-                .map(|p| p.port)
-                .collect();
-            (ep, ports)
+            let target = match ep {
+                Ep::Pod(i) if plan.pods[i].host_network => {
+                    (traffic::InitWatch::NodeInput, node_ports(plan.pods[i].node))
+                }
+                Ep::Node(n) => (traffic::InitWatch::NodeInput, node_ports(n)),
+                Ep::Pod(_) | Ep::Host(_) => (traffic::InitWatch::Eth0, sctp(plan.ports_of(ep))),
+            };
+            (ep, target)
         })
         .collect()
 }
 
 /// Sends probes from the endpoints' namespaces, at most `parallel` at once. Where the kernel
 /// has no SCTP sockets, an SCTP probe to an endpoint of `sctp_targets` is a hand-built INIT
-/// watched for on its `eth0` ([`traffic::sctp_one_way`]).
+/// watched for where it arrives ([`traffic::sctp_one_way`]).
 pub async fn probe_all(
     ep_ns: Arc<BTreeMap<Ep, Netns>>,
-    sctp_targets: Arc<BTreeMap<Ep, BTreeSet<u16>>>,
+    sctp_targets: Arc<BTreeMap<Ep, (traffic::InitWatch, BTreeSet<u16>)>>,
     prefix: &str,
     tag: &str,
     probes: &[ProbePlan],
@@ -499,8 +516,8 @@ pub async fn probe_all(
                         .and_then(|ep| Some((ns.get(&ep)?, sctp_targets.get(&ep)?)));
                     traffic::sctp_one_way(
                         &ns[&probe.src],
-                        target.map(|(n, _)| n),
-                        target.is_some_and(|(_, ports)| ports.contains(&probe.dst_port)),
+                        target.map(|(n, (watch, _))| (n, *watch)),
+                        target.is_some_and(|(_, (_, ports))| ports.contains(&probe.dst_port)),
                         probe.src_ip,
                         dst,
                         timeout,
@@ -613,4 +630,43 @@ pub fn check_backend(expected: &Option<Vec<String>>, outcome: &traffic::Outcome)
             expected.join(", ")
         }
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use traffic::InitWatch::{Eth0, NodeInput};
+
+    #[test]
+    fn sctp_inits_to_a_node_are_counted_in_its_namespace() {
+        let p = crate::plan::plan(
+            &crate::scenario::parse(
+                "nodes: [n1, {name: n2, ports: [{port: 22}, {port: 9000, protocol: SCTP}]}]
+pods:
+  - {namespace: x, name: a, node: n1, ports: [{port: 82, protocol: SCTP}, {port: 80}]}
+  - {namespace: x, name: h, node: n2, hostNetwork: true, ports: [{port: 9100, protocol: SCTP}]}
+  - {namespace: x, name: g, node: n2, hostNetwork: true, ports: [{port: 9200, protocol: SCTP}]}
+  - {namespace: x, name: k, node: n1, hostNetwork: true}
+hosts:
+  - {name: ext, ips: [192.0.2.10], ports: [{port: 83, protocol: SCTP}]}
+",
+            )
+            .unwrap(),
+            "enf-abcdef-",
+        )
+        .unwrap();
+        let t = sctp_targets(&p);
+        let ports = |v: &[u16]| v.iter().copied().collect::<BTreeSet<u16>>();
+        assert_eq!(t[&Ep::Pod(0)], (Eth0, ports(&[82])));
+        assert_eq!(t[&Ep::Host(0)], (Eth0, ports(&[83])));
+        // One stack answers everything served in a node's namespace: the node's ports and
+        // every host-networked pod's there, whichever of them the probe names.
+        let n2 = (NodeInput, ports(&[9000, 9100, 9200]));
+        assert_eq!(t[&Ep::Node(1)], n2);
+        assert_eq!(t[&Ep::Pod(1)], n2);
+        assert_eq!(t[&Ep::Pod(2)], n2);
+        assert_eq!(t[&Ep::Node(0)], (NodeInput, ports(&[])));
+        assert_eq!(t[&Ep::Pod(3)], (NodeInput, ports(&[])));
+        assert_eq!(t.len(), p.endpoints().count());
+    }
 }

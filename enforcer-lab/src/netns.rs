@@ -829,6 +829,45 @@ pub async fn nft(ns: &Netns, script: &str) -> Result<()> {
     Ok(())
 }
 
+/// Runs `nft ARGS` in `ns`, blocking, with `stdin` on its standard input (for `-f -`); returns
+/// what it printed. For callers already on a blocking thread (the SCTP probes of
+/// [`crate::forge`]).
+pub fn nft_blocking(ns: &Netns, args: &[&str], stdin: Option<&str>) -> Result<String> {
+    use std::io::Write as _;
+    use std::os::unix::process::CommandExt as _;
+    let fd = ns.raw_fd();
+    let mut cmd = std::process::Command::new("nft");
+    cmd.args(args)
+        .stdin(if stdin.is_some() {
+            std::process::Stdio::piped()
+        } else {
+            std::process::Stdio::null()
+        })
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    // SAFETY: only an async-signal-safe syscall between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || enter(fd));
+    }
+    let mut child = cmd
+        .spawn()
+        .context("running `nft` (install nftables: the lab counts SCTP INITs to nodes with it)")?;
+    if let Some(text) = stdin {
+        let mut pipe = child.stdin.take().context("nft stdin")?;
+        pipe.write_all(text.as_bytes()).context("writing to nft")?;
+    }
+    let out = child.wait_with_output().context("waiting for nft")?;
+    if !out.status.success() {
+        bail!(
+            "`nft {}` in {} failed: {}",
+            args.join(" "),
+            ns.name,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 /// Names of the network namespaces that exist.
 pub fn list() -> Vec<String> {
     let Ok(rd) = std::fs::read_dir("/run/netns") else {

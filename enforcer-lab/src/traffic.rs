@@ -259,27 +259,44 @@ fn next_sctp_port() -> u16 {
     32_768 + (u32::from(n) + std::process::id()) as u16 % 28_000
 }
 
+/// Where the lab watches for a hand-built SCTP INIT ([`sctp_one_way`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InitWatch {
+    /// A packet socket on the `eth0` of the target's own namespace (a pod, a host): it sees
+    /// what every program on the way (the target's ingress too, at TC egress of its veth) let
+    /// through.
+    Eth0,
+    /// A counter on the input hook of the node's namespace (the target is the node's address,
+    /// or a host-networked pod's): there a packet socket would see the INIT on the source
+    /// pod's host-side veth before that veth's TC ingress program (the pod's egress) judged
+    /// it, while the input hook comes after every TC hook on the path, on this node or across
+    /// the fabric ([`crate::forge::init_delivered`]).
+    NodeInput,
+}
+
 /// An SCTP probe where the kernel has no SCTP sockets: the INIT a pod's SCTP stack would send
 /// first, built by hand ([`crate::forge`]) and sent from `src` (an address of the source,
-/// whose namespace is `src_ns`) to `dst`; `allow` when it arrives on the `eth0` of `dst_ns`
-/// (the target's own namespace) within `timeout`, else `deny`. The source's egress and the
-/// target's ingress programs judge it as the first packet of a new SCTP flow, as they would a
-/// real one's. An INIT that arrives at a port the target does not serve is `deny`, `refused`
-/// (`served` false: a real SCTP stack would answer it with an ABORT). `dst_ns` is `None` where there is no such interface to watch (a node's own
-/// namespace, where a packet socket sees packets before the node's ingress program, a
-/// Service, an address outside the lab): the probe stays `unsupported`.
+/// whose namespace is `src_ns`) to `dst`; `allow` when it arrives in `target` (the target's
+/// namespace, and where it is watched for there) within `timeout`, else `deny`. The source's
+/// egress and the target's ingress programs judge it as the first packet of a new SCTP flow,
+/// as they would a real one's. An INIT that arrives at a port the target does not serve is
+/// `deny`, `refused` (`served` false: a real SCTP stack would answer it with an ABORT).
+/// `target` is `None` where the lab has nothing to watch: a Service (the INIT would go to
+/// whichever backend the node's DNAT picks; the lab does not watch them all) or an address
+/// outside the lab; the probe stays `unsupported`.
 pub async fn sctp_one_way(
     src_ns: &Netns,
-    dst_ns: Option<&Netns>,
+    target: Option<(&Netns, InitWatch)>,
     served: bool,
     src: IpAddr,
     dst: SocketAddr,
     timeout: Duration,
 ) -> Result<Outcome> {
-    let Some(dst_ns) = dst_ns else {
+    let Some((dst_ns, watch)) = target else {
         return Ok(Outcome {
             observed: Observed::Unsupported,
-            detail: "this kernel has no SCTP sockets, and the target has no namespace of its                      own where the lab can watch for a hand-built INIT (a node, a                      host-networked pod, a Service, an address outside the lab)"
+            detail: "this kernel has no SCTP sockets, and the lab has nowhere to watch for a \
+                     hand-built INIT to this target (a Service, an address outside the lab)"
                 .into(),
             src_port: None,
             backend: None,
@@ -294,8 +311,9 @@ pub async fn sctp_one_way(
         tag,
     };
     let (src_ns, dst_ns) = (src_ns.clone(), dst_ns.clone());
-    let seen = tokio::task::spawn_blocking(move || {
-        crate::forge::init_reaches(&src_ns, &dst_ns, "eth0", &f, timeout)
+    let seen = tokio::task::spawn_blocking(move || match watch {
+        InitWatch::Eth0 => crate::forge::init_reaches(&src_ns, &dst_ns, "eth0", &f, timeout),
+        InitWatch::NodeInput => crate::forge::init_delivered(&src_ns, &dst_ns, &f, timeout),
     })
     .await
     .context("the SCTP INIT task")??;

@@ -3,8 +3,8 @@
 //! datapath with `enforcer lab run` (two nodes, one lab per file, in sequence) and every probe
 //! must get what upstream expects. SCTP probes count like the others: where the kernel has no
 //! SCTP sockets the lab observes them one way (a hand-built INIT reaches the target or not;
-//! docs/scenario-format.md), and no probe of a file that runs may be `unsupported`, except an
-//! SCTP probe to a node's own address (two, in the node-peer tests: see below). Needs root.
+//! docs/scenario-format.md: on the target's `eth0`, or on its node's input hook for a node's
+//! own address), and no probe may be `unsupported`. Needs root.
 //! The experimental ones included: named ports, and `nodes` peers (the lab writes its nodes as
 //! Node objects, which the agent reads; the node-peer tests probe a host-networked pod at its
 //! node's address).
@@ -66,15 +66,7 @@ fn every_conformance_test_gets_what_upstream_expects() {
                 if p["protocol"] == "SCTP" {
                     file_sctp += 1;
                 }
-                // The one probe the lab cannot observe on this kernel: an SCTP INIT to a node's
-                // own address (no SCTP sockets, and a packet socket in the node's namespace sees
-                // packets before the node's programs judge them). Counted and reported, not
-                // failed; any other unsupported probe fails.
-                let sctp_to_node = p["protocol"] == "SCTP"
-                    && p["to"].as_str().is_some_and(|t| t.starts_with("node:"));
-                if p["observed"] == "unsupported" && sctp_to_node {
-                    unsupported += 1;
-                } else if p["observed"] == "unsupported" {
+                if p["observed"] == "unsupported" {
                     unsupported += 1;
                     failures.push(format!(
                         "{name}: step {}: an unsupported probe (every probe must run): {p}",

@@ -90,18 +90,18 @@ fn probe_inner(
         probe.service.is_some(),
     ))?;
     if outcome.observed == traffic::Observed::Unsupported && spec.protocol == Protocol::Sctp {
-        // No SCTP sockets here: a hand-built INIT, watched for on the target's eth0.
+        // No SCTP sockets here: a hand-built INIT, watched for where it arrives.
         let targets = lab::sctp_targets(&live.plan);
         let (target, served) = match probe.dst.filter(|_| probe.service.is_none()) {
             Some(ep) if targets.contains_key(&ep) => (
-                Some(Netns::open(live.plan.netns_of(ep))?),
-                targets[&ep].contains(&probe.dst_port),
+                Some((Netns::open(live.plan.netns_of(ep))?, targets[&ep].0)),
+                targets[&ep].1.contains(&probe.dst_port),
             ),
             _ => (None, false),
         };
         outcome = rt.block_on(traffic::sctp_one_way(
             &ns,
-            target.as_ref(),
+            target.as_ref().map(|(n, w)| (n, *w)),
             served,
             probe.src_ip,
             dst,
