@@ -155,7 +155,7 @@ struct RunArgs {
     /// still judged as itself by the cluster-wide tiers; move it if something else on the node
     /// owns those bits.
     #[arg(long, default_value = "20", value_parser = parse_mark_shift)]
-    endpoint_mark_shift: Option<u32>,
+    endpoint_mark_shift: u32,
     /// How long the egress verdict of a flow to a Service port with mixed backends waits for
     /// the translated packet (the DNAT takes microseconds; a packet that died leaves it behind).
     #[arg(long, default_value = "1s", value_parser = parse_window)]
@@ -244,13 +244,14 @@ fn parse_window(s: &str) -> Result<Duration, String> {
     enforcer_lab::parse_duration(s)
 }
 
-fn parse_mark_shift(s: &str) -> Result<Option<u32>, String> {
+/// The mark's lowest bit, or 0 for `off`.
+fn parse_mark_shift(s: &str) -> Result<u32, String> {
     use enforcer_common::endpoint_mark::MAX_SHIFT;
     if s.trim() == "off" {
-        return Ok(None);
+        return Ok(0);
     }
     match s.trim().parse::<u32>() {
-        Ok(n) if (1..=MAX_SHIFT).contains(&n) => Ok(Some(n)),
+        Ok(n) if (1..=MAX_SHIFT).contains(&n) => Ok(n),
         _ => Err(format!(
             "{s:?} is not a bit from 1 to {MAX_SHIFT} (the mark's 12 bits must fit in 32), or `off`"
         )),
@@ -410,7 +411,7 @@ fn main() -> ExitCode {
                 events_off: a.no_events,
                 no_rule_counters: a.no_rule_counters,
                 drop_report_window: a.drop_report_window,
-                endpoint_mark_shift: a.endpoint_mark_shift,
+                endpoint_mark_shift: Some(a.endpoint_mark_shift).filter(|n| *n != 0),
                 service_defer: a.service_defer,
                 service_defer_budget: a.service_defer_budget,
                 event_rate: a.event_rate,
