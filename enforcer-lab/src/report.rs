@@ -427,7 +427,9 @@ fn note_as(out: &mut String, p: &ProbeResult, explained: bool) {
 
 /// The events of one probe: those whose 5-tuple is the probe's connection. Through a Service
 /// the destination is translated on the way, so there the source address and port (and the
-/// protocol) are enough.
+/// protocol) are enough; and a pod that reaches itself through a Service (hairpin) arrives
+/// masqueraded to its node's address, so there an event into the prober itself from that
+/// source port is the probe's too.
 pub fn match_events(events: &[Value], p: &ProbePlan, src_port: Option<u16>) -> Vec<Value> {
     let Some(sport) = src_port else {
         return Vec::new();
@@ -439,9 +441,10 @@ pub fn match_events(events: &[Value], p: &ProbePlan, src_port: Option<u16>) -> V
         .filter(|e| {
             let str_of = |k: &str| e.get(k).and_then(Value::as_str);
             let num_of = |k: &str| e.get(k).and_then(Value::as_u64);
+            let addr_of = |k: &str| str_of(k).and_then(|s| s.parse::<std::net::IpAddr>().ok());
+            let hairpin = p.service.is_some() && addr_of("dst") == Some(p.src_ip);
             str_of("protocol").is_some_and(|x| x.eq_ignore_ascii_case(p.spec.protocol.as_str()))
-                && str_of("src").and_then(|s| s.parse::<std::net::IpAddr>().ok())
-                    == src.parse().ok()
+                && (addr_of("src") == src.parse().ok() || hairpin)
                 && num_of("src_port") == Some(u64::from(sport))
                 && (p.service.is_some()
                     || (str_of("dst").and_then(|s| s.parse::<std::net::IpAddr>().ok())
@@ -613,6 +616,17 @@ FAIL: 1 of 5 probes differ from what was expected
         let m = match_events(&events, probe, Some(40000));
         assert_eq!(m, vec![events[0].clone(), events[4].clone()]);
         assert!(match_events(&events, probe, None).is_empty());
+        // Through a Service back to the prober itself (hairpin): masqueraded to the node.
+        let hairpin = json!({"src": "10.42.1.1", "src_port": 40000, "dst": "10.42.1.10",
+                             "dst_port": 8080, "protocol": "TCP", "verdict": "drop"});
+        let mut through = probe.clone();
+        through.service = Some("x/s".into());
+        assert_eq!(
+            match_events(std::slice::from_ref(&hairpin), &through, Some(40000)),
+            vec![hairpin.clone()]
+        );
+        assert!(match_events(std::slice::from_ref(&hairpin), probe, Some(40000)).is_empty());
+        assert!(match_events(std::slice::from_ref(&hairpin), &through, Some(40001)).is_empty());
     }
 
     #[test]
