@@ -160,13 +160,17 @@ pub struct EndpointInfo {
     /// datapath looks a tier up only when its bit is set, so NetworkPolicy-only endpoints pay
     /// nothing for the cluster-wide tiers.
     pub tiers: u32,
-    /// The set of the ordered tiers' entries (`PolicyKey::policy_set` of the Admin and Baseline
-    /// lookups): a set of its own, shared by every endpoint the same cluster-wide rules
-    /// select, whatever NetworkPolicies select each of them (so a cluster-wide rule over every
-    /// pod costs its entries once, not once per endpoint). 0 when no tier bit is set.
+    /// The set of the Admin tier's entries (`PolicyKey::policy_set` of its lookups): a set of
+    /// its own, shared by every endpoint the same cluster-wide rules select, whatever
+    /// NetworkPolicies select each of them (so a cluster-wide rule over every pod costs its
+    /// entries once, not once per endpoint). 0 when the tier holds no rules for it.
     pub tier_set: u32,
+    /// The set of the Baseline tier's entries, likewise; 0 when the tier holds no rules for it
+    /// in a direction NetworkPolicy does not decide. Apart from `tier_set`, so that endpoints
+    /// isolated by NetworkPolicy (no Baseline) and the others share one Admin set.
+    pub baseline_set: u32,
 }
-const _: () = assert!(core::mem::size_of::<EndpointInfo>() == 24);
+const _: () = assert!(core::mem::size_of::<EndpointInfo>() == 28);
 
 impl EndpointInfo {
     /// Whether some ordered tier holds rules for this endpoint in direction `dir`.
@@ -207,8 +211,10 @@ pub struct EndpointSlot {
     pub tiers: u32,
     /// `EndpointInfo::tier_set`.
     pub tier_set: u32,
+    /// `EndpointInfo::baseline_set`.
+    pub baseline_set: u32,
 }
-const _: () = assert!(core::mem::size_of::<EndpointSlot>() == 20);
+const _: () = assert!(core::mem::size_of::<EndpointSlot>() == 24);
 
 /// `ENDPOINTS` map value: key = ifindex of the host-side interface (u32).
 ///
@@ -223,7 +229,7 @@ pub struct EndpointValue {
     pub endpoint_id: u32,
     pub slots: [EndpointSlot; 2],
 }
-const _: () = assert!(core::mem::size_of::<EndpointValue>() == 44);
+const _: () = assert!(core::mem::size_of::<EndpointValue>() == 52);
 
 // --- Identities -------------------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ pub(crate) const NO_ENDPOINT: EndpointInfo = EndpointInfo {
     egress_mode: mode::DENY_ALL,
     tiers: 0,
     tier_set: 0,
+    baseline_set: 0,
 };
 
 /// An attached interface no endpoint entry names: the agent attached to it when it appeared,
@@ -70,6 +71,7 @@ pub(crate) fn endpoint(ifindex: u32, config: &Config) -> Option<EndpointInfo> {
         egress_mode: s.egress_mode,
         tiers: s.tiers,
         tier_set: s.tier_set,
+        baseline_set: s.baseline_set,
     })
 }
 

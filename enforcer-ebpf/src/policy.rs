@@ -75,8 +75,10 @@ pub(crate) enum Arrival {
 /// The peer of a new flow as the lookups key it.
 struct Peer {
     policy_set: u32,
-    /// The set of the ordered tiers' entries (`EndpointInfo::tier_set`).
+    /// The Admin tier's set (`EndpointInfo::tier_set`).
     tier_set: u32,
+    /// The Baseline tier's set (`EndpointInfo::baseline_set`).
+    baseline_set: u32,
     dir: u8,
     identity: u32,
     cidr_identity: u32,
@@ -122,6 +124,7 @@ pub(crate) fn decide(
     let mut p = Peer {
         policy_set: ep.policy_set,
         tier_set: ep.tier_set,
+        baseline_set: ep.baseline_set,
         dir,
         identity,
         cidr_identity,
@@ -200,14 +203,19 @@ fn network_policy_tier(p: &Peer, why: &mut Why) {
 fn ordered_tier(p: &Peer, t: u8, why: &mut Why) -> bool {
     // Plain values with action 0 for "none" rather than `Option`s: the verifier must see every
     // field written on every path.
-    let mut best = rule_entry(p.tier_set, p.identity, p.dir, t, p.proto, p.port_be);
+    let set = if t == tier::ADMIN {
+        p.tier_set
+    } else {
+        p.baseline_set
+    };
+    let mut best = rule_entry(set, p.identity, p.dir, t, p.proto, p.port_be);
     if p.cidr_identity != 0 {
-        let v = rule_entry(p.tier_set, p.cidr_identity, p.dir, t, p.proto, p.port_be);
+        let v = rule_entry(set, p.cidr_identity, p.dir, t, p.proto, p.port_be);
         if v.action != 0 && (best.action == 0 || v.rank < best.rank) {
             best = v;
         }
     }
-    let v = rule_entry(p.tier_set, identity::ANY, p.dir, t, p.proto, p.port_be);
+    let v = rule_entry(set, identity::ANY, p.dir, t, p.proto, p.port_be);
     if v.action != 0 && (best.action == 0 || v.rank < best.rank) {
         best = v;
     }

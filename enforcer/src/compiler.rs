@@ -310,8 +310,10 @@ pub struct CompiledEndpoint {
     pub tiers: u32,
     /// Entries with `policy_set == 0`: the NetworkPolicy tier and the Service verdicts.
     pub entries: BTreeMap<Lpm<PolicyKey>, PolicyValue>,
-    /// The ordered tiers' entries (Admin, Baseline), placed under a `tier_set` of their own.
+    /// The Admin tier's entries, placed under a `tier_set` of their own.
     pub tier_entries: BTreeMap<Lpm<PolicyKey>, PolicyValue>,
+    /// The Baseline tier's entries, placed under a `baseline_set` of their own.
+    pub baseline_entries: BTreeMap<Lpm<PolicyKey>, PolicyValue>,
 }
 
 /// What an identity stands for (for events, dumps and explain).
@@ -817,6 +819,7 @@ pub fn compile(
             tiers: 0,
             entries: BTreeMap::new(),
             tier_entries: BTreeMap::new(),
+            baseline_entries: BTreeMap::new(),
         };
         // Policies in audit mode isolate only where no enforcing policy does, and then only
         // to report: the endpoint runs in AUDIT mode on their rules.
@@ -916,6 +919,7 @@ pub fn compile(
             egress_mode: ep.egress_mode,
             tiers: ep.tiers,
             tier_set: 0,
+            baseline_set: 0,
         };
         if crate::lookup::judged(&info, direction::EGRESS) {
             crate::services::verdicts(
@@ -925,7 +929,7 @@ pub fn compile(
                 &out.cidr_identity,
                 &node.host_ips,
                 &info,
-                &ep.tier_entries,
+                &[&ep.tier_entries, &ep.baseline_entries],
                 &mut ep.entries,
                 &mut out.service_backends,
             );

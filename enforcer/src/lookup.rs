@@ -269,10 +269,10 @@ impl PolicyView<'_> {
             deferred: false,
         };
         let lookup = |id: u32, t: u8| {
-            let set = if t == tier::NETWORK_POLICY {
-                ep.policy_set
-            } else {
-                ep.tier_set
+            let set = match t {
+                tier::NETWORK_POLICY => ep.policy_set,
+                tier::ADMIN => ep.tier_set,
+                _ => ep.baseline_set,
             };
             policy_lookup_in(
                 self.policy,
@@ -426,6 +426,7 @@ mod tests {
                 egress_mode: mode::ENFORCE,
                 tiers: 0,
                 tier_set: 0,
+                baseline_set: 0,
             },
         );
         let node: IpAddr = "10.0.0.1".parse().unwrap();

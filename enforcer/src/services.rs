@@ -166,14 +166,16 @@ pub fn verdicts(
     cidr_identity: &BTreeMap<Lpm<IpAddrKey>, IdentityValue>,
     host_ips: &[IpAddr],
     ep: &EndpointInfo,
-    tier_entries: &BTreeMap<Lpm<PolicyKey>, PolicyValue>,
+    tier_entries: &[&BTreeMap<Lpm<PolicyKey>, PolicyValue>],
     entries: &mut BTreeMap<Lpm<PolicyKey>, PolicyValue>,
     service_backends: &mut BTreeMap<ServiceBackendKey, u32>,
 ) {
     let mut add = Vec::new();
     // The endpoint's own entries and its ordered tiers' (both under set 0 here).
     let mut all = entries.clone();
-    all.extend(tier_entries.iter().map(|(k, v)| (*k, *v)));
+    for t in tier_entries {
+        all.extend(t.iter().map(|(k, v)| (*k, *v)));
+    }
     for s in services {
         let Some(service_id) = service_ips.get(&ip_key(s.address)) else {
             continue;

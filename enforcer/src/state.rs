@@ -257,6 +257,7 @@ const ABSENT_SLOT: EndpointSlot = EndpointSlot {
     egress_mode: mode::UNMANAGED,
     tiers: 0,
     tier_set: 0,
+    baseline_set: 0,
 };
 
 fn slot_of(e: &EndpointInfo) -> EndpointSlot {
@@ -266,6 +267,7 @@ fn slot_of(e: &EndpointInfo) -> EndpointSlot {
         egress_mode: e.egress_mode,
         tiers: e.tiers,
         tier_set: e.tier_set,
+        baseline_set: e.baseline_set,
     }
 }
 
@@ -318,6 +320,7 @@ impl PhysState {
                             egress_mode: v.slots[g].egress_mode,
                             tiers: v.slots[g].tiers,
                             tier_set: v.slots[g].tier_set,
+                            baseline_set: v.slots[g].baseline_set,
                         },
                     )
                 })
@@ -611,6 +614,7 @@ mod tests {
             egress_mode: 1,
             tiers: 0,
             tier_set: 0,
+            baseline_set: 0,
         }
     }
 

@@ -98,6 +98,7 @@ fn a_torn_config_read_is_impossible() {
         egress_mode: m,
         tiers: 0,
         tier_set: 0,
+        baseline_set: 0,
     };
     let data = MapData::from_pin(p.bpffs.join("ENDPOINTS")).expect("the pinned ENDPOINTS");
     let mut endpoints: BpfHashMap<MapData, u32, EndpointValue> =

@@ -217,6 +217,7 @@ fn a_flood_of_deferrals_from_one_pod_does_not_evict_another_pods() {
                 egress_mode: mode::ENFORCE,
                 tiers: 0,
                 tier_set: 0,
+                baseline_set: 0,
             },
         );
         // UDP 80 of the Service is mixed too, so the flood has twice 65535 ports.

@@ -1,10 +1,12 @@
 //! Step 2 of the compiler: the compiled entries placed under `policy_set` ids, given what is
 //! installed (see the module doc of `compiler`).
 //!
-//! Each endpoint has two sets: its own (`policy_set`: the NetworkPolicy tier and its Service
-//! verdicts) and the ordered tiers' (`tier_set`: Admin and Baseline), placed by the same rules
-//! but separately, so endpoints selected by the same cluster-wide policies share one tier set
-//! whatever NetworkPolicies select each of them.
+//! Each endpoint has three sets: its own (`policy_set`: the NetworkPolicy tier and its Service
+//! verdicts), the Admin tier's (`tier_set`) and the Baseline tier's (`baseline_set`), placed by
+//! the same rules but separately, so endpoints selected by the same cluster-wide policies
+//! share one Admin set whatever NetworkPolicies select each of them (Baseline entries exist
+//! only where NetworkPolicy does not decide, so they differ between isolated endpoints and the
+//! rest, and are kept apart to leave the Admin set shared).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -72,6 +74,7 @@ pub fn held_endpoint(endpoint_id: u32, why: u8) -> EndpointInfo {
         egress_mode: mode::DENY_ALL,
         tiers: 0,
         tier_set: 0,
+        baseline_set: 0,
     }
 }
 
@@ -225,7 +228,7 @@ impl Placing<'_> {
 /// As [`plan`], for a `POLICY` map of `capacity` entries.
 ///
 /// Endpoints whose entries are identical share one `policy_set` (and, separately, one
-/// `tier_set`). Each distinct set is placed, in order of preference: on an installed set that
+/// `tier_set` and one `baseline_set`). Each distinct set is placed, in order of preference: on an installed set that
 /// holds exactly these entries (no write); in place on the installed set its endpoints use,
 /// when nobody else uses it and the change is invisible to live traffic (see the module doc);
 /// else under a fresh id. During the install the map holds the installed sets and the new ones
@@ -249,7 +252,10 @@ pub fn plan_with(
     }
     for e in installed.endpoints.values() {
         if !(e.ingress_mode == mode::DENY_ALL && e.egress_mode == mode::DENY_ALL) {
-            max_set = max_set.max(e.policy_set).max(e.tier_set);
+            max_set = max_set
+                .max(e.policy_set)
+                .max(e.tier_set)
+                .max(e.baseline_set);
         }
     }
     let mut placing = Placing {
@@ -285,6 +291,13 @@ pub fn plan_with(
         true,
         ids,
     );
+    let (baseline, baseline_writes) = placing.place(
+        &compiled.endpoints,
+        |ep| &ep.baseline_entries,
+        |e| e.baseline_set,
+        true,
+        ids,
+    );
     let mut out = Planned {
         state: MapState {
             endpoints: BTreeMap::new(),
@@ -302,10 +315,12 @@ pub fn plan_with(
         match (
             own.get(id).copied().flatten(),
             tier.get(id).copied().flatten(),
+            baseline.get(id).copied().flatten(),
         ) {
-            (Some(set), Some(tier_set)) => {
+            (Some(set), Some(tier_set), Some(baseline_set)) => {
                 used.insert(set);
                 used.insert(tier_set);
+                used.insert(baseline_set);
                 out.state.endpoints.insert(
                     ep.ifindex,
                     EndpointInfo {
@@ -315,6 +330,7 @@ pub fn plan_with(
                         egress_mode: ep.egress_mode,
                         tiers: ep.tiers,
                         tier_set,
+                        baseline_set,
                     },
                 );
             }
@@ -323,7 +339,7 @@ pub fn plan_with(
                     endpoint_id: *id,
                     pod: ep.pod.clone(),
                     ifindex: ep.ifindex,
-                    entries: ep.entries.len() + ep.tier_entries.len(),
+                    entries: ep.entries.len() + ep.tier_entries.len() + ep.baseline_entries.len(),
                 });
                 out.state
                     .endpoints
@@ -331,7 +347,11 @@ pub fn plan_with(
             }
         }
     }
-    for (set, entries) in own_writes.into_iter().chain(tier_writes) {
+    for (set, entries) in own_writes
+        .into_iter()
+        .chain(tier_writes)
+        .chain(baseline_writes)
+    {
         if set == 0 || !used.contains(&set) {
             continue;
         }

@@ -146,19 +146,18 @@ pub(super) fn endpoint_entries(
                     } else {
                         &rule.ports[..]
                     };
-                    emit_rule(
-                        r,
-                        &mut ep.tier_entries,
-                        &targets,
-                        ports,
-                        dir,
-                        t.number(),
-                        pod,
-                        value,
-                    );
+                    let entries = match t {
+                        Tier::Admin => &mut ep.tier_entries,
+                        Tier::Baseline => &mut ep.baseline_entries,
+                    };
+                    emit_rule(r, entries, &targets, ports, dir, t.number(), pod, value);
                 }
             }
-            settle(&mut ep.tier_entries, dir, t.number());
+            let entries = match t {
+                Tier::Admin => &mut ep.tier_entries,
+                Tier::Baseline => &mut ep.baseline_entries,
+            };
+            settle(entries, dir, t.number());
         }
     }
 }

@@ -15,6 +15,7 @@ fn one_section_or_all_with_names_or_numbers() {
             egress_mode: mode::ALLOW_ALL,
             tiers: 0,
             tier_set: 0,
+            baseline_set: 0,
         },
     );
     let mut verdicts = vec![0u64; enforcer_common::counter::LEN as usize];

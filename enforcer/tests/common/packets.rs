@@ -266,6 +266,7 @@ pub fn base_state(ingress_mode: u32, egress_mode: u32) -> MapState {
             egress_mode,
             tiers: 0,
             tier_set: 0,
+            baseline_set: 0,
         },
     );
     for (ip, id, ep) in [

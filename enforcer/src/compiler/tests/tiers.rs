@@ -206,3 +206,45 @@ fn endpoints_selected_by_the_same_cluster_rules_share_one_tier_set() {
     let cc = state.endpoints[&node.interfaces[&ObjectRef::new("y", "c")]];
     assert_eq!((cc.tiers, cc.tier_set), (0, 0));
 }
+
+#[test]
+fn an_isolated_endpoint_shares_the_admin_set_and_has_no_baseline_set() {
+    // A Baseline rule and an Admin rule over namespace x; a NetworkPolicy isolates b's ingress.
+    // a and b share the Admin set; only a (not isolated) has a Baseline set; the Admin entries
+    // are in the map once.
+    let c = with(&format!(
+        "{ADMIN_PASS_THEN_DENY}\n---\napiVersion: policy.networking.k8s.io/v1alpha2\n\
+         kind: ClusterNetworkPolicy\nmetadata: {{name: baseline-deny}}\n\
+         spec: {{tier: Baseline, priority: 1, subject: {{namespaces: {{matchLabels: {{ns: x}}}}}},\n\
+         ingress: [{{action: Deny, from: [{{namespaces: {{}}}}]}}]}}\n\
+         ---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n\
+         metadata: {{name: only-b, namespace: x}}\n\
+         spec: {{podSelector: {{matchLabels: {{pod: b}}}}, ingress: [{{ports: [{{port: 81}}]}}]}}\n"
+    ));
+    let (state, node) = build(&c);
+    let a = state.endpoints[&node.interfaces[&ObjectRef::new("x", "a")]];
+    let b = state.endpoints[&node.interfaces[&ObjectRef::new("x", "b")]];
+    assert_eq!(a.tier_set, b.tier_set);
+    assert_ne!(a.tier_set, 0);
+    assert_ne!(a.baseline_set, 0);
+    assert_eq!(
+        b.baseline_set, 0,
+        "b's ingress is decided by its NetworkPolicy"
+    );
+    let count = |t: u8| state.policy.keys().filter(|k| k.data.tier == t).count();
+    let in_set = |set: u32| {
+        state
+            .policy
+            .keys()
+            .filter(|k| k.data.policy_set == set)
+            .count()
+    };
+    assert_eq!(count(enforcer_common::tier::ADMIN), in_set(a.tier_set));
+    assert_eq!(
+        count(enforcer_common::tier::BASELINE),
+        in_set(a.baseline_set)
+    );
+    // The Baseline Deny still decides for a, and not for b.
+    assert!(!check(&c, "x/b", "x/a", TCP, 80));
+    assert!(check(&c, "x/a", "x/b", TCP, 81));
+}
