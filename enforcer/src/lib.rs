@@ -8,6 +8,7 @@
 //! - [`state`]: the desired map content and the minimal, ordered diff (pure);
 //! - [`lookup`]: the datapath's decision evaluated over a map state (pure);
 //! - [`reference`]: the spec read literally, to test the compiler against (pure);
+//! - [`calico`]: Calico's own resources; so far its selector language (pure);
 //! - [`bpf`]: the kernel edge: load, pin, attach, install diffs, read events;
 //! - [`conntrack`]: the conntrack garbage collector (its own thread);
 //! - [`discover`]: local pod interfaces and node addresses; [`binding`]: which interface is a
@@ -32,6 +33,7 @@ pub const VERSION: &str = concat!(
 pub mod agent;
 pub mod binding;
 pub mod bpf;
+pub mod calico;
 pub mod cluster_policy;
 pub mod compiler;
 pub mod conntrack;
