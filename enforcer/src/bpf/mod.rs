@@ -335,6 +335,29 @@ impl Datapath {
         self.ebpf.map(name).ok_or(BpfError::MissingMap(name))
     }
 
+    /// How many instructions the kernel's verifier processed to load each program
+    /// (`bpf_prog_info.verified_insns`), against its limit of a million: the headroom every
+    /// datapath change spends.
+    pub fn verified_instructions(&mut self) -> Result<Vec<(&'static str, u32)>> {
+        let mut out = Vec::new();
+        for prog in [
+            Prog::FromEndpoint,
+            Prog::ToEndpoint,
+            Prog::ToNetwork,
+            Prog::ToNetworkL3,
+        ] {
+            let info = self
+                .program(prog)?
+                .info()
+                .map_err(|source| BpfError::Program {
+                    name: prog.name(),
+                    error: AyaError::of(&source),
+                })?;
+            out.push((prog.name(), info.verified_instruction_count().unwrap_or(0)));
+        }
+        Ok(out)
+    }
+
     fn program(&mut self, prog: Prog) -> Result<&mut SchedClassifier> {
         self.ebpf
             .program_mut(prog.name())
