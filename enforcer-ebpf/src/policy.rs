@@ -62,10 +62,10 @@ pub(crate) enum Arrival {
     FromSource,
     /// Entered the node through another interface (another pod's, the network): the node's
     /// address in its source is forged or masqueraded, so it counts as WORLD (see
-    /// `source::from_the_node`).
+    /// `source::arrival`).
     Forwarded,
     /// The endpoint's own packet coming back through a Service (its endpoint mark, see
-    /// `source::sent_by_this_endpoint`), masqueraded by kube-proxy to the node's address. The
+    /// `source::hairpin_flag`), masqueraded by kube-proxy to the node's address. The
     /// NetworkPolicy tier sees the node, as it always has (a pod cannot block itself); the
     /// ordered tiers see the pod itself, for a pod reaching itself through a Service is subject
     /// to them.

@@ -414,6 +414,43 @@ fn counted(before: &[u64], after: &[u64]) -> Vec<u8> {
         .collect()
 }
 
+/// Installs the maps of `compiled` with the endpoint of `pod` ("ns/name") moved to `IFINDEX`,
+/// the interface the test runs on, and returns them.
+fn install_at(
+    dp: &mut Datapath,
+    compiled: &enforcer::explain::Compiled,
+    pod: &str,
+    revision: &mut u32,
+) -> enforcer::state::MapState {
+    let (ns, name) = pod.split_once('/').unwrap();
+    let key = enforcer::model::ObjectRef::new(ns, name);
+    let ifindex = compiled.node.interfaces[&key];
+    let mut state = compiled.state.clone();
+    let info = state
+        .endpoints
+        .remove(&ifindex)
+        .expect("every pod is an endpoint");
+    state.endpoints.insert(IFINDEX, info);
+    *revision += 1;
+    dp.install(&state, *revision, 0).expect("installing");
+    state
+}
+
+/// The first packet of the flow `e` explains, from source port `sport`.
+fn packet_of(e: &Explanation, protocol: Protocol, sport: u16) -> Vec<u8> {
+    let l4 = match protocol {
+        Protocol::Tcp => tcp(sport, e.port),
+        Protocol::Udp => udp(sport, e.port),
+        Protocol::Sctp => sctp(sport, e.port),
+    };
+    let (src, dst) = (e.from.address.to_string(), e.to.address.to_string());
+    if e.from.address.is_ipv6() {
+        ipv6(&src, &dst, protocol.number(), &l4)
+    } else {
+        ipv4(&src, &dst, protocol.number(), &l4)
+    }
+}
+
 /// Every side of `e` run through the datapath, each mismatch a line.
 fn datapath_sides(
     dp: &mut Datapath,
@@ -425,29 +462,9 @@ fn datapath_sides(
 ) -> Vec<String> {
     let mut wrong = Vec::new();
     for side in &e.sides {
-        let (ns, name) = side.pod.split_once('/').unwrap();
-        let key = enforcer::model::ObjectRef::new(ns, name);
-        let ifindex = compiled.node.interfaces[&key];
-        let mut state = compiled.state.clone();
-        let info = state
-            .endpoints
-            .remove(&ifindex)
-            .expect("every pod is an endpoint");
-        state.endpoints.insert(IFINDEX, info);
-        *revision += 1;
-        dp.install(&state, *revision, 0).expect("installing");
+        install_at(dp, compiled, &side.pod, revision);
         *sport += 1;
-        let l4 = match protocol {
-            Protocol::Tcp => tcp(*sport, e.port),
-            Protocol::Udp => udp(*sport, e.port),
-            Protocol::Sctp => sctp(*sport, e.port),
-        };
-        let (src, dst) = (e.from.address.to_string(), e.to.address.to_string());
-        let packet = if e.from.address.is_ipv6() {
-            ipv6(&src, &dst, protocol.number(), &l4)
-        } else {
-            ipv4(&src, &dst, protocol.number(), &l4)
-        };
+        let packet = packet_of(e, protocol, *sport);
         let prog = if side.direction == "egress" { OUT } else { IN };
         let before = dp.counters().unwrap();
         let verdict = dp.test_run(prog, &packet, 1).expect("test run").verdict;
@@ -489,17 +506,7 @@ fn arrival_sides(
     use enforcer_common::{direction, endpoint_mark};
     let (mut wrong, mut ran) = (Vec::new(), 0);
     for side in e.sides.iter().filter(|s| s.direction == "ingress") {
-        let (ns, name) = side.pod.split_once('/').unwrap();
-        let key = enforcer::model::ObjectRef::new(ns, name);
-        let ifindex = compiled.node.interfaces[&key];
-        let mut state = compiled.state.clone();
-        let info = state
-            .endpoints
-            .remove(&ifindex)
-            .expect("every pod is an endpoint");
-        state.endpoints.insert(IFINDEX, info);
-        *revision += 1;
-        dp.install(&state, *revision, 0).expect("installing");
+        let state = install_at(dp, compiled, &side.pod, revision);
         let mark = endpoint_mark::slot(IFINDEX) << endpoint_mark::DEFAULT_SHIFT;
         let arrivals = [
             (
@@ -521,17 +528,7 @@ fn arrival_sides(
         ];
         for (what, arrival, skb) in arrivals {
             *sport += 1;
-            let l4 = match protocol {
-                Protocol::Tcp => tcp(*sport, e.port),
-                Protocol::Udp => udp(*sport, e.port),
-                Protocol::Sctp => sctp(*sport, e.port),
-            };
-            let (src, dst) = (e.from.address.to_string(), e.to.address.to_string());
-            let packet = if e.from.address.is_ipv6() {
-                ipv6(&src, &dst, protocol.number(), &l4)
-            } else {
-                ipv4(&src, &dst, protocol.number(), &l4)
-            };
+            let packet = packet_of(e, protocol, *sport);
             let want = decide_from(
                 &state,
                 IFINDEX,
