@@ -451,6 +451,28 @@ fn packet_of(e: &Explanation, protocol: Protocol, sport: u16) -> Vec<u8> {
     }
 }
 
+/// Runs `packet` through `prog` once: whether it passed, and the names of the reasons it was
+/// counted under.
+fn run_counted(
+    dp: &mut Datapath,
+    prog: enforcer::bpf::Prog,
+    packet: &[u8],
+    skb: &enforcer::bpf::TestSkb,
+) -> (bool, Vec<&'static str>) {
+    let before = dp.counters().unwrap();
+    let verdict = dp
+        .test_run_skb(prog, packet, 1, skb)
+        .expect("test run")
+        .verdict;
+    let after = dp.counters().unwrap();
+    dp.drain_events();
+    let names = counted(&before, &after)
+        .iter()
+        .map(|r| reason::name(*r))
+        .collect();
+    (verdict == TC_PASS, names)
+}
+
 /// Every side of `e` run through the datapath, each mismatch a line.
 fn datapath_sides(
     dp: &mut Datapath,
@@ -466,13 +488,7 @@ fn datapath_sides(
         *sport += 1;
         let packet = packet_of(e, protocol, *sport);
         let prog = if side.direction == "egress" { OUT } else { IN };
-        let before = dp.counters().unwrap();
-        let verdict = dp.test_run(prog, &packet, 1).expect("test run").verdict;
-        let after = dp.counters().unwrap();
-        dp.drain_events();
-        let reasons = counted(&before, &after);
-        let passed = verdict == TC_PASS;
-        let names: Vec<&str> = reasons.iter().map(|r| reason::name(*r)).collect();
+        let (passed, names) = run_counted(dp, prog, &packet, &Default::default());
         if passed != side.allowed || names != [side.reason] {
             wrong.push(format!(
                 "{} at {}: explain {} ({}), datapath {} ({})",
@@ -538,19 +554,8 @@ fn arrival_sides(
                 e.port,
                 arrival,
             );
-            let before = dp.counters().unwrap();
-            let verdict = dp
-                .test_run_skb(IN, &packet, 1, &skb)
-                .expect("test run")
-                .verdict;
-            let after = dp.counters().unwrap();
-            dp.drain_events();
+            let (passed, names) = run_counted(dp, IN, &packet, &skb);
             ran += 1;
-            let names: Vec<&str> = counted(&before, &after)
-                .iter()
-                .map(|r| reason::name(*r))
-                .collect();
-            let passed = verdict == TC_PASS;
             if passed != want.allowed || names != [reason::name(want.reason)] {
                 wrong.push(format!(
                     "ingress at {} ({what}): lookup {} ({}), datapath {} ({})",

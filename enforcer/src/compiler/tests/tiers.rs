@@ -189,19 +189,12 @@ fn endpoints_selected_by_the_same_cluster_rules_share_one_tier_set() {
     assert_ne!(a.policy_set, b.policy_set);
     assert_eq!(a.tier_set, b.tier_set);
     assert_ne!(a.tier_set, 0);
-    let in_set = |set: u32| {
-        state
-            .policy
-            .keys()
-            .filter(|k| k.data.policy_set == set)
-            .count()
-    };
     let admin_entries = state
         .policy
         .keys()
         .filter(|k| k.data.tier == enforcer_common::tier::ADMIN)
         .count();
-    assert_eq!(admin_entries, in_set(a.tier_set));
+    assert_eq!(admin_entries, entries_in(&state, a.tier_set));
     // c (namespace y) is selected by neither: no tier set.
     let cc = state.endpoints[&node.interfaces[&ObjectRef::new("y", "c")]];
     assert_eq!((cc.tiers, cc.tier_set), (0, 0));
@@ -232,19 +225,24 @@ fn an_isolated_endpoint_shares_the_admin_set_and_has_no_baseline_set() {
         "b's ingress is decided by its NetworkPolicy"
     );
     let count = |t: u8| state.policy.keys().filter(|k| k.data.tier == t).count();
-    let in_set = |set: u32| {
-        state
-            .policy
-            .keys()
-            .filter(|k| k.data.policy_set == set)
-            .count()
-    };
-    assert_eq!(count(enforcer_common::tier::ADMIN), in_set(a.tier_set));
+    assert_eq!(
+        count(enforcer_common::tier::ADMIN),
+        entries_in(&state, a.tier_set)
+    );
     assert_eq!(
         count(enforcer_common::tier::BASELINE),
-        in_set(a.baseline_set)
+        entries_in(&state, a.baseline_set)
     );
     // The Baseline Deny still decides for a, and not for b.
     assert!(!check(&c, "x/b", "x/a", TCP, 80));
     assert!(check(&c, "x/a", "x/b", TCP, 81));
+}
+
+/// How many entries the map holds under `set`.
+fn entries_in(state: &MapState, set: u32) -> usize {
+    state
+        .policy
+        .keys()
+        .filter(|k| k.data.policy_set == set)
+        .count()
 }
