@@ -21,7 +21,20 @@ pub mod names {
     pub const MAP_ENDPOINTS: &str = "ENDPOINTS";
     pub const MAP_IP_IDENTITY: &str = "IP_IDENTITY";
     pub const MAP_CIDR_IDENTITY: &str = "CIDR_IDENTITY";
+    /// The NetworkPolicy tier's entries and the Service entries.
     pub const MAP_POLICY: &str = "POLICY";
+    /// The ordered tiers' entries (`tier::ordered`): a trie of their own, so a NetworkPolicy
+    /// lookup walks a trie that holds NetworkPolicy entries only, and the reverse.
+    pub const MAP_POLICY_TIERS: &str = "POLICY_TIERS";
+
+    /// The map that holds the entries of tier `t`.
+    pub const fn policy_map(t: u8) -> &'static str {
+        if crate::tier::ordered(t) {
+            MAP_POLICY_TIERS
+        } else {
+            MAP_POLICY
+        }
+    }
     /// Unreplied and closing flows (LRU); the old single table's name and layout, so an
     /// upgraded agent keeps the flows its predecessor tracked.
     pub const MAP_CONNTRACK: &str = "CONNTRACK";
@@ -49,11 +62,12 @@ pub mod names {
     pub const MAP_SERVICE_DEFERRALS: &str = "SERVICE_DEFERRALS";
     pub const MAP_SERVICE_CONFIG: &str = "SERVICE_CONFIG";
     /// Every map the agent pins, in a stable order.
-    pub const ALL_MAPS: [&str; 24] = [
+    pub const ALL_MAPS: [&str; 25] = [
         MAP_ENDPOINTS,
         MAP_IP_IDENTITY,
         MAP_CIDR_IDENTITY,
         MAP_POLICY,
+        MAP_POLICY_TIERS,
         MAP_CONNTRACK,
         MAP_CT_ESTABLISHED,
         MAP_CT_USED,
@@ -83,6 +97,9 @@ pub mod capacity {
     pub const IP_IDENTITY: u32 = 262_144;
     pub const CIDR_IDENTITY: u32 = 65_536;
     pub const POLICY: u32 = 1_048_576;
+    /// As large as `POLICY`: the planner budgets both maps' entries together against `POLICY`'s
+    /// capacity, so neither can fill (LPM tries allocate per entry, so the room costs nothing).
+    pub const POLICY_TIERS: u32 = POLICY;
     /// Unreplied and closing flows (LRU: a flood of new flows evicts only these).
     pub const CONNTRACK: u32 = 262_144;
     /// Flows that have seen a reply (never evicted; the garbage collector frees them).
@@ -403,6 +420,12 @@ pub mod tier {
     pub const NETWORK_POLICY: u8 = 3;
     /// ClusterNetworkPolicy `tier: Baseline` (and BaselineAdminNetworkPolicy v1alpha1): ordered.
     pub const BASELINE: u8 = 4;
+
+    /// Whether `t` is an ordered tier (its entries live in `POLICY_TIERS`).
+    #[inline(always)]
+    pub const fn ordered(t: u8) -> bool {
+        matches!(t, ADMIN | CALICO | BASELINE)
+    }
 
     /// `EndpointInfo::tiers` bit of an ordered tier in a direction.
     #[inline(always)]

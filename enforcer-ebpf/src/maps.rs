@@ -22,9 +22,16 @@ pub(crate) static IP_IDENTITY: HashMap<IpAddrKey, IdentitySlots> =
 pub(crate) static CIDR_IDENTITY: LpmTrie<IpAddrKey, IdentitySlots> =
     LpmTrie::with_max_entries(capacity::CIDR_IDENTITY, 0);
 
+/// NetworkPolicy and Service entries.
 #[map]
 pub(crate) static POLICY: LpmTrie<PolicyKey, PolicyValue> =
     LpmTrie::with_max_entries(capacity::POLICY, 0);
+
+/// The ordered tiers' entries (Admin, Calico, Baseline): a trie of their own, so that no
+/// lookup walks past the other kind's entries.
+#[map]
+pub(crate) static POLICY_TIERS: LpmTrie<PolicyKey, PolicyValue> =
+    LpmTrie::with_max_entries(capacity::POLICY_TIERS, 0);
 
 /// Flows without a reply yet, and closing flows: a flood of new flows evicts only these.
 #[map]

@@ -267,7 +267,13 @@ pub(crate) fn policy_lookup(
         policy_prefix::FULL,
         PolicyKey::new(policy_set, id, dir, t, proto, port_be),
     );
-    let v = *POLICY.get(&key)?;
+    // `t` is a constant at every call, so this choice is made at compile time.
+    let map = if tier::ordered(t) {
+        &POLICY_TIERS
+    } else {
+        &POLICY
+    };
+    let v = *map.get(&key)?;
     if v.action == POLICY_ACTION_ALLOW
         || v.action == POLICY_ACTION_DENY
         || v.action == POLICY_ACTION_PASS

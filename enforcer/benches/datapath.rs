@@ -640,6 +640,21 @@ fn measure_size(pods: usize, policies: usize, p: &Plan) -> Result<[Row; 2]> {
     Ok([row(0), row(1)])
 }
 
+/// `10000x100` → (10000, 100).
+fn parse_size(arg: Option<&str>) -> Result<(usize, usize)> {
+    let arg = arg.context("--size needs PODSxPOLICIES, for example 10000x100")?;
+    let (p, q) = arg
+        .split_once('x')
+        .with_context(|| format!("--size {arg}: expected PODSxPOLICIES, for example 10000x100"))?;
+    let n = |v: &str, what: &str, min: usize| {
+        v.parse::<usize>()
+            .ok()
+            .filter(|n| *n >= min)
+            .with_context(|| format!("--size {arg}: {what} must be a number of at least {min}"))
+    };
+    Ok((n(p, "pods", LOCAL_PODS)?, n(q, "policies", 1)?))
+}
+
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick");
@@ -674,6 +689,15 @@ fn main() -> Result<()> {
                 established_only,
             },
         )
+    };
+    // `--size PODSxPOLICIES`: that one size only, with the plan chosen above.
+    let one = match args.iter().position(|a| a == "--size") {
+        Some(i) => Some(parse_size(args.get(i + 1).map(String::as_str))?),
+        None => None,
+    };
+    let (pods, policies) = match &one {
+        Some((p, q)) => (std::slice::from_ref(p), std::slice::from_ref(q)),
+        None => (pods, policies),
     };
     let mut rows = Vec::new();
     for &p in pods {

@@ -757,9 +757,10 @@ impl Agent {
                     pod = %h.pod,
                     ifindex = h.ifindex,
                     entries = h.entries,
-                    "held closed: its policy does not fit in the {} map ({} entries); \
-                     every other endpoint keeps installing",
+                    "held closed: its policy does not fit in the {} and {} maps ({} entries \
+                     together); every other endpoint keeps installing",
                     enforcer_common::names::MAP_POLICY,
+                    enforcer_common::names::MAP_POLICY_TIERS,
                     self.policy_capacity
                 );
             }

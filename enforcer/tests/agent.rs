@@ -509,3 +509,122 @@ fn the_log_is_plain_text_or_json_lines_and_events_stay_out_of_it() {
         }
     }
 }
+
+/// An Admin Deny on the lab's pod, for the upgrade test.
+const ADMIN_DENY: &str = r#"
+apiVersion: policy.networking.k8s.io/v1alpha2
+kind: ClusterNetworkPolicy
+metadata: {name: admin-deny}
+spec:
+  tier: Admin
+  priority: 5
+  subject: {namespaces: {}}
+  ingress:
+    - action: Deny
+      from: [{namespaces: {}}]
+      protocols: [{tcp: {destinationPort: {number: 22}}}]
+"#;
+
+type PolicyTrie = aya::maps::LpmTrie<
+    aya::maps::MapData,
+    enforcer_common::PolicyKey,
+    enforcer_common::PolicyValue,
+>;
+
+fn pinned_trie(lab: &Lab, name: &str) -> PolicyTrie {
+    let data = aya::maps::MapData::from_pin(lab.bpffs.join(name)).expect("opening the pin");
+    PolicyTrie::try_from(aya::maps::Map::LpmTrie(data)).expect("an LPM trie")
+}
+
+/// A trie's entries (prefix length, key, value), in order.
+fn trie_entries(
+    t: &PolicyTrie,
+) -> Vec<(
+    u32,
+    enforcer_common::PolicyKey,
+    enforcer_common::PolicyValue,
+)> {
+    let mut v: Vec<_> = t
+        .iter()
+        .map(|r| r.map(|(k, v)| (k.prefix_len(), k.data(), v)).unwrap())
+        .collect();
+    v.sort();
+    v
+}
+
+/// The same without the set ids, which a new install may place anew.
+fn placed_anywhere(
+    mut v: Vec<(
+        u32,
+        enforcer_common::PolicyKey,
+        enforcer_common::PolicyValue,
+    )>,
+) -> Vec<(
+    u32,
+    enforcer_common::PolicyKey,
+    enforcer_common::PolicyValue,
+)> {
+    for e in &mut v {
+        e.1.policy_set = 0;
+    }
+    v.sort();
+    v
+}
+
+/// An agent of the version that kept the ordered tiers in `POLICY` left its pins: this
+/// version's programs look for them in `POLICY_TIERS`, so reusing that `POLICY` as it is would
+/// lose every Admin Deny (fail open). The pin is replaced: the old map keeps serving the old
+/// programs until the links are swapped, and the new maps are installed whole.
+#[test]
+fn an_upgrade_moves_ordered_tier_entries_out_of_the_networkpolicy_map() {
+    use enforcer_common::{names, tier};
+    let mut lab = Lab::new("tiermove");
+    lab.write("cluster.yaml", CLUSTER);
+    lab.write("policy.yaml", DENY_INGRESS);
+    lab.write("admin.yaml", ADMIN_DENY);
+    lab.start(&["--keep-pins"]);
+    lab.wait_status("installed", |s| s["endpoints"] == 1);
+    assert!(lab.stop());
+    let tiered = trie_entries(&pinned_trie(&lab, names::MAP_POLICY_TIERS));
+    assert!(
+        !tiered.is_empty() && tiered.iter().all(|(_, k, _)| tier::ordered(k.tier)),
+        "{tiered:?}"
+    );
+    let plain = trie_entries(&pinned_trie(&lab, names::MAP_POLICY));
+    assert!(
+        plain.iter().all(|(_, k, _)| !tier::ordered(k.tier)),
+        "{plain:?}"
+    );
+
+    // The earlier version's layout: every entry in POLICY, no POLICY_TIERS pin.
+    let mut old = pinned_trie(&lab, names::MAP_POLICY);
+    for (len, k, v) in &tiered {
+        old.insert(&aya::maps::lpm_trie::Key::new(*len, *k), *v, 0)
+            .unwrap();
+    }
+    std::fs::remove_file(lab.bpffs.join(names::MAP_POLICY_TIERS)).unwrap();
+    drop(old);
+    let pin_id = |lab: &Lab| {
+        aya::maps::MapInfo::from_pin(lab.bpffs.join(names::MAP_POLICY))
+            .unwrap()
+            .id()
+    };
+    let old_id = pin_id(&lab);
+
+    lab.start(&[]);
+    lab.wait_status("the upgraded agent installed", |s| s["endpoints"] == 1);
+    assert_ne!(pin_id(&lab), old_id, "the old POLICY pin is replaced");
+    assert_eq!(
+        placed_anywhere(trie_entries(&pinned_trie(&lab, names::MAP_POLICY))),
+        placed_anywhere(plain),
+        "POLICY holds the NetworkPolicy entries only"
+    );
+    assert_eq!(
+        placed_anywhere(trie_entries(&pinned_trie(&lab, names::MAP_POLICY_TIERS))),
+        placed_anywhere(tiered),
+        "the Admin entries are in POLICY_TIERS"
+    );
+    let log = std::fs::read_to_string(lab.dir.join("agent.log")).unwrap_or_default();
+    assert!(log.contains("ordered-tier entries"), "{log}");
+    assert!(lab.stop());
+}

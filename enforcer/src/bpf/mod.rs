@@ -370,7 +370,9 @@ impl Datapath {
     }
 
     /// How many entries `POLICY` holds: the kernel's word for the pinned map (a map pinned by
-    /// an earlier agent keeps the size it was created with), else the object's.
+    /// an earlier agent keeps the size it was created with), else the object's. The planner's
+    /// budget for `POLICY` and `POLICY_TIERS` together (`POLICY_TIERS` is created as large as
+    /// the object's `POLICY`).
     pub fn policy_capacity(&self) -> u32 {
         self.bpffs
             .as_ref()
@@ -646,8 +648,10 @@ impl Datapath {
     fn write_phys(&mut self, w: &PhysWrite) -> std::result::Result<(), MapError> {
         use names::*;
         match *w {
-            PhysWrite::PolicyUpsert(k, v) => self.lpm_write(MAP_POLICY, k, Some(v)),
-            PhysWrite::PolicyDelete(k) => self.lpm_write::<_, PolicyValue>(MAP_POLICY, k, None),
+            PhysWrite::PolicyUpsert(k, v) => self.lpm_write(policy_map(k.data.tier), k, Some(v)),
+            PhysWrite::PolicyDelete(k) => {
+                self.lpm_write::<_, PolicyValue>(policy_map(k.data.tier), k, None)
+            }
             PhysWrite::EndpointUpsert(k, v) => self.hash_write(MAP_ENDPOINTS, k, Some(v)),
             PhysWrite::EndpointDelete(k) => {
                 self.hash_write::<_, EndpointValue>(MAP_ENDPOINTS, k, None)
@@ -1080,10 +1084,12 @@ fn lpm<K: Pod>(k: &Lpm<K>) -> Key<K> {
 fn describe(w: &PhysWrite) -> String {
     match w {
         PhysWrite::PolicyUpsert(k, _) => {
-            format!("{} upsert {:?}/{}", names::MAP_POLICY, k.data, k.prefix_len)
+            let map = names::policy_map(k.data.tier);
+            format!("{map} upsert {:?}/{}", k.data, k.prefix_len)
         }
         PhysWrite::PolicyDelete(k) => {
-            format!("{} delete {:?}/{}", names::MAP_POLICY, k.data, k.prefix_len)
+            let map = names::policy_map(k.data.tier);
+            format!("{map} delete {:?}/{}", k.data, k.prefix_len)
         }
         PhysWrite::EndpointUpsert(k, _) => format!("{} upsert ifindex {k}", names::MAP_ENDPOINTS),
         PhysWrite::EndpointDelete(k) => format!("{} delete ifindex {k}", names::MAP_ENDPOINTS),
@@ -1201,6 +1207,7 @@ fn read_phys<'a>(map: impl Fn(&'static str) -> Result<&'a Map>) -> Result<PhysSt
             .collect(),
         policy: lpm_entries(map(MAP_POLICY)?, MAP_POLICY)?
             .into_iter()
+            .chain(lpm_entries(map(MAP_POLICY_TIERS)?, MAP_POLICY_TIERS)?)
             .collect(),
         service_ips: hash_entries(map(MAP_SERVICE_IPS)?, MAP_SERVICE_IPS)?
             .into_iter()
@@ -1253,6 +1260,19 @@ fn replace_incompatible_pins(paths: &[(&'static str, PathBuf)]) {
             && info.key_size() == want.key_size()
             && info.value_size() == want.value_size()
             && (!indexed || info.max_entries() == want.max_entries());
+        if same && *name == names::MAP_POLICY && holds_ordered_tiers(pinned) {
+            // Before `POLICY_TIERS` existed the ordered tiers lived in `POLICY`: this version's
+            // programs would not find them there, and the old programs still read them until
+            // their links are swapped, so the pin is replaced rather than swept.
+            warn!(
+                map = name,
+                "the pinned map holds ordered-tier entries, which this version keeps in {}: \
+                 replacing the pin",
+                names::MAP_POLICY_TIERS
+            );
+            let _ = std::fs::remove_file(path);
+            continue;
+        }
         if !same {
             warn!(
                 map = name,
@@ -1268,6 +1288,19 @@ fn replace_incompatible_pins(paths: &[(&'static str, PathBuf)]) {
             let _ = std::fs::remove_file(path);
         }
     }
+}
+
+/// Whether a pinned `POLICY` holds any entry of an ordered tier (stops at the first).
+fn holds_ordered_tiers(pinned: MapData) -> bool {
+    let Ok(m) = Map::from_map_data(pinned) else {
+        return false;
+    };
+    let Ok(trie) = LpmTrie::<&MapData, enforcer_common::PolicyKey, PolicyValue>::try_from(&m)
+    else {
+        return false;
+    };
+    trie.keys()
+        .any(|k| k.is_ok_and(|k| enforcer_common::tier::ordered(k.data().tier)))
 }
 
 fn rule_counters(m: &Map) -> Result<BTreeMap<RuleCounterKey, RuleCounter>> {
@@ -1300,6 +1333,7 @@ impl PinnedMaps {
             names::MAP_IP_IDENTITY,
             names::MAP_CIDR_IDENTITY,
             names::MAP_POLICY,
+            names::MAP_POLICY_TIERS,
             names::MAP_CONNTRACK,
             names::MAP_CT_ESTABLISHED,
             names::MAP_CT_USED,

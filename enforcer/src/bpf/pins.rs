@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use super::{Attachment, Datapath, PinnedMaps, Result, detach_attachment, names, read_phys};
 use crate::state::PhysState;
+use enforcer_common::tier;
 
 /// The pin folder as a start found it.
 #[derive(Clone, Debug, Default)]
@@ -158,7 +159,13 @@ impl PinnedMaps {
             p.cidr_identity.len(),
             c::CIDR_IDENTITY,
         );
-        put(names::MAP_POLICY, p.policy.len(), c::POLICY);
+        let tiered = p
+            .policy
+            .keys()
+            .filter(|k| tier::ordered(k.data.tier))
+            .count();
+        put(names::MAP_POLICY, p.policy.len() - tiered, c::POLICY);
+        put(names::MAP_POLICY_TIERS, tiered, c::POLICY_TIERS);
         put(names::MAP_SERVICE_IPS, p.service_ips.len(), c::SERVICE_IPS);
         put(
             names::MAP_SERVICE_BACKENDS,
